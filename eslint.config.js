@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// Lint rules, including the layering of docs/ARCHITECTURE.md: each package may import only the
+// packages below it, and only through their public entry.
+import tseslint from 'typescript-eslint';
+
+const layer = (files, forbidden, message) => ({
+  files,
+  rules: {
+    'no-restricted-imports': [
+      'error',
+      {
+        patterns: [
+          { group: ['@murmure/*/src/*', '@murmure/*/dist/*'], message: 'import a package through its public entry only' },
+          ...(forbidden.length > 0 ? [{ group: forbidden, message }] : []),
+        ],
+      },
+    ],
+  },
+});
+
+export default tseslint.config(
+  { ignores: ['**/dist/**', '**/node_modules/**', 'data/**', 'bench/results/**'] },
+  ...tseslint.configs.recommended,
+  {
+    rules: {
+      '@typescript-eslint/consistent-type-imports': 'error',
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
+      eqeqeq: 'error',
+      'no-console': 'error',
+    },
+  },
+  layer(['packages/protocol/src/**'], ['@murmure/*', 'node:*', 'ws', '@signalapp/*'], 'protocol is pure: no I/O and no other package of ours'),
+  layer(['packages/queue-crypto/src/**'], ['@murmure/relay', '@murmure/agent', '@murmure/cli', 'ws'], 'queue-crypto depends only on protocol and node:crypto'),
+  layer(['packages/relay/src/**'], ['@murmure/agent', '@murmure/cli', '@murmure/chat', '@signalapp/libsignal-client'], 'the relay never imports client-side code'),
+  layer(['packages/agent/src/**'], ['@murmure/relay', '@murmure/cli', '@murmure/chat'], 'the agent talks to relays over the wire only'),
+  {
+    files: ['packages/protocol/src/**/*.test.ts'],
+    rules: { 'no-restricted-imports': 'off' },
+  },
+  {
+    files: ['scripts/**', 'bench/**', 'packages/cli/bin/**'],
+    rules: { 'no-console': 'off' },
+  },
+);

@@ -1,0 +1,388 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * A client of one relay: connects over WebSocket/TLS, pins the relay's certificate to the
+ * fingerprint in its address, binds every command to the TLS session and batches commands into
+ * fixed-size blocks. Queue operations are typed methods; pushed messages arrive as events.
+ * docs/protocol.md describes the wire.
+ * @module
+ */
+
+import { createHash, type KeyObject } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { IncomingMessage } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+
+import {
+  BLOCK_SIZE,
+  CORR_ID_LENGTH,
+  RELAY_VERSIONS,
+  authorizedBytes,
+  decodeBlock,
+  decodeReceivedMessage,
+  decodeResponse,
+  decodeServerHello,
+  decodeServerTransmission,
+  encodeClientHello,
+  encodeClientTransmission,
+  encodeCommand,
+  negotiateVersion,
+  packBlocks,
+  parseRelayAddress,
+  type Authorization,
+  type Command,
+  type ErrorCode,
+  type ReceivedMessage,
+  type RelayAddress,
+  type Response,
+} from '@murmure/protocol';
+import {
+  agree,
+  authenticate,
+  authenticatorKey,
+  generateDhKeyPair,
+  generateSigningKeyPair,
+  openRecipientBox,
+  randomId,
+  recipientBoxKey,
+  signBytes,
+  type KeyPair,
+} from '@murmure/queue-crypto';
+import WebSocket from 'ws';
+
+/** Label of the TLS exporter the relay uses for the session id. */
+export const SESSION_EXPORTER_LABEL = 'EXPORTER-murmure-relay-session';
+/** How long `connect` waits for TLS, the upgrade and the relay's hello. */
+export const CONNECT_TIMEOUT_MS = 10_000;
+/** How long a command waits for its response before it fails with TIMEOUT. */
+export const COMMAND_TIMEOUT_MS = 30_000;
+
+/** Why a relay operation failed: a relay error code, or a local transport failure. */
+export type RelayClientErrorCode = ErrorCode | 'CLOSED' | 'TIMEOUT' | 'PINNING' | 'HANDSHAKE' | 'BAD_RESPONSE';
+
+/** A failed relay operation. */
+export class RelayClientError extends Error {
+  override readonly name = 'RelayClientError';
+  constructor(
+    readonly code: RelayClientErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+
+  /** Type guard. */
+  static is(err: unknown, code?: RelayClientErrorCode): err is RelayClientError {
+    return err instanceof RelayClientError && (code === undefined || err.code === code);
+  }
+}
+
+/** The recipient side of a queue: ids and the three private keys. */
+export type RecipientQueue = Readonly<{
+  rcvId: Uint8Array;
+  sndId: Uint8Array;
+  sigKey: KeyPair;
+  authKey: KeyPair;
+  /** Key of the relay-to-recipient box (derived from our DH key and the relay's queue key). */
+  boxKey: Uint8Array;
+}>;
+
+/** How a command is authorised by the client. */
+export type Signer =
+  | { kind: 'none' }
+  | { kind: 'signature'; key: KeyObject }
+  | { kind: 'authenticator'; key: KeyObject };
+
+/** A message pushed by the relay to a subscription. */
+export type PushedMessage = Readonly<{ rcvId: Uint8Array; msgId: Uint8Array; body: Uint8Array }>;
+
+/** Options of `RelayClient.connect`. */
+export type ConnectOptions = Readonly<{
+  /** Opens the TCP/TLS connection another way, e.g. through a SOCKS5 proxy. */
+  createConnection?: (opts: object) => TLSSocket;
+  timeoutMs?: number;
+  commandTimeoutMs?: number;
+}>;
+
+type Pending = { resolve: (r: Response) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
+
+function key(b: Uint8Array): string {
+  return Buffer.from(b.buffer, b.byteOffset, b.length).toString('latin1');
+}
+
+/** A connection to one relay. Events: `message` (PushedMessage), `end` (rcvId), `close` (). */
+export class RelayClient extends EventEmitter {
+  private readonly pending = new Map<string, Pending>();
+  private readonly authKeys = new Map<KeyObject, Uint8Array>();
+  private out: Uint8Array[] = [];
+  private flushScheduled = false;
+  private closed = false;
+
+  private constructor(
+    private readonly ws: WebSocket,
+    readonly address: RelayAddress,
+    readonly sessionId: Uint8Array,
+    private readonly sessionKey: Uint8Array,
+    readonly version: number,
+    private readonly commandTimeoutMs: number,
+  ) {
+    super();
+    ws.on('message', (data: Buffer) => this.onBlock(data));
+    ws.on('close', () => this.onClose());
+    ws.on('error', () => this.onClose());
+  }
+
+  /** Connects to a relay by address and completes the hello exchange. */
+  static connect(address: string | RelayAddress, opts: ConnectOptions = {}): Promise<RelayClient> {
+    const addr = typeof address === 'string' ? parseRelayAddress(address) : address;
+    const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
+    return new Promise<RelayClient>((resolve, reject) => {
+      const ws = new WebSocket(`wss://${host}:${addr.port}/`, {
+        rejectUnauthorized: false,
+        maxPayload: BLOCK_SIZE,
+        perMessageDeflate: false,
+        skipUTF8Validation: true,
+        handshakeTimeout: opts.timeoutMs ?? CONNECT_TIMEOUT_MS,
+        ...(opts.createConnection ? { createConnection: opts.createConnection } : {}),
+      });
+      ws.binaryType = 'nodebuffer';
+      let sessionId: Uint8Array | null = null;
+      let settled = false;
+      const fail = (e: Error): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        ws.terminate();
+        reject(e);
+      };
+      const timer = setTimeout(() => fail(new RelayClientError('TIMEOUT', 'the relay did not answer in time')), opts.timeoutMs ?? CONNECT_TIMEOUT_MS);
+      ws.on('upgrade', (res: IncomingMessage) => {
+        const socket = res.socket as TLSSocket;
+        const cert = socket.getPeerX509Certificate();
+        const fp = cert === undefined ? null : createHash('sha256').update(cert.raw).digest();
+        if (fp === null || !fp.equals(addr.fingerprint)) {
+          fail(new RelayClientError('PINNING', "the relay's certificate does not match the fingerprint in its address"));
+          return;
+        }
+        sessionId = new Uint8Array(socket.exportKeyingMaterial(32, SESSION_EXPORTER_LABEL, Buffer.alloc(0)));
+      });
+      ws.once('message', (data: Buffer) => {
+        if (settled || sessionId === null) return;
+        try {
+          const hello = decodeServerHello(new Uint8Array(data.buffer, data.byteOffset, data.length));
+          const version = negotiateVersion(RELAY_VERSIONS, hello.versions);
+          ws.send(encodeClientHello({ version }));
+          settled = true;
+          clearTimeout(timer);
+          ws.removeAllListeners('error');
+          resolve(new RelayClient(ws, addr, sessionId, hello.sessionKey, version, opts.commandTimeoutMs ?? COMMAND_TIMEOUT_MS));
+        } catch (e) {
+          fail(new RelayClientError('HANDSHAKE', 'the relay sent an unusable hello', { cause: e }));
+        }
+      });
+      ws.on('error', (e) => fail(new RelayClientError('CLOSED', 'could not connect to the relay', { cause: e })));
+      ws.on('close', () => fail(new RelayClientError('CLOSED', 'the relay closed the connection during the handshake')));
+    });
+  }
+
+  /** Whether the connection is closed. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Sends one command and resolves with the relay's response; an ERR response rejects. */
+  command(entityId: Uint8Array, cmd: Command, signer: Signer): Promise<Response> {
+    if (this.closed) return Promise.reject(new RelayClientError('CLOSED', 'the relay connection is closed'));
+    const corrId = randomId(CORR_ID_LENGTH);
+    const command = encodeCommand(cmd);
+    const auth = this.authorize(signer, corrId, entityId, command);
+    const t = encodeClientTransmission({ auth, corrId, entityId, command });
+    return new Promise<Response>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(key(corrId));
+        reject(new RelayClientError('TIMEOUT', `${cmd.type} got no response in time`));
+      }, this.commandTimeoutMs);
+      timer.unref();
+      this.pending.set(key(corrId), { resolve, reject, timer });
+      this.out.push(t);
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  private authorize(signer: Signer, corrId: Uint8Array, entityId: Uint8Array, command: Uint8Array): Authorization {
+    if (signer.kind === 'none') return { kind: 'none' };
+    const data = authorizedBytes(this.sessionId, corrId, entityId, command);
+    if (signer.kind === 'signature') return { kind: 'signature', bytes: signBytes(signer.key, data) };
+    let k = this.authKeys.get(signer.key);
+    if (k === undefined) {
+      const secret = agree(signer.key, this.sessionKey);
+      if (secret === null) throw new RelayClientError('HANDSHAKE', 'the relay session key is unusable');
+      k = authenticatorKey(secret, this.sessionId);
+      this.authKeys.set(signer.key, k);
+    }
+    return { kind: 'authenticator', bytes: authenticate(k, data) };
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.closed || this.out.length === 0) return;
+    const blocks = packBlocks(this.out);
+    this.out = [];
+    for (const b of blocks) this.ws.send(b, { binary: true });
+  }
+
+  private onBlock(data: Buffer): void {
+    let ts: Uint8Array[];
+    try {
+      ts = decodeBlock(new Uint8Array(data.buffer, data.byteOffset, data.length));
+    } catch {
+      this.close();
+      return;
+    }
+    for (const raw of ts) {
+      try {
+        const t = decodeServerTransmission(raw);
+        const r = decodeResponse(t.response);
+        if (t.corrId.length === 0) {
+          this.onPush(t.entityId, r);
+          continue;
+        }
+        const p = this.pending.get(key(t.corrId));
+        if (p === undefined) continue;
+        this.pending.delete(key(t.corrId));
+        clearTimeout(p.timer);
+        if (r.type === 'ERR') p.reject(new RelayClientError(r.code, `the relay answered ERR ${r.code}`));
+        else p.resolve(r);
+      } catch {
+        // A malformed transmission from the relay is dropped; its command times out.
+      }
+    }
+  }
+
+  private onPush(entityId: Uint8Array, r: Response): void {
+    if (r.type === 'MSG') this.emit('message', { rcvId: entityId, msgId: r.msgId, body: r.body } satisfies PushedMessage);
+    else if (r.type === 'END') this.emit('end', entityId);
+  }
+
+  private onClose(): void {
+    if (this.closed && this.pending.size === 0) return;
+    const first = !this.closed;
+    this.closed = true;
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new RelayClientError('CLOSED', 'the relay connection closed'));
+    }
+    this.pending.clear();
+    if (first) this.emit('close');
+  }
+
+  /** Closes the connection. */
+  close(): void {
+    if (!this.closed) this.flush();
+    this.ws.close(1000);
+    this.onClose();
+  }
+
+  /** Cuts the connection without a close handshake (for tests of abrupt loss). */
+  terminate(): void {
+    this.ws.terminate();
+    this.onClose();
+  }
+
+  // Queue operations.
+
+  /** Creates a queue with fresh keys and returns its recipient side. */
+  async createQueue(): Promise<RecipientQueue> {
+    const sigKey = generateSigningKeyPair();
+    const authKey = generateDhKeyPair();
+    const dhKey = generateDhKeyPair();
+    const r = await this.command(
+      new Uint8Array(0),
+      { type: 'NEW', rcvSigKey: sigKey.publicKey, rcvAuthKey: authKey.publicKey, rcvDhKey: dhKey.publicKey },
+      { kind: 'signature', key: sigKey.privateKey },
+    );
+    if (r.type !== 'IDS') throw new RelayClientError('BAD_RESPONSE', `NEW was answered with ${r.type}`);
+    const secret = agree(dhKey.privateKey, r.srvDhKey);
+    if (secret === null) throw new RelayClientError('BAD_RESPONSE', 'the relay sent an unusable queue key');
+    return { rcvId: r.rcvId, sndId: r.sndId, sigKey, authKey, boxKey: recipientBoxKey(secret) };
+  }
+
+  private async expectOk(p: Promise<Response>, what: string): Promise<void> {
+    const r = await p;
+    if (r.type !== 'OK') throw new RelayClientError('BAD_RESPONSE', `${what} was answered with ${r.type}`);
+  }
+
+  /** Secures a queue with the sender's X25519 public key. */
+  secure(q: RecipientQueue, sndAuthKey: Uint8Array): Promise<void> {
+    return this.expectOk(this.command(q.rcvId, { type: 'KEY', sndAuthKey }, { kind: 'signature', key: q.sigKey.privateKey }), 'KEY');
+  }
+
+  /** Subscribes this connection to a queue; messages arrive as `message` events. */
+  subscribe(q: RecipientQueue): Promise<void> {
+    return this.expectOk(this.command(q.rcvId, { type: 'SUB' }, { kind: 'authenticator', key: q.authKey.privateKey }), 'SUB');
+  }
+
+  /** Acknowledges (deletes) the delivered message `msgId`. */
+  ack(q: RecipientQueue, msgId: Uint8Array): Promise<void> {
+    return this.expectOk(this.command(q.rcvId, { type: 'ACK', msgId }, { kind: 'authenticator', key: q.authKey.privateKey }), 'ACK');
+  }
+
+  /** Fetches the oldest message without subscribing; null when the queue is empty. */
+  async get(q: RecipientQueue): Promise<{ msgId: Uint8Array; body: Uint8Array } | null> {
+    try {
+      const r = await this.command(q.rcvId, { type: 'GET' }, { kind: 'authenticator', key: q.authKey.privateKey });
+      if (r.type !== 'MSG') throw new RelayClientError('BAD_RESPONSE', `GET was answered with ${r.type}`);
+      return { msgId: r.msgId, body: r.body };
+    } catch (e) {
+      if (RelayClientError.is(e, 'NO_MSG')) return null;
+      throw e;
+    }
+  }
+
+  /** Suspends a queue. */
+  suspend(q: RecipientQueue): Promise<void> {
+    return this.expectOk(this.command(q.rcvId, { type: 'OFF' }, { kind: 'signature', key: q.sigKey.privateKey }), 'OFF');
+  }
+
+  /** Deletes a queue and its messages. */
+  deleteQueue(q: RecipientQueue): Promise<void> {
+    return this.expectOk(this.command(q.rcvId, { type: 'DEL' }, { kind: 'signature', key: q.sigKey.privateKey }), 'DEL');
+  }
+
+  /** Stores link data for a queue under `linkId` (empty data removes it). */
+  setLink(q: RecipientQueue, linkId: Uint8Array, data: Uint8Array): Promise<void> {
+    return this.expectOk(this.command(q.rcvId, { type: 'LSET', linkId, data }, { kind: 'signature', key: q.sigKey.privateKey }), 'LSET');
+  }
+
+  /** Reads link data. */
+  async getLink(linkId: Uint8Array): Promise<{ sndId: Uint8Array; data: Uint8Array }> {
+    const r = await this.command(linkId, { type: 'LGET' }, { kind: 'none' });
+    if (r.type !== 'LNK') throw new RelayClientError('BAD_RESPONSE', `LGET was answered with ${r.type}`);
+    return { sndId: r.sndId, data: r.data };
+  }
+
+  /** Sends a message to a queue; `senderKey` is null only for the first message to an unsecured queue. */
+  send(sndId: Uint8Array, senderKey: KeyObject | null, body: Uint8Array, flags = 0): Promise<void> {
+    const signer: Signer = senderKey === null ? { kind: 'none' } : { kind: 'authenticator', key: senderKey };
+    return this.expectOk(this.command(sndId, { type: 'SEND', flags, body }, signer), 'SEND');
+  }
+
+  /** Keeps the connection alive. */
+  async ping(): Promise<void> {
+    const r = await this.command(new Uint8Array(0), { type: 'PING' }, { kind: 'none' });
+    if (r.type !== 'PONG') throw new RelayClientError('BAD_RESPONSE', `PING was answered with ${r.type}`);
+  }
+}
+
+/** Opens the relay's box around a delivered message; throws BAD_RESPONSE if it was tampered with. */
+export function openDelivered(q: RecipientQueue, msgId: Uint8Array, body: Uint8Array): ReceivedMessage {
+  const plain = openRecipientBox(q.boxKey, msgId, body);
+  if (plain === null) throw new RelayClientError('BAD_RESPONSE', 'a delivered message failed authentication');
+  try {
+    return decodeReceivedMessage(plain);
+  } catch (e) {
+    throw new RelayClientError('BAD_RESPONSE', 'a delivered message is malformed', { cause: e });
+  }
+}

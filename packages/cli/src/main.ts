@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * The `murmure` command. This release has `murmure relay init|start`; every error is printed
+ * as one line (or a JSON object under --json) and never as a stack trace.
+ * @module
+ */
+
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+
+import { ProtocolError, formatRelayAddress } from '@murmure/protocol';
+import { DEFAULTS, RelayServer, StoreError, createIdentity, jsonLogger, loadIdentity, relayConfig, type RelayConfig } from '@murmure/relay';
+
+const USAGE = `murmure: a private messenger with no user ids
+
+Usage:
+  murmure relay init  --data DIR [--host H] [--port P]
+  murmure relay start --data DIR [--host H] [--port P] [--json] [options]
+  murmure --help
+
+Relay options (start):
+  --metrics-port P        serve Prometheus /metrics on 127.0.0.1:P (off by default)
+  --message-ttl-days N    delete undelivered messages after N days (default 21)
+  --queue-ttl-days N      delete queues unused for N days (default 90)
+  --quota N               most undelivered messages per queue (default 128)
+  --max-connections N     most open connections (default 16000)
+  --log-level LEVEL       debug, info, warn or error (default info)
+
+Port 0 picks a free port. SIGTERM or SIGINT stops the relay cleanly.
+Docs: docs/operations.md (running a relay), docs/protocol.md (the wire protocol).
+`;
+
+/** A usage or input error: printed as one line, exit code 2. */
+class UsageError extends Error {}
+
+const SETTINGS_FILE = 'relay.json';
+
+type Out = { write(s: string): unknown };
+
+/** Runs the command line; resolves with the exit code. */
+export async function main(argv: readonly string[], out: Out = process.stdout, err: Out = process.stderr): Promise<number> {
+  const json = argv.includes('--json');
+  try {
+    return await run(argv, out, err);
+  } catch (e) {
+    const code = e instanceof UsageError ? 'USAGE' : StoreError.is(e) ? `STORE_${e.code}` : ProtocolError.is(e) ? e.code : 'FAILED';
+    const message = e instanceof Error ? e.message : String(e);
+    if (json) out.write(`${JSON.stringify({ error: { code, message } })}\n`);
+    else err.write(`murmure: ${message}\n`);
+    return e instanceof UsageError ? 2 : 1;
+  }
+}
+
+async function run(argv: readonly string[], out: Out, err: Out): Promise<number> {
+  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+    out.write(USAGE);
+    return 0;
+  }
+  if (argv[0] !== 'relay') throw new UsageError(`unknown command '${argv[0]}' (see murmure --help)`);
+  const sub = argv[1];
+  if (sub === undefined || sub === '--help' || sub === '-h') {
+    out.write(USAGE);
+    return 0;
+  }
+  const { values } = parseOptions(argv.slice(2));
+  if (values.help === true) {
+    out.write(USAGE);
+    return 0;
+  }
+  if (typeof values.data !== 'string') throw new UsageError('--data DIR is required');
+  const dataDir = resolve(values.data);
+  if (sub === 'init') return relayInit(dataDir, values, out);
+  if (sub === 'start') return relayStart(dataDir, values, out, err);
+  throw new UsageError(`unknown relay command '${sub}' (see murmure --help)`);
+}
+
+type Values = ReturnType<typeof parseOptions>['values'];
+
+function parseOptions(args: string[]) {
+  try {
+    return parseArgs({
+      args,
+      options: {
+        data: { type: 'string' },
+        host: { type: 'string' },
+        port: { type: 'string' },
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+        'metrics-port': { type: 'string' },
+        'message-ttl-days': { type: 'string' },
+        'queue-ttl-days': { type: 'string' },
+        quota: { type: 'string' },
+        'max-connections': { type: 'string' },
+        'log-level': { type: 'string' },
+      },
+      strict: true,
+      allowPositionals: false,
+    });
+  } catch (e) {
+    throw new UsageError(e instanceof Error ? e.message.split('\n')[0] ?? 'bad options' : 'bad options');
+  }
+}
+
+function intOption(v: string | boolean | undefined, name: string, min: number, max: number): number | undefined {
+  if (v === undefined || typeof v === 'boolean') return undefined;
+  if (!/^\d+$/.test(v)) throw new UsageError(`${name} must be a whole number`);
+  const n = Number(v);
+  if (n < min || n > max) throw new UsageError(`${name} must be between ${min} and ${max}`);
+  return n;
+}
+
+type Settings = { host: string; port: number };
+
+function readSettings(dataDir: string): Partial<Settings> {
+  const p = join(dataDir, SETTINGS_FILE);
+  if (!existsSync(p)) return {};
+  try {
+    const s = JSON.parse(readFileSync(p, 'utf8')) as Partial<Settings>;
+    return {
+      ...(typeof s.host === 'string' ? { host: s.host } : {}),
+      ...(typeof s.port === 'number' ? { port: s.port } : {}),
+    };
+  } catch {
+    throw new UsageError(`${SETTINGS_FILE} in the data folder is not valid JSON`);
+  }
+}
+
+function hostPort(dataDir: string, values: Values): Settings {
+  const saved = readSettings(dataDir);
+  const host = typeof values.host === 'string' ? values.host : (saved.host ?? DEFAULTS.host);
+  const port = intOption(values.port, '--port', 0, 65_535) ?? saved.port ?? DEFAULTS.port;
+  return { host, port };
+}
+
+async function relayInit(dataDir: string, values: Values, out: Out): Promise<number> {
+  const { host, port } = hostPort(dataDir, values);
+  if (loadIdentity(dataDir) !== null) throw new UsageError(`${dataDir} already holds a relay; use 'murmure relay start --data ${dataDir}'`);
+  const identity = await createIdentity(dataDir);
+  writeFileSync(join(dataDir, SETTINGS_FILE), `${JSON.stringify({ host, port })}\n`);
+  const address = formatRelayAddress({ fingerprint: identity.fingerprint, host, port });
+  out.write(values.json === true ? `${JSON.stringify({ address })}\n` : `${address}\n`);
+  return 0;
+}
+
+async function relayStart(dataDir: string, values: Values, out: Out, err: Out): Promise<number> {
+  const { host, port } = hostPort(dataDir, values);
+  const days = (v: number | undefined) => (v === undefined ? undefined : v * 86_400_000);
+  const level = values['log-level'];
+  if (level !== undefined && !['debug', 'info', 'warn', 'error'].includes(String(level))) {
+    throw new UsageError('--log-level must be debug, info, warn or error');
+  }
+  const overrides: { -readonly [K in keyof Omit<RelayConfig, 'dataDir'>]?: RelayConfig[K] } = { host, port };
+  const metricsPort = intOption(values['metrics-port'], '--metrics-port', 0, 65_535);
+  const messageTtlMs = days(intOption(values['message-ttl-days'], '--message-ttl-days', 1, 3650));
+  const queueTtlMs = days(intOption(values['queue-ttl-days'], '--queue-ttl-days', 1, 36_500));
+  const queueQuota = intOption(values.quota, '--quota', 1, 1_000_000);
+  const maxConnections = intOption(values['max-connections'], '--max-connections', 1, 1_000_000);
+  if (metricsPort !== undefined) overrides.metricsPort = metricsPort;
+  if (messageTtlMs !== undefined) overrides.messageTtlMs = messageTtlMs;
+  if (queueTtlMs !== undefined) overrides.queueTtlMs = queueTtlMs;
+  if (queueQuota !== undefined) overrides.queueQuota = queueQuota;
+  if (maxConnections !== undefined) overrides.maxConnections = maxConnections;
+  const logger = jsonLogger(err, (level as 'debug' | 'info' | 'warn' | 'error' | undefined) ?? 'info');
+  const relay = await RelayServer.start(relayConfig(dataDir, overrides), { logger });
+  const metrics = relay.metricsPort === null ? {} : { metricsPort: relay.metricsPort };
+  out.write(values.json === true ? `${JSON.stringify({ address: relay.address, ...metrics })}\n` : `${relay.address}\n`);
+  await new Promise<void>((resolveStop) => {
+    const stop = () => {
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      relay.stop().then(resolveStop, resolveStop);
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+  return 0;
+}

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * A growable big-endian writer, the counterpart of `Reader`.
+ * @module
+ */
+
+import { ProtocolError } from '../errors.js';
+
+/** Appends fields to a growing byte array. */
+export class Writer {
+  private buf: Uint8Array;
+  private len = 0;
+
+  constructor(initial = 256) {
+    this.buf = new Uint8Array(initial);
+  }
+
+  private room(n: number): void {
+    if (this.len + n <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.len + n) size *= 2;
+    const next = new Uint8Array(size);
+    next.set(this.buf.subarray(0, this.len));
+    this.buf = next;
+  }
+
+  /** One unsigned byte. */
+  u8(v: number): this {
+    if (!Number.isInteger(v) || v < 0 || v > 0xff) throw new ProtocolError('BAD_VALUE', 'byte out of range');
+    this.room(1);
+    this.buf[this.len++] = v;
+    return this;
+  }
+
+  /** A 16-bit big-endian unsigned integer. */
+  u16(v: number): this {
+    if (!Number.isInteger(v) || v < 0 || v > 0xffff) throw new ProtocolError('BAD_VALUE', '16-bit integer out of range');
+    this.room(2);
+    this.buf[this.len++] = v >>> 8;
+    this.buf[this.len++] = v & 0xff;
+    return this;
+  }
+
+  /** A 32-bit big-endian unsigned integer. */
+  u32(v: number): this {
+    if (!Number.isInteger(v) || v < 0 || v > 0xffff_ffff) throw new ProtocolError('BAD_VALUE', '32-bit integer out of range');
+    this.room(4);
+    this.buf[this.len++] = v >>> 24;
+    this.buf[this.len++] = (v >>> 16) & 0xff;
+    this.buf[this.len++] = (v >>> 8) & 0xff;
+    this.buf[this.len++] = v & 0xff;
+    return this;
+  }
+
+  /** A 64-bit big-endian unsigned integer from a safe JS integer. */
+  u64(v: number): this {
+    if (!Number.isSafeInteger(v) || v < 0) throw new ProtocolError('BAD_VALUE', '64-bit integer out of range');
+    return this.u32(Math.floor(v / 0x1_0000_0000)).u32(v % 0x1_0000_0000);
+  }
+
+  /** Raw bytes, no prefix. */
+  bytes(v: Uint8Array): this {
+    this.room(v.length);
+    this.buf.set(v, this.len);
+    this.len += v.length;
+    return this;
+  }
+
+  /** Exactly `n` bytes; throws if `v` has another length. */
+  bytesN(v: Uint8Array, n: number, what = 'a fixed field'): this {
+    if (v.length !== n) throw new ProtocolError('BAD_LENGTH', `${what} must be ${n} bytes, not ${v.length}`);
+    return this.bytes(v);
+  }
+
+  /** Bytes with a 1-byte length prefix. */
+  shortBytes(v: Uint8Array, max = 0xff, what = 'a short field'): this {
+    if (v.length > max || v.length > 0xff) throw new ProtocolError('TOO_LARGE', `${what} is ${v.length} bytes, the limit is ${Math.min(max, 0xff)}`);
+    return this.u8(v.length).bytes(v);
+  }
+
+  /** Bytes with a 2-byte length prefix. */
+  longBytes(v: Uint8Array, max = 0xffff, what = 'a field'): this {
+    if (v.length > max || v.length > 0xffff) throw new ProtocolError('TOO_LARGE', `${what} is ${v.length} bytes, the limit is ${Math.min(max, 0xffff)}`);
+    return this.u16(v.length).bytes(v);
+  }
+
+  /** Bytes written so far. */
+  get length(): number {
+    return this.len;
+  }
+
+  /** The written bytes (a copy sized exactly). */
+  finish(): Uint8Array {
+    return this.buf.slice(0, this.len);
+  }
+}

@@ -1,0 +1,18 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * Murmure's wire formats: pure codecs with no I/O, shared by the relay and its clients.
+ * @module
+ */
+
+export * from './errors.js';
+export * from './limits.js';
+export * from './version.js';
+export { Reader } from './encoding/reader.js';
+export { Writer } from './encoding/writer.js';
+export { pad, unpad, PAD_BYTE } from './encoding/padding.js';
+export { toBase64Url, fromBase64Url, toHex } from './encoding/base64url.js';
+export * from './relay/commands.js';
+export * from './relay/transmission.js';
+export * from './relay/handshake.js';
+export * from './relay/address.js';
+export * from './relay/message.js';

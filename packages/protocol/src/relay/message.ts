@@ -1,0 +1,29 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * What the relay puts inside its relay-to-recipient box: the time it received the message,
+ * the sender's flags and the body. docs/protocol.md, "Delivered messages".
+ * @module
+ */
+
+import { Reader } from '../encoding/reader.js';
+import { Writer } from '../encoding/writer.js';
+import { ProtocolError } from '../errors.js';
+import { MAX_MESSAGE_BODY } from '../limits.js';
+
+/** A message as the recipient reads it once the relay's box is opened. */
+export type ReceivedMessage = Readonly<{ receivedAt: number; flags: number; body: Uint8Array }>;
+
+/** Encodes the boxed content. */
+export function encodeReceivedMessage(m: ReceivedMessage): Uint8Array {
+  return new Writer(m.body.length + 16).u64(m.receivedAt).u8(m.flags).bytes(m.body).finish();
+}
+
+/** Decodes the boxed content. */
+export function decodeReceivedMessage(bytes: Uint8Array): ReceivedMessage {
+  const r = new Reader(bytes);
+  const receivedAt = r.u64('receivedAt');
+  const flags = r.u8('flags');
+  const body = r.rest();
+  if (body.length > MAX_MESSAGE_BODY) throw new ProtocolError('TOO_LARGE', 'message body is over the limit');
+  return { receivedAt, flags, body };
+}

@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * The cryptography of the relay queue layer, composed from node:crypto primitives only:
+ * Ed25519 signatures, X25519 agreements, HKDF-SHA256, HMAC-SHA256 and ChaCha20-Poly1305.
+ * Both the relay and its clients use it, so each construction exists once.
+ * docs/protocol.md, "Authorisation" and "Delivered messages".
+ * @module
+ */
+
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHmac,
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  hkdfSync,
+  randomBytes,
+  sign,
+  timingSafeEqual,
+  verify,
+  type KeyObject,
+} from 'node:crypto';
+
+import { AUTHENTICATOR_LENGTH, BOX_TAG_LENGTH, ID_LENGTH, KEY_LENGTH, SIGNATURE_LENGTH } from '@murmure/protocol';
+
+/** A key pair: the raw 32-byte public key and the private key object. */
+export type KeyPair = Readonly<{ publicKey: Uint8Array; privateKey: KeyObject }>;
+
+const ED25519_SPKI = Buffer.from('302a300506032b6570032100', 'hex');
+const X25519_SPKI = Buffer.from('302a300506032b656e032100', 'hex');
+const INFO_AUTH = Buffer.from('murmure/relay/v1/authenticator');
+const INFO_BOX = Buffer.from('murmure/relay/v1/recipient-box');
+
+function rawPublic(k: KeyObject): Uint8Array {
+  const der = k.export({ format: 'der', type: 'spki' });
+  return new Uint8Array(der.subarray(der.length - KEY_LENGTH));
+}
+
+/** A new Ed25519 key pair (queue signing keys). */
+export function generateSigningKeyPair(): KeyPair {
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+  return { publicKey: rawPublic(publicKey), privateKey };
+}
+
+/** A new X25519 key pair (authenticator keys, box keys, relay session keys). */
+export function generateDhKeyPair(): KeyPair {
+  const { publicKey, privateKey } = generateKeyPairSync('x25519');
+  return { publicKey: rawPublic(publicKey), privateKey };
+}
+
+/** Imports a raw Ed25519 public key; throws if it is not 32 bytes or not a valid key. */
+export function signingPublicKey(raw: Uint8Array): KeyObject {
+  if (raw.length !== KEY_LENGTH) throw new RangeError('Ed25519 public key must be 32 bytes');
+  return createPublicKey({ key: Buffer.concat([ED25519_SPKI, raw]), format: 'der', type: 'spki' });
+}
+
+/** Imports a raw X25519 public key; throws if it is not 32 bytes. */
+export function dhPublicKey(raw: Uint8Array): KeyObject {
+  if (raw.length !== KEY_LENGTH) throw new RangeError('X25519 public key must be 32 bytes');
+  return createPublicKey({ key: Buffer.concat([X25519_SPKI, raw]), format: 'der', type: 'spki' });
+}
+
+/** Serialises a private key (PKCS#8 DER) for a store. */
+export function exportPrivateKey(k: KeyObject): Uint8Array {
+  return new Uint8Array(k.export({ format: 'der', type: 'pkcs8' }));
+}
+
+/** Restores a key pair from `exportPrivateKey` output. */
+export function importKeyPair(pkcs8: Uint8Array): KeyPair {
+  const privateKey = createPrivateKey({ key: Buffer.from(pkcs8), format: 'der', type: 'pkcs8' });
+  return { publicKey: rawPublic(createPublicKey(privateKey)), privateKey };
+}
+
+/** Signs `data` with an Ed25519 private key. */
+export function signBytes(privateKey: KeyObject, data: Uint8Array): Uint8Array {
+  return new Uint8Array(sign(null, data, privateKey));
+}
+
+/** Verifies an Ed25519 signature; false for any malformed input, never a throw. */
+export function verifySignature(publicKey: KeyObject, data: Uint8Array, signature: Uint8Array): boolean {
+  if (signature.length !== SIGNATURE_LENGTH) return false;
+  try {
+    return verify(null, data, publicKey, signature);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * X25519 agreement. Returns null when the peer key is invalid or of low order (OpenSSL refuses
+ * an all-zero result), so a hostile key can never yield a predictable secret.
+ */
+export function agree(privateKey: KeyObject, peerPublic: KeyObject | Uint8Array): Uint8Array | null {
+  try {
+    const pub = peerPublic instanceof Uint8Array ? dhPublicKey(peerPublic) : peerPublic;
+    const s = diffieHellman({ privateKey, publicKey: pub });
+    return new Uint8Array(s);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The session authenticator key for one queue party in one TLS session:
+ * HKDF-SHA256(ikm = X25519(party key, relay session key), salt = sessionId).
+ */
+export function authenticatorKey(sharedSecret: Uint8Array, sessionId: Uint8Array): Uint8Array {
+  return new Uint8Array(hkdfSync('sha256', sharedSecret, sessionId, INFO_AUTH, 32));
+}
+
+/** HMAC-SHA256 of the authorised bytes under an authenticator key. */
+export function authenticate(key: Uint8Array, data: Uint8Array): Uint8Array {
+  return new Uint8Array(createHmac('sha256', key).update(data).digest());
+}
+
+/** Constant-time check of an authenticator. */
+export function checkAuthenticator(key: Uint8Array, data: Uint8Array, mac: Uint8Array): boolean {
+  const expected = authenticate(key, data);
+  return mac.length === AUTHENTICATOR_LENGTH && timingSafeEqual(expected, mac);
+}
+
+/** The relay-to-recipient box key: HKDF-SHA256 over X25519(recipient box key, relay queue key). */
+export function recipientBoxKey(sharedSecret: Uint8Array): Uint8Array {
+  return new Uint8Array(hkdfSync('sha256', sharedSecret, new Uint8Array(0), INFO_BOX, 32));
+}
+
+function boxNonce(msgId: Uint8Array): Uint8Array {
+  if (msgId.length !== ID_LENGTH) throw new RangeError('message id must be 24 bytes');
+  return msgId.subarray(0, 12);
+}
+
+/** ChaCha20-Poly1305 seal under the box key; the nonce and associated data come from the message id. */
+export function sealRecipientBox(key: Uint8Array, msgId: Uint8Array, plaintext: Uint8Array): Uint8Array {
+  const c = createCipheriv('chacha20-poly1305', key, boxNonce(msgId), { authTagLength: BOX_TAG_LENGTH });
+  c.setAAD(msgId, { plaintextLength: plaintext.length });
+  const out = Buffer.concat([c.update(plaintext), c.final(), c.getAuthTag()]);
+  return new Uint8Array(out.buffer, out.byteOffset, out.length);
+}
+
+/** Opens a box made by `sealRecipientBox`; null if it was tampered with. */
+export function openRecipientBox(key: Uint8Array, msgId: Uint8Array, sealed: Uint8Array): Uint8Array | null {
+  if (sealed.length < BOX_TAG_LENGTH) return null;
+  try {
+    const d = createDecipheriv('chacha20-poly1305', key, boxNonce(msgId), { authTagLength: BOX_TAG_LENGTH });
+    const ctLen = sealed.length - BOX_TAG_LENGTH;
+    d.setAAD(msgId, { plaintextLength: ctLen });
+    d.setAuthTag(sealed.subarray(ctLen));
+    const out = Buffer.concat([d.update(sealed.subarray(0, ctLen)), d.final()]);
+    return new Uint8Array(out.buffer, out.byteOffset, out.length);
+  } catch {
+    return null;
+  }
+}
+
+/** Random bytes (ids, correlation ids). */
+export function randomId(length = ID_LENGTH): Uint8Array {
+  const b = randomBytes(length);
+  return new Uint8Array(b.buffer, b.byteOffset, b.length);
+}

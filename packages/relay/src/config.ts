@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * Relay settings and every limit the relay enforces, with their defaults. docs/operations.md
+ * lists them for operators; docs/protocol.md lists the ones a client can observe.
+ * @module
+ */
+
+/** All settings of a running relay. */
+export type RelayConfig = Readonly<{
+  /** Folder holding the relay's keys, certificate and store. */
+  dataDir: string;
+  /** Address to listen on. */
+  host: string;
+  /** Port to listen on; 0 picks a free one. */
+  port: number;
+  /** Port of the optional Prometheus `/metrics` endpoint (on `metricsHost`); null: off. */
+  metricsPort: number | null;
+  /** Address of the metrics endpoint. */
+  metricsHost: string;
+  /** Undelivered messages are deleted after this long. */
+  messageTtlMs: number;
+  /** Queues with no activity for this long are deleted. */
+  queueTtlMs: number;
+  /** How often expiry runs. */
+  expiryIntervalMs: number;
+  /** Most undelivered messages one queue may hold; then SEND gets ERR QUOTA. */
+  queueQuota: number;
+  /** Most connections open at once; more are closed before any TLS work. */
+  maxConnections: number;
+  /** Commands per second one connection may send (token bucket refill rate). */
+  commandsPerSecond: number;
+  /** Commands one connection may send in a burst (token bucket size). */
+  commandBurst: number;
+  /** Queues one connection may create over its life. */
+  queuesPerConnection: number;
+  /** Time allowed from TCP accept to the client hello (TLS, HTTP upgrade and hello). */
+  handshakeTimeoutMs: number;
+  /** A connection that sends nothing for this long is closed. Clients PING to stay. */
+  idleTimeoutMs: number;
+  /** Unsent bytes a connection may have queued before it is closed as too slow. */
+  maxBufferedBytes: number;
+}>;
+
+/** Default settings: the values a relay runs with unless told otherwise. */
+export const DEFAULTS = {
+  host: '127.0.0.1',
+  port: 5224,
+  metricsPort: null,
+  metricsHost: '127.0.0.1',
+  messageTtlMs: 21 * 86_400_000,
+  queueTtlMs: 90 * 86_400_000,
+  expiryIntervalMs: 3_600_000,
+  queueQuota: 128,
+  maxConnections: 16_000,
+  commandsPerSecond: 20_000,
+  commandBurst: 40_000,
+  queuesPerConnection: 1_000,
+  handshakeTimeoutMs: 10_000,
+  idleTimeoutMs: 15 * 60_000,
+  maxBufferedBytes: 64 * 16_384,
+} as const satisfies Omit<RelayConfig, 'dataDir'>;
+
+/** A complete config from a data folder and any overrides. */
+export function relayConfig(dataDir: string, overrides: Partial<Omit<RelayConfig, 'dataDir'>> = {}): RelayConfig {
+  return { ...DEFAULTS, ...overrides, dataDir };
+}

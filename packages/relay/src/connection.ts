@@ -1,0 +1,246 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * One client connection: the hello exchange, block framing, rate limiting and the outgoing
+ * batcher. Commands are handed to the `CommandHandler`; responses come back as transmissions
+ * and are packed, several to a block, before they are sent.
+ * @module
+ */
+
+import type { KeyObject } from 'node:crypto';
+
+import {
+  BLOCK_SIZE,
+  ProtocolError,
+  RELAY_VERSIONS,
+  decodeBlock,
+  decodeClientHello,
+  decodeClientTransmission,
+  encodeResponse,
+  encodeServerHello,
+  encodeServerTransmission,
+  packBlocks,
+  type ClientTransmission,
+  type ErrorCode,
+  type Response,
+} from '@murmure/protocol';
+import { generateDhKeyPair } from '@murmure/queue-crypto';
+import type { WebSocket } from 'ws';
+
+import type { RelayConfig } from './config.js';
+import type { RelayMetrics } from './metrics.js';
+
+const EMPTY = new Uint8Array(0);
+/** Most entries in a connection's cache of derived authenticator keys. */
+export const AUTH_KEY_CACHE_SIZE = 1024;
+
+/** What the server does with a connection's commands. */
+export interface CommandHandler {
+  /** Handles one transmission; resolves once its response is queued. */
+  handle(conn: Connection, t: ClientTransmission): Promise<void>;
+  /** The connection closed: drop its subscriptions. */
+  closed(conn: Connection): void;
+}
+
+/** WebSocket close codes used by the relay. */
+export const CloseCode = {
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  PROTOCOL: 1002,
+  UNSUPPORTED: 1003,
+  POLICY: 1008,
+  TOO_BIG: 1009,
+} as const;
+
+/** A client connection after the WebSocket upgrade. */
+export class Connection {
+  /** The X25519 key of this session, for authenticators. */
+  readonly sessionKey = generateDhKeyPair();
+  /** Chosen protocol version, once the client hello arrived. */
+  version = 0;
+  /** Queues created on this connection. */
+  queuesCreated = 0;
+  /** Recipient ids (latin1 keys) this connection is subscribed to. */
+  readonly subscriptions = new Set<string>();
+  /** Message ids handed out by GET, by recipient id key, awaiting ACK. */
+  readonly fetched = new Map<string, Uint8Array>();
+  /** Derived authenticator keys, by entity id key. */
+  readonly authKeys = new Map<string, { peer: Uint8Array; key: Uint8Array }>();
+  lastActivity = Date.now();
+  private tokens: number;
+  private lastRefill = Date.now();
+  private out: Uint8Array[] = [];
+  private flushScheduled = false;
+  private inflight = 0;
+  private idleWaiters: (() => void)[] = [];
+  private closedFlag = false;
+
+  constructor(
+    readonly ws: WebSocket,
+    readonly sessionId: Uint8Array,
+    private readonly config: RelayConfig,
+    private readonly metrics: RelayMetrics,
+    private readonly handler: CommandHandler,
+    private readonly onHello: () => void,
+  ) {
+    this.tokens = config.commandBurst;
+    ws.binaryType = 'nodebuffer';
+    ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
+    ws.on('close', () => this.onClose());
+    ws.on('error', () => this.close(CloseCode.PROTOCOL));
+    this.sendRaw(encodeServerHello({ versions: RELAY_VERSIONS, sessionKey: this.sessionKey.publicKey }));
+  }
+
+  /** The private half of the session key. */
+  get sessionPrivateKey(): KeyObject {
+    return this.sessionKey.privateKey;
+  }
+
+  /** Whether the connection has closed. */
+  get isClosed(): boolean {
+    return this.closedFlag;
+  }
+
+  private onMessage(data: Buffer, isBinary: boolean): void {
+    if (this.closedFlag) return;
+    this.lastActivity = Date.now();
+    if (!isBinary || data.length !== BLOCK_SIZE) {
+      this.close(CloseCode.POLICY);
+      return;
+    }
+    this.metrics.blocksIn++;
+    const block = new Uint8Array(data.buffer, data.byteOffset, data.length);
+    if (this.version === 0) {
+      this.onClientHello(block);
+      return;
+    }
+    let transmissions: Uint8Array[];
+    try {
+      transmissions = decodeBlock(block);
+    } catch {
+      this.error(EMPTY, EMPTY, 'BLOCK');
+      this.close(CloseCode.POLICY);
+      return;
+    }
+    for (const raw of transmissions) {
+      let t: ClientTransmission;
+      try {
+        t = decodeClientTransmission(raw);
+      } catch {
+        this.error(EMPTY, EMPTY, 'BLOCK');
+        continue;
+      }
+      if (!this.takeToken()) {
+        this.error(t.corrId, t.entityId, 'LIMIT');
+        continue;
+      }
+      this.inflight++;
+      this.handler
+        .handle(this, t)
+        .catch(() => this.error(t.corrId, t.entityId, 'INTERNAL'))
+        .finally(() => this.doneOne());
+    }
+  }
+
+  private onClientHello(block: Uint8Array): void {
+    try {
+      const h = decodeClientHello(block);
+      if (h.version < RELAY_VERSIONS.min || h.version > RELAY_VERSIONS.max) {
+        throw new ProtocolError('VERSION_UNSUPPORTED', 'client chose a version we do not speak');
+      }
+      this.version = h.version;
+      this.onHello();
+    } catch {
+      this.metrics.handshakeFailures++;
+      this.error(EMPTY, EMPTY, 'VERSION');
+      this.close(CloseCode.PROTOCOL);
+    }
+  }
+
+  private takeToken(): boolean {
+    const now = Date.now();
+    const elapsed = now - this.lastRefill;
+    if (elapsed > 0) {
+      this.tokens = Math.min(this.config.commandBurst, this.tokens + (elapsed * this.config.commandsPerSecond) / 1000);
+      this.lastRefill = now;
+    }
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+
+  private doneOne(): void {
+    this.inflight--;
+    if (this.inflight === 0) {
+      for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  /** Resolves when no command of this connection is being handled. */
+  idle(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Queues a response to a command (or a push, with an empty corrId). */
+  respond(corrId: Uint8Array, entityId: Uint8Array, r: Response): void {
+    if (r.type === 'ERR') this.metrics.error(r.code);
+    this.queue(encodeServerTransmission({ corrId, entityId, response: encodeResponse(r) }));
+  }
+
+  /** Queues an error response. */
+  error(corrId: Uint8Array, entityId: Uint8Array, code: ErrorCode): void {
+    this.respond(corrId, entityId, { type: 'ERR', code });
+  }
+
+  private queue(t: Uint8Array): void {
+    if (this.closedFlag) return;
+    this.out.push(t);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  /** Sends every queued transmission now, packed into blocks. */
+  flush(): void {
+    this.flushScheduled = false;
+    if (this.closedFlag || this.out.length === 0) return;
+    const blocks = packBlocks(this.out);
+    this.out = [];
+    for (const b of blocks) this.sendRaw(b);
+    if (this.ws.bufferedAmount > this.config.maxBufferedBytes) this.close(CloseCode.POLICY);
+  }
+
+  private sendRaw(block: Uint8Array): void {
+    this.metrics.blocksOut++;
+    this.ws.send(block, { binary: true });
+  }
+
+  /** Closes the connection with a WebSocket close code. */
+  close(code: number): void {
+    if (this.closedFlag) return;
+    this.flush();
+    this.closedFlag = true;
+    try {
+      this.ws.close(code);
+    } catch {
+      this.ws.terminate();
+    }
+    // A peer that does not answer the close handshake is cut off.
+    setTimeout(() => this.ws.terminate(), 2000).unref();
+    this.onClose();
+  }
+
+  private released = false;
+  private onClose(): void {
+    this.closedFlag = true;
+    if (this.released) return;
+    this.released = true;
+    this.handler.closed(this);
+  }
+
+  /** Pushes an END for a subscription another connection took. */
+  end(rcvId: Uint8Array): void {
+    this.respond(EMPTY, rcvId, { type: 'END' });
+  }
+}

@@ -1,0 +1,322 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * Command handling: authorisation, queue operations and delivery. Every failure of
+ * authorisation, whether the queue is missing, suspended or the key is wrong, is answered with
+ * the same `ERR AUTH` after the same work (a check against a dummy key), so a command cannot
+ * tell whether a queue exists. docs/protocol.md, "Commands".
+ * @module
+ */
+
+import {
+  ID_LENGTH,
+  ProtocolError,
+  authorizedBytes,
+  decodeCommand,
+  encodeReceivedMessage,
+  type ClientTransmission,
+  type Command,
+  type ErrorCode,
+} from '@murmure/protocol';
+import {
+  agree,
+  authenticatorKey,
+  checkAuthenticator,
+  generateDhKeyPair,
+  generateSigningKeyPair,
+  randomId,
+  recipientBoxKey,
+  sealRecipientBox,
+  signingPublicKey,
+  verifySignature,
+} from '@murmure/queue-crypto';
+
+import type { RelayConfig } from './config.js';
+import { AUTH_KEY_CACHE_SIZE, type CommandHandler, type Connection } from './connection.js';
+import type { Logger } from './log.js';
+import type { RelayMetrics } from './metrics.js';
+import { StoreError, type QueueRecord, type QueueStore } from './store/queue-store.js';
+
+const EMPTY = new Uint8Array(0);
+
+/** Stand-in keys used when a queue does not exist, so the failure costs the same work. */
+const DUMMY_SIG_KEY = generateSigningKeyPair().publicKey;
+const DUMMY_DH_KEY = generateDhKeyPair().publicKey;
+
+/** A subscription: which connection holds a queue and which message it holds unacknowledged. */
+type Subscription = {
+  conn: Connection;
+  rcvId: Uint8Array;
+  delivered: Uint8Array | null;
+  busy: boolean;
+  again: boolean;
+};
+
+/** A latin1 string key for an id, for maps. */
+export function idKey(id: Uint8Array): string {
+  return Buffer.from(id.buffer, id.byteOffset, id.length).toString('latin1');
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
+}
+
+class Refusal {
+  constructor(readonly code: ErrorCode) {}
+}
+
+/** Handles the commands of every connection of one relay. */
+export class RelayHandlers implements CommandHandler {
+  private readonly subs = new Map<string, Subscription>();
+
+  constructor(
+    private readonly store: QueueStore,
+    private readonly config: RelayConfig,
+    private readonly metrics: RelayMetrics,
+    private readonly logger: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  async handle(conn: Connection, t: ClientTransmission): Promise<void> {
+    let cmd: Command;
+    try {
+      cmd = decodeCommand(t.command);
+    } catch (e) {
+      const large = ProtocolError.is(e, 'TOO_LARGE') && t.command[0] === 0x08;
+      conn.error(t.corrId, t.entityId, large ? 'LARGE_MSG' : 'CMD');
+      return;
+    }
+    this.metrics.command(cmd.type);
+    try {
+      await this.dispatch(conn, t, cmd);
+    } catch (e) {
+      if (e instanceof Refusal) {
+        conn.error(t.corrId, t.entityId, e.code);
+      } else if (e instanceof StoreError) {
+        this.logger.log('error', 'store write failed', { code: e.code });
+        conn.error(t.corrId, t.entityId, 'STORE');
+      } else {
+        this.logger.log('error', 'command failed', { command: cmd.type });
+        conn.error(t.corrId, t.entityId, 'INTERNAL');
+      }
+    }
+  }
+
+  private async dispatch(conn: Connection, t: ClientTransmission, cmd: Command): Promise<void> {
+    const reply = conn.respond.bind(conn, t.corrId, t.entityId);
+    switch (cmd.type) {
+      case 'PING':
+        return reply({ type: 'PONG' });
+      case 'NEW':
+        return reply(await this.newQueue(conn, t, cmd));
+      case 'LGET': {
+        const link = t.entityId.length === ID_LENGTH ? await this.store.linkData(t.entityId) : undefined;
+        if (link === undefined) throw new Refusal('AUTH');
+        return reply({ type: 'LNK', sndId: link.sndId, data: link.data });
+      }
+      case 'SEND':
+        return this.send(conn, t, cmd);
+      case 'KEY': {
+        const q = await this.recipient(conn, t, 'signature');
+        if ((await this.store.secureQueue(q.rcvId, cmd.sndAuthKey, this.now())) === 'conflict') throw new Refusal('AUTH');
+        return reply({ type: 'OK' });
+      }
+      case 'SUB': {
+        const q = await this.recipient(conn, t, 'authenticator');
+        this.subscribe(conn, q.rcvId);
+        reply({ type: 'OK' });
+        this.store.touchQueue(q.rcvId, this.now()).catch(() => undefined);
+        return this.deliverNext(idKey(q.rcvId));
+      }
+      case 'ACK':
+        return this.ack(conn, t, cmd.msgId);
+      case 'GET':
+        return this.get(conn, t);
+      case 'OFF': {
+        const q = await this.recipient(conn, t, 'signature');
+        await this.store.suspendQueue(q.rcvId);
+        return reply({ type: 'OK' });
+      }
+      case 'DEL': {
+        const q = await this.recipient(conn, t, 'signature');
+        await this.store.deleteQueue(q.rcvId);
+        const key = idKey(q.rcvId);
+        const sub = this.subs.get(key);
+        if (sub !== undefined) {
+          this.unsubscribe(sub.conn, key);
+          if (sub.conn !== conn) sub.conn.end(q.rcvId);
+        }
+        conn.fetched.delete(key);
+        return reply({ type: 'OK' });
+      }
+      case 'LSET': {
+        const q = await this.recipient(conn, t, 'signature');
+        if (q.sndAuthKey !== null) throw new Refusal('CMD');
+        if ((await this.store.setLink(q.rcvId, cmd.linkId, cmd.data)) === 'taken') throw new Refusal('DUPLICATE');
+        return reply({ type: 'OK' });
+      }
+      default: {
+        const never: never = cmd;
+        throw new Refusal(never);
+      }
+    }
+  }
+
+  private async newQueue(conn: Connection, t: ClientTransmission, cmd: Extract<Command, { type: 'NEW' }>) {
+    if (t.entityId.length !== 0) throw new Refusal('CMD');
+    if (conn.queuesCreated >= this.config.queuesPerConnection) throw new Refusal('LIMIT');
+    if (t.auth.kind !== 'signature' || !this.signatureValid(conn, t, cmd.rcvSigKey, t.auth.bytes)) throw new Refusal('AUTH');
+    const server = generateDhKeyPair();
+    const secret = agree(server.privateKey, cmd.rcvDhKey);
+    if (secret === null) throw new Refusal('CMD');
+    const rcvId = randomId();
+    const sndId = randomId();
+    await this.store.createQueue(
+      { rcvId, sndId, rcvSigKey: cmd.rcvSigKey, rcvAuthKey: cmd.rcvAuthKey, boxKey: recipientBoxKey(secret) },
+      this.now(),
+    );
+    conn.queuesCreated++;
+    this.metrics.queuesCreated++;
+    return { type: 'IDS' as const, rcvId, sndId, srvDhKey: server.publicKey };
+  }
+
+  private async send(conn: Connection, t: ClientTransmission, cmd: Extract<Command, { type: 'SEND' }>): Promise<void> {
+    const q = t.entityId.length === ID_LENGTH ? await this.store.queueBySender(t.entityId) : undefined;
+    let ok: boolean;
+    if (t.auth.kind === 'authenticator') {
+      ok = this.authenticatorValid(conn, t, q?.sndAuthKey ?? DUMMY_DH_KEY, t.auth.bytes) && q !== undefined && q.sndAuthKey !== null;
+    } else {
+      // Only the first message to an unsecured queue (the confirmation) goes without authorisation.
+      ok = t.auth.kind === 'none' && q !== undefined && q.sndAuthKey === null;
+    }
+    if (!ok || q === undefined || q.suspended) throw new Refusal('AUTH');
+    const now = this.now();
+    const msgId = randomId();
+    const sealed = sealRecipientBox(q.boxKey, msgId, encodeReceivedMessage({ receivedAt: now, flags: cmd.flags, body: cmd.body }));
+    if ((await this.store.addMessage(q.rcvId, { msgId, receivedAt: now, sealed }, this.config.queueQuota, now)) === 'quota') {
+      throw new Refusal('QUOTA');
+    }
+    this.metrics.messagesStored++;
+    conn.respond(t.corrId, t.entityId, { type: 'OK' });
+    await this.deliverNext(idKey(q.rcvId));
+  }
+
+  private async ack(conn: Connection, t: ClientTransmission, msgId: Uint8Array): Promise<void> {
+    const q = await this.recipient(conn, t, 'authenticator');
+    const key = idKey(q.rcvId);
+    const sub = this.subs.get(key);
+    const fetched = conn.fetched.get(key);
+    const held = sub?.conn === conn ? sub.delivered : fetched;
+    if (held === null || held === undefined || !sameBytes(held, msgId)) throw new Refusal('NO_MSG');
+    if (!(await this.store.deleteMessage(q.rcvId, msgId, this.now()))) throw new Refusal('NO_MSG');
+    this.metrics.messagesAcked++;
+    if (fetched !== undefined && sameBytes(fetched, msgId)) conn.fetched.delete(key);
+    conn.respond(t.corrId, t.entityId, { type: 'OK' });
+    const current = this.subs.get(key);
+    if (current !== undefined && current.delivered !== null && sameBytes(current.delivered, msgId)) {
+      current.delivered = null;
+      await this.deliverNext(key);
+    }
+  }
+
+  private async get(conn: Connection, t: ClientTransmission): Promise<void> {
+    const q = await this.recipient(conn, t, 'authenticator');
+    const key = idKey(q.rcvId);
+    if (this.subs.get(key)?.conn === conn) throw new Refusal('CMD');
+    const m = await this.store.oldestMessage(q.rcvId);
+    if (m === undefined) throw new Refusal('NO_MSG');
+    conn.fetched.set(key, m.msgId);
+    this.metrics.messagesDelivered++;
+    conn.respond(t.corrId, t.entityId, { type: 'MSG', msgId: m.msgId, body: m.sealed });
+  }
+
+  /** Looks up the recipient's queue and checks the command's authorisation, or refuses with AUTH. */
+  private async recipient(conn: Connection, t: ClientTransmission, kind: 'signature' | 'authenticator'): Promise<QueueRecord> {
+    const q = t.entityId.length === ID_LENGTH ? await this.store.queueByRecipient(t.entityId) : undefined;
+    let ok = false;
+    if (t.auth.kind === kind) {
+      ok =
+        kind === 'signature'
+          ? this.signatureValid(conn, t, q?.rcvSigKey ?? DUMMY_SIG_KEY, t.auth.bytes)
+          : this.authenticatorValid(conn, t, q?.rcvAuthKey ?? DUMMY_DH_KEY, t.auth.bytes);
+    }
+    if (!ok || q === undefined) throw new Refusal('AUTH');
+    return q;
+  }
+
+  private signatureValid(conn: Connection, t: ClientTransmission, publicKey: Uint8Array, sig: Uint8Array): boolean {
+    let key;
+    try {
+      key = signingPublicKey(publicKey);
+    } catch {
+      key = signingPublicKey(DUMMY_SIG_KEY);
+    }
+    return verifySignature(key, authorizedBytes(conn.sessionId, t.corrId, t.entityId, t.command), sig);
+  }
+
+  private authenticatorValid(conn: Connection, t: ClientTransmission, peer: Uint8Array, mac: Uint8Array): boolean {
+    const cacheKey = idKey(t.entityId);
+    let entry = conn.authKeys.get(cacheKey);
+    if (entry === undefined || !sameBytes(entry.peer, peer)) {
+      const secret = agree(conn.sessionPrivateKey, peer) ?? agree(conn.sessionPrivateKey, DUMMY_DH_KEY);
+      if (secret === null) return false;
+      entry = { peer, key: authenticatorKey(secret, conn.sessionId) };
+      if (conn.authKeys.size >= AUTH_KEY_CACHE_SIZE) {
+        const oldest = conn.authKeys.keys().next().value;
+        if (oldest !== undefined) conn.authKeys.delete(oldest);
+      }
+      conn.authKeys.set(cacheKey, entry);
+    }
+    return checkAuthenticator(entry.key, authorizedBytes(conn.sessionId, t.corrId, t.entityId, t.command), mac);
+  }
+
+  private subscribe(conn: Connection, rcvId: Uint8Array): void {
+    const key = idKey(rcvId);
+    const old = this.subs.get(key);
+    if (old !== undefined && old.conn !== conn) {
+      old.conn.subscriptions.delete(key);
+      old.conn.end(rcvId);
+    }
+    if (old === undefined) this.metrics.subscriptions++;
+    // A new SUB re-delivers the message held unacknowledged, if any.
+    this.subs.set(key, { conn, rcvId, delivered: null, busy: false, again: false });
+    conn.subscriptions.add(key);
+  }
+
+  private unsubscribe(conn: Connection, key: string): void {
+    const sub = this.subs.get(key);
+    if (sub !== undefined && sub.conn === conn) {
+      this.subs.delete(key);
+      this.metrics.subscriptions--;
+    }
+    conn.subscriptions.delete(key);
+  }
+
+  /** Pushes the oldest message to the subscriber if it holds none unacknowledged. */
+  private async deliverNext(key: string): Promise<void> {
+    const sub = this.subs.get(key);
+    if (sub === undefined || sub.delivered !== null) return;
+    if (sub.busy) {
+      sub.again = true;
+      return;
+    }
+    sub.busy = true;
+    try {
+      do {
+        sub.again = false;
+        const m = await this.store.oldestMessage(sub.rcvId);
+        if (this.subs.get(key) !== sub || sub.conn.isClosed || m === undefined) return;
+        sub.delivered = m.msgId;
+        this.metrics.messagesDelivered++;
+        sub.conn.respond(EMPTY, sub.rcvId, { type: 'MSG', msgId: m.msgId, body: m.sealed });
+      } while (sub.again && sub.delivered === null);
+    } finally {
+      sub.busy = false;
+    }
+  }
+
+  closed(conn: Connection): void {
+    for (const key of [...conn.subscriptions]) this.unsubscribe(conn, key);
+    conn.fetched.clear();
+    conn.authKeys.clear();
+  }
+}

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * The relay's TLS identity: an Ed25519 key and a self-signed certificate kept in the data
+ * folder. Clients pin the certificate's SHA-256 fingerprint, which is part of the address.
+ * @module
+ */
+
+import 'reflect-metadata';
+import { X509Certificate, createHash, createPrivateKey, webcrypto } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import * as x509 from '@peculiar/x509';
+
+/** The relay's key and certificate, PEM-encoded, and the certificate fingerprint. */
+export type RelayIdentity = Readonly<{ keyPem: string; certPem: string; fingerprint: Uint8Array }>;
+
+/** File names inside the data folder. */
+export const KEY_FILE = 'tls-key.pem';
+export const CERT_FILE = 'tls-cert.pem';
+const CERT_YEARS = 20;
+
+/** SHA-256 of a certificate's DER bytes. */
+export function certificateFingerprint(certPem: string): Uint8Array {
+  const der = new X509Certificate(certPem).raw;
+  return new Uint8Array(createHash('sha256').update(der).digest());
+}
+
+/** Loads the identity from `dataDir`, or null when it has none yet. */
+export function loadIdentity(dataDir: string): RelayIdentity | null {
+  const keyPath = join(dataDir, KEY_FILE);
+  const certPath = join(dataDir, CERT_FILE);
+  if (!existsSync(keyPath) || !existsSync(certPath)) return null;
+  const keyPem = readFileSync(keyPath, 'utf8');
+  const certPem = readFileSync(certPath, 'utf8');
+  createPrivateKey(keyPem);
+  return { keyPem, certPem, fingerprint: certificateFingerprint(certPem) };
+}
+
+/** Makes a new key and certificate in `dataDir` (mode 0700 folder, 0600 key). */
+export async function createIdentity(dataDir: string): Promise<RelayIdentity> {
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+  const alg = { name: 'Ed25519' };
+  const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  const now = Date.now();
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: Buffer.from(webcrypto.getRandomValues(new Uint8Array(16))).toString('hex').replace(/^[89a-f]/, '1'),
+    name: 'CN=murmure relay',
+    notBefore: new Date(now - 86_400_000),
+    notAfter: new Date(now + CERT_YEARS * 365 * 86_400_000),
+    keys: keys as unknown as Parameters<typeof x509.X509CertificateGenerator.createSelfSigned>[0]['keys'],
+    signingAlgorithm: alg,
+  });
+  const pkcs8 = await webcrypto.subtle.exportKey('pkcs8', keys.privateKey);
+  const keyPem = createPrivateKey({ key: Buffer.from(pkcs8), format: 'der', type: 'pkcs8' }).export({ format: 'pem', type: 'pkcs8' }).toString();
+  const certPem = cert.toString('pem');
+  writeAtomic(join(dataDir, KEY_FILE), keyPem, 0o600);
+  writeAtomic(join(dataDir, CERT_FILE), certPem, 0o644);
+  return { keyPem, certPem, fingerprint: certificateFingerprint(certPem) };
+}
+
+/** Loads the identity, making one first if the folder has none. */
+export async function loadOrCreateIdentity(dataDir: string): Promise<RelayIdentity> {
+  return loadIdentity(dataDir) ?? (await createIdentity(dataDir));
+}
+
+function writeAtomic(path: string, text: string, mode: number): void {
+  const tmp = `${path}.tmp`;
+  writeFileSync(tmp, text, { mode });
+  chmodSync(tmp, mode);
+  renameSync(tmp, path);
+}

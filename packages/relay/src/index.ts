@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * The Murmure relay: an untrusted mailbox of one-way queues that sees only ciphertext.
+ * @module
+ */
+
+export { RelayServer, SESSION_EXPORTER_LABEL, STORE_FILE, type StartOptions } from './server.js';
+export { DEFAULTS, relayConfig, type RelayConfig } from './config.js';
+export { createIdentity, loadIdentity, loadOrCreateIdentity, certificateFingerprint, type RelayIdentity } from './identity.js';
+export { jsonLogger, silentLogger, type Logger, type LogLevel } from './log.js';
+export { RelayMetrics } from './metrics.js';
+export { StoreError, type QueueStore, type QueueRecord, type StoredMessage } from './store/queue-store.js';
+export { SqliteQueueStore } from './store/sqlite/sqlite-queue-store.js';

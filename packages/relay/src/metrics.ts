@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * Relay counters and gauges, rendered in the Prometheus text format. Only counts: no label ever
+ * holds an id, a key or an address.
+ * @module
+ */
+
+/** Counters the relay keeps. */
+export class RelayMetrics {
+  connectionsOpen = 0;
+  connectionsTotal = 0;
+  connectionsRejected = 0;
+  handshakeFailures = 0;
+  blocksIn = 0;
+  blocksOut = 0;
+  queuesCreated = 0;
+  messagesStored = 0;
+  messagesDelivered = 0;
+  messagesAcked = 0;
+  messagesExpired = 0;
+  queuesExpired = 0;
+  subscriptions = 0;
+  storeCommits = 0;
+  readonly commands = new Map<string, number>();
+  readonly errors = new Map<string, number>();
+
+  /** Counts one command of a type. */
+  command(type: string): void {
+    this.commands.set(type, (this.commands.get(type) ?? 0) + 1);
+  }
+
+  /** Counts one error response of a code. */
+  error(code: string): void {
+    this.errors.set(code, (this.errors.get(code) ?? 0) + 1);
+  }
+
+  /** The Prometheus text exposition. */
+  render(extra: Readonly<{ queues: number; messages: number; rssBytes: number }>): string {
+    const lines: string[] = [];
+    const metric = (name: string, type: 'counter' | 'gauge', help: string, value: number, labels = ''): void => {
+      if (!lines.some((l) => l.startsWith(`# TYPE ${name} `))) {
+        lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+      }
+      lines.push(`${name}${labels} ${value}`);
+    };
+    metric('murmure_connections_open', 'gauge', 'Open client connections.', this.connectionsOpen);
+    metric('murmure_connections_total', 'counter', 'Client connections accepted.', this.connectionsTotal);
+    metric('murmure_connections_rejected_total', 'counter', 'Connections refused at the connection limit.', this.connectionsRejected);
+    metric('murmure_handshake_failures_total', 'counter', 'Connections closed before the handshake completed.', this.handshakeFailures);
+    metric('murmure_blocks_in_total', 'counter', 'Blocks received.', this.blocksIn);
+    metric('murmure_blocks_out_total', 'counter', 'Blocks sent.', this.blocksOut);
+    metric('murmure_queues_created_total', 'counter', 'Queues created.', this.queuesCreated);
+    metric('murmure_messages_stored_total', 'counter', 'Messages accepted and stored.', this.messagesStored);
+    metric('murmure_messages_delivered_total', 'counter', 'Messages pushed or fetched.', this.messagesDelivered);
+    metric('murmure_messages_acked_total', 'counter', 'Messages acknowledged and deleted.', this.messagesAcked);
+    metric('murmure_messages_expired_total', 'counter', 'Messages deleted by expiry.', this.messagesExpired);
+    metric('murmure_queues_expired_total', 'counter', 'Unused queues deleted by expiry.', this.queuesExpired);
+    metric('murmure_subscriptions', 'gauge', 'Queues with a subscriber.', this.subscriptions);
+    metric('murmure_store_commits_total', 'counter', 'Group commits of the store.', this.storeCommits);
+    metric('murmure_queues', 'gauge', 'Queues in the store.', extra.queues);
+    metric('murmure_messages', 'gauge', 'Undelivered messages in the store.', extra.messages);
+    metric('murmure_process_rss_bytes', 'gauge', 'Resident memory of the relay process.', extra.rssBytes);
+    for (const [type, n] of this.commands) metric('murmure_commands_total', 'counter', 'Commands received, by type.', n, `{command="${type}"}`);
+    for (const [code, n] of this.errors) metric('murmure_errors_total', 'counter', 'Error responses, by code.', n, `{code="${code}"}`);
+    return `${lines.join('\n')}\n`;
+  }
+}

@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * The relay server: WebSocket over TLS 1.3, a fixed block size, connection limits and
+ * timeouts, expiry, metrics and a graceful stop.
+ * @module
+ */
+
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import { join } from 'node:path';
+import type { TLSSocket } from 'node:tls';
+
+import { BLOCK_SIZE, SESSION_ID_LENGTH, formatRelayAddress } from '@murmure/protocol';
+import { WebSocketServer } from 'ws';
+
+import type { RelayConfig } from './config.js';
+import { CloseCode, Connection } from './connection.js';
+import { RelayHandlers } from './handlers.js';
+import { loadOrCreateIdentity, type RelayIdentity } from './identity.js';
+import { silentLogger, type Logger } from './log.js';
+import { RelayMetrics } from './metrics.js';
+import type { QueueStore } from './store/queue-store.js';
+import { SqliteQueueStore } from './store/sqlite/sqlite-queue-store.js';
+
+/** Label of the TLS exporter that yields the session id both sides bind commands to. */
+export const SESSION_EXPORTER_LABEL = 'EXPORTER-murmure-relay-session';
+/** Name of the store file inside the data folder. */
+export const STORE_FILE = 'relay.sqlite';
+
+/** Options for starting a relay. */
+export type StartOptions = Readonly<{ logger?: Logger; store?: QueueStore; now?: () => number }>;
+
+/** A running relay. */
+export class RelayServer {
+  private readonly connections = new Set<Connection>();
+  private readonly handshakeTimers = new WeakMap<object, NodeJS.Timeout>();
+  private readonly timers: NodeJS.Timeout[] = [];
+  private metricsServer: HttpServer | null = null;
+  private stopping: Promise<void> | null = null;
+
+  private constructor(
+    readonly config: RelayConfig,
+    readonly identity: RelayIdentity,
+    private readonly https: HttpsServer,
+    private readonly wss: WebSocketServer,
+    private readonly store: QueueStore,
+    private readonly handlers: RelayHandlers,
+    readonly metrics: RelayMetrics,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The port the relay listens on. */
+  get port(): number {
+    return (this.https.address() as AddressInfo).port;
+  }
+
+  /** The address clients use: `murmure://<fingerprint>@host:port`. */
+  get address(): string {
+    return formatRelayAddress({ fingerprint: this.identity.fingerprint, host: this.config.host, port: this.port });
+  }
+
+  /** The port of the metrics endpoint, if it runs. */
+  get metricsPort(): number | null {
+    return this.metricsServer === null ? null : (this.metricsServer.address() as AddressInfo).port;
+  }
+
+  /** Loads (or makes) the identity, opens the store and starts listening. */
+  static async start(config: RelayConfig, opts: StartOptions = {}): Promise<RelayServer> {
+    const logger = opts.logger ?? silentLogger;
+    const identity = await loadOrCreateIdentity(config.dataDir);
+    const store = opts.store ?? SqliteQueueStore.open({ path: join(config.dataDir, STORE_FILE) });
+    const metrics = new RelayMetrics();
+    const handlers = new RelayHandlers(store, config, metrics, logger, opts.now);
+    const https = createHttpsServer({
+      key: identity.keyPem,
+      cert: identity.certPem,
+      minVersion: 'TLSv1.3',
+      maxVersion: 'TLSv1.3',
+      handshakeTimeout: config.handshakeTimeoutMs,
+      requestTimeout: config.handshakeTimeoutMs,
+      headersTimeout: config.handshakeTimeoutMs,
+      keepAliveTimeout: 1000,
+      maxHeaderSize: 4096,
+    });
+    https.maxConnections = config.maxConnections;
+    const wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: BLOCK_SIZE,
+      perMessageDeflate: false,
+      clientTracking: false,
+      skipUTF8Validation: true,
+    });
+    const relay = new RelayServer(config, identity, https, wss, store, handlers, metrics, logger);
+    relay.wire();
+    await new Promise<void>((resolve, reject) => {
+      https.once('error', reject);
+      https.listen(config.port, config.host, () => {
+        https.off('error', reject);
+        resolve();
+      });
+    });
+    https.on('error', (e: NodeJS.ErrnoException) => logger.log('error', 'listener error', { code: e.code ?? 'unknown' }));
+    if (config.metricsPort !== null) await relay.startMetrics(config.metricsPort);
+    relay.startTimers();
+    logger.log('info', 'relay started', { port: relay.port });
+    return relay;
+  }
+
+  private wire(): void {
+    const { https, wss, config, metrics } = this;
+    https.on('drop', () => metrics.connectionsRejected++);
+    https.on('secureConnection', (socket: TLSSocket) => {
+      const timer = setTimeout(() => {
+        metrics.handshakeFailures++;
+        socket.destroy();
+      }, config.handshakeTimeoutMs);
+      timer.unref();
+      this.handshakeTimers.set(socket, timer);
+      socket.once('close', () => clearTimeout(timer));
+    });
+    https.on('tlsClientError', () => metrics.handshakeFailures++);
+    https.on('request', (_req, res) => {
+      res.writeHead(426, { connection: 'close', 'content-type': 'text/plain' });
+      res.end('murmure relay: WebSocket only\n');
+    });
+    https.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      if (this.stopping !== null) {
+        socket.destroy();
+        return;
+      }
+      const tls = socket as TLSSocket;
+      let sessionId: Uint8Array;
+      try {
+        sessionId = new Uint8Array(tls.exportKeyingMaterial(SESSION_ID_LENGTH, SESSION_EXPORTER_LABEL, Buffer.alloc(0)));
+      } catch {
+        socket.destroy();
+        return;
+      }
+      wss.handleUpgrade(req, socket, head, (ws) => {
+        metrics.connectionsTotal++;
+        metrics.connectionsOpen++;
+        const conn = new Connection(ws, sessionId, config, metrics, this.handlers, () => {
+          clearTimeout(this.handshakeTimers.get(socket));
+        });
+        this.connections.add(conn);
+        ws.once('close', () => {
+          this.connections.delete(conn);
+          metrics.connectionsOpen--;
+        });
+      });
+    });
+  }
+
+  private startTimers(): void {
+    const { config } = this;
+    const sweep = Math.max(250, Math.min(30_000, Math.floor(config.idleTimeoutMs / 4)));
+    const idle = setInterval(() => {
+      const cutoff = Date.now() - config.idleTimeoutMs;
+      for (const c of this.connections) if (c.lastActivity < cutoff) c.close(CloseCode.NORMAL);
+    }, sweep);
+    const expiry = setInterval(() => void this.expire(), config.expiryIntervalMs);
+    idle.unref();
+    expiry.unref();
+    this.timers.push(idle, expiry);
+    void this.expire();
+  }
+
+  /** Deletes expired messages and unused queues now. */
+  async expire(): Promise<void> {
+    const now = Date.now();
+    try {
+      const r = await this.store.expire(now - this.config.messageTtlMs, now - this.config.queueTtlMs);
+      this.metrics.messagesExpired += r.messages;
+      this.metrics.queuesExpired += r.queues;
+      if (r.messages > 0 || r.queues > 0) this.logger.log('info', 'expired', r);
+    } catch (e) {
+      this.logger.log('warn', 'expiry failed', { code: (e as { code?: string }).code ?? 'unknown' });
+    }
+  }
+
+  private async startMetrics(port: number): Promise<void> {
+    const server = createHttpServer((req, res) => {
+      if (req.method !== 'GET' || req.url !== '/metrics') {
+        res.writeHead(404).end();
+        return;
+      }
+      this.store
+        .stats()
+        .then((s) => {
+          res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+          res.end(this.metrics.render({ ...s, rssBytes: process.memoryUsage.rss() }));
+        })
+        .catch(() => res.writeHead(500).end());
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, this.config.metricsHost, () => resolve());
+    });
+    this.metricsServer = server;
+  }
+
+  /**
+   * Stops gracefully: no new connections, commands in flight finish and are answered, then
+   * every connection is closed and the store is closed.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
+    for (const t of this.timers) clearInterval(t);
+    const closed = new Promise<void>((resolve) => this.https.close(() => resolve()));
+    await Promise.all([...this.connections].map((c) => c.idle()));
+    for (const c of this.connections) c.close(CloseCode.GOING_AWAY);
+    this.https.closeAllConnections();
+    await closed;
+    await new Promise<void>((resolve) => (this.metricsServer === null ? resolve() : this.metricsServer.close(() => resolve())));
+    await this.store.close();
+    this.logger.log('info', 'relay stopped');
+  }
+}

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * The relay's storage interface. Command handling sees only this, so a PostgreSQL backend can
+ * sit beside the SQLite one without touching the handlers. Every write resolves only once it is
+ * durable; a write that could not be made durable rejects with `StoreError` and changes nothing.
+ * @module
+ */
+
+/** A queue as stored. Keys are raw 32-byte public keys; `boxKey` is the derived box secret. */
+export type QueueRecord = Readonly<{
+  rcvId: Uint8Array;
+  sndId: Uint8Array;
+  rcvSigKey: Uint8Array;
+  rcvAuthKey: Uint8Array;
+  sndAuthKey: Uint8Array | null;
+  boxKey: Uint8Array;
+  suspended: boolean;
+  msgCount: number;
+}>;
+
+/** A message waiting in a queue, already sealed in the relay-to-recipient box. */
+export type StoredMessage = Readonly<{ msgId: Uint8Array; receivedAt: number; sealed: Uint8Array }>;
+
+/** What an expiry pass removed. */
+export type ExpiryResult = Readonly<{ messages: number; queues: number }>;
+
+/** Why a store operation failed. */
+export type StoreErrorCode = 'FULL' | 'IO' | 'CORRUPT' | 'CLOSED' | 'INTERNAL';
+
+/** A store failure: nothing the failed call asked for was changed. */
+export class StoreError extends Error {
+  override readonly name = 'StoreError';
+  constructor(
+    readonly code: StoreErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+
+  /** Type guard. */
+  static is(err: unknown, code?: StoreErrorCode): err is StoreError {
+    return err instanceof StoreError && (code === undefined || err.code === code);
+  }
+}
+
+/** Every operation the relay performs on its queues and messages. */
+export interface QueueStore {
+  /** Adds a new queue; ids are random and assumed unique (a clash rejects with INTERNAL). */
+  createQueue(q: Omit<QueueRecord, 'msgCount' | 'sndAuthKey' | 'suspended'>, now: number): Promise<void>;
+  /** The queue with this recipient id. */
+  queueByRecipient(rcvId: Uint8Array): Promise<QueueRecord | undefined>;
+  /** The queue with this sender id. */
+  queueBySender(sndId: Uint8Array): Promise<QueueRecord | undefined>;
+  /** Sets the sender key once; `'ok'` also when the same key is set again, `'conflict'` for another key. */
+  secureQueue(rcvId: Uint8Array, sndAuthKey: Uint8Array, now: number): Promise<'ok' | 'conflict'>;
+  /** Records that the queue was used today (for expiry of unused queues). */
+  touchQueue(rcvId: Uint8Array, now: number): Promise<void>;
+  /** Suspends a queue: SENDs are refused from now on. */
+  suspendQueue(rcvId: Uint8Array): Promise<void>;
+  /** Deletes a queue, its link data and all its messages. */
+  deleteQueue(rcvId: Uint8Array): Promise<void>;
+  /** Appends a message unless the queue holds `quota` already. */
+  addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota'>;
+  /** The oldest message of a queue. */
+  oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined>;
+  /** Deletes a message by id; false if the queue has no such message. */
+  deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean>;
+  /** Stores link data under `linkId` (empty data removes it); `'taken'` if another queue holds the id. */
+  setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken'>;
+  /** The link data under `linkId`, with its queue's sender id. */
+  linkData(linkId: Uint8Array): Promise<{ sndId: Uint8Array; data: Uint8Array } | undefined>;
+  /** Removes messages received before `messagesBefore` and queues unused since `queuesUnusedSince`. */
+  expire(messagesBefore: number, queuesUnusedSince: number): Promise<ExpiryResult>;
+  /** Counts, for metrics. */
+  stats(): Promise<{ queues: number; messages: number }>;
+  /** Finishes pending writes and closes. */
+  close(): Promise<void>;
+}
+
+/** One day in milliseconds: queue activity is recorded at day granularity to save writes. */
+export const DAY_MS = 86_400_000;

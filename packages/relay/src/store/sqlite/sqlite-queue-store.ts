@@ -1,0 +1,332 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * The default queue store: one SQLite file in WAL mode with synchronous=FULL, so a commit is
+ * on disk when it returns. Writes are group-committed: every write asked for in one event-loop
+ * turn goes into one transaction and one fsync, and each caller's promise resolves only after
+ * that commit. A failed commit (disk full, I/O error) rolls the whole batch back and rejects
+ * every caller in it with `StoreError`; the store stays usable.
+ * @module
+ */
+
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+import Database from '@signalapp/sqlcipher';
+
+import { DAY_MS, StoreError, type ExpiryResult, type QueueRecord, type QueueStore, type StoredMessage } from '../queue-store.js';
+import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
+
+type Row = Record<string, unknown>;
+type PendingWrite = { run: () => unknown; resolve: (v: unknown) => void; reject: (e: unknown) => void };
+
+/** Most writes one group commit takes; more wait for the next. */
+export const MAX_WRITES_PER_COMMIT = 4096;
+
+function bytes(v: unknown): Uint8Array {
+  if (v instanceof Uint8Array) return v;
+  throw new StoreError('CORRUPT', 'expected a blob in the relay store');
+}
+
+function toQueue(r: Row): QueueRecord {
+  return {
+    rcvId: bytes(r['rcv_id']),
+    sndId: bytes(r['snd_id']),
+    rcvSigKey: bytes(r['rcv_sig_key']),
+    rcvAuthKey: bytes(r['rcv_auth_key']),
+    sndAuthKey: r['snd_auth_key'] === null ? null : bytes(r['snd_auth_key']),
+    boxKey: bytes(r['box_key']),
+    suspended: r['suspended'] === 1,
+    msgCount: Number(r['msg_count']),
+  };
+}
+
+/** Maps a SQLite failure to a StoreError without leaking paths or data. */
+function storeErrorOf(e: unknown): StoreError {
+  if (e instanceof StoreError) return e;
+  const code = typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : '';
+  if (code.startsWith('SQLITE_FULL')) return new StoreError('FULL', 'the relay store is full', { cause: e });
+  if (code.startsWith('SQLITE_IOERR')) return new StoreError('IO', 'the relay store could not write to disk', { cause: e });
+  if (code.startsWith('SQLITE_CORRUPT') || code.startsWith('SQLITE_NOTADB')) return new StoreError('CORRUPT', 'the relay store is corrupt', { cause: e });
+  return new StoreError('INTERNAL', 'the relay store failed', { cause: e });
+}
+
+/** Options of the SQLite store. */
+export type SqliteStoreOptions = Readonly<{ path: string }>;
+
+/** Queue store on embedded SQLite. */
+export class SqliteQueueStore implements QueueStore {
+  private readonly db: Database;
+  private pending: PendingWrite[] = [];
+  private flushScheduled = false;
+  private closed = false;
+  private readonly st;
+
+  private constructor(db: Database) {
+    this.db = db;
+    this.st = {
+      byRcv: db.prepare('SELECT * FROM queues WHERE rcv_id = ?'),
+      bySnd: db.prepare('SELECT * FROM queues WHERE snd_id = ?'),
+      insertQueue: db.prepare(
+        'INSERT INTO queues (rcv_id, snd_id, rcv_sig_key, rcv_auth_key, box_key, active_day) VALUES (?, ?, ?, ?, ?, ?)',
+      ),
+      sndKey: db.prepare('SELECT snd_auth_key FROM queues WHERE rcv_id = ?'),
+      setSndKey: db.prepare('UPDATE queues SET snd_auth_key = ?, link_id = NULL, link_data = NULL WHERE rcv_id = ?'),
+      touch: db.prepare('UPDATE queues SET active_day = ? WHERE rcv_id = ? AND active_day <> ?'),
+      suspend: db.prepare('UPDATE queues SET suspended = 1 WHERE rcv_id = ?'),
+      deleteQueue: db.prepare('DELETE FROM queues WHERE rcv_id = ?'),
+      deleteQueueMessages: db.prepare('DELETE FROM messages WHERE rcv_id = ?'),
+      count: db.prepare('SELECT msg_count FROM queues WHERE rcv_id = ?', { pluck: true }),
+      insertMsg: db.prepare('INSERT INTO messages (rcv_id, msg_id, received_at, body) VALUES (?, ?, ?, ?)'),
+      incCount: db.prepare('UPDATE queues SET msg_count = msg_count + 1 WHERE rcv_id = ?'),
+      decCount: db.prepare('UPDATE queues SET msg_count = msg_count - ? WHERE rcv_id = ?'),
+      oldest: db.prepare('SELECT msg_id, received_at, body FROM messages WHERE rcv_id = ? ORDER BY seq LIMIT 1'),
+      findMsg: db.prepare('SELECT seq FROM messages WHERE rcv_id = ? AND msg_id = ?', { pluck: true }),
+      deleteMsg: db.prepare('DELETE FROM messages WHERE seq = ?'),
+      linkOwner: db.prepare('SELECT rcv_id FROM queues WHERE link_id = ?', { pluck: true }),
+      setLink: db.prepare('UPDATE queues SET link_id = ?, link_data = ? WHERE rcv_id = ?'),
+      link: db.prepare('SELECT snd_id, link_data FROM queues WHERE link_id = ?'),
+      expiredByQueue: db.prepare('SELECT rcv_id, count(*) AS n FROM messages WHERE received_at < ? GROUP BY rcv_id'),
+      deleteExpired: db.prepare('DELETE FROM messages WHERE rcv_id = ? AND received_at < ?'),
+      unused: db.prepare('SELECT rcv_id FROM queues WHERE active_day < ?', { pluck: true }),
+      countQueues: db.prepare('SELECT count(*) FROM queues', { pluck: true }),
+      countMessages: db.prepare('SELECT count(*) FROM messages', { pluck: true }),
+    };
+  }
+
+  /**
+   * Opens (creating if needed) the store at `path`, checks its integrity and migrates it.
+   * Throws StoreError('CORRUPT') for a damaged file, with nothing changed.
+   */
+  static open(opts: SqliteStoreOptions): SqliteQueueStore {
+    mkdirSync(dirname(opts.path), { recursive: true });
+    let db: Database | undefined;
+    try {
+      db = new Database(opts.path);
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+      db.pragma('foreign_keys = ON');
+      db.pragma('busy_timeout = 5000');
+      const check = db.pragma('quick_check', { simple: true });
+      if (check !== 'ok') throw new StoreError('CORRUPT', 'the relay store failed its integrity check');
+      migrate(db);
+      return new SqliteQueueStore(db);
+    } catch (e) {
+      try {
+        db?.close();
+      } catch {
+        // already failing; the first error is the one to report
+      }
+      throw storeErrorOf(e);
+    }
+  }
+
+  private write<T>(run: () => T): Promise<T> {
+    if (this.closed) return Promise.reject(new StoreError('CLOSED', 'the relay store is closed'));
+    return new Promise<T>((resolve, reject) => {
+      this.pending.push({ run, resolve: resolve as (v: unknown) => void, reject });
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    const batch = this.pending.splice(0, MAX_WRITES_PER_COMMIT);
+    if (this.pending.length > 0) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+    if (batch.length === 0) return;
+    const results: unknown[] = [];
+    try {
+      this.db.exec('BEGIN IMMEDIATE');
+      for (const w of batch) results.push(w.run());
+      this.db.exec('COMMIT');
+    } catch (e) {
+      try {
+        this.db.exec('ROLLBACK');
+      } catch {
+        // SQLite may have rolled back by itself (SQLITE_FULL during commit)
+      }
+      const err = storeErrorOf(e);
+      for (const w of batch) w.reject(err);
+      return;
+    }
+    batch.forEach((w, i) => w.resolve(results[i]));
+  }
+
+  private read<T>(f: () => T): Promise<T> {
+    if (this.closed) return Promise.reject(new StoreError('CLOSED', 'the relay store is closed'));
+    try {
+      return Promise.resolve(f());
+    } catch (e) {
+      return Promise.reject(storeErrorOf(e));
+    }
+  }
+
+  createQueue(q: Omit<QueueRecord, 'msgCount' | 'sndAuthKey' | 'suspended'>, now: number): Promise<void> {
+    return this.write(() => {
+      this.st.insertQueue.run([q.rcvId, q.sndId, q.rcvSigKey, q.rcvAuthKey, q.boxKey, day(now)] as never);
+    });
+  }
+
+  queueByRecipient(rcvId: Uint8Array): Promise<QueueRecord | undefined> {
+    return this.read(() => {
+      const r = this.st.byRcv.get([rcvId] as never);
+      return r === undefined ? undefined : toQueue(r);
+    });
+  }
+
+  queueBySender(sndId: Uint8Array): Promise<QueueRecord | undefined> {
+    return this.read(() => {
+      const r = this.st.bySnd.get([sndId] as never);
+      return r === undefined ? undefined : toQueue(r);
+    });
+  }
+
+  secureQueue(rcvId: Uint8Array, sndAuthKey: Uint8Array, now: number): Promise<'ok' | 'conflict'> {
+    return this.write(() => {
+      const r = this.st.sndKey.get([rcvId] as never);
+      if (r === undefined) return 'conflict' as const;
+      const existing = r['snd_auth_key'];
+      if (existing instanceof Uint8Array) return equal(existing, sndAuthKey) ? ('ok' as const) : ('conflict' as const);
+      this.st.setSndKey.run([sndAuthKey, rcvId] as never);
+      this.st.touch.run([day(now), rcvId, day(now)] as never);
+      return 'ok' as const;
+    });
+  }
+
+  touchQueue(rcvId: Uint8Array, now: number): Promise<void> {
+    return this.write(() => {
+      this.st.touch.run([day(now), rcvId, day(now)] as never);
+    });
+  }
+
+  suspendQueue(rcvId: Uint8Array): Promise<void> {
+    return this.write(() => {
+      this.st.suspend.run([rcvId] as never);
+    });
+  }
+
+  deleteQueue(rcvId: Uint8Array): Promise<void> {
+    return this.write(() => {
+      this.st.deleteQueueMessages.run([rcvId] as never);
+      this.st.deleteQueue.run([rcvId] as never);
+    });
+  }
+
+  addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota'> {
+    return this.write(() => {
+      const n = this.st.count.get([rcvId] as never);
+      if (typeof n !== 'number' || n >= quota) return 'quota' as const;
+      this.st.insertMsg.run([rcvId, msg.msgId, msg.receivedAt, msg.sealed] as never);
+      this.st.incCount.run([rcvId] as never);
+      this.st.touch.run([day(now), rcvId, day(now)] as never);
+      return 'ok' as const;
+    });
+  }
+
+  oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined> {
+    return this.read(() => {
+      const r = this.st.oldest.get([rcvId] as never);
+      if (r === undefined) return undefined;
+      return { msgId: bytes(r['msg_id']), receivedAt: Number(r['received_at']), sealed: bytes(r['body']) };
+    });
+  }
+
+  deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean> {
+    return this.write(() => {
+      const seq = this.st.findMsg.get([rcvId, msgId] as never);
+      if (typeof seq !== 'number') return false;
+      this.st.deleteMsg.run([seq] as never);
+      this.st.decCount.run([1, rcvId] as never);
+      this.st.touch.run([day(now), rcvId, day(now)] as never);
+      return true;
+    });
+  }
+
+  setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken'> {
+    return this.write(() => {
+      const owner = this.st.linkOwner.get([linkId] as never);
+      if (owner instanceof Uint8Array && !equal(owner, rcvId)) return 'taken' as const;
+      if (data.length === 0) this.st.setLink.run([null, null, rcvId] as never);
+      else this.st.setLink.run([linkId, data, rcvId] as never);
+      return 'ok' as const;
+    });
+  }
+
+  linkData(linkId: Uint8Array): Promise<{ sndId: Uint8Array; data: Uint8Array } | undefined> {
+    return this.read(() => {
+      const r = this.st.link.get([linkId] as never);
+      if (r === undefined || r['link_data'] === null) return undefined;
+      return { sndId: bytes(r['snd_id']), data: bytes(r['link_data']) };
+    });
+  }
+
+  expire(messagesBefore: number, queuesUnusedSince: number): Promise<ExpiryResult> {
+    return this.write(() => {
+      let messages = 0;
+      for (const r of this.st.expiredByQueue.all([messagesBefore] as never)) {
+        const n = Number(r['n']);
+        this.st.deleteExpired.run([r['rcv_id'], messagesBefore] as never);
+        this.st.decCount.run([n, r['rcv_id']] as never);
+        messages += n;
+      }
+      let queues = 0;
+      for (const rcvId of this.st.unused.all([day(queuesUnusedSince)] as never)) {
+        messages += this.st.deleteQueueMessages.run([rcvId] as never).changes;
+        this.st.deleteQueue.run([rcvId] as never);
+        queues++;
+      }
+      return { messages, queues };
+    });
+  }
+
+  stats(): Promise<{ queues: number; messages: number }> {
+    return this.read(() => ({
+      queues: Number(this.st.countQueues.get()),
+      messages: Number(this.st.countMessages.get()),
+    }));
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    while (this.pending.length > 0) this.flush();
+    this.closed = true;
+    try {
+      this.db.pragma('wal_checkpoint(TRUNCATE)');
+    } catch {
+      // the WAL is still durable; it is checkpointed on the next open
+    }
+    this.db.close();
+  }
+}
+
+function day(now: number): number {
+  return Math.floor(now / DAY_MS);
+}
+
+function equal(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+function migrate(db: Database): void {
+  const current = Number(db.pragma('user_version', { simple: true }));
+  if (current > SCHEMA_VERSION) {
+    throw new StoreError('CORRUPT', `the relay store is from a newer version (schema ${current}, this relay knows ${SCHEMA_VERSION})`);
+  }
+  for (const m of MIGRATIONS) {
+    if (m.version <= current) continue;
+    db.exec('BEGIN IMMEDIATE');
+    try {
+      db.exec(m.sql);
+      db.pragma(`user_version = ${m.version}`);
+      db.exec('COMMIT');
+    } catch (e) {
+      db.exec('ROLLBACK');
+      throw e;
+    }
+  }
+}
