@@ -48,6 +48,7 @@ export class RelayServer {
     private readonly handlers: RelayHandlers,
     readonly metrics: RelayMetrics,
     private readonly logger: Logger,
+    private readonly now: () => number,
   ) {}
 
   /** The port the relay listens on. */
@@ -91,7 +92,7 @@ export class RelayServer {
       clientTracking: false,
       skipUTF8Validation: true,
     });
-    const relay = new RelayServer(config, identity, https, wss, store, handlers, metrics, logger);
+    const relay = new RelayServer(config, identity, https, wss, store, handlers, metrics, logger, opts.now ?? Date.now);
     relay.wire();
     await new Promise<void>((resolve, reject) => {
       https.once('error', reject);
@@ -168,7 +169,7 @@ export class RelayServer {
 
   /** Deletes expired messages and unused queues now. */
   async expire(): Promise<void> {
-    const now = Date.now();
+    const now = this.now();
     try {
       const r = await this.store.expire(now - this.config.messageTtlMs, now - this.config.queueTtlMs);
       this.metrics.messagesExpired += r.messages;
