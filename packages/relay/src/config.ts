@@ -39,6 +39,8 @@ export type RelayConfig = Readonly<{
   idleTimeoutMs: number;
   /** Unsent bytes a connection may have queued before it is closed as too slow. */
   maxBufferedBytes: number;
+  /** How often a line of counts is logged. */
+  statsIntervalMs: number;
 }>;
 
 /** Default settings: the values a relay runs with unless told otherwise. */
@@ -58,6 +60,7 @@ export const DEFAULTS = {
   handshakeTimeoutMs: 10_000,
   idleTimeoutMs: 15 * 60_000,
   maxBufferedBytes: 64 * 16_384,
+  statsIntervalMs: 5 * 60_000,
 } as const satisfies Omit<RelayConfig, 'dataDir'>;
 
 /** A complete config from a data folder and any overrides. */

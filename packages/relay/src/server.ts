@@ -70,8 +70,8 @@ export class RelayServer {
   static async start(config: RelayConfig, opts: StartOptions = {}): Promise<RelayServer> {
     const logger = opts.logger ?? silentLogger;
     const identity = await loadOrCreateIdentity(config.dataDir);
-    const store = opts.store ?? SqliteQueueStore.open({ path: join(config.dataDir, STORE_FILE) });
     const metrics = new RelayMetrics();
+    const store = opts.store ?? SqliteQueueStore.open({ path: join(config.dataDir, STORE_FILE), onCommit: () => metrics.storeCommits++ });
     const handlers = new RelayHandlers(store, config, metrics, logger, opts.now);
     const https = createHttpsServer({
       key: identity.keyPem,
@@ -161,10 +161,25 @@ export class RelayServer {
       for (const c of this.connections) if (c.lastActivity < cutoff) c.close(CloseCode.NORMAL);
     }, sweep);
     const expiry = setInterval(() => void this.expire(), config.expiryIntervalMs);
+    const stats = setInterval(() => this.logStats(), config.statsIntervalMs);
     idle.unref();
     expiry.unref();
-    this.timers.push(idle, expiry);
+    stats.unref();
+    this.timers.push(idle, expiry, stats);
     void this.expire();
+  }
+
+  private logStats(): void {
+    const m = this.metrics;
+    this.logger.log('info', 'stats', {
+      connections: m.connectionsOpen,
+      subscriptions: m.subscriptions,
+      queuesCreated: m.queuesCreated,
+      messagesStored: m.messagesStored,
+      messagesDelivered: m.messagesDelivered,
+      connectionsRejected: m.connectionsRejected,
+      handshakeFailures: m.handshakeFailures,
+    });
   }
 
   /** Deletes expired messages and unused queues now. */

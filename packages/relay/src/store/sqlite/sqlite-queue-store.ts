@@ -51,7 +51,7 @@ function storeErrorOf(e: unknown): StoreError {
 }
 
 /** Options of the SQLite store. */
-export type SqliteStoreOptions = Readonly<{ path: string }>;
+export type SqliteStoreOptions = Readonly<{ path: string; onCommit?: (writes: number) => void }>;
 
 /** Queue store on embedded SQLite. */
 export class SqliteQueueStore implements QueueStore {
@@ -61,7 +61,10 @@ export class SqliteQueueStore implements QueueStore {
   private closed = false;
   private readonly st;
 
-  private constructor(db: Database) {
+  private constructor(
+    db: Database,
+    private readonly onCommit: (writes: number) => void,
+  ) {
     this.db = db;
     this.st = {
       byRcv: db.prepare('SELECT * FROM queues WHERE rcv_id = ?'),
@@ -109,7 +112,7 @@ export class SqliteQueueStore implements QueueStore {
       const check = db.pragma('quick_check', { simple: true });
       if (check !== 'ok') throw new StoreError('CORRUPT', 'the relay store failed its integrity check');
       migrate(db);
-      return new SqliteQueueStore(db);
+      return new SqliteQueueStore(db, opts.onCommit ?? (() => undefined));
     } catch (e) {
       try {
         db?.close();
@@ -144,6 +147,7 @@ export class SqliteQueueStore implements QueueStore {
       this.db.exec('BEGIN IMMEDIATE');
       for (const w of batch) results.push(w.run());
       this.db.exec('COMMIT');
+      this.onCommit(batch.length);
     } catch (e) {
       try {
         this.db.exec('ROLLBACK');
