@@ -31,6 +31,7 @@ export default tseslint.config(
   },
   layer(['packages/protocol/src/**'], ['@murmure/*', 'node:*', 'ws', '@signalapp/*'], 'protocol is pure: no I/O and no other package of ours'),
   layer(['packages/queue-crypto/src/**'], ['@murmure/relay', '@murmure/agent', '@murmure/cli', 'ws'], 'queue-crypto depends only on protocol and node:crypto'),
+  layer(['packages/crypto/src/**'], ['@murmure/relay', '@murmure/agent', '@murmure/cli', '@murmure/chat', 'ws'], 'crypto depends only on protocol and libsignal'),
   layer(['packages/relay/src/**'], ['@murmure/agent', '@murmure/cli', '@murmure/chat', '@signalapp/libsignal-client'], 'the relay never imports client-side code'),
   layer(['packages/agent/src/**'], ['@murmure/relay', '@murmure/cli', '@murmure/chat'], 'the agent talks to relays over the wire only'),
   {
