@@ -413,18 +413,11 @@ export async function decrypt(state: ProtocolState, remoteName: string, type: Se
 /** Iterations of the safety number hash (as Signal uses). */
 export const SAFETY_NUMBER_ITERATIONS = 5200;
 
-/** The safety number of a connection: 60 digits, the same on both sides, and its QR payload. */
-export function safetyNumber(
-  local: Readonly<{ name: string; key: Uint8Array }>,
-  remote: Readonly<{ name: string; key: Uint8Array }>,
-): { digits: string; scannable: Uint8Array } {
-  const f = Fingerprint.new(
-    SAFETY_NUMBER_ITERATIONS,
-    2,
-    u(Aci.fromUuid(local.name).getServiceIdBinary()),
-    PublicKey.deserialize(u(local.key)),
-    u(Aci.fromUuid(remote.name).getServiceIdBinary()),
-    PublicKey.deserialize(u(remote.key)),
-  );
+/**
+ * The safety number of a connection: 60 digits, the same on both sides, and its QR payload.
+ * Murmure has no user ids, so each side's identity key is also its identifier.
+ */
+export function safetyNumber(localKey: Uint8Array, remoteKey: Uint8Array): { digits: string; scannable: Uint8Array } {
+  const f = Fingerprint.new(SAFETY_NUMBER_ITERATIONS, 2, u(localKey), PublicKey.deserialize(u(localKey)), u(remoteKey), PublicKey.deserialize(u(remoteKey)));
   return { digits: f.displayableFingerprint().toString(), scannable: f.scannableFingerprint().toBuffer() };
 }

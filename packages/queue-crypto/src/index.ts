@@ -133,19 +133,42 @@ function boxNonce(msgId: Uint8Array): Uint8Array {
 
 /** ChaCha20-Poly1305 seal under the box key; the nonce and associated data come from the message id. */
 export function sealRecipientBox(key: Uint8Array, msgId: Uint8Array, plaintext: Uint8Array): Uint8Array {
-  const c = createCipheriv('chacha20-poly1305', key, boxNonce(msgId), { authTagLength: BOX_TAG_LENGTH });
-  c.setAAD(msgId, { plaintextLength: plaintext.length });
-  const out = Buffer.concat([c.update(plaintext), c.final(), c.getAuthTag()]);
-  return new Uint8Array(out.buffer, out.byteOffset, out.length);
+  return sealWithNonce(key, boxNonce(msgId), msgId, plaintext);
 }
 
 /** Opens a box made by `sealRecipientBox`; null if it was tampered with. */
 export function openRecipientBox(key: Uint8Array, msgId: Uint8Array, sealed: Uint8Array): Uint8Array | null {
-  if (sealed.length < BOX_TAG_LENGTH) return null;
+  return openWithNonce(key, boxNonce(msgId), msgId, sealed);
+}
+
+/** Random bytes (ids, correlation ids). */
+export function randomId(length = ID_LENGTH): Uint8Array {
+  const b = randomBytes(length);
+  return new Uint8Array(b.buffer, b.byteOffset, b.length);
+}
+
+const INFO_QUEUE_BOX = Buffer.from('murmure/agent/v1/queue-box');
+
+/** The end-to-end per-queue box key: HKDF-SHA256 over X25519(sender box key, queue box key). */
+export function queueBoxKey(sharedSecret: Uint8Array): Uint8Array {
+  return new Uint8Array(hkdfSync('sha256', sharedSecret, new Uint8Array(0), INFO_QUEUE_BOX, 32));
+}
+
+/** ChaCha20-Poly1305 with an explicit 12-byte nonce and associated data; returns ciphertext ‖ tag. */
+export function sealWithNonce(key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, plaintext: Uint8Array): Uint8Array {
+  const c = createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: BOX_TAG_LENGTH });
+  c.setAAD(aad, { plaintextLength: plaintext.length });
+  const out = Buffer.concat([c.update(plaintext), c.final(), c.getAuthTag()]);
+  return new Uint8Array(out.buffer, out.byteOffset, out.length);
+}
+
+/** Opens `sealWithNonce` output; null if anything was altered. */
+export function openWithNonce(key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, sealed: Uint8Array): Uint8Array | null {
+  if (sealed.length < BOX_TAG_LENGTH || nonce.length !== 12) return null;
   try {
-    const d = createDecipheriv('chacha20-poly1305', key, boxNonce(msgId), { authTagLength: BOX_TAG_LENGTH });
+    const d = createDecipheriv('chacha20-poly1305', key, nonce, { authTagLength: BOX_TAG_LENGTH });
     const ctLen = sealed.length - BOX_TAG_LENGTH;
-    d.setAAD(msgId, { plaintextLength: ctLen });
+    d.setAAD(aad, { plaintextLength: ctLen });
     d.setAuthTag(sealed.subarray(ctLen));
     const out = Buffer.concat([d.update(sealed.subarray(0, ctLen)), d.final()]);
     return new Uint8Array(out.buffer, out.byteOffset, out.length);
@@ -154,8 +177,16 @@ export function openRecipientBox(key: Uint8Array, msgId: Uint8Array, sealed: Uin
   }
 }
 
-/** Random bytes (ids, correlation ids). */
-export function randomId(length = ID_LENGTH): Uint8Array {
-  const b = randomBytes(length);
-  return new Uint8Array(b.buffer, b.byteOffset, b.length);
+const X25519_PKCS8 = Buffer.from('302e020100300506032b656e04220420', 'hex');
+
+/** The raw 32-byte X25519 private key (to hand a sender key to a contact inside E2E encryption). */
+export function rawDhPrivateKey(k: KeyObject): Uint8Array {
+  const der = k.export({ format: 'der', type: 'pkcs8' });
+  return new Uint8Array(der.subarray(der.length - KEY_LENGTH));
+}
+
+/** A key pair from a raw 32-byte X25519 private key. */
+export function dhKeyPairFromRaw(raw: Uint8Array): KeyPair {
+  if (raw.length !== KEY_LENGTH) throw new RangeError('X25519 private key must be 32 bytes');
+  return importKeyPair(Buffer.concat([X25519_PKCS8, raw]));
 }

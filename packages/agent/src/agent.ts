@@ -1,0 +1,701 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * The agent: connections as pairs of one-way queues, the invitation handshake, and delivery.
+ *
+ * Sending: a message is wrapped (envelope with sequence number and hash of the previous
+ * message → libsignal → per-queue box → padding) and stored in the outbox in one transaction
+ * with the ratchet step, then sent byte for byte, retried with backoff until the relay says OK.
+ * Receiving: the relay's box is opened, then the per-queue box, then libsignal; the decrypted
+ * message, the ratchet state and the new sequence number are committed in one transaction
+ * (through the owner's `incoming` hook) and only then acknowledged. A crash anywhere loses
+ * nothing and shows nothing twice. docs/protocol/agent.md.
+ * @module
+ */
+
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+
+import {
+  CryptoError,
+  ProtocolState,
+  createPreKeys,
+  decodeBundle,
+  decodeLocalIdentity,
+  decrypt,
+  encodeBundle,
+  encodeLocalIdentity,
+  encrypt,
+  generateIdentity,
+  safetyNumber,
+  startSession,
+} from '@murmure/crypto';
+import {
+  AGENT_VERSION,
+  HASH_LENGTH,
+  MAX_CHAT_PAYLOAD,
+  ProtocolError,
+  QUEUE_BOX_NONCE_LENGTH,
+  QUEUE_BOX_PADDED,
+  decodeEnvelope,
+  decodeInvitationData,
+  decodeQueueFrame,
+  decodeSessionPayload,
+  encodeEnvelope,
+  encodeInvitationData,
+  encodeQueueFrame,
+  encodeSessionPayload,
+  formatInvitationLink,
+  formatRelayAddress,
+  pad,
+  parseInvitationLink,
+  parseRelayAddress,
+  unpad,
+  type EnvelopeBody,
+  type LinkKind,
+  type QueueAddress,
+} from '@murmure/protocol';
+import {
+  agree,
+  dhKeyPairFromRaw,
+  exportPrivateKey,
+  generateDhKeyPair,
+  importKeyPair,
+  openWithNonce,
+  queueBoxKey,
+  randomId,
+  rawDhPrivateKey,
+  sealWithNonce,
+} from '@murmure/queue-crypto';
+
+import { AgentError } from './errors.js';
+import type { LocalDatabase } from './store/database.js';
+import { AgentStore, type ConnectionRow, type ConnectionStatus } from './store/agent-store.js';
+import { RelayClientError, openDelivered, type ConnectOptions, type PushedMessage, type RecipientQueue, type RelayClient } from './transport/relay-client.js';
+import { RelayPool } from './transport/relay-pool.js';
+
+/** First retry delay of an outgoing message. */
+export const SEND_RETRY_MIN_MS = 500;
+/** Longest retry delay of an outgoing message. */
+export const SEND_RETRY_MAX_MS = 60_000;
+/** How long receipts are gathered before one receipt message is sent. */
+export const RECEIPT_DELAY_MS = 50;
+/** An outgoing message is given up after this long without the relay accepting it. */
+export const SEND_GIVE_UP_MS = 2 * 86_400_000;
+
+const LINK_AAD = new TextEncoder().encode('murmure-link-v1');
+const ZERO_HASH = new Uint8Array(HASH_LENGTH);
+
+/** What arrived on a connection, handed to the owner inside the receive transaction. */
+export type IncomingEvent =
+  /** A contact used our link; `payload` is their profile. */
+  | { type: 'confirmation'; connId: string; payload: Uint8Array }
+  /** The contact answered our confirmation; the connection is up. */
+  | { type: 'reply'; connId: string; payload: Uint8Array }
+  | { type: 'message'; connId: string; seq: number; sentAt: number; receivedAt: number; payload: Uint8Array }
+  | { type: 'receipt'; connId: string; seqs: readonly number[] }
+  /** Messages `from`..`to` never arrived (dropped by a relay, or expired). */
+  | { type: 'gap'; connId: string; from: number; to: number }
+  /** A message broke the hash chain (tampered or replayed from an old backup). */
+  | { type: 'bad-hash'; connId: string; seq: number };
+
+/** The owner's hooks; each runs inside the agent's database transaction and must be synchronous. */
+export type AgentHandler = Readonly<{
+  incoming(ev: IncomingEvent): void;
+  sent(connId: string, seq: number): void;
+  connected(connId: string): void;
+  failed(connId: string, seq: number): void;
+}>;
+
+/** A connection as the owner sees it. */
+export type ConnectionInfo = Readonly<{ id: string; kind: ConnectionRow['kind']; status: ConnectionStatus; receipts: boolean; createdAt: number }>;
+
+/** Agent options. */
+export type AgentOptions = Readonly<{
+  db: LocalDatabase;
+  handler: AgentHandler;
+  now?: () => number;
+  /** Opens relay connections another way (SOCKS5). Called per relay and queue. */
+  connectOptions?: (relay: string) => ConnectOptions;
+}>;
+
+function sha256(b: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash('sha256').update(b).digest());
+}
+
+function eq(a: Uint8Array | null, b: Uint8Array | null): boolean {
+  return a !== null && b !== null && Buffer.from(a).equals(Buffer.from(b));
+}
+
+/** Serialises async work per key. */
+class KeyedMutex {
+  private readonly tails = new Map<string, Promise<unknown>>();
+  run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.tails.set(key, tail);
+    void tail.then(() => {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    });
+    return next;
+  }
+}
+
+/** The agent. Events (after commit): `event` (IncomingEvent), `sent`, `connected`, `problem`. */
+export class Agent extends EventEmitter {
+  readonly store: AgentStore;
+  private readonly pool: RelayPool;
+  private readonly mutex = new KeyedMutex();
+  private readonly now: () => number;
+  private readonly handler: AgentHandler;
+  private outboxTimer: NodeJS.Timeout | null = null;
+  private outboxRunning = false;
+  private outboxAgain = false;
+  private readonly receipts = new Map<string, number[]>();
+  private stopped = false;
+  private readonly inflight = new Set<Promise<unknown>>();
+
+  constructor(opts: AgentOptions) {
+    super();
+    this.store = new AgentStore(opts.db);
+    this.handler = opts.handler;
+    this.now = opts.now ?? Date.now;
+    this.pool = new RelayPool({
+      queuesOn: (relay) => this.queuesOn(relay),
+      onMessage: (relay, client, m) => this.track(this.onPush(client, m)),
+      ...(opts.connectOptions ? { connectOptions: opts.connectOptions } : {}),
+    });
+    this.pool.on('up', () => this.kickOutbox());
+  }
+
+  private track<T>(p: Promise<T>): void {
+    this.inflight.add(p);
+    void p.finally(() => this.inflight.delete(p)).catch(() => undefined);
+  }
+
+  /** Goes online: connects to every relay in use, subscribes, resumes handshakes and sending. */
+  start(): void {
+    const relays = new Set<string>();
+    for (const c of this.store.connections()) {
+      if (c.rcv_relay !== null) relays.add(c.rcv_relay);
+      if (c.snd_relay !== null) relays.add(c.snd_relay);
+    }
+    for (const r of relays) this.pool.keep(r);
+    for (const c of this.store.connections()) if (c.status === 'accepting') this.track(this.finishAccept(c.id));
+    this.kickOutbox();
+  }
+
+  /** Goes offline; resolves once work in flight has settled. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.outboxTimer !== null) clearTimeout(this.outboxTimer);
+    await Promise.allSettled([...this.inflight]);
+    this.pool.close();
+  }
+
+  /** Whether nothing is queued for sending and no handshake waits on us. */
+  idle(): boolean {
+    return this.store.queued().length === 0 && !this.store.connections().some((c) => c.status === 'accepting');
+  }
+
+  /** Connections, for the owner. */
+  connections(): ConnectionInfo[] {
+    return this.store.connections().map((c) => ({ id: c.id, kind: c.kind, status: c.status, receipts: c.receipts === 1, createdAt: c.created_at }));
+  }
+
+  private queuesOn(relay: string): RecipientQueue[] {
+    const out: RecipientQueue[] = [];
+    for (const c of this.store.connections()) {
+      const q = this.recipientQueue(c);
+      if (q !== null && c.rcv_relay === relay) out.push(q);
+    }
+    return out;
+  }
+
+  private recipientQueue(c: ConnectionRow): RecipientQueue | null {
+    if (c.rcv_id === null || c.rcv_snd_id === null || c.rcv_sig_key === null || c.rcv_auth_key === null || c.rcv_box_key === null) return null;
+    return { rcvId: c.rcv_id, sndId: c.rcv_snd_id, sigKey: importKeyPair(c.rcv_sig_key), authKey: importKeyPair(c.rcv_auth_key), boxKey: c.rcv_box_key };
+  }
+
+  private relayClient(relay: string): Promise<RelayClient> {
+    return this.pool.get(relay).catch((e: unknown) => {
+      throw new AgentError('RELAY', 'the relay cannot be reached now', { cause: e });
+    });
+  }
+
+  /** Makes a one-time invitation (or a long-term address) on `relay` and returns its link. */
+  async createInvitation(relay: string, kind: LinkKind = 'invitation'): Promise<{ connId: string; link: string }> {
+    const relayAddr = parseRelayAddress(relay);
+    const client = await this.relayClient(relay);
+    const q = await client.createQueue();
+    const e2e = generateDhKeyPair();
+    const connId = randomUUID();
+    const local = generateIdentity();
+    const state = new ProtocolState(local, this.store.stateSource(connId));
+    const bundle = createPreKeys(state, { oneTime: kind === 'invitation' });
+    const data = encodeInvitationData({ version: AGENT_VERSION, kind, queue: { relay: relayAddr, sndId: q.sndId, e2eKey: e2e.publicKey }, bundle: encodeBundle(bundle) });
+    const linkId = randomId();
+    const linkKey = new Uint8Array(randomBytes(32));
+    const nonce = new Uint8Array(randomBytes(QUEUE_BOX_NONCE_LENGTH));
+    const sealed = sealWithNonce(linkKey, nonce, LINK_AAD, data);
+    await client.setLink(q, linkId, Buffer.concat([nonce, sealed]));
+    this.store.local.transaction(() => {
+      this.store.insertConnection({
+        ...this.blankRow(connId, kind, kind === 'invitation' ? 'invited' : 'address', local),
+        rcv_relay: relay,
+        rcv_id: q.rcvId,
+        rcv_snd_id: q.sndId,
+        rcv_sig_key: exportPrivateKey(q.sigKey.privateKey),
+        rcv_auth_key: exportPrivateKey(q.authKey.privateKey),
+        rcv_box_key: q.boxKey,
+        rcv_e2e_key: exportPrivateKey(e2e.privateKey),
+        link_id: linkId,
+      });
+      this.store.applyState(connId, state.takeWrites());
+    });
+    await client.subscribe(q).catch(() => undefined);
+    return { connId, link: formatInvitationLink({ kind, relay: relayAddr, linkId, key: linkKey }) };
+  }
+
+  private blankRow(id: string, kind: ConnectionRow['kind'], status: ConnectionStatus, local: ReturnType<typeof generateIdentity>): ConnectionRow {
+    return {
+      id, kind, status, state_owner: id, local_identity: encodeLocalIdentity(local), remote_name: null, remote_identity: null,
+      receipts: 1, created_at: this.now(), rcv_relay: null, rcv_id: null, rcv_snd_id: null, rcv_sig_key: null, rcv_auth_key: null,
+      rcv_box_key: null, rcv_e2e_key: null, rcv_peer_e2e: null, pending_snd_auth: null, link_id: null, snd_relay: null, snd_id: null,
+      snd_auth_key: null, snd_e2e_key: null, snd_peer_e2e: null, next_send_seq: 1, last_sent_hash: ZERO_HASH, last_rcv_seq: 0, last_rcv_hash: ZERO_HASH,
+    };
+  }
+
+  /**
+   * Joins a contact's link: reads its data from their relay, makes our queue on `myRelay`, starts
+   * the libsignal session and queues the confirmation carrying `payload` (our profile).
+   */
+  async join(link: string, myRelay: string, payload: Uint8Array): Promise<string> {
+    if (payload.length > MAX_CHAT_PAYLOAD) throw new AgentError('TOO_LARGE', 'the profile is too large');
+    let parsed;
+    try {
+      parsed = parseInvitationLink(link);
+      parseRelayAddress(myRelay);
+    } catch (e) {
+      throw new AgentError('BAD_LINK', ProtocolError.is(e) ? e.message : 'this is not a Murmure link', { cause: e });
+    }
+    const theirRelay = formatRelayAddress(parsed.relay);
+    const theirClient = await this.relayClient(theirRelay);
+    let linkData;
+    try {
+      linkData = await theirClient.getLink(parsed.linkId);
+    } catch (e) {
+      if (RelayClientError.is(e, 'AUTH')) throw new AgentError('LINK_USED', 'this link was already used or deleted', { cause: e });
+      throw new AgentError('RELAY', "the contact's relay did not answer", { cause: e });
+    }
+    const plain =
+      linkData.data.length > QUEUE_BOX_NONCE_LENGTH
+        ? openWithNonce(parsed.key, linkData.data.subarray(0, QUEUE_BOX_NONCE_LENGTH), LINK_AAD, linkData.data.subarray(QUEUE_BOX_NONCE_LENGTH))
+        : null;
+    if (plain === null) throw new AgentError('BAD_LINK', 'the link is damaged (its data does not decrypt)');
+    let inv;
+    let bundle;
+    try {
+      inv = decodeInvitationData(plain);
+      bundle = decodeBundle(inv.bundle);
+    } catch (e) {
+      if (ProtocolError.is(e, 'VERSION_UNSUPPORTED') || ProtocolError.is(e, 'VERSION_TOO_OLD')) throw new AgentError('VERSION', e.message, { cause: e });
+      throw new AgentError('BAD_LINK', 'the invitation data is malformed', { cause: e });
+    }
+    if (!eq(inv.queue.sndId, linkData.sndId)) throw new AgentError('BAD_LINK', 'the invitation does not match its queue');
+
+    const myClient = await this.relayClient(myRelay);
+    const q = await myClient.createQueue();
+    const theirSenderKey = generateDhKeyPair(); // the contact's key for sending to our queue
+    await myClient.secure(q, theirSenderKey.publicKey);
+    const myE2e = generateDhKeyPair(); // the box key of our queue
+    const mySenderKey = generateDhKeyPair(); // our key for sending to their queue
+    const mySenderE2e = generateDhKeyPair(); // our box key toward their queue
+    const connId = randomUUID();
+    const local = generateIdentity();
+    const state = new ProtocolState(local, this.store.stateSource(connId));
+    try {
+      await startSession(state, bundle);
+    } catch (e) {
+      throw new AgentError('BAD_LINK', 'the invitation keys are invalid', { cause: e });
+    }
+    const body: EnvelopeBody = {
+      type: 'CONFIRMATION',
+      replyQueue: { relay: parseRelayAddress(myRelay), sndId: q.sndId, e2eKey: myE2e.publicKey },
+      replySenderKey: rawDhPrivateKey(theirSenderKey.privateKey),
+      senderAuthKey: mySenderKey.publicKey,
+      payload,
+    };
+    const row: ConnectionRow = {
+      ...this.blankRow(connId, 'contact', 'joining', local),
+      remote_name: bundle.name,
+      remote_identity: bundle.identityKey,
+      rcv_relay: myRelay,
+      rcv_id: q.rcvId,
+      rcv_snd_id: q.sndId,
+      rcv_sig_key: exportPrivateKey(q.sigKey.privateKey),
+      rcv_auth_key: exportPrivateKey(q.authKey.privateKey),
+      rcv_box_key: q.boxKey,
+      rcv_e2e_key: exportPrivateKey(myE2e.privateKey),
+      snd_relay: theirRelay,
+      snd_id: inv.queue.sndId,
+      snd_auth_key: exportPrivateKey(mySenderKey.privateKey),
+      snd_e2e_key: exportPrivateKey(mySenderE2e.privateKey),
+      snd_peer_e2e: inv.queue.e2eKey,
+    };
+    const wrapped = await this.wrap(row, state, body, true);
+    this.store.local.transaction(() => {
+      this.store.insertConnection({ ...row, next_send_seq: wrapped.seq + 1, last_sent_hash: wrapped.hash });
+      this.store.applyState(connId, state.takeWrites());
+      this.store.enqueue(connId, wrapped.seq, 'confirmation', wrapped.body, this.now());
+    });
+    await myClient.subscribe(q).catch(() => undefined);
+    this.pool.keep(myRelay);
+    this.kickOutbox();
+    return connId;
+  }
+
+  /** Queues a chat payload for a contact; resolves with its sequence number once it is stored. */
+  send(connId: string, payload: Uint8Array): Promise<number> {
+    if (payload.length > MAX_CHAT_PAYLOAD) return Promise.reject(new AgentError('TOO_LARGE', `a message may be at most ${MAX_CHAT_PAYLOAD} bytes`));
+    return this.sendBody(connId, { type: 'MESSAGE', payload }, 'message').then((seq) => {
+      this.kickOutbox();
+      return seq;
+    });
+  }
+
+  private async sendBody(connId: string, body: EnvelopeBody, kind: 'reply' | 'message', inTx?: () => void): Promise<number> {
+    const first = this.store.connection(connId);
+    if (first === undefined || first.status === 'deleted') throw new AgentError('NOT_FOUND', 'no such contact');
+    return this.mutex.run(first.state_owner, async () => {
+      const c = this.store.connection(connId);
+      if (c === undefined || c.snd_id === null) throw new AgentError('NOT_CONNECTED', 'this contact is not connected yet');
+      const state = new ProtocolState(decodeLocalIdentity(c.local_identity), this.store.stateSource(c.state_owner));
+      const w = await this.wrap(c, state, body, false);
+      return this.store.local.transaction(() => {
+        this.store.applyState(c.state_owner, state.takeWrites());
+        this.store.updateConnection(connId, { next_send_seq: w.seq + 1, last_sent_hash: w.hash });
+        this.store.enqueue(connId, w.seq, kind, w.body, this.now());
+        inTx?.();
+        return w.seq;
+      });
+    });
+  }
+
+  /** Wraps an envelope: libsignal, per-queue box (with our box key on the first frame), padding. */
+  private async wrap(c: ConnectionRow, state: ProtocolState, body: EnvelopeBody, firstFrame: boolean): Promise<{ seq: number; hash: Uint8Array; body: Uint8Array }> {
+    if (c.remote_name === null || c.snd_e2e_key === null || c.snd_peer_e2e === null) throw new AgentError('NOT_CONNECTED', 'this contact is not connected yet');
+    const seq = c.next_send_seq;
+    const env = encodeEnvelope({ seq, prevHash: c.last_sent_hash, sentAt: this.now(), body });
+    const m = await encrypt(state, c.remote_name, env);
+    const prekey = m.type === 'prekey';
+    const plain = pad(encodeSessionPayload({ prekey, senderName: prekey ? state.local.name : null, body: m.body }), QUEUE_BOX_PADDED);
+    const e2e = importKeyPair(c.snd_e2e_key);
+    const secret = agree(e2e.privateKey, c.snd_peer_e2e);
+    if (secret === null) throw new AgentError('INVALID', "the contact's queue key is unusable");
+    const senderKey = firstFrame || seq === 1 ? e2e.publicKey : null;
+    const nonce = new Uint8Array(randomBytes(QUEUE_BOX_NONCE_LENGTH));
+    const aad = Uint8Array.of(AGENT_VERSION, senderKey === null ? 1 : 0);
+    const sealed = sealWithNonce(queueBoxKey(secret), nonce, aad, plain);
+    return { seq, hash: sha256(env), body: encodeQueueFrame({ senderKey, nonce, sealed }) };
+  }
+
+  // Receiving.
+
+  private async onPush(client: RelayClient, m: PushedMessage): Promise<void> {
+    const c = this.store.connectionByRcvId(m.rcvId);
+    const q = c === undefined ? null : this.recipientQueue(c);
+    if (c === undefined || q === null) return;
+    await this.mutex.run(c.state_owner, async () => {
+      let ack = true;
+      try {
+        ack = await this.receive(c.id, q, m);
+      } catch (e) {
+        // Unexpected (a database failure): do not ACK, the relay re-delivers after reconnection.
+        ack = false;
+        this.emit('problem', { connId: c.id, code: e instanceof AgentError ? e.code : 'INVALID', message: 'a message could not be stored' });
+      }
+      if (ack) await client.ack(q, m.msgId).catch(() => undefined);
+    });
+  }
+
+  /** Processes one delivered message; resolves with whether to ACK it. */
+  private async receive(connId: string, q: RecipientQueue, m: PushedMessage): Promise<boolean> {
+    const c = this.store.connection(connId);
+    if (c === undefined || c.status === 'deleted' || c.rcv_e2e_key === null) return true;
+    const problem = (message: string) => {
+      this.emit('problem', { connId, code: 'INVALID', message });
+      return true;
+    };
+    let frame;
+    let receivedAt;
+    try {
+      const delivered = openDelivered(q, m.msgId, m.body);
+      receivedAt = delivered.receivedAt;
+      frame = decodeQueueFrame(delivered.body);
+    } catch {
+      return problem('a message from the relay failed its checks and was dropped');
+    }
+    // The contact's box key: set by the first frame that carries one, fixed after that.
+    let peerE2e = c.rcv_peer_e2e;
+    const confirming = c.status === 'invited' || c.status === 'address';
+    if (peerE2e === null) {
+      if (frame.senderKey === null) return problem('a message arrived before the handshake and was dropped');
+      peerE2e = frame.senderKey;
+    } else if (frame.senderKey !== null && !eq(frame.senderKey, peerE2e)) {
+      return problem('a second confirmation for a used link was dropped');
+    }
+    const secret = agree(importKeyPair(c.rcv_e2e_key).privateKey, peerE2e);
+    const aad = Uint8Array.of(AGENT_VERSION, frame.senderKey === null ? 1 : 0);
+    const opened = secret === null ? null : openWithNonce(queueBoxKey(secret), frame.nonce, aad, frame.sealed);
+    if (opened === null) return problem('a message failed end-to-end authentication and was dropped');
+    let payload;
+    try {
+      payload = decodeSessionPayload(unpad(opened, QUEUE_BOX_PADDED));
+    } catch {
+      return problem('a malformed message was dropped');
+    }
+    const remoteName = c.remote_name ?? payload.senderName;
+    if (remoteName === null) return problem('a message arrived before the handshake and was dropped');
+    const state = new ProtocolState(decodeLocalIdentity(c.local_identity), this.store.stateSource(c.state_owner));
+    let plain;
+    try {
+      plain = await decrypt(state, remoteName, payload.prekey ? 'prekey' : 'whisper', payload.body);
+    } catch (e) {
+      if (CryptoError.is(e, 'DUPLICATE')) return true;
+      return problem('a message could not be decrypted and was dropped');
+    }
+    let env;
+    try {
+      env = decodeEnvelope(plain);
+    } catch {
+      return problem('a decrypted message was malformed and was dropped');
+    }
+    const events: IncomingEvent[] = [];
+    const changes: Partial<ConnectionRow> = { rcv_peer_e2e: peerE2e };
+    const hash = sha256(plain);
+    if (env.seq <= c.last_rcv_seq) {
+      // A replay of an older message the ratchet still accepted: keep the ratchet step, show nothing.
+      this.store.local.transaction(() => this.store.applyState(c.state_owner, state.takeWrites()));
+      return true;
+    }
+    if (env.seq > c.last_rcv_seq + 1) events.push({ type: 'gap', connId, from: c.last_rcv_seq + 1, to: env.seq - 1 });
+    else if (!eq(env.prevHash, c.last_rcv_hash) && c.last_rcv_seq > 0) events.push({ type: 'bad-hash', connId, seq: env.seq });
+    changes.last_rcv_seq = env.seq;
+    changes.last_rcv_hash = hash;
+    let after: (() => void) | null = null;
+    const b = env.body;
+    switch (b.type) {
+      case 'CONFIRMATION': {
+        if (!confirming) return problem('an unexpected confirmation was dropped');
+        const remoteIdentity = state.remoteIdentity(remoteName);
+        Object.assign(changes, {
+          status: 'accepting' as const,
+          remote_name: remoteName,
+          remote_identity: remoteIdentity === null ? null : remoteIdentity.serialize(),
+          pending_snd_auth: b.senderAuthKey,
+          snd_relay: formatRelayAddress(b.replyQueue.relay),
+          snd_id: b.replyQueue.sndId,
+          snd_auth_key: exportPrivateKey(dhKeyPairFromRaw(b.replySenderKey).privateKey),
+          snd_e2e_key: exportPrivateKey(generateDhKeyPair().privateKey),
+          snd_peer_e2e: b.replyQueue.e2eKey,
+          kind: 'contact' as const,
+        });
+        events.push({ type: 'confirmation', connId, payload: b.payload });
+        after = () => this.track(this.finishAccept(connId));
+        break;
+      }
+      case 'REPLY':
+        if (c.status !== 'joining') return problem('an unexpected reply was dropped');
+        changes.status = 'connected';
+        if (b.newQueue !== null) this.switchSendQueue(changes, b.newQueue);
+        events.push({ type: 'reply', connId, payload: b.payload });
+        after = () => this.kickOutbox();
+        break;
+      case 'MESSAGE':
+        events.push({ type: 'message', connId, seq: env.seq, sentAt: env.sentAt, receivedAt, payload: b.payload });
+        if (c.receipts === 1) after = () => this.queueReceipt(connId, env.seq);
+        break;
+      case 'RECEIPT':
+        events.push({ type: 'receipt', connId, seqs: b.seqs });
+        break;
+    }
+    this.store.local.transaction(() => {
+      this.store.applyState(c.state_owner, state.takeWrites());
+      this.store.updateConnection(connId, changes);
+      for (const ev of events) this.handler.incoming(ev);
+      if (changes.status === 'connected') this.handler.connected(connId);
+    });
+    for (const ev of events) this.emit('event', ev);
+    if (changes.status === 'connected') this.emit('connected', connId);
+    after?.();
+    return true;
+  }
+
+  private switchSendQueue(changes: Partial<ConnectionRow>, q: QueueAddress): void {
+    changes.snd_relay = formatRelayAddress(q.relay);
+    changes.snd_id = q.sndId;
+    changes.snd_peer_e2e = q.e2eKey;
+  }
+
+  /** Inviter side, after a confirmation: secure our queue with the joiner's key, then reply. */
+  private async finishAccept(connId: string): Promise<void> {
+    const c = this.store.connection(connId);
+    if (c === undefined || c.status !== 'accepting' || c.pending_snd_auth === null || c.rcv_relay === null) return;
+    const q = this.recipientQueue(c);
+    if (q === null) return;
+    try {
+      const client = await this.relayClient(c.rcv_relay);
+      await client.secure(q, c.pending_snd_auth);
+    } catch {
+      // Retried on the next start or reconnection.
+      setTimeout(() => {
+        if (!this.stopped) this.track(this.finishAccept(connId));
+      }, SEND_RETRY_MIN_MS * 4).unref();
+      return;
+    }
+    await this.sendBody(connId, { type: 'REPLY', newQueue: null, payload: new Uint8Array(0) }, 'reply', () => {
+      this.store.updateConnection(connId, { status: 'connected', pending_snd_auth: null, link_id: null });
+      this.handler.connected(connId);
+    });
+    this.emit('connected', connId);
+    if (c.snd_relay !== null) this.pool.keep(c.snd_relay);
+    this.kickOutbox();
+  }
+
+  private queueReceipt(connId: string, seq: number): void {
+    const list = this.receipts.get(connId);
+    if (list !== undefined) {
+      list.push(seq);
+      return;
+    }
+    this.receipts.set(connId, [seq]);
+    setTimeout(() => {
+      const seqs = this.receipts.get(connId) ?? [];
+      this.receipts.delete(connId);
+      if (this.stopped || seqs.length === 0) return;
+      this.track(
+        this.sendBody(connId, { type: 'RECEIPT', seqs: seqs.slice(0, 256) }, 'message')
+          .then(() => this.kickOutbox())
+          .catch(() => undefined),
+      );
+    }, RECEIPT_DELAY_MS).unref();
+  }
+
+  // The outbox.
+
+  /** Makes the outbox worker run soon. */
+  kickOutbox(): void {
+    if (this.stopped) return;
+    if (this.outboxRunning) {
+      this.outboxAgain = true;
+      return;
+    }
+    if (this.outboxTimer !== null) clearTimeout(this.outboxTimer);
+    this.outboxTimer = setTimeout(() => {
+      this.outboxTimer = null;
+      this.track(this.runOutbox());
+    }, 0);
+  }
+
+  private async runOutbox(): Promise<void> {
+    if (this.outboxRunning || this.stopped) return;
+    this.outboxRunning = true;
+    let nextDue = Number.POSITIVE_INFINITY;
+    try {
+      do {
+        this.outboxAgain = false;
+        const rows = this.store.queued();
+        const byConn = new Map<string, typeof rows>();
+        for (const r of rows) {
+          const list = byConn.get(r.conn_id) ?? [];
+          list.push(r);
+          byConn.set(r.conn_id, list);
+        }
+        nextDue = Number.POSITIVE_INFINITY;
+        await Promise.all(
+          [...byConn.entries()].map(async ([connId, list]) => {
+            const due = await this.sendConnection(connId, list);
+            nextDue = Math.min(nextDue, due);
+          }),
+        );
+      } while (this.outboxAgain && !this.stopped);
+    } finally {
+      this.outboxRunning = false;
+    }
+    if (!this.stopped && nextDue !== Number.POSITIVE_INFINITY) {
+      const delay = Math.max(10, nextDue - this.now());
+      if (this.outboxTimer !== null) clearTimeout(this.outboxTimer);
+      this.outboxTimer = setTimeout(() => {
+        this.outboxTimer = null;
+        this.track(this.runOutbox());
+      }, delay);
+      this.outboxTimer.unref();
+    }
+  }
+
+  /** Sends a connection's queued bodies in order; resolves with when to try again (or Infinity). */
+  private async sendConnection(connId: string, rows: ReturnType<AgentStore['queued']>): Promise<number> {
+    for (const r of rows) {
+      const c = this.store.connection(connId);
+      if (c === undefined || c.status === 'deleted' || c.snd_relay === null || c.snd_id === null || c.snd_auth_key === null) return Number.POSITIVE_INFINITY;
+      const ready = r.kind === 'confirmation' || c.status === 'connected';
+      if (!ready) return Number.POSITIVE_INFINITY;
+      if (r.next_attempt_at > this.now()) return r.next_attempt_at;
+      try {
+        const client = await this.pool.get(c.snd_relay);
+        const key = r.kind === 'confirmation' ? null : importKeyPair(c.snd_auth_key).privateKey;
+        await client.send(c.snd_id, key, r.body);
+      } catch (e) {
+        if (this.now() - r.created_at > SEND_GIVE_UP_MS) {
+          this.store.local.transaction(() => {
+            this.store.markFailed(r.id);
+            this.handler.failed(connId, r.seq);
+          });
+          continue;
+        }
+        const quota = RelayClientError.is(e, 'QUOTA');
+        const delay = Math.min(SEND_RETRY_MAX_MS, SEND_RETRY_MIN_MS * 2 ** Math.min(r.attempts, 10)) * (quota ? 4 : 1);
+        const at = this.now() + delay / 2 + Math.random() * (delay / 2);
+        this.store.retryLater(r.id, at);
+        return at;
+      }
+      this.store.local.transaction(() => {
+        this.store.markSent(r.id);
+        if (r.kind === 'message') this.handler.sent(connId, r.seq);
+      });
+      this.emit('sent', { connId, seq: r.seq });
+    }
+    return Number.POSITIVE_INFINITY;
+  }
+
+  // Management.
+
+  /** Turns delivery receipts for a contact on or off. */
+  setReceipts(connId: string, on: boolean): void {
+    this.store.updateConnection(connId, { receipts: on ? 1 : 0 });
+  }
+
+  /** The safety number of a connection, or null before the handshake completed. */
+  safetyNumber(connId: string): { digits: string; scannable: Uint8Array } | null {
+    const c = this.store.connection(connId);
+    if (c === undefined || c.remote_identity === null) return null;
+    const local = decodeLocalIdentity(c.local_identity);
+    return safetyNumber(local.identity.publicKey.serialize(), c.remote_identity);
+  }
+
+  /** Deletes a connection: its queue on the relay, its keys and its outbox. */
+  async deleteConnection(connId: string): Promise<void> {
+    const c = this.store.connection(connId);
+    if (c === undefined || c.status === 'deleted') throw new AgentError('NOT_FOUND', 'no such contact');
+    const q = this.recipientQueue(c);
+    if (q !== null && c.rcv_relay !== null) {
+      try {
+        await (await this.relayClient(c.rcv_relay)).deleteQueue(q);
+      } catch {
+        // The queue expires on the relay if it cannot be deleted now.
+      }
+    }
+    this.store.local.transaction(() => this.store.deleteConnection(connId, c.state_owner, c.state_owner === c.id));
+  }
+}

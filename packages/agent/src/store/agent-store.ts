@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * The agent's tables in the local database: connections (with their queues and keys),
+ * libsignal state per connection, and the outbox of encrypted, ready-to-send message bodies.
+ * All reads and writes are synchronous (SQLite in-process), so the agent can put a decrypted
+ * message, its ratchet state and its dedup key in one transaction.
+ * @module
+ */
+
+import type { StateKind, StateSource, StateWrite } from '@murmure/crypto';
+import type Database from '@signalapp/sqlcipher';
+
+import type { LocalDatabase, Migration } from './database.js';
+
+/** The agent's migrations. */
+export const AGENT_MIGRATIONS: readonly Migration[] = [
+  {
+    layer: 'agent',
+    version: 1,
+    name: '0001-connections',
+    sql: `
+      CREATE TABLE agent_connections (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        state_owner TEXT NOT NULL,
+        local_identity BLOB NOT NULL,
+        remote_name TEXT,
+        remote_identity BLOB,
+        receipts INTEGER NOT NULL DEFAULT 1,
+        created_at INTEGER NOT NULL,
+        rcv_relay TEXT,
+        rcv_id BLOB UNIQUE,
+        rcv_snd_id BLOB,
+        rcv_sig_key BLOB,
+        rcv_auth_key BLOB,
+        rcv_box_key BLOB,
+        rcv_e2e_key BLOB,
+        rcv_peer_e2e BLOB,
+        pending_snd_auth BLOB,
+        link_id BLOB,
+        snd_relay TEXT,
+        snd_id BLOB,
+        snd_auth_key BLOB,
+        snd_e2e_key BLOB,
+        snd_peer_e2e BLOB,
+        next_send_seq INTEGER NOT NULL DEFAULT 1,
+        last_sent_hash BLOB NOT NULL,
+        last_rcv_seq INTEGER NOT NULL DEFAULT 0,
+        last_rcv_hash BLOB NOT NULL
+      );
+      CREATE TABLE agent_signal_state (
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (owner, kind, key)
+      ) WITHOUT ROWID;
+      CREATE TABLE agent_outbox (
+        id INTEGER PRIMARY KEY,
+        conn_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        body BLOB NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+      );
+      CREATE INDEX agent_outbox_pending ON agent_outbox (status, conn_id, id);
+    `,
+  },
+];
+
+/** Connection kinds. */
+export type ConnectionKind = 'invitation' | 'address' | 'contact';
+/**
+ * Connection states: `invited` (our one-time link waits), `address` (a long-term address),
+ * `joining` (our confirmation is queued or sent, waiting for the reply), `accepting` (a
+ * confirmation arrived; our queue is being secured), `connected`, `deleted`.
+ */
+export type ConnectionStatus = 'invited' | 'address' | 'joining' | 'accepting' | 'connected' | 'deleted';
+
+/** A connection row. Keys are PKCS#8 private keys or raw public keys. */
+export type ConnectionRow = {
+  id: string;
+  kind: ConnectionKind;
+  status: ConnectionStatus;
+  state_owner: string;
+  local_identity: Uint8Array;
+  remote_name: string | null;
+  remote_identity: Uint8Array | null;
+  receipts: number;
+  created_at: number;
+  rcv_relay: string | null;
+  rcv_id: Uint8Array | null;
+  rcv_snd_id: Uint8Array | null;
+  rcv_sig_key: Uint8Array | null;
+  rcv_auth_key: Uint8Array | null;
+  rcv_box_key: Uint8Array | null;
+  rcv_e2e_key: Uint8Array | null;
+  rcv_peer_e2e: Uint8Array | null;
+  pending_snd_auth: Uint8Array | null;
+  link_id: Uint8Array | null;
+  snd_relay: string | null;
+  snd_id: Uint8Array | null;
+  snd_auth_key: Uint8Array | null;
+  snd_e2e_key: Uint8Array | null;
+  snd_peer_e2e: Uint8Array | null;
+  next_send_seq: number;
+  last_sent_hash: Uint8Array;
+  last_rcv_seq: number;
+  last_rcv_hash: Uint8Array;
+};
+
+/** An outbox row. `kind` says how the body is authorised on SEND. */
+export type OutboxRow = {
+  id: number;
+  conn_id: string;
+  seq: number;
+  kind: 'confirmation' | 'reply' | 'message';
+  body: Uint8Array;
+  status: 'queued' | 'sent' | 'failed';
+  attempts: number;
+  next_attempt_at: number;
+  created_at: number;
+};
+
+const COLUMNS = [
+  'id', 'kind', 'status', 'state_owner', 'local_identity', 'remote_name', 'remote_identity', 'receipts', 'created_at',
+  'rcv_relay', 'rcv_id', 'rcv_snd_id', 'rcv_sig_key', 'rcv_auth_key', 'rcv_box_key', 'rcv_e2e_key', 'rcv_peer_e2e', 'pending_snd_auth', 'link_id',
+  'snd_relay', 'snd_id', 'snd_auth_key', 'snd_e2e_key', 'snd_peer_e2e', 'next_send_seq', 'last_sent_hash', 'last_rcv_seq', 'last_rcv_hash',
+] as const;
+
+type Params = never;
+
+/** Typed access to the agent's tables. */
+export class AgentStore {
+  private readonly db: Database;
+  private readonly st;
+
+  constructor(readonly local: LocalDatabase) {
+    this.db = local.db;
+    const db = this.db;
+    this.st = {
+      insertConn: db.prepare(`INSERT INTO agent_connections (${COLUMNS.join(', ')}) VALUES (${COLUMNS.map((c) => `$${c}`).join(', ')})`),
+      conn: db.prepare('SELECT * FROM agent_connections WHERE id = ?'),
+      connByRcv: db.prepare('SELECT * FROM agent_connections WHERE rcv_id = ?'),
+      connByLink: db.prepare('SELECT * FROM agent_connections WHERE link_id = ?'),
+      conns: db.prepare("SELECT * FROM agent_connections WHERE status <> 'deleted' ORDER BY created_at"),
+      stateGet: db.prepare('SELECT value FROM agent_signal_state WHERE owner = ? AND kind = ? AND key = ?', { pluck: true }),
+      statePut: db.prepare('INSERT INTO agent_signal_state (owner, kind, key, value) VALUES (?, ?, ?, ?) ON CONFLICT (owner, kind, key) DO UPDATE SET value = excluded.value'),
+      stateDel: db.prepare('DELETE FROM agent_signal_state WHERE owner = ? AND kind = ? AND key = ?'),
+      stateDelOwner: db.prepare('DELETE FROM agent_signal_state WHERE owner = ?'),
+      outboxInsert: db.prepare("INSERT INTO agent_outbox (conn_id, seq, kind, body, status, created_at) VALUES (?, ?, ?, ?, 'queued', ?)"),
+      outboxDue: db.prepare("SELECT * FROM agent_outbox WHERE status = 'queued' ORDER BY id"),
+      outboxSent: db.prepare("UPDATE agent_outbox SET status = 'sent', body = x'' WHERE id = ?"),
+      outboxRetry: db.prepare('UPDATE agent_outbox SET attempts = attempts + 1, next_attempt_at = ? WHERE id = ?'),
+      outboxFail: db.prepare("UPDATE agent_outbox SET status = 'failed', body = x'' WHERE id = ?"),
+      outboxDelConn: db.prepare('DELETE FROM agent_outbox WHERE conn_id = ?'),
+    };
+  }
+
+  /** Inserts a connection. */
+  insertConnection(row: ConnectionRow): void {
+    const params: Record<string, unknown> = {};
+    for (const c of COLUMNS) params[c] = row[c];
+    this.st.insertConn.run(params as Params);
+  }
+
+  /** Updates some columns of a connection. */
+  updateConnection(id: string, changes: Partial<Omit<ConnectionRow, 'id'>>): void {
+    const keys = Object.keys(changes).filter((k) => (COLUMNS as readonly string[]).includes(k));
+    if (keys.length === 0) return;
+    const stmt = this.db.prepare(`UPDATE agent_connections SET ${keys.map((k) => `${k} = $${k}`).join(', ')} WHERE id = $id`);
+    stmt.run({ ...changes, id } as Params);
+  }
+
+  /** A connection by local id. */
+  connection(id: string): ConnectionRow | undefined {
+    return this.st.conn.get([id] as Params) as ConnectionRow | undefined;
+  }
+
+  /** The connection that receives on this queue. */
+  connectionByRcvId(rcvId: Uint8Array): ConnectionRow | undefined {
+    return this.st.connByRcv.get([rcvId] as Params) as ConnectionRow | undefined;
+  }
+
+  /** All connections not deleted. */
+  connections(): ConnectionRow[] {
+    return this.st.conns.all() as ConnectionRow[];
+  }
+
+  /** A libsignal state source for connections whose state lives under `owner`. */
+  stateSource(owner: string): StateSource {
+    return {
+      load: (kind: StateKind, key: string) => {
+        const v = this.st.stateGet.get([owner, kind, key] as Params);
+        return v instanceof Uint8Array ? v : undefined;
+      },
+    };
+  }
+
+  /** Applies buffered libsignal writes (call inside a transaction). */
+  applyState(owner: string, writes: readonly StateWrite[]): void {
+    for (const w of writes) {
+      if (w.value === null) this.st.stateDel.run([owner, w.kind, w.key] as Params);
+      else this.st.statePut.run([owner, w.kind, w.key, w.value] as Params);
+    }
+  }
+
+  /** Queues an encrypted body for sending. */
+  enqueue(connId: string, seq: number, kind: OutboxRow['kind'], body: Uint8Array, now: number): number {
+    return Number(this.st.outboxInsert.run([connId, seq, kind, body, now] as Params).lastInsertRowid);
+  }
+
+  /** Queued bodies in order. */
+  queued(): OutboxRow[] {
+    return this.st.outboxDue.all() as OutboxRow[];
+  }
+
+  /** Marks a body as accepted by the relay (and forgets its bytes). */
+  markSent(id: number): void {
+    this.st.outboxSent.run([id] as Params);
+  }
+
+  /** Schedules another attempt. */
+  retryLater(id: number, at: number): void {
+    this.st.outboxRetry.run([at, id] as Params);
+  }
+
+  /** Gives up on a body. */
+  markFailed(id: number): void {
+    this.st.outboxFail.run([id] as Params);
+  }
+
+  /** Deletes a connection's state and outbox (its row is kept as deleted). */
+  deleteConnection(id: string, stateOwner: string, ownsState: boolean): void {
+    this.st.outboxDelConn.run([id] as Params);
+    if (ownsState) this.st.stateDelOwner.run([stateOwner] as Params);
+    this.updateConnection(id, {
+      status: 'deleted',
+      rcv_sig_key: null,
+      rcv_auth_key: null,
+      rcv_box_key: null,
+      rcv_e2e_key: null,
+      snd_auth_key: null,
+      snd_e2e_key: null,
+      link_id: null,
+    });
+  }
+}

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * One connection per relay, opened on demand and re-opened with exponential backoff and
+ * jitter when it drops. After every (re)connection the pool asks its owner for the queues to
+ * subscribe on that relay, so subscriptions survive relay restarts and network partitions.
+ * @module
+ */
+
+import { EventEmitter } from 'node:events';
+
+import { RelayClient, type ConnectOptions, type PushedMessage, type RecipientQueue } from './relay-client.js';
+
+/** First reconnection delay. */
+export const RECONNECT_MIN_MS = 250;
+/** Longest reconnection delay. */
+export const RECONNECT_MAX_MS = 30_000;
+
+/** What the pool needs from its owner. */
+export type PoolOwner = Readonly<{
+  /** The queues on `relay` this client receives on, to subscribe after each connection. */
+  queuesOn(relay: string): RecipientQueue[];
+  /** A message pushed by `relay`. */
+  onMessage(relay: string, client: RelayClient, m: PushedMessage): void;
+  /** Options for new connections (e.g. a SOCKS5 createConnection). */
+  connectOptions?(relay: string): ConnectOptions;
+}>;
+
+type Entry = { client: RelayClient | null; connecting: Promise<RelayClient> | null; failures: number; timer: NodeJS.Timeout | null };
+
+/** Relay connections by address. Events: `up` (relay), `down` (relay). */
+export class RelayPool extends EventEmitter {
+  private readonly entries = new Map<string, Entry>();
+  private closed = false;
+
+  constructor(private readonly owner: PoolOwner) {
+    super();
+  }
+
+  /** A connected client for `relay`, connecting if needed (rejects if it cannot connect now). */
+  get(relay: string): Promise<RelayClient> {
+    if (this.closed) return Promise.reject(new Error('the relay pool is closed'));
+    let e = this.entries.get(relay);
+    if (e === undefined) {
+      e = { client: null, connecting: null, failures: 0, timer: null };
+      this.entries.set(relay, e);
+    }
+    if (e.client !== null && !e.client.isClosed) return Promise.resolve(e.client);
+    e.connecting ??= this.open(relay, e);
+    return e.connecting;
+  }
+
+  /** Keeps a connection to `relay` open, reconnecting in the background until `close()`. */
+  keep(relay: string): void {
+    this.get(relay).catch(() => this.schedule(relay));
+  }
+
+  private async open(relay: string, e: Entry): Promise<RelayClient> {
+    try {
+      const client = await RelayClient.connect(relay, this.owner.connectOptions?.(relay) ?? {});
+      if (this.closed) {
+        client.close();
+        throw new Error('the relay pool is closed');
+      }
+      e.client = client;
+      e.failures = 0;
+      client.on('message', (m: PushedMessage) => this.owner.onMessage(relay, client, m));
+      client.on('close', () => {
+        if (e.client === client) e.client = null;
+        this.emit('down', relay);
+        this.schedule(relay);
+      });
+      await Promise.all(this.owner.queuesOn(relay).map((q) => client.subscribe(q).catch(() => undefined)));
+      this.emit('up', relay);
+      return client;
+    } catch (err) {
+      e.failures++;
+      throw err;
+    } finally {
+      e.connecting = null;
+    }
+  }
+
+  private schedule(relay: string): void {
+    const e = this.entries.get(relay);
+    if (this.closed || e === undefined || e.timer !== null) return;
+    const base = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** Math.min(e.failures, 16));
+    const delay = base / 2 + Math.random() * (base / 2);
+    e.timer = setTimeout(() => {
+      e.timer = null;
+      this.get(relay).catch(() => this.schedule(relay));
+    }, delay);
+    e.timer.unref();
+  }
+
+  /** Closes every connection and stops reconnecting. */
+  close(): void {
+    this.closed = true;
+    for (const e of this.entries.values()) {
+      if (e.timer !== null) clearTimeout(e.timer);
+      e.client?.close();
+    }
+    this.entries.clear();
+  }
+}

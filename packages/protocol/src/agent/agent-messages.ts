@@ -1,0 +1,251 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * Client-to-client formats carried inside relay messages: invitation links and the data behind
+ * them, the per-queue box frame, the agent envelope (sequence number, hash of the previous
+ * message, time) and the handshake bodies. docs/protocol/agent.md.
+ * @module
+ */
+
+import { asciiBytes, asciiString } from '../encoding/ascii.js';
+import { fromBase64Url, toBase64Url } from '../encoding/base64url.js';
+import { Reader } from '../encoding/reader.js';
+import { Writer } from '../encoding/writer.js';
+import { ProtocolError } from '../errors.js';
+import { ID_LENGTH, KEY_LENGTH } from '../limits.js';
+import { MAX_ADDRESS_LENGTH, formatRelayAddress, parseRelayAddress, type RelayAddress } from '../relay/address.js';
+
+/**
+ * Agent protocol versions. History:
+ * - 1 (2026-11-26): invitations behind short links, confirmation/reply handshake, envelopes
+ *   with sequence numbers and hash chain, delivery receipts.
+ */
+export const AGENT_VERSION = 1;
+
+/** Length of a link key (ChaCha20-Poly1305 key of the link data). */
+export const LINK_KEY_LENGTH = 32;
+/** Length of the hash of the previous message (SHA-256). */
+export const HASH_LENGTH = 32;
+/** Nonce length of the per-queue box. */
+export const QUEUE_BOX_NONCE_LENGTH = 12;
+/**
+ * Every plaintext inside the per-queue box is padded to this size, so all messages of a
+ * connection look alike to the relay: 16,064 (relay body limit) - 62 (frame, key, nonce, tag).
+ */
+export const QUEUE_BOX_PADDED = 15_936;
+/** Largest chat payload an envelope carries (leaves room for libsignal's PreKey overhead). */
+export const MAX_CHAT_PAYLOAD = 12_000;
+/** Largest invitation data (before encryption). */
+export const MAX_INVITATION_DATA = 8_192;
+
+/** What a link invites to: a one-time connection or a long-term contact address. */
+export type LinkKind = 'invitation' | 'address';
+
+/** A parsed invitation link. */
+export type InvitationLink = Readonly<{ kind: LinkKind; relay: RelayAddress; linkId: Uint8Array; key: Uint8Array }>;
+
+/** Formats a link: `murmure://<fingerprint>@host:port/i#<linkId>.<key>` (`/a#` for an address). */
+export function formatInvitationLink(l: InvitationLink): string {
+  return `${formatRelayAddress(l.relay)}/${l.kind === 'invitation' ? 'i' : 'a'}#${toBase64Url(l.linkId)}.${toBase64Url(l.key)}`;
+}
+
+/** Parses a link; throws BAD_ADDRESS with a reason a person can act on. */
+export function parseInvitationLink(text: string): InvitationLink {
+  const t = text.trim();
+  if (t.length > MAX_ADDRESS_LENGTH + 100) throw new ProtocolError('BAD_ADDRESS', 'the link is too long');
+  const m = /^(murmure:\/\/[^/#]+)\/([ia])#([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)$/.exec(t);
+  if (m === null) throw new ProtocolError('BAD_ADDRESS', 'this is not a Murmure invitation link');
+  const [, relayText, kind, id, key] = m as unknown as [string, string, string, string, string];
+  const relay = parseRelayAddress(relayText);
+  let linkId: Uint8Array;
+  let linkKey: Uint8Array;
+  try {
+    linkId = fromBase64Url(id);
+    linkKey = fromBase64Url(key);
+  } catch (e) {
+    throw new ProtocolError('BAD_ADDRESS', 'the link is damaged', { cause: e });
+  }
+  if (linkId.length !== ID_LENGTH || linkKey.length !== LINK_KEY_LENGTH) throw new ProtocolError('BAD_ADDRESS', 'the link is damaged');
+  return { kind: kind === 'i' ? 'invitation' : 'address', relay, linkId, key: linkKey };
+}
+
+/** The queue a contact is to send to: its relay, sender id and the box key of the queue. */
+export type QueueAddress = Readonly<{ relay: RelayAddress; sndId: Uint8Array; e2eKey: Uint8Array }>;
+
+function writeQueue(w: Writer, q: QueueAddress): void {
+  w.longBytes(asciiBytes(formatRelayAddress(q.relay)), MAX_ADDRESS_LENGTH, 'relay address');
+  w.bytesN(q.sndId, ID_LENGTH, 'sender id').bytesN(q.e2eKey, KEY_LENGTH, 'queue key');
+}
+
+function readQueue(r: Reader): QueueAddress {
+  const text = asciiString(r.longBytes(MAX_ADDRESS_LENGTH, 'relay address'));
+  return { relay: parseRelayAddress(text), sndId: r.bytesN(ID_LENGTH, 'sender id'), e2eKey: r.bytesN(KEY_LENGTH, 'queue key') };
+}
+
+/** What a link's data holds once decrypted. */
+export type InvitationData = Readonly<{ version: number; kind: LinkKind; queue: QueueAddress; bundle: Uint8Array }>;
+
+/** Encodes invitation data. */
+export function encodeInvitationData(d: InvitationData): Uint8Array {
+  const w = new Writer(4096).u8(d.version).u8(d.kind === 'invitation' ? 1 : 2);
+  writeQueue(w, d.queue);
+  return w.longBytes(d.bundle, MAX_INVITATION_DATA, 'bundle').finish();
+}
+
+/** Decodes invitation data; a newer major version is refused with VERSION_UNSUPPORTED. */
+export function decodeInvitationData(bytes: Uint8Array): InvitationData {
+  const r = new Reader(bytes);
+  const version = r.u8('version');
+  if (version === 0) throw new ProtocolError('VERSION_TOO_OLD', 'the invitation is from an unsupported old version');
+  if (version > AGENT_VERSION) throw new ProtocolError('VERSION_UNSUPPORTED', 'the invitation needs a newer version of Murmure');
+  const k = r.u8('kind');
+  if (k !== 1 && k !== 2) throw new ProtocolError('BAD_TAG', 'unknown invitation kind');
+  const queue = readQueue(r);
+  const bundle = r.longBytes(MAX_INVITATION_DATA, 'bundle');
+  r.end('invitation data');
+  return { version, kind: k === 1 ? 'invitation' : 'address', queue, bundle };
+}
+
+/** The frame of a SEND body: the per-queue box, with the sender's box key on the first message. */
+export type QueueFrame = Readonly<{ senderKey: Uint8Array | null; nonce: Uint8Array; sealed: Uint8Array }>;
+
+/** Encodes a queue frame. */
+export function encodeQueueFrame(f: QueueFrame): Uint8Array {
+  const w = new Writer(f.sealed.length + 64).u8(AGENT_VERSION).u8(f.senderKey === null ? 1 : 0);
+  if (f.senderKey !== null) w.bytesN(f.senderKey, KEY_LENGTH, 'sender box key');
+  return w.bytesN(f.nonce, QUEUE_BOX_NONCE_LENGTH, 'nonce').bytes(f.sealed).finish();
+}
+
+/** Decodes a queue frame. */
+export function decodeQueueFrame(bytes: Uint8Array): QueueFrame {
+  const r = new Reader(bytes);
+  const v = r.u8('version');
+  if (v !== AGENT_VERSION) throw new ProtocolError(v > AGENT_VERSION ? 'VERSION_UNSUPPORTED' : 'VERSION_TOO_OLD', 'unsupported message version');
+  const k = r.u8('frame kind');
+  if (k > 1) throw new ProtocolError('BAD_TAG', 'unknown frame kind');
+  const senderKey = k === 0 ? r.bytesN(KEY_LENGTH, 'sender box key') : null;
+  const nonce = r.bytesN(QUEUE_BOX_NONCE_LENGTH, 'nonce');
+  const sealed = r.rest();
+  if (sealed.length < 16) throw new ProtocolError('TRUNCATED', 'frame has no sealed content');
+  return { senderKey, nonce, sealed };
+}
+
+/**
+ * What the per-queue box holds: the libsignal message and its type. A PreKey message also
+ * names its sender's libsignal address (a random UUID), which the session binds to.
+ */
+export type SessionPayload = Readonly<{ prekey: boolean; senderName: string | null; body: Uint8Array }>;
+
+/** Encodes a session payload (padded by the caller). */
+export function encodeSessionPayload(p: SessionPayload): Uint8Array {
+  const w = new Writer(p.body.length + 48).u8(p.prekey ? 3 : 2);
+  if (p.prekey) w.shortBytes(asciiBytes(p.senderName ?? ''), 64, 'sender name');
+  return w.longBytes(p.body, QUEUE_BOX_PADDED, 'session message').finish();
+}
+
+/** Decodes a session payload. */
+export function decodeSessionPayload(bytes: Uint8Array): SessionPayload {
+  const r = new Reader(bytes);
+  const t = r.u8('session message type');
+  if (t !== 2 && t !== 3) throw new ProtocolError('BAD_TAG', 'unknown session message type');
+  const senderName = t === 3 ? asciiString(r.shortBytes(64, 'sender name')) : null;
+  const body = r.longBytes(QUEUE_BOX_PADDED, 'session message');
+  r.end('session payload');
+  return { prekey: t === 3, senderName, body };
+}
+
+/** Agent message types. */
+export const EnvelopeType = { CONFIRMATION: 1, REPLY: 2, MESSAGE: 3, RECEIPT: 4 } as const;
+
+/** The agent envelope, inside libsignal's encryption. */
+export type Envelope = Readonly<{
+  seq: number;
+  prevHash: Uint8Array;
+  sentAt: number;
+  body: EnvelopeBody;
+}>;
+
+/** What an envelope carries. */
+export type EnvelopeBody =
+  /** Joiner -> inviter, first message: the joiner's queue, its sender key for the inviter's queue and a chat payload (profile). */
+  | { type: 'CONFIRMATION'; replyQueue: QueueAddress; replySenderKey: Uint8Array; senderAuthKey: Uint8Array; payload: Uint8Array }
+  /** Inviter -> joiner: completes the handshake, with a fresh queue when the link was an address. */
+  | { type: 'REPLY'; newQueue: QueueAddress | null; payload: Uint8Array }
+  /** A chat message. */
+  | { type: 'MESSAGE'; payload: Uint8Array }
+  /** Delivery receipt for the messages with these sequence numbers. */
+  | { type: 'RECEIPT'; seqs: readonly number[] };
+
+/** Most sequence numbers one receipt names. */
+export const MAX_RECEIPT_SEQS = 256;
+
+/** Encodes an envelope. */
+export function encodeEnvelope(e: Envelope): Uint8Array {
+  const w = new Writer(256).u8(AGENT_VERSION).u64(e.seq).bytesN(e.prevHash, HASH_LENGTH, 'previous hash').u64(e.sentAt);
+  const b = e.body;
+  w.u8(EnvelopeType[b.type]);
+  switch (b.type) {
+    case 'CONFIRMATION':
+      writeQueue(w, b.replyQueue);
+      w.bytesN(b.replySenderKey, KEY_LENGTH, 'reply sender key').bytesN(b.senderAuthKey, KEY_LENGTH, 'sender auth key');
+      w.longBytes(b.payload, MAX_CHAT_PAYLOAD, 'payload');
+      break;
+    case 'REPLY':
+      if (b.newQueue === null) w.u8(0);
+      else writeQueue(w.u8(1), b.newQueue);
+      w.longBytes(b.payload, MAX_CHAT_PAYLOAD, 'payload');
+      break;
+    case 'MESSAGE':
+      w.longBytes(b.payload, MAX_CHAT_PAYLOAD, 'payload');
+      break;
+    case 'RECEIPT':
+      if (b.seqs.length > MAX_RECEIPT_SEQS) throw new ProtocolError('TOO_LARGE', 'too many receipts');
+      w.u16(b.seqs.length);
+      for (const s of b.seqs) w.u64(s);
+      break;
+  }
+  return w.finish();
+}
+
+/** Decodes an envelope; only ProtocolError is thrown. */
+export function decodeEnvelope(bytes: Uint8Array): Envelope {
+  const r = new Reader(bytes);
+  const v = r.u8('version');
+  if (v !== AGENT_VERSION) throw new ProtocolError(v > AGENT_VERSION ? 'VERSION_UNSUPPORTED' : 'VERSION_TOO_OLD', 'unsupported envelope version');
+  const seq = r.u64('seq');
+  const prevHash = r.bytesN(HASH_LENGTH, 'previous hash');
+  const sentAt = r.u64('sent at');
+  const t = r.u8('envelope type');
+  let body: EnvelopeBody;
+  switch (t) {
+    case EnvelopeType.CONFIRMATION:
+      body = {
+        type: 'CONFIRMATION',
+        replyQueue: readQueue(r),
+        replySenderKey: r.bytesN(KEY_LENGTH, 'reply sender key'),
+        senderAuthKey: r.bytesN(KEY_LENGTH, 'sender auth key'),
+        payload: r.longBytes(MAX_CHAT_PAYLOAD, 'payload'),
+      };
+      break;
+    case EnvelopeType.REPLY: {
+      const has = r.u8('queue flag');
+      if (has > 1) throw new ProtocolError('BAD_VALUE', 'bad queue flag');
+      body = { type: 'REPLY', newQueue: has === 1 ? readQueue(r) : null, payload: r.longBytes(MAX_CHAT_PAYLOAD, 'payload') };
+      break;
+    }
+    case EnvelopeType.MESSAGE:
+      body = { type: 'MESSAGE', payload: r.longBytes(MAX_CHAT_PAYLOAD, 'payload') };
+      break;
+    case EnvelopeType.RECEIPT: {
+      const n = r.u16('receipt count');
+      if (n > MAX_RECEIPT_SEQS) throw new ProtocolError('TOO_LARGE', 'too many receipts');
+      const seqs: number[] = [];
+      for (let i = 0; i < n; i++) seqs.push(r.u64('receipt seq'));
+      body = { type: 'RECEIPT', seqs };
+      break;
+    }
+    default:
+      throw new ProtocolError('BAD_TAG', `unknown envelope type ${t}`);
+  }
+  r.end('envelope');
+  return { seq, prevHash, sentAt, body };
+}

@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// Two agents with encrypted stores connect through a one-time link on a real relay and exchange
+// messages both ways, with delivery receipts; a used link is refused.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { AGENT_MIGRATIONS, Agent, AgentError, LocalDatabase, type IncomingEvent } from '@murmure/agent';
+
+import { cleanup, sleep, startRelay, stopRelay, tempDir, utf8, type RelayProcess } from './harness.js';
+
+let relay: RelayProcess;
+let dir: string;
+before(async () => {
+  relay = await startRelay();
+  dir = tempDir();
+});
+after(async () => {
+  await stopRelay(relay);
+  cleanup(relay.dataDir);
+  cleanup(dir);
+});
+
+function makeAgent(name: string) {
+  const db = LocalDatabase.open(join(dir, `${name}.db`), new Uint8Array(randomBytes(32)), AGENT_MIGRATIONS);
+  const events: IncomingEvent[] = [];
+  const sent: number[] = [];
+  const agent = new Agent({
+    db,
+    handler: {
+      incoming: (ev) => events.push(ev),
+      sent: (_c, seq) => sent.push(seq),
+      connected: () => undefined,
+      failed: () => undefined,
+    },
+  });
+  return { agent, db, events, sent };
+}
+
+async function until(f: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await sleep(20);
+  }
+}
+
+test('invite, join, talk both ways, receipts', async () => {
+  const alice = makeAgent('alice');
+  const bob = makeAgent('bob');
+  alice.agent.start();
+  bob.agent.start();
+  const { connId: aliceConn, link } = await alice.agent.createInvitation(relay.address);
+  assert.match(link, /^murmure:\/\/.+\/i#/);
+  const bobConn = await bob.agent.join(link, relay.address, utf8('{"name":"Bob"}'));
+  await until(() => alice.agent.connections().find((c) => c.id === aliceConn)?.status === 'connected');
+  await until(() => bob.agent.connections().find((c) => c.id === bobConn)?.status === 'connected');
+  const conf = alice.events.find((e) => e.type === 'confirmation');
+  assert.ok(conf && Buffer.from(conf.payload).toString() === '{"name":"Bob"}');
+
+  const s1 = await bob.agent.send(bobConn, utf8('hello alice'));
+  const s2 = await alice.agent.send(aliceConn, utf8('hello bob'));
+  await until(() => alice.events.some((e) => e.type === 'message'));
+  await until(() => bob.events.some((e) => e.type === 'message'));
+  const toAlice = alice.events.find((e) => e.type === 'message');
+  const toBob = bob.events.find((e) => e.type === 'message');
+  assert.equal(toAlice?.type === 'message' && Buffer.from(toAlice.payload).toString(), 'hello alice');
+  assert.equal(toBob?.type === 'message' && Buffer.from(toBob.payload).toString(), 'hello bob');
+  await until(() => bob.events.some((e) => e.type === 'receipt' && e.seqs.includes(s1)));
+  await until(() => alice.events.some((e) => e.type === 'receipt' && e.seqs.includes(s2)));
+  assert.ok(bob.sent.includes(s1));
+
+  const an = alice.agent.safetyNumber(aliceConn);
+  const bn = bob.agent.safetyNumber(bobConn);
+  assert.ok(an !== null && bn !== null);
+  assert.equal(an.digits, bn.digits);
+
+  // The one-time link is used: a third party is refused with a clear error.
+  const carol = makeAgent('carol');
+  carol.agent.start();
+  await assert.rejects(carol.agent.join(link, relay.address, utf8('{}')), (e) => AgentError.is(e, 'LINK_USED'));
+  for (const a of [alice, bob, carol]) {
+    await a.agent.stop();
+    a.db.close();
+  }
+});
