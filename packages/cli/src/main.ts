@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 /**
- * The `murmure` command. This release has `murmure relay init|start`; every error is printed
- * as one line (or a JSON object under --json) and never as a stack trace.
+ * The `murmure` command: messaging commands (messenger.ts) and `murmure relay init|start`.
+ * Every error is printed as one line (or a JSON object under --json), never as a stack trace.
  * @module
  */
 
@@ -10,22 +10,45 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { ProtocolError, formatRelayAddress } from '@murmure/protocol';
+import { describeError, runMessenger } from './messenger.js';
 import { DEFAULTS, RelayServer, StoreError, createIdentity, jsonLogger, loadIdentity, relayConfig, type RelayConfig } from '@murmure/relay';
 
 const USAGE = `murmure: a private messenger with no user ids
 
 Usage:
+  murmure init --name NAME --relay ADDRESS   create a home (or add a profile)
+  murmure invite [--address] [--incognito]   print a one-time link (or a long-term address)
+  murmure connect LINK [--incognito]         connect to a contact's link
+  murmure sync [--wait SECONDS]              go online: handshakes, send, receive, print
+  murmure contacts                           list contacts
+  murmure send CONTACT TEXT                  queue a message
+  murmure messages CONTACT [--limit N]       show a conversation
+  murmure verify CONTACT [--mark]            show (and record) the safety number
+  murmure receipts CONTACT --on|--off        delivery receipts to a contact
+  murmure delete-contact CONTACT             delete a contact and its queue
+  murmure passphrase change                  re-key the home with a new passphrase
+  murmure chat                               full-screen terminal chat
+
+Global options, before or after the command:
+  --home DIR (or MURMURE_HOME; default ~/.murmure)   --profile NAME   --json
+The passphrase comes from MURMURE_PASSPHRASE or is asked for on the terminal.
+
   murmure relay init  --data DIR [--host H] [--port P]
   murmure relay start --data DIR [--host H] [--port P] [--json] [options]
   murmure --help
 
 Relay options (start):
-  --metrics-port P        serve Prometheus /metrics on 127.0.0.1:P (off by default)
-  --message-ttl-days N    delete undelivered messages after N days (default 21)
-  --queue-ttl-days N      delete queues unused for N days (default 90)
-  --quota N               most undelivered messages per queue (default 128)
-  --max-connections N     most open connections (default 16000)
-  --log-level LEVEL       debug, info, warn or error (default info)
+  --metrics-port P           serve Prometheus /metrics on 127.0.0.1:P (off by default)
+  --message-ttl-days N       delete undelivered messages after N days (default 21)
+  --queue-ttl-days N         delete queues unused for N days (default 90)
+  --quota N                  most undelivered messages per queue (default 128)
+  --max-connections N        most open connections (default 16000)
+  --commands-per-second N    commands one connection may send per second (default 20000)
+  --command-burst N          commands one connection may send in a burst (default 40000)
+  --queues-per-connection N  queues one connection may create (default 1000)
+  --handshake-timeout-ms N   time from TCP accept to the client hello (default 10000)
+  --idle-timeout-ms N        close connections silent this long (default 900000)
+  --log-level LEVEL          debug, info, warn or error (default info)
 
 Port 0 picks a free port. SIGTERM or SIGINT stops the relay cleanly.
 Docs: docs/operations.md (running a relay), docs/protocol.md (the wire protocol).
@@ -36,7 +59,7 @@ class UsageError extends Error {}
 
 const SETTINGS_FILE = 'relay.json';
 
-type Out = { write(s: string): unknown };
+type Out = { write(s: string): unknown; isTTY?: boolean };
 
 /** Runs the command line; resolves with the exit code. */
 export async function main(argv: readonly string[], out: Out = process.stdout, err: Out = process.stderr): Promise<number> {
@@ -44,11 +67,13 @@ export async function main(argv: readonly string[], out: Out = process.stdout, e
   try {
     return await run(argv, out, err);
   } catch (e) {
-    const code = e instanceof UsageError ? 'USAGE' : StoreError.is(e) ? `STORE_${e.code}` : ProtocolError.is(e) ? e.code : 'FAILED';
-    const message = e instanceof Error ? e.message : String(e);
+    const d = describeError(e);
+    const usage = e instanceof UsageError || d.usage;
+    const code = e instanceof UsageError ? 'USAGE' : StoreError.is(e) ? `STORE_${e.code}` : ProtocolError.is(e) ? e.code : d.code;
+    const message = d.message;
     if (json) out.write(`${JSON.stringify({ error: { code, message } })}\n`);
     else err.write(`murmure: ${message}\n`);
-    return e instanceof UsageError ? 2 : 1;
+    return usage ? 2 : 1;
   }
 }
 
@@ -57,7 +82,7 @@ async function run(argv: readonly string[], out: Out, err: Out): Promise<number>
     out.write(USAGE);
     return 0;
   }
-  if (argv[0] !== 'relay') throw new UsageError(`unknown command '${argv[0]}' (see murmure --help)`);
+  if (argv[0] !== 'relay') return runMessenger(argv, out, err);
   const sub = argv[1];
   if (sub === undefined || sub === '--help' || sub === '-h') {
     out.write(USAGE);
@@ -92,6 +117,11 @@ function parseOptions(args: string[]) {
         'queue-ttl-days': { type: 'string' },
         quota: { type: 'string' },
         'max-connections': { type: 'string' },
+        'commands-per-second': { type: 'string' },
+        'command-burst': { type: 'string' },
+        'queues-per-connection': { type: 'string' },
+        'handshake-timeout-ms': { type: 'string' },
+        'idle-timeout-ms': { type: 'string' },
         'log-level': { type: 'string' },
       },
       strict: true,
@@ -161,6 +191,16 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
   if (queueTtlMs !== undefined) overrides.queueTtlMs = queueTtlMs;
   if (queueQuota !== undefined) overrides.queueQuota = queueQuota;
   if (maxConnections !== undefined) overrides.maxConnections = maxConnections;
+  const commandsPerSecond = intOption(values['commands-per-second'], '--commands-per-second', 1, 1_000_000);
+  const commandBurst = intOption(values['command-burst'], '--command-burst', 1, 1_000_000);
+  const queuesPerConnection = intOption(values['queues-per-connection'], '--queues-per-connection', 1, 1_000_000);
+  const handshakeTimeoutMs = intOption(values['handshake-timeout-ms'], '--handshake-timeout-ms', 100, 600_000);
+  const idleTimeoutMs = intOption(values['idle-timeout-ms'], '--idle-timeout-ms', 100, 86_400_000);
+  if (commandsPerSecond !== undefined) overrides.commandsPerSecond = commandsPerSecond;
+  if (commandBurst !== undefined) overrides.commandBurst = commandBurst;
+  if (queuesPerConnection !== undefined) overrides.queuesPerConnection = queuesPerConnection;
+  if (handshakeTimeoutMs !== undefined) overrides.handshakeTimeoutMs = handshakeTimeoutMs;
+  if (idleTimeoutMs !== undefined) overrides.idleTimeoutMs = idleTimeoutMs;
   const logger = jsonLogger(err, (level as 'debug' | 'info' | 'warn' | 'error' | undefined) ?? 'info');
   const relay = await RelayServer.start(relayConfig(dataDir, overrides), { logger });
   const metrics = relay.metricsPort === null ? {} : { metricsPort: relay.metricsPort };

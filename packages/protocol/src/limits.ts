@@ -20,6 +20,8 @@ export const KEY_LENGTH = 32;
 export const SIGNATURE_LENGTH = 64;
 /** Length of a session authenticator (HMAC-SHA256). */
 export const AUTHENTICATOR_LENGTH = 32;
+/** Label of the TLS exporter (RFC 8446 §7.5) that yields the session id, with an empty context. */
+export const SESSION_EXPORTER_LABEL = 'EXPORTER-murmure-relay-session';
 /** Length of the TLS session id both sides export from the TLS session. */
 export const SESSION_ID_LENGTH = 32;
 /** Length of the AEAD tag of the relay-to-recipient box. */

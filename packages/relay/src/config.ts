@@ -33,7 +33,7 @@ export type RelayConfig = Readonly<{
   commandBurst: number;
   /** Queues one connection may create over its life. */
   queuesPerConnection: number;
-  /** Time allowed from TCP accept to the client hello (TLS, HTTP upgrade and hello). */
+  /** Time allowed for the TLS handshake, and again from its end to the client hello (upgrade and hello). */
   handshakeTimeoutMs: number;
   /** A connection that sends nothing for this long is closed. Clients PING to stay. */
   idleTimeoutMs: number;

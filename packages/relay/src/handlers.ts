@@ -185,16 +185,16 @@ export class RelayHandlers implements CommandHandler {
     if (t.auth.kind === 'authenticator') {
       ok = this.authenticatorValid(conn, t, q?.sndAuthKey ?? DUMMY_DH_KEY, t.auth.bytes) && q !== undefined && q.sndAuthKey !== null;
     } else {
-      // Only the first message to an unsecured queue (the confirmation) goes without authorisation.
+      // Only messages to an unsecured queue (confirmations, contact requests) go without authorisation.
       ok = t.auth.kind === 'none' && q !== undefined && q.sndAuthKey === null;
     }
     if (!ok || q === undefined || q.suspended) throw new Refusal('AUTH');
     const now = this.now();
     const msgId = randomId();
     const sealed = sealRecipientBox(q.boxKey, msgId, encodeReceivedMessage({ receivedAt: now, flags: cmd.flags, body: cmd.body }));
-    if ((await this.store.addMessage(q.rcvId, { msgId, receivedAt: now, sealed }, this.config.queueQuota, now)) === 'quota') {
-      throw new Refusal('QUOTA');
-    }
+    const added = await this.store.addMessage(q.rcvId, { msgId, receivedAt: now, sealed }, this.config.queueQuota, now);
+    if (added === 'gone') throw new Refusal('AUTH');
+    if (added === 'quota') throw new Refusal('QUOTA');
     this.metrics.messagesStored++;
     conn.respond(t.corrId, t.entityId, { type: 'OK' });
     await this.deliverNext(idKey(q.rcvId));
@@ -207,7 +207,16 @@ export class RelayHandlers implements CommandHandler {
     const fetched = conn.fetched.get(key);
     const held = sub?.conn === conn ? sub.delivered : fetched;
     if (held === null || held === undefined || !sameBytes(held, msgId)) throw new Refusal('NO_MSG');
-    if (!(await this.store.deleteMessage(q.rcvId, msgId, this.now()))) throw new Refusal('NO_MSG');
+    if (!(await this.store.deleteMessage(q.rcvId, msgId, this.now()))) {
+      // The message expired while it waited for its ACK: move on to the next one.
+      if (fetched !== undefined && sameBytes(fetched, msgId)) conn.fetched.delete(key);
+      const gone = this.subs.get(key);
+      if (gone !== undefined && gone.delivered !== null && sameBytes(gone.delivered, msgId)) {
+        gone.delivered = null;
+        void this.deliverNext(key);
+      }
+      throw new Refusal('NO_MSG');
+    }
     this.metrics.messagesAcked++;
     if (fetched !== undefined && sameBytes(fetched, msgId)) conn.fetched.delete(key);
     conn.respond(t.corrId, t.entityId, { type: 'OK' });
@@ -222,6 +231,7 @@ export class RelayHandlers implements CommandHandler {
     const q = await this.recipient(conn, t, 'authenticator');
     const key = idKey(q.rcvId);
     if (this.subs.get(key)?.conn === conn) throw new Refusal('CMD');
+    this.store.touchQueue(q.rcvId, this.now()).catch(() => undefined);
     const m = await this.store.oldestMessage(q.rcvId);
     if (m === undefined) throw new Refusal('NO_MSG');
     conn.fetched.set(key, m.msgId);

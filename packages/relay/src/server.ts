@@ -11,7 +11,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 
-import { BLOCK_SIZE, SESSION_ID_LENGTH, formatRelayAddress } from '@murmure/protocol';
+import { BLOCK_SIZE, SESSION_EXPORTER_LABEL, SESSION_ID_LENGTH, formatRelayAddress } from '@murmure/protocol';
 import { WebSocketServer } from 'ws';
 
 import type { RelayConfig } from './config.js';
@@ -23,8 +23,6 @@ import { RelayMetrics } from './metrics.js';
 import type { QueueStore } from './store/queue-store.js';
 import { SqliteQueueStore } from './store/sqlite/sqlite-queue-store.js';
 
-/** Label of the TLS exporter that yields the session id both sides bind commands to. */
-export const SESSION_EXPORTER_LABEL = 'EXPORTER-murmure-relay-session';
 /** Name of the store file inside the data folder. */
 export const STORE_FILE = 'relay.sqlite';
 

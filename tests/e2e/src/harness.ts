@@ -6,13 +6,15 @@
  */
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
+import { StringDecoder } from 'node:string_decoder';
 import { fileURLToPath } from 'node:url';
 
-import type { PushedMessage, RelayClient } from '@murmure/agent';
+import { RelayClient, type PushedMessage } from '@murmure/agent';
 
 /** The `murmure` executable of this checkout. */
 export const MURMURE_BIN = resolve(dirname(fileURLToPath(import.meta.url)), '../../../packages/cli/bin/murmure.js');
@@ -129,4 +131,139 @@ export function utf8(s: string): Uint8Array {
 /** Sleeps. */
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+// Helpers for fault and privacy tests (relay-crash, relay-privacy, relay-faults).
+
+/** Options of `launchRelay`: those of `startRelay`, plus a command to run the relay under. */
+export type LaunchOptions = Readonly<{
+  dataDir?: string;
+  port?: number;
+  args?: readonly string[];
+  env?: NodeJS.ProcessEnv;
+  /** A command the relay runs under, e.g. `['strace', '-f', ...]`; the relay's argv follows it. */
+  wrapper?: readonly string[];
+}>;
+
+/** A relay started by `launchRelay`: its log also as raw bytes, and whether a wrapper runs it. */
+export type LaunchedRelay = RelayProcess & {
+  /** Everything the relay (and its wrapper) wrote to stderr, as raw bytes. */
+  readonly stderrBytes: Buffer[];
+  readonly wrapped: boolean;
+};
+
+/**
+ * Like `startRelay`, but keeps the raw bytes of stderr and can run the relay under a wrapper
+ * such as strace. `proc` is then the wrapper; `signalRelay` reaches the relay itself.
+ */
+export function launchRelay(opts: LaunchOptions = {}): Promise<LaunchedRelay> {
+  const dataDir = opts.dataDir ?? tempDir();
+  const relayArgv = [process.execPath, MURMURE_BIN, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', String(opts.port ?? 0), '--json', ...(opts.args ?? [])];
+  const argv = [...(opts.wrapper ?? []), ...relayArgv];
+  const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  const log: string[] = [];
+  const stderrBytes: Buffer[] = [];
+  const decoder = new StringDecoder('utf8');
+  proc.stderr?.on('data', (b: Buffer) => {
+    stderrBytes.push(b);
+    log.push(decoder.write(b));
+  });
+  return new Promise<LaunchedRelay>((resolvePromise, reject) => {
+    const lines = createInterface({ input: proc.stdout! });
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`relay did not start in time: ${log.join('')}`));
+    }, 20_000);
+    lines.once('line', (line) => {
+      clearTimeout(timer);
+      try {
+        const j = JSON.parse(line) as { address: string; metricsPort?: number };
+        if (typeof j.address !== 'string') throw new Error(line);
+        const port = Number(/:(\d+)$/.exec(j.address)?.[1]);
+        resolvePromise({ dataDir, address: j.address, port, metricsPort: j.metricsPort ?? null, proc, log, stderrBytes, wrapped: opts.wrapper !== undefined });
+      } catch (e) {
+        reject(new Error(`relay printed an unexpected first line: ${line} ${log.join('')}`, { cause: e }));
+      }
+    });
+    proc.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`relay exited with ${code}: ${log.join('')}`));
+    });
+  });
+}
+
+/** The pid of the relay process itself (the wrapper's child when it runs under one). */
+export function relayPid(r: LaunchedRelay): number {
+  const pid = r.proc.pid;
+  if (pid === undefined) throw new Error('the relay process has no pid');
+  if (!r.wrapped) return pid;
+  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/);
+  const child = Number(children[0]);
+  if (!Number.isInteger(child) || child <= 0) throw new Error('the relay wrapper has no child process');
+  return child;
+}
+
+/** Whether the relay (or its wrapper) is still running. */
+export function isRunning(r: RelayProcess): boolean {
+  return r.proc.exitCode === null && r.proc.signalCode === null;
+}
+
+/**
+ * Sends `sig` to the relay itself (not to a wrapper, which would only detach) and resolves with
+ * the exit code of `proc` (strace exits with its tracee's code), or the signal name.
+ */
+export function signalRelay(r: LaunchedRelay, sig: NodeJS.Signals): Promise<number | NodeJS.Signals | null> {
+  if (!isRunning(r)) return Promise.resolve(r.proc.exitCode ?? r.proc.signalCode);
+  return new Promise((res) => {
+    r.proc.once('exit', (code, signal) => res(code ?? signal));
+    process.kill(relayPid(r), sig);
+  });
+}
+
+/** Connects, retrying every `everyMs` while the relay is down, until `timeoutMs` has passed. */
+export async function connectRetry(address: string, timeoutMs = 15_000, everyMs = 20): Promise<RelayClient> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await RelayClient.connect(address, { timeoutMs: 3000 });
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      await sleep(everyMs);
+    }
+  }
+}
+
+/** A seeded pseudo-random generator (mulberry32): the same seed gives the same numbers in [0, 1). */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
+  };
+}
+
+/**
+ * "Test encryption" of a message body, standing in for the end-to-end layer: AES-256-GCM with a
+ * random nonce, `nonce || ciphertext || tag`, so no plaintext marker is visible on the wire.
+ */
+export function testSeal(key: Uint8Array, plaintext: Uint8Array): Uint8Array {
+  const nonce = randomBytes(12);
+  const c = createCipheriv('aes-256-gcm', key, nonce);
+  return new Uint8Array(Buffer.concat([nonce, c.update(plaintext), c.final(), c.getAuthTag()]));
+}
+
+/** Opens `testSeal`; null if the bytes were not sealed with `key` or were changed. */
+export function testOpen(key: Uint8Array, sealed: Uint8Array): Uint8Array | null {
+  if (sealed.length < 28) return null;
+  const b = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.length);
+  try {
+    const d = createDecipheriv('aes-256-gcm', key, b.subarray(0, 12));
+    d.setAuthTag(b.subarray(b.length - 16));
+    return new Uint8Array(Buffer.concat([d.update(b.subarray(12, b.length - 16)), d.final()]));
+  } catch {
+    return null;
+  }
 }

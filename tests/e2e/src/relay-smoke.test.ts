@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { RelayClient, openDelivered } from '@murmure/agent';
+import { RelayClient, RelayClientError, openDelivered } from '@murmure/agent';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
 import { Inbox, cleanup, startRelay, stopRelay, utf8, type RelayProcess } from './harness.js';
@@ -37,4 +37,11 @@ test('a message goes from sender to subscriber through a real relay process', as
   await alice.ack(q, second.msgId);
   alice.close();
   bob.close();
+});
+
+test('a relay whose certificate does not match the address is refused before anything is sent', async () => {
+  const fp = relay.address.slice('murmure://'.length, relay.address.indexOf('@'));
+  const other = fp[0] === 'A' ? `B${fp.slice(1)}` : `A${fp.slice(1)}`;
+  const wrong = relay.address.replace(fp, other);
+  await assert.rejects(RelayClient.connect(wrong), (e) => RelayClientError.is(e, 'PINNING'));
 });

@@ -17,7 +17,8 @@ export class Writer {
 
   private room(n: number): void {
     if (this.len + n <= this.buf.length) return;
-    let size = this.buf.length * 2;
+    // Doubling alone never grows a Writer created with capacity 0.
+    let size = Math.max(this.buf.length * 2, 16);
     while (size < this.len + n) size *= 2;
     const next = new Uint8Array(size);
     next.set(this.buf.subarray(0, this.len));

@@ -15,7 +15,8 @@ export type RelayAddress = Readonly<{ fingerprint: Uint8Array; host: string; por
 export const MAX_ADDRESS_LENGTH = 512;
 const FINGERPRINT_LENGTH = 32;
 const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
-const IPV6 = /^[0-9A-Fa-f:.]{2,45}$/;
+// A colon is required: formatRelayAddress brackets only hosts with one, so `[1.2.3.4]` or `[..]` would not survive a round trip.
+const IPV6 = /^(?=.*:)[0-9A-Fa-f:.]{2,45}$/;
 
 /** Formats an address. */
 export function formatRelayAddress(a: RelayAddress): string {

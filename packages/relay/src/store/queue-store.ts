@@ -60,8 +60,8 @@ export interface QueueStore {
   suspendQueue(rcvId: Uint8Array): Promise<void>;
   /** Deletes a queue, its link data and all its messages. */
   deleteQueue(rcvId: Uint8Array): Promise<void>;
-  /** Appends a message unless the queue holds `quota` already. */
-  addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota'>;
+  /** Appends a message unless the queue holds `quota` already (`'gone'`: the queue was deleted meanwhile). */
+  addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'>;
   /** The oldest message of a queue. */
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined>;
   /** Deletes a message by id; false if the queue has no such message. */

@@ -69,6 +69,12 @@ export class SqliteQueueStore implements QueueStore {
     this.st = {
       byRcv: db.prepare('SELECT * FROM queues WHERE rcv_id = ?'),
       bySnd: db.prepare('SELECT * FROM queues WHERE snd_id = ?'),
+      // A row shaped like a queue's, read when a lookup misses, so that a miss costs what a hit
+      // costs and the time of ERR AUTH does not tell whether a queue exists (THREATS.md R8).
+      missRow: db.prepare(
+        'SELECT zeroblob(24) AS rcv_id, zeroblob(24) AS snd_id, zeroblob(32) AS rcv_sig_key, zeroblob(32) AS rcv_auth_key, ' +
+          'zeroblob(32) AS snd_auth_key, zeroblob(32) AS box_key, 0 AS suspended, NULL AS link_id, NULL AS link_data, 0 AS msg_count, 0 AS active_day',
+      ),
       insertQueue: db.prepare(
         'INSERT INTO queues (rcv_id, snd_id, rcv_sig_key, rcv_auth_key, box_key, active_day) VALUES (?, ?, ?, ?, ?, ?)',
       ),
@@ -179,15 +185,21 @@ export class SqliteQueueStore implements QueueStore {
   queueByRecipient(rcvId: Uint8Array): Promise<QueueRecord | undefined> {
     return this.read(() => {
       const r = this.st.byRcv.get([rcvId] as never);
-      return r === undefined ? undefined : toQueue(r);
+      return r === undefined ? this.miss() : toQueue(r);
     });
   }
 
   queueBySender(sndId: Uint8Array): Promise<QueueRecord | undefined> {
     return this.read(() => {
       const r = this.st.bySnd.get([sndId] as never);
-      return r === undefined ? undefined : toQueue(r);
+      return r === undefined ? this.miss() : toQueue(r);
     });
+  }
+
+  /** Does the work of a hit, then answers a miss. */
+  private miss(): undefined {
+    toQueue(this.st.missRow.get() as Row);
+    return undefined;
   }
 
   secureQueue(rcvId: Uint8Array, sndAuthKey: Uint8Array, now: number): Promise<'ok' | 'conflict'> {
@@ -221,10 +233,11 @@ export class SqliteQueueStore implements QueueStore {
     });
   }
 
-  addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota'> {
+  addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'> {
     return this.write(() => {
       const n = this.st.count.get([rcvId] as never);
-      if (typeof n !== 'number' || n >= quota) return 'quota' as const;
+      if (typeof n !== 'number') return 'gone' as const;
+      if (n >= quota) return 'quota' as const;
       this.st.insertMsg.run([rcvId, msg.msgId, msg.receivedAt, msg.sealed] as never);
       this.st.incCount.run([rcvId] as never);
       this.st.touch.run([day(now), rcvId, day(now)] as never);

@@ -1,0 +1,263 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// Shows that Writer and Reader agree on every integer and length-prefixed field, and that Reader refuses hostile input with ProtocolError only.
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+
+import { ProtocolError, Reader, Writer, toHex } from '@murmure/protocol';
+
+type Field =
+  | { k: 'u8' | 'u16' | 'u32' | 'u64'; v: number }
+  | { k: 'bytesN' | 'short' | 'long'; v: Uint8Array };
+
+/** Bytes of a given length from a seed, so long arrays cost one integer to generate. */
+function seeded(length: number, seed: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let x = seed | 1;
+  for (let i = 0; i < length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+/** fc.record with ordinary prototypes, so decoded objects deep-equal generated ones. */
+const rec = <T>(model: { [K in keyof T]: fc.Arbitrary<T[K]> }): fc.Arbitrary<T> => fc.record(model, { noNullPrototype: true }) as fc.Arbitrary<T>;
+
+const longBytes = fc.oneof(
+  { arbitrary: fc.uint8Array({ maxLength: 300 }), weight: 4 },
+  { arbitrary: fc.tuple(fc.integer({ min: 0, max: 0xffff }), fc.integer()).map(([n, s]) => seeded(n, s)), weight: 1 },
+);
+
+const field: fc.Arbitrary<Field> = fc.oneof(
+  rec({ k: fc.constant('u8' as const), v: fc.integer({ min: 0, max: 0xff }) }),
+  rec({ k: fc.constant('u16' as const), v: fc.integer({ min: 0, max: 0xffff }) }),
+  rec({ k: fc.constant('u32' as const), v: fc.integer({ min: 0, max: 0xffff_ffff }) }),
+  rec({ k: fc.constant('u64' as const), v: fc.oneof(fc.maxSafeNat(), fc.constantFrom(0, 2 ** 32 - 1, 2 ** 32, Number.MAX_SAFE_INTEGER)) }),
+  rec({ k: fc.constant('bytesN' as const), v: fc.uint8Array({ maxLength: 64 }) }),
+  rec({ k: fc.constant('short' as const), v: fc.uint8Array({ maxLength: 0xff }) }),
+  rec({ k: fc.constant('long' as const), v: longBytes }),
+);
+
+function write(w: Writer, f: Field): void {
+  switch (f.k) {
+    case 'u8':
+      w.u8(f.v);
+      break;
+    case 'u16':
+      w.u16(f.v);
+      break;
+    case 'u32':
+      w.u32(f.v);
+      break;
+    case 'u64':
+      w.u64(f.v);
+      break;
+    case 'bytesN':
+      w.bytesN(f.v, f.v.length);
+      break;
+    case 'short':
+      w.shortBytes(f.v);
+      break;
+    case 'long':
+      w.longBytes(f.v);
+      break;
+  }
+}
+
+function read(r: Reader, like: Field): Field {
+  switch (like.k) {
+    case 'u8':
+      return { k: 'u8', v: r.u8() };
+    case 'u16':
+      return { k: 'u16', v: r.u16() };
+    case 'u32':
+      return { k: 'u32', v: r.u32() };
+    case 'u64':
+      return { k: 'u64', v: r.u64() };
+    case 'bytesN':
+      return { k: 'bytesN', v: r.bytesN(like.v.length) };
+    case 'short':
+      return { k: 'short', v: r.shortBytes(0xff) };
+    case 'long':
+      return { k: 'long', v: r.longBytes(0xffff) };
+  }
+}
+
+function assertOnlyProtocolError(run: () => unknown): void {
+  try {
+    run();
+  } catch (e) {
+    if (!ProtocolError.is(e)) throw new Error(`threw something other than ProtocolError: ${String(e)}`, { cause: e });
+  }
+}
+
+/**
+ * Runs `fn` with the global Uint8Array and ArrayBuffer constructors counting every allocation
+ * by size, so a test can show a hostile length was refused before anything was allocated.
+ */
+function allocationsDuring(fn: () => void): number[] {
+  const sizes: number[] = [];
+  const RealU8 = globalThis.Uint8Array;
+  const RealAB = globalThis.ArrayBuffer;
+  const count = (args: unknown[]): void => {
+    if (typeof args[0] === 'number') sizes.push(args[0]);
+  };
+  globalThis.Uint8Array = new Proxy(RealU8, {
+    construct(target, args, newTarget) {
+      count(args);
+      return Reflect.construct(target, args, newTarget === globalThis.Uint8Array ? target : newTarget) as object;
+    },
+  });
+  globalThis.ArrayBuffer = new Proxy(RealAB, {
+    construct(target, args, newTarget) {
+      count(args);
+      return Reflect.construct(target, args, newTarget === globalThis.ArrayBuffer ? target : newTarget) as object;
+    },
+  });
+  try {
+    fn();
+  } finally {
+    globalThis.Uint8Array = RealU8;
+    globalThis.ArrayBuffer = RealAB;
+  }
+  return sizes;
+}
+
+describe('Writer and Reader round trip', () => {
+  test('any sequence of fields reads back as written, whatever the initial capacity', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 64 }), fc.array(field, { maxLength: 12 }), (initial, fields) => {
+        const w = new Writer(initial);
+        for (const f of fields) write(w, f);
+        const bytes = w.finish();
+        assert.equal(bytes.length, w.length);
+        const r = new Reader(bytes);
+        const back = fields.map((f) => read(r, f));
+        assert.equal(r.remaining, 0);
+        r.end();
+        assert.deepEqual(back, fields);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  test('a Writer created with capacity 0 still grows (it used to loop forever)', () => {
+    const bytes = new Writer(0).u8(1).u16(0x0203).bytes(new Uint8Array(1000)).finish();
+    assert.equal(bytes.length, 1003);
+    assert.equal(toHex(bytes.subarray(0, 3)), '010203');
+  });
+
+  test('integers are big-endian, and length prefixes come first', () => {
+    const bytes = new Writer(4)
+      .u8(0xfe)
+      .u16(0x0102)
+      .u32(0x03040506)
+      .u64(Number.MAX_SAFE_INTEGER)
+      .u64(2 ** 32)
+      .shortBytes(new Uint8Array([0xaa, 0xbb]))
+      .longBytes(new Uint8Array([0xcc]))
+      .finish();
+    assert.equal(toHex(bytes), 'fe' + '0102' + '03040506' + '001fffffffffffff' + '0000000100000000' + '02aabb' + '0001cc');
+  });
+
+  test('Reader fields are views into the input, not copies', () => {
+    const input = new Uint8Array([3, 1, 2, 3, 0, 2, 9, 9, 7, 7]);
+    const r = new Reader(input);
+    const a = r.shortBytes(3);
+    const b = r.longBytes(2);
+    const c = r.bytesN(1);
+    const d = r.rest();
+    for (const v of [a, b, c, d]) assert.equal(v.buffer, input.buffer);
+    assert.deepEqual([...a, ...b, ...c, ...d], [1, 2, 3, 9, 9, 7, 7]);
+  });
+});
+
+describe('Writer refuses values it cannot encode', () => {
+  const cases: [string, () => unknown][] = [
+    ['u8(256)', () => new Writer().u8(256)],
+    ['u8(-1)', () => new Writer().u8(-1)],
+    ['u8(1.5)', () => new Writer().u8(1.5)],
+    ['u8(NaN)', () => new Writer().u8(Number.NaN)],
+    ['u16(0x10000)', () => new Writer().u16(0x10000)],
+    ['u32(2 ** 32)', () => new Writer().u32(2 ** 32)],
+    ['u64(2 ** 53)', () => new Writer().u64(2 ** 53)],
+    ['u64(-1)', () => new Writer().u64(-1)],
+  ];
+  for (const [name, run] of cases) {
+    test(`${name} is BAD_VALUE`, () => {
+      assert.throws(run, (e) => ProtocolError.is(e, 'BAD_VALUE'));
+    });
+  }
+
+  test('bytesN with another length is BAD_LENGTH', () => {
+    assert.throws(() => new Writer().bytesN(new Uint8Array(31), 32), (e) => ProtocolError.is(e, 'BAD_LENGTH'));
+  });
+
+  test('length-prefixed fields over their limit or their prefix are TOO_LARGE', () => {
+    assert.throws(() => new Writer().shortBytes(new Uint8Array(256)), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+    assert.throws(() => new Writer().shortBytes(new Uint8Array(11), 10), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+    assert.throws(() => new Writer().longBytes(new Uint8Array(0x10000)), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+    assert.throws(() => new Writer().longBytes(new Uint8Array(101), 100), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+  });
+});
+
+describe('Reader on hostile input', () => {
+  test('reading past the end is TRUNCATED', () => {
+    assert.throws(() => new Reader(new Uint8Array(0)).u8(), (e) => ProtocolError.is(e, 'TRUNCATED'));
+    assert.throws(() => new Reader(new Uint8Array(1)).u16(), (e) => ProtocolError.is(e, 'TRUNCATED'));
+    assert.throws(() => new Reader(new Uint8Array(3)).u32(), (e) => ProtocolError.is(e, 'TRUNCATED'));
+    assert.throws(() => new Reader(new Uint8Array(7)).u64(), (e) => ProtocolError.is(e, 'TRUNCATED'));
+    assert.throws(() => new Reader(new Uint8Array(5)).bytesN(6), (e) => ProtocolError.is(e, 'TRUNCATED'));
+  });
+
+  test('a u64 above the safe-integer range is BAD_VALUE', () => {
+    const bytes = new Uint8Array([0x00, 0x20, 0, 0, 0, 0, 0, 0]);
+    assert.throws(() => new Reader(bytes).u64(), (e) => ProtocolError.is(e, 'BAD_VALUE'));
+    assert.equal(new Reader(new Uint8Array([0x00, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])).u64(), Number.MAX_SAFE_INTEGER);
+  });
+
+  test('a declared length over the limit is TOO_LARGE, one past the input is TRUNCATED, and neither allocates', () => {
+    const hostile = new Uint8Array([0xff, 0xff, 1, 2, 3]);
+    const sizes = allocationsDuring(() => {
+      assert.throws(() => new Reader(hostile).longBytes(1000), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+      assert.throws(() => new Reader(hostile).longBytes(0xffff), (e) => ProtocolError.is(e, 'TRUNCATED'));
+      assert.throws(() => new Reader(new Uint8Array([0xff, 1])).shortBytes(0xff), (e) => ProtocolError.is(e, 'TRUNCATED'));
+      assert.throws(() => new Reader(new Uint8Array([0xff, 1])).shortBytes(32), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+    });
+    assert.deepEqual(sizes.filter((n) => n > 16), []);
+  });
+
+  test('end() with bytes left is TRAILING', () => {
+    const r = new Reader(new Uint8Array([1, 2]));
+    r.u8();
+    assert.throws(() => r.end(), (e) => ProtocolError.is(e, 'TRAILING'));
+    r.u8();
+    r.end();
+  });
+
+  test('any sequence of reads over arbitrary bytes throws only ProtocolError', () => {
+    const op = fc.constantFrom('u8', 'u16', 'u32', 'u64', 'bytesN', 'short', 'long', 'end');
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 64 }), fc.array(fc.tuple(op, fc.nat({ max: 0xffff })), { maxLength: 16 }), (bytes, ops) => {
+        const r = new Reader(bytes);
+        assertOnlyProtocolError(() => {
+          for (const [o, n] of ops) {
+            if (o === 'u8') r.u8();
+            else if (o === 'u16') r.u16();
+            else if (o === 'u32') r.u32();
+            else if (o === 'u64') r.u64();
+            else if (o === 'bytesN') r.bytesN(n);
+            else if (o === 'short') r.shortBytes(n);
+            else if (o === 'long') r.longBytes(n);
+            else r.end();
+          }
+        });
+        assert.ok(r.remaining >= 0 && r.remaining <= bytes.length);
+      }),
+      { numRuns: 3000 },
+    );
+  });
+});

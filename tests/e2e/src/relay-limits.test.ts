@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// The relay's limits, set small with command-line flags on real relay processes: commands per
+// second (ERR LIMIT), queues per connection (ERR LIMIT), total connections (extra ones refused,
+// existing ones served), the handshake deadline, the idle timeout (a PINGing client stays), the
+// per-queue quota (ERR QUOTA until drained) and giant WebSocket frames refused from their header
+// with bounded memory (S3).
+import assert from 'node:assert/strict';
+import { connect as netConnect, type Socket } from 'node:net';
+import { test } from 'node:test';
+import { connect as tlsConnect } from 'node:tls';
+
+import { RelayClient, RelayClientError } from '@murmure/agent';
+import { generateDhKeyPair } from '@murmure/queue-crypto';
+
+import { cleanup, sleep, startRelay, stopRelay, utf8, type RelayProcess } from './harness.js';
+import { NO_ENTITY, RawClient, codeOf, rssKiB, withTimeout } from './wire.js';
+
+async function withRelay(args: string[], body: (relay: RelayProcess) => Promise<void>): Promise<void> {
+  const relay = await startRelay({ args });
+  try {
+    await body(relay);
+    assert.equal(relay.proc.exitCode, null, 'the relay process is alive');
+  } finally {
+    assert.equal(await stopRelay(relay), 0, 'SIGTERM exits with 0');
+    cleanup(relay.dataDir);
+  }
+}
+
+function isCode(code: string) {
+  return (e: unknown): boolean => RelayClientError.is(e) && e.code === code;
+}
+
+async function metric(port: number, name: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
+  assert.ok(m !== null, `${name} in /metrics`);
+  return Number(m[1]);
+}
+
+test('commands per second: past the burst, ERR LIMIT with the corrId; other connections are unaffected; tokens refill', async () => {
+  await withRelay(['--commands-per-second', '20', '--command-burst', '10'], async (relay) => {
+    const c = await RawClient.open(relay.port);
+    const other = await RawClient.open(relay.port);
+    const pings = Array.from({ length: 40 }, () => c.build(NO_ENTITY, { type: 'PING' }, { kind: 'none' }));
+    const replies = Promise.all(pings.map((p) => c.reply(p.corrId)));
+    c.sendTransmissions(pings.map((p) => p.bytes));
+    const codes = (await replies).map(codeOf);
+    const pongs = codes.filter((x) => x === 'PONG').length;
+    const limited = codes.filter((x) => x === 'LIMIT').length;
+    assert.equal(pongs + limited, 40, `only PONG or LIMIT: ${codes.join(' ')}`);
+    assert.ok(pongs >= 10 && pongs <= 14, `the burst of 10 (plus a little refill) is served: ${pongs}`);
+    assert.ok(limited >= 26, `the rest is refused: ${limited}`);
+    assert.deepEqual(codes.slice(0, 10), Array(10).fill('PONG'), 'the first commands are served');
+    assert.equal(codeOf(await other.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'limits are per connection');
+    assert.ok(!c.isClosed, 'rate limiting does not close the connection');
+    await sleep(600);
+    assert.equal(codeOf(await c.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'tokens refill');
+    c.close();
+    other.close();
+  });
+});
+
+test('queues per connection: the next NEW gets ERR LIMIT; a new connection may create again', async () => {
+  await withRelay(['--queues-per-connection', '3'], async (relay) => {
+    const c = await RelayClient.connect(relay.address);
+    const qs = [await c.createQueue(), await c.createQueue(), await c.createQueue()];
+    await assert.rejects(c.createQueue(), isCode('LIMIT'));
+    await assert.rejects(c.createQueue(), isCode('LIMIT'));
+    // The connection and its queues still work.
+    await c.send(qs[0]!.sndId, null, utf8('hi'));
+    assert.notEqual(await c.get(qs[0]!), null);
+    const d = await RelayClient.connect(relay.address);
+    await d.createQueue();
+    c.close();
+    d.close();
+  });
+});
+
+test('max connections: extra connections are refused before TLS while existing ones keep working', async () => {
+  await withRelay(['--max-connections', '3', '--metrics-port', '0'], async (relay) => {
+    const held = [await RelayClient.connect(relay.address), await RelayClient.connect(relay.address), await RelayClient.connect(relay.address)];
+    for (let i = 0; i < 3; i++) {
+      await assert.rejects(RelayClient.connect(relay.address, { timeoutMs: 5000 }), isCode('CLOSED'), 'a connection over the limit');
+    }
+    // A refused connection never got a TLS answer.
+    const tlsAnswered = await new Promise<boolean>((resolve) => {
+      const s = tlsConnect({ host: '127.0.0.1', port: relay.port, rejectUnauthorized: false }, () => resolve(true));
+      s.on('error', () => resolve(false));
+      s.on('close', () => resolve(false));
+    });
+    assert.equal(tlsAnswered, false);
+    assert.ok((await metric(relay.metricsPort!, 'murmure_connections_rejected_total')) >= 4);
+
+    const [a, b] = held as [RelayClient, RelayClient, RelayClient];
+    const q = await a.createQueue();
+    await b.send(q.sndId, null, utf8('still served'));
+    const m = await a.get(q);
+    assert.ok(m !== null);
+    for (const c of held) await c.ping();
+
+    held[2]!.close();
+    let again: RelayClient | null = null;
+    for (let i = 0; i < 50 && again === null; i++) {
+      again = await RelayClient.connect(relay.address, { timeoutMs: 5000 }).catch(() => null);
+      if (again === null) await sleep(50);
+    }
+    assert.ok(again !== null, 'a slot freed by a close is usable again');
+    await again.ping();
+    for (const c of [a, b, again]) c.close();
+  });
+});
+
+test('handshake deadline: connections that stall before TLS, before the upgrade or before the hello are closed', async () => {
+  await withRelay(['--handshake-timeout-ms', '1000'], async (relay) => {
+    const tcpClosed = (s: Socket) => withTimeout(new Promise<void>((r) => s.once('close', () => r())), 8000, 'the stalled connection was not closed');
+    const silentTcp = netConnect(relay.port, '127.0.0.1');
+    silentTcp.on('error', () => undefined);
+    const tlsOnly = tlsConnect({ host: '127.0.0.1', port: relay.port, rejectUnauthorized: false });
+    tlsOnly.on('error', () => undefined);
+    const tlsReady = new Promise<void>((r) => tlsOnly.once('secureConnect', () => r()));
+    const noHello = await RawClient.open(relay.port, { hello: false });
+    await tlsReady;
+    const honest = await RelayClient.connect(relay.address);
+    await Promise.all([tcpClosed(silentTcp), tcpClosed(tlsOnly), noHello.waitClosed(8000)]);
+    await honest.ping();
+    await sleep(1000);
+    await honest.ping(); // a connection past its hello is not subject to the handshake deadline
+    honest.close();
+  });
+});
+
+test('idle timeout: a silent connection is closed, one that PINGs stays', async () => {
+  await withRelay(['--idle-timeout-ms', '800'], async (relay) => {
+    const idle = await RelayClient.connect(relay.address);
+    const busy = await RelayClient.connect(relay.address);
+    const idleClosed = new Promise<void>((r) => idle.once('close', () => r()));
+    let busyClosed = false;
+    busy.once('close', () => (busyClosed = true));
+    let pinging = true;
+    const pinger = (async () => {
+      while (pinging) {
+        await busy.ping();
+        await sleep(100);
+      }
+    })();
+    await withTimeout(idleClosed, 10_000, 'the idle connection was not closed');
+    await sleep(2000); // more than twice the idle timeout
+    pinging = false;
+    await pinger;
+    assert.equal(busyClosed, false, 'the PINGing connection stays');
+    await busy.ping();
+    await assert.rejects(idle.ping(), isCode('CLOSED'));
+    busy.close();
+  });
+});
+
+test('quota: the 6th SEND to a queue holding 5 gets ERR QUOTA; after draining, SEND works again', async () => {
+  await withRelay(['--quota', '5'], async (relay) => {
+    const alice = await RelayClient.connect(relay.address);
+    const bob = await RelayClient.connect(relay.address);
+    const q = await alice.createQueue();
+    const other = await alice.createQueue();
+    const key = generateDhKeyPair();
+    await bob.send(q.sndId, null, utf8('0'));
+    await alice.secure(q, key.publicKey);
+    for (let i = 1; i < 5; i++) await bob.send(q.sndId, key.privateKey, utf8(String(i)));
+    await assert.rejects(bob.send(q.sndId, key.privateKey, utf8('5')), isCode('QUOTA'));
+    await assert.rejects(bob.send(q.sndId, key.privateKey, utf8('5')), isCode('QUOTA'));
+    await bob.send(other.sndId, null, utf8('another queue has its own quota'));
+
+    const m0 = await alice.get(q);
+    assert.ok(m0 !== null);
+    await alice.ack(q, m0.msgId);
+    await bob.send(q.sndId, key.privateKey, utf8('5'));
+    await assert.rejects(bob.send(q.sndId, key.privateKey, utf8('6')), isCode('QUOTA'), 'one freed slot, one more message');
+    for (;;) {
+      const m = await alice.get(q);
+      if (m === null) break;
+      await alice.ack(q, m.msgId);
+    }
+    for (let i = 6; i < 11; i++) await bob.send(q.sndId, key.privateKey, utf8(String(i)));
+    await assert.rejects(bob.send(q.sndId, key.privateKey, utf8('11')), isCode('QUOTA'));
+    alice.close();
+    bob.close();
+  });
+});
+
+/** Writes a masked binary frame header declaring `length` bytes, then streams up to `stream` bytes of payload. */
+async function giantFrame(c: RawClient, length: bigint, stream: number): Promise<void> {
+  const header = Buffer.alloc(14);
+  header[0] = 0x82; // FIN, binary
+  header[1] = 0x80 | 127; // masked, 64-bit length
+  header.writeBigUInt64BE(length, 2);
+  header.writeUInt32BE(0x12345678, 10);
+  c.socket.write(header);
+  const chunk = Buffer.alloc(64 * 1024, 0x5a);
+  for (let sent = 0; sent < stream && !c.isClosed && !c.socket.destroyed; sent += chunk.length) {
+    if (!c.socket.write(chunk)) {
+      await Promise.race([new Promise((r) => c.socket.once('drain', r)), c.closed, sleep(1000)]);
+    }
+  }
+}
+
+test('S3: WebSocket frames declaring 200 MiB, 2^31 and 2^63 bytes are refused from the header (1009); RSS grows < 10 MB', async () => {
+  await withRelay([], async (relay) => {
+    const pid = relay.proc.pid!;
+    // Warm up: ordinary traffic and one oversized (1 MiB) frame.
+    const warm = await RelayClient.connect(relay.address);
+    const q = await warm.createQueue();
+    for (let i = 0; i < 20; i++) await warm.send(q.sndId, null, new Uint8Array(16_000));
+    const w = await RawClient.open(relay.port);
+    w.sendFrame(new Uint8Array(1 << 20));
+    assert.equal((await w.waitClosed(5000)).code, 1009);
+    await sleep(300);
+    const before = rssKiB(pid);
+
+    for (const [length, stream] of [
+      [200n * 1024n * 1024n, 24 << 20],
+      [2n ** 31n, 8 << 20],
+      [2n ** 63n - 1n, 1 << 20],
+    ] as const) {
+      const c = await RawClient.open(relay.port);
+      await giantFrame(c, length, stream);
+      const closed = await c.waitClosed(10_000);
+      assert.equal(closed.code, 1009, `a frame declaring ${length} bytes`);
+    }
+    await sleep(300);
+    const after = rssKiB(pid);
+    assert.ok(after - before < 10 * 1024, `RSS grew by ${after - before} KiB`);
+
+    await warm.ping();
+    const m = await warm.get(q);
+    assert.equal(m?.body.length, 16_000 + 25, 'stored messages are intact');
+    warm.close();
+  });
+});
