@@ -87,8 +87,11 @@ const ZERO_HASH = new Uint8Array(HASH_LENGTH);
 
 /** What arrived on a connection, handed to the owner inside the receive transaction. */
 export type IncomingEvent =
-  /** A contact used our link; `payload` is their profile. */
-  | { type: 'confirmation'; connId: string; payload: Uint8Array }
+  /**
+   * A contact used our link; `payload` is their profile. For a long-term address, `addressId`
+   * names the address and `connId` is the new contact's own connection.
+   */
+  | { type: 'confirmation'; connId: string; addressId: string | null; payload: Uint8Array }
   /** The contact answered our confirmation; the connection is up. */
   | { type: 'reply'; connId: string; payload: Uint8Array }
   | { type: 'message'; connId: string; seq: number; sentAt: number; receivedAt: number; payload: Uint8Array }
@@ -104,6 +107,8 @@ export type AgentHandler = Readonly<{
   sent(connId: string, seq: number): void;
   connected(connId: string): void;
   failed(connId: string, seq: number): void;
+  /** The payload (our profile) for the reply to a confirmation on connection `connId`. */
+  replyPayload(connId: string): Uint8Array;
 }>;
 
 /** A connection as the owner sees it. */
@@ -183,6 +188,35 @@ export class Agent extends EventEmitter {
     for (const r of relays) this.pool.keep(r);
     for (const c of this.store.connections()) if (c.status === 'accepting') this.track(this.finishAccept(c.id));
     this.kickOutbox();
+  }
+
+  /**
+   * Resolves once every relay in use has been reached and subscribed once (or `timeoutMs`
+   * passed); returns the relays that could not be reached.
+   */
+  async online(timeoutMs: number): Promise<string[]> {
+    const relays = new Set<string>();
+    for (const c of this.store.connections()) {
+      if (c.rcv_relay !== null) relays.add(c.rcv_relay);
+      if (c.snd_relay !== null) relays.add(c.snd_relay);
+    }
+    const failed: string[] = [];
+    await Promise.all(
+      [...relays].map(async (r) => {
+        let timer: NodeJS.Timeout | undefined;
+        const timeout = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error('timeout')), timeoutMs);
+        });
+        try {
+          await Promise.race([this.pool.get(r), timeout]);
+        } catch {
+          failed.push(r);
+        } finally {
+          clearTimeout(timer);
+        }
+      }),
+    );
+    return failed;
   }
 
   /** Goes offline; resolves once work in flight has settled. */
@@ -355,16 +389,19 @@ export class Agent extends EventEmitter {
     return connId;
   }
 
-  /** Queues a chat payload for a contact; resolves with its sequence number once it is stored. */
-  send(connId: string, payload: Uint8Array): Promise<number> {
+  /**
+   * Queues a chat payload for a contact; resolves with its sequence number once it is stored.
+   * `onStored(seq)` runs inside the transaction that stores it (for the owner's own record).
+   */
+  send(connId: string, payload: Uint8Array, onStored?: (seq: number) => void): Promise<number> {
     if (payload.length > MAX_CHAT_PAYLOAD) return Promise.reject(new AgentError('TOO_LARGE', `a message may be at most ${MAX_CHAT_PAYLOAD} bytes`));
-    return this.sendBody(connId, { type: 'MESSAGE', payload }, 'message').then((seq) => {
+    return this.sendBody(connId, { type: 'MESSAGE', payload }, 'message', onStored).then((seq) => {
       this.kickOutbox();
       return seq;
     });
   }
 
-  private async sendBody(connId: string, body: EnvelopeBody, kind: 'reply' | 'message', inTx?: () => void): Promise<number> {
+  private async sendBody(connId: string, body: EnvelopeBody, kind: 'reply' | 'message', inTx?: (seq: number) => void): Promise<number> {
     const first = this.store.connection(connId);
     if (first === undefined || first.status === 'deleted') throw new AgentError('NOT_FOUND', 'no such contact');
     return this.mutex.run(first.state_owner, async () => {
@@ -376,7 +413,7 @@ export class Agent extends EventEmitter {
         this.store.applyState(c.state_owner, state.takeWrites());
         this.store.updateConnection(connId, { next_send_seq: w.seq + 1, last_sent_hash: w.hash });
         this.store.enqueue(connId, w.seq, kind, w.body, this.now());
-        inTx?.();
+        inTx?.(w.seq);
         return w.seq;
       });
     });
@@ -437,8 +474,9 @@ export class Agent extends EventEmitter {
       return problem('a message from the relay failed its checks and was dropped');
     }
     // The contact's box key: set by the first frame that carries one, fixed after that.
-    let peerE2e = c.rcv_peer_e2e;
-    const confirming = c.status === 'invited' || c.status === 'address';
+    const viaAddress = c.status === 'address';
+    let peerE2e = viaAddress ? null : c.rcv_peer_e2e;
+    const confirming = c.status === 'invited' || viaAddress;
     if (peerE2e === null) {
       if (frame.senderKey === null) return problem('a message arrived before the handshake and was dropped');
       peerE2e = frame.senderKey;
@@ -455,7 +493,7 @@ export class Agent extends EventEmitter {
     } catch {
       return problem('a malformed message was dropped');
     }
-    const remoteName = c.remote_name ?? payload.senderName;
+    const remoteName = viaAddress ? payload.senderName : (c.remote_name ?? payload.senderName);
     if (remoteName === null) return problem('a message arrived before the handshake and was dropped');
     const state = new ProtocolState(decodeLocalIdentity(c.local_identity), this.store.stateSource(c.state_owner));
     let plain;
@@ -471,18 +509,26 @@ export class Agent extends EventEmitter {
     } catch {
       return problem('a decrypted message was malformed and was dropped');
     }
+    const hash = sha256(plain);
+    if (viaAddress) return this.acceptViaAddress(c, state, remoteName, peerE2e, env, hash);
     const events: IncomingEvent[] = [];
     const changes: Partial<ConnectionRow> = { rcv_peer_e2e: peerE2e };
-    const hash = sha256(plain);
-    if (env.seq <= c.last_rcv_seq) {
-      // A replay of an older message the ratchet still accepted: keep the ratchet step, show nothing.
+    // A message or receipt older than the last one seen that the ratchet accepted all the same
+    // came late (the relay reordered it): it was reported in a gap, and is shown now without
+    // moving the sequence or the hash chain. The ratchet uses each message key once, so a replay
+    // fails to decrypt as a duplicate above and never gets here.
+    const late = env.seq <= c.last_rcv_seq && (env.body.type === 'MESSAGE' || env.body.type === 'RECEIPT');
+    if (env.seq <= c.last_rcv_seq && !late) {
+      // A replay of an older handshake message the ratchet still accepted: keep the ratchet step, show nothing.
       this.store.local.transaction(() => this.store.applyState(c.state_owner, state.takeWrites()));
       return true;
     }
-    if (env.seq > c.last_rcv_seq + 1) events.push({ type: 'gap', connId, from: c.last_rcv_seq + 1, to: env.seq - 1 });
-    else if (!eq(env.prevHash, c.last_rcv_hash) && c.last_rcv_seq > 0) events.push({ type: 'bad-hash', connId, seq: env.seq });
-    changes.last_rcv_seq = env.seq;
-    changes.last_rcv_hash = hash;
+    if (!late) {
+      if (env.seq > c.last_rcv_seq + 1) events.push({ type: 'gap', connId, from: c.last_rcv_seq + 1, to: env.seq - 1 });
+      else if (!eq(env.prevHash, c.last_rcv_hash) && c.last_rcv_seq > 0) events.push({ type: 'bad-hash', connId, seq: env.seq });
+      changes.last_rcv_seq = env.seq;
+      changes.last_rcv_hash = hash;
+    }
     let after: (() => void) | null = null;
     const b = env.body;
     switch (b.type) {
@@ -501,7 +547,7 @@ export class Agent extends EventEmitter {
           snd_peer_e2e: b.replyQueue.e2eKey,
           kind: 'contact' as const,
         });
-        events.push({ type: 'confirmation', connId, payload: b.payload });
+        events.push({ type: 'confirmation', connId, addressId: null, payload: b.payload });
         after = () => this.track(this.finishAccept(connId));
         break;
       }
@@ -532,29 +578,93 @@ export class Agent extends EventEmitter {
     return true;
   }
 
+  /**
+   * A confirmation on a long-term address: the address stays as it is, and the contact gets a
+   * connection of its own (sharing the address's libsignal identity), whose fresh queue is made,
+   * secured and announced in the reply.
+   */
+  private acceptViaAddress(c: ConnectionRow, state: ProtocolState, remoteName: string, peerE2e: Uint8Array, env: ReturnType<typeof decodeEnvelope>, hash: Uint8Array): boolean {
+    const b = env.body;
+    if (b.type !== 'CONFIRMATION') {
+      this.emit('problem', { connId: c.id, code: 'INVALID', message: 'an unexpected message on a contact address was dropped' });
+      return true;
+    }
+    const id = randomUUID();
+    const remoteIdentity = state.remoteIdentity(remoteName);
+    const row: ConnectionRow = {
+      ...this.blankRow(id, 'contact', 'accepting', decodeLocalIdentity(c.local_identity)),
+      state_owner: c.state_owner,
+      local_identity: c.local_identity,
+      remote_name: remoteName,
+      remote_identity: remoteIdentity === null ? null : remoteIdentity.serialize(),
+      pending_snd_auth: b.senderAuthKey,
+      rcv_peer_e2e: peerE2e,
+      snd_relay: formatRelayAddress(b.replyQueue.relay),
+      snd_id: b.replyQueue.sndId,
+      snd_auth_key: exportPrivateKey(dhKeyPairFromRaw(b.replySenderKey).privateKey),
+      snd_e2e_key: exportPrivateKey(generateDhKeyPair().privateKey),
+      snd_peer_e2e: b.replyQueue.e2eKey,
+      last_rcv_seq: env.seq,
+      last_rcv_hash: hash,
+    };
+    const ev: IncomingEvent = { type: 'confirmation', connId: id, addressId: c.id, payload: b.payload };
+    this.store.local.transaction(() => {
+      this.store.applyState(c.state_owner, state.takeWrites());
+      this.store.insertConnection(row);
+      this.handler.incoming(ev);
+    });
+    this.emit('event', ev);
+    this.track(this.finishAccept(id));
+    return true;
+  }
+
   private switchSendQueue(changes: Partial<ConnectionRow>, q: QueueAddress): void {
     changes.snd_relay = formatRelayAddress(q.relay);
     changes.snd_id = q.sndId;
     changes.snd_peer_e2e = q.e2eKey;
   }
 
-  /** Inviter side, after a confirmation: secure our queue with the joiner's key, then reply. */
+  /**
+   * Inviter side, after a confirmation: secure our queue with the joiner's key (making the queue
+   * first when the contact came through an address), then reply.
+   */
   private async finishAccept(connId: string): Promise<void> {
-    const c = this.store.connection(connId);
-    if (c === undefined || c.status !== 'accepting' || c.pending_snd_auth === null || c.rcv_relay === null) return;
-    const q = this.recipientQueue(c);
-    if (q === null) return;
+    let c = this.store.connection(connId);
+    if (c === undefined || c.status !== 'accepting' || c.pending_snd_auth === null) return;
+    let newQueue: QueueAddress | null = null;
     try {
+      if (c.rcv_id === null) {
+        const relay = this.store.connection(c.state_owner)?.rcv_relay;
+        if (relay === null || relay === undefined) return;
+        const q = await (await this.relayClient(relay)).createQueue();
+        const e2e = generateDhKeyPair();
+        this.store.updateConnection(connId, {
+          rcv_relay: relay,
+          rcv_id: q.rcvId,
+          rcv_snd_id: q.sndId,
+          rcv_sig_key: exportPrivateKey(q.sigKey.privateKey),
+          rcv_auth_key: exportPrivateKey(q.authKey.privateKey),
+          rcv_box_key: q.boxKey,
+          rcv_e2e_key: exportPrivateKey(e2e.privateKey),
+        });
+        c = this.store.connection(connId) as ConnectionRow;
+      }
+      const q = this.recipientQueue(c);
+      if (q === null || c.rcv_relay === null || c.rcv_e2e_key === null) return;
       const client = await this.relayClient(c.rcv_relay);
-      await client.secure(q, c.pending_snd_auth);
+      await client.secure(q, c.pending_snd_auth as Uint8Array);
+      await client.subscribe(q).catch(() => undefined);
+      if (c.kind === 'contact' && c.state_owner !== c.id) {
+        newQueue = { relay: parseRelayAddress(c.rcv_relay), sndId: q.sndId, e2eKey: importKeyPair(c.rcv_e2e_key).publicKey };
+      }
     } catch {
-      // Retried on the next start or reconnection.
+      // Retried a little later, and on the next start.
       setTimeout(() => {
         if (!this.stopped) this.track(this.finishAccept(connId));
       }, SEND_RETRY_MIN_MS * 4).unref();
       return;
     }
-    await this.sendBody(connId, { type: 'REPLY', newQueue: null, payload: new Uint8Array(0) }, 'reply', () => {
+    await this.sendBody(connId, { type: 'REPLY', newQueue, payload: this.handler.replyPayload(connId) }, 'reply', () => {
       this.store.updateConnection(connId, { status: 'connected', pending_snd_auth: null, link_id: null });
       this.handler.connected(connId);
     });

@@ -33,6 +33,7 @@ function makeAgent(name: string) {
       sent: (_c, seq) => sent.push(seq),
       connected: () => undefined,
       failed: () => undefined,
+      replyPayload: () => utf8(`{"name":"${name}"}`),
     },
   });
   return { agent, db, events, sent };

@@ -61,6 +61,8 @@ export class LocalDatabase {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     const db = new Database(path);
     try {
+      // A wrong key is reported by the error code below; SQLCipher's own log line is noise.
+      db.pragma('cipher_log_level = NONE');
       db.pragma(`key = ${keyPragma(key)}`);
       try {
         db.prepare('SELECT count(*) FROM sqlite_master').get();

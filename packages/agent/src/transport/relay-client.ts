@@ -8,14 +8,15 @@
  */
 
 import { createHash, type KeyObject } from 'node:crypto';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { EventEmitter } from 'node:events';
-import type { IncomingMessage } from 'node:http';
-import type { TLSSocket } from 'node:tls';
 
 import {
   BLOCK_SIZE,
   CORR_ID_LENGTH,
   RELAY_VERSIONS,
+  SESSION_EXPORTER_LABEL,
+  SESSION_ID_LENGTH,
   authorizedBytes,
   decodeBlock,
   decodeReceivedMessage,
@@ -49,8 +50,7 @@ import {
 } from '@murmure/queue-crypto';
 import WebSocket from 'ws';
 
-/** Label of the TLS exporter the relay uses for the session id. */
-export const SESSION_EXPORTER_LABEL = 'EXPORTER-murmure-relay-session';
+export { SESSION_EXPORTER_LABEL };
 /** How long `connect` waits for TLS, the upgrade and the relay's hello. */
 export const CONNECT_TIMEOUT_MS = 10_000;
 /** How long a command waits for its response before it fails with TIMEOUT. */
@@ -98,7 +98,7 @@ export type PushedMessage = Readonly<{ rcvId: Uint8Array; msgId: Uint8Array; bod
 /** Options of `RelayClient.connect`. */
 export type ConnectOptions = Readonly<{
   /** Opens the TCP/TLS connection another way, e.g. through a SOCKS5 proxy. */
-  createConnection?: (opts: object) => TLSSocket;
+  createConnection?: (opts: ConnectionOptions) => TLSSocket;
   timeoutMs?: number;
   commandTimeoutMs?: number;
 }>;
@@ -135,6 +135,24 @@ export class RelayClient extends EventEmitter {
   static connect(address: string | RelayAddress, opts: ConnectOptions = {}): Promise<RelayClient> {
     const addr = typeof address === 'string' ? parseRelayAddress(address) : address;
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
+    const pinned = (socket: TLSSocket): boolean => {
+      const cert = socket.getPeerX509Certificate();
+      return cert !== undefined && createHash('sha256').update(cert.raw).digest().equals(addr.fingerprint);
+    };
+    // The pin is checked as soon as TLS completes, before the HTTP upgrade request is sent.
+    const open = opts.createConnection ?? ((o: ConnectionOptions) => tlsConnect(o));
+    let sessionId: Uint8Array | null = null;
+    const createConnection = (o: ConnectionOptions): TLSSocket => {
+      const socket = open(o);
+      socket.once('secureConnect', () => {
+        if (!pinned(socket)) {
+          socket.destroy(new RelayClientError('PINNING', "the relay's certificate does not match the fingerprint in its address"));
+          return;
+        }
+        sessionId = new Uint8Array(socket.exportKeyingMaterial(SESSION_ID_LENGTH, SESSION_EXPORTER_LABEL, Buffer.alloc(0)));
+      });
+      return socket;
+    };
     return new Promise<RelayClient>((resolve, reject) => {
       const ws = new WebSocket(`wss://${host}:${addr.port}/`, {
         rejectUnauthorized: false,
@@ -142,10 +160,9 @@ export class RelayClient extends EventEmitter {
         perMessageDeflate: false,
         skipUTF8Validation: true,
         handshakeTimeout: opts.timeoutMs ?? CONNECT_TIMEOUT_MS,
-        ...(opts.createConnection ? { createConnection: opts.createConnection } : {}),
+        createConnection: createConnection as never,
       });
       ws.binaryType = 'nodebuffer';
-      let sessionId: Uint8Array | null = null;
       let settled = false;
       const fail = (e: Error): void => {
         if (settled) return;
@@ -155,15 +172,8 @@ export class RelayClient extends EventEmitter {
         reject(e);
       };
       const timer = setTimeout(() => fail(new RelayClientError('TIMEOUT', 'the relay did not answer in time')), opts.timeoutMs ?? CONNECT_TIMEOUT_MS);
-      ws.on('upgrade', (res: IncomingMessage) => {
-        const socket = res.socket as TLSSocket;
-        const cert = socket.getPeerX509Certificate();
-        const fp = cert === undefined ? null : createHash('sha256').update(cert.raw).digest();
-        if (fp === null || !fp.equals(addr.fingerprint)) {
-          fail(new RelayClientError('PINNING', "the relay's certificate does not match the fingerprint in its address"));
-          return;
-        }
-        sessionId = new Uint8Array(socket.exportKeyingMaterial(32, SESSION_EXPORTER_LABEL, Buffer.alloc(0)));
+      ws.on('upgrade', () => {
+        if (sessionId === null) fail(new RelayClientError('PINNING', "the relay's certificate was not checked"));
       });
       ws.once('message', (data: Buffer) => {
         if (settled || sessionId === null) return;
@@ -179,7 +189,7 @@ export class RelayClient extends EventEmitter {
           fail(new RelayClientError('HANDSHAKE', 'the relay sent an unusable hello', { cause: e }));
         }
       });
-      ws.on('error', (e) => fail(new RelayClientError('CLOSED', 'could not connect to the relay', { cause: e })));
+      ws.on('error', (e) => fail(RelayClientError.is(e) ? e : new RelayClientError('CLOSED', 'could not connect to the relay', { cause: e })));
       ws.on('close', () => fail(new RelayClientError('CLOSED', 'the relay closed the connection during the handshake')));
     });
   }
@@ -193,9 +203,14 @@ export class RelayClient extends EventEmitter {
   command(entityId: Uint8Array, cmd: Command, signer: Signer): Promise<Response> {
     if (this.closed) return Promise.reject(new RelayClientError('CLOSED', 'the relay connection is closed'));
     const corrId = randomId(CORR_ID_LENGTH);
-    const command = encodeCommand(cmd);
-    const auth = this.authorize(signer, corrId, entityId, command);
-    const t = encodeClientTransmission({ auth, corrId, entityId, command });
+    let t: Uint8Array;
+    try {
+      const command = encodeCommand(cmd);
+      const auth = this.authorize(signer, corrId, entityId, command);
+      t = encodeClientTransmission({ auth, corrId, entityId, command });
+    } catch (e) {
+      return Promise.reject(e instanceof RelayClientError ? e : new RelayClientError('BAD_RESPONSE', `${cmd.type} could not be encoded`, { cause: e }));
+    }
     return new Promise<Response>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(key(corrId));

@@ -14,6 +14,8 @@ import { RelayClient, type ConnectOptions, type PushedMessage, type RecipientQue
 export const RECONNECT_MIN_MS = 250;
 /** Longest reconnection delay. */
 export const RECONNECT_MAX_MS = 30_000;
+/** How often an open connection is pinged, well inside the relay's idle timeout. */
+export const KEEPALIVE_MS = 60_000;
 
 /** What the pool needs from its owner. */
 export type PoolOwner = Readonly<{
@@ -25,7 +27,7 @@ export type PoolOwner = Readonly<{
   connectOptions?(relay: string): ConnectOptions;
 }>;
 
-type Entry = { client: RelayClient | null; connecting: Promise<RelayClient> | null; failures: number; timer: NodeJS.Timeout | null };
+type Entry = { client: RelayClient | null; connecting: Promise<RelayClient> | null; failures: number; timer: NodeJS.Timeout | null; ping: NodeJS.Timeout | null };
 
 /** Relay connections by address. Events: `up` (relay), `down` (relay). */
 export class RelayPool extends EventEmitter {
@@ -41,7 +43,7 @@ export class RelayPool extends EventEmitter {
     if (this.closed) return Promise.reject(new Error('the relay pool is closed'));
     let e = this.entries.get(relay);
     if (e === undefined) {
-      e = { client: null, connecting: null, failures: 0, timer: null };
+      e = { client: null, connecting: null, failures: 0, timer: null, ping: null };
       this.entries.set(relay, e);
     }
     if (e.client !== null && !e.client.isClosed) return Promise.resolve(e.client);
@@ -64,7 +66,11 @@ export class RelayPool extends EventEmitter {
       e.client = client;
       e.failures = 0;
       client.on('message', (m: PushedMessage) => this.owner.onMessage(relay, client, m));
+      const ping = setInterval(() => void client.ping().catch(() => undefined), KEEPALIVE_MS);
+      ping.unref();
+      e.ping = ping;
       client.on('close', () => {
+        clearInterval(ping);
         if (e.client === client) e.client = null;
         this.emit('down', relay);
         this.schedule(relay);
@@ -97,6 +103,7 @@ export class RelayPool extends EventEmitter {
     this.closed = true;
     for (const e of this.entries.values()) {
       if (e.timer !== null) clearTimeout(e.timer);
+      if (e.ping !== null) clearInterval(e.ping);
       e.client?.close();
     }
     this.entries.clear();
