@@ -9,7 +9,7 @@ import { join } from 'node:path';
 
 const which = process.argv[2] ?? 'all';
 const roots = {
-  unit: ['packages/protocol/dist', 'packages/queue-crypto/dist', 'packages/crypto/dist', 'packages/relay/dist', 'packages/agent/dist', 'packages/cli/dist'],
+  unit: ['packages/protocol/dist', 'packages/queue-crypto/dist', 'packages/crypto/dist', 'packages/relay/dist', 'packages/agent/dist', 'packages/chat/dist', 'packages/cli/dist'],
   e2e: ['tests/e2e/dist'],
 };
 const dirs = which === 'all' ? [...roots.unit, ...roots.e2e] : roots[which];
