@@ -64,19 +64,29 @@ import {
   queueBoxKey,
   randomId,
   rawDhPrivateKey,
+  type KeyPair,
   sealWithNonce,
 } from '@murmure/queue-crypto';
 
 import { AgentError } from './errors.js';
 import type { LocalDatabase } from './store/database.js';
 import { AgentStore, type ConnectionRow, type ConnectionStatus } from './store/agent-store.js';
-import { RelayClientError, openDelivered, type ConnectOptions, type PushedMessage, type RecipientQueue, type RelayClient } from './transport/relay-client.js';
+import { CONNECT_TIMEOUT_MS, RelayClientError, openDelivered, type ConnectOptions, type PushedMessage, type RecipientQueue, type RelayClient } from './transport/relay-client.js';
 import { RelayPool } from './transport/relay-pool.js';
+import { SOCKS_CONNECT_TIMEOUT_MS, randomSocksCredentials, socks5Connection, type Socks5Credentials, type Socks5Proxy } from './transport/socks.js';
 
 /** First retry delay of an outgoing message. */
 export const SEND_RETRY_MIN_MS = 500;
 /** Longest retry delay of an outgoing message. */
 export const SEND_RETRY_MAX_MS = 60_000;
+/** Delay before sending again to a contact's full queue. */
+export const QUOTA_RETRY_MS = 250;
+/** Imported keys and derived box keys kept in memory. */
+export const KEY_CACHE_SIZE = 4096;
+/** Outgoing messages of one connection in flight to the relay at once. */
+export const SEND_WINDOW = 32;
+/** Most outbox rows one pass of the sender looks at. */
+export const OUTBOX_BATCH = 1024;
 /** How long receipts are gathered before one receipt message is sent. */
 export const RECEIPT_DELAY_MS = 50;
 /** An outgoing message is given up after this long without the relay accepting it. */
@@ -119,8 +129,13 @@ export type AgentOptions = Readonly<{
   db: LocalDatabase;
   handler: AgentHandler;
   now?: () => number;
-  /** Opens relay connections another way (SOCKS5). Called per relay and queue. */
+  /** Opens relay connections another way. Called per relay (and per queue with `socks5`). */
   connectOptions?: (relay: string) => ConnectOptions;
+  /**
+   * Reach every relay through this SOCKS5 proxy (Tor), each queue over a connection of its own
+   * with random credentials of its own, so that Tor (IsolateSOCKSAuth) gives each its own circuit.
+   */
+  socks5?: Socks5Proxy;
 }>;
 
 function sha256(b: Uint8Array): Uint8Array {
@@ -159,18 +174,62 @@ export class Agent extends EventEmitter {
   private readonly receipts = new Map<string, number[]>();
   private stopped = false;
   private readonly inflight = new Set<Promise<unknown>>();
+  /** Whether each queue has a relay connection of its own (with a proxy). */
+  private readonly isolate: boolean;
+  /** SOCKS credentials by isolation key, random and kept for the life of the process. */
+  private readonly socksAuth = new Map<string, Socks5Credentials>();
 
   constructor(opts: AgentOptions) {
     super();
     this.store = new AgentStore(opts.db);
     this.handler = opts.handler;
     this.now = opts.now ?? Date.now;
+    const socks5 = opts.socks5;
+    this.isolate = socks5 !== undefined;
     this.pool = new RelayPool({
-      queuesOn: (relay) => this.queuesOn(relay),
+      queuesOn: (relay, isolation) => this.queuesOn(relay, isolation),
       onMessage: (relay, client, m) => this.track(this.onPush(client, m)),
-      ...(opts.connectOptions ? { connectOptions: opts.connectOptions } : {}),
+      ...(socks5 !== undefined
+        ? { connectOptions: (relay: string, isolation: string) => ({ timeoutMs: SOCKS_CONNECT_TIMEOUT_MS + CONNECT_TIMEOUT_MS, ...opts.connectOptions?.(relay), createConnection: socks5Connection(socks5, this.socksCredentials(isolation)) }) }
+        : opts.connectOptions ? { connectOptions: opts.connectOptions } : {}),
     });
     this.pool.on('up', () => this.kickOutbox());
+  }
+
+  /** The pool's isolation key of a connection's receive or send queue: '' (shared) without a proxy. */
+  private route(side: 'rcv' | 'snd', connId: string): string {
+    return this.isolate ? `${side}:${connId}` : '';
+  }
+
+  private socksCredentials(isolation: string): Socks5Credentials {
+    let c = this.socksAuth.get(isolation);
+    if (c === undefined) {
+      c = randomSocksCredentials();
+      this.socksAuth.set(isolation, c);
+    }
+    return c;
+  }
+
+  /** The relay connections in use, as [relay, isolation key]: one per relay, or one per queue with a proxy. */
+  private routes(): [string, string][] {
+    const routes = new Map<string, [string, string]>();
+    for (const c of this.store.connections()) {
+      if (this.isolate && c.status === 'deleted') continue;
+      if (c.rcv_relay !== null) routes.set(`${c.rcv_relay}\n${this.route('rcv', c.id)}`, [c.rcv_relay, this.route('rcv', c.id)]);
+      if (c.snd_relay !== null) routes.set(`${c.snd_relay}\n${this.route('snd', c.id)}`, [c.snd_relay, this.route('snd', c.id)]);
+    }
+    return [...routes.values()];
+  }
+
+  /** With a proxy, closes the connections opened for `connId` when making it failed. */
+  private async dropOnFailure<T>(connId: string, p: Promise<T>): Promise<T> {
+    try {
+      return await p;
+    } catch (e) {
+      this.pool.drop(this.route('rcv', connId));
+      this.pool.drop(this.route('snd', connId));
+      throw e;
+    }
   }
 
   private track<T>(p: Promise<T>): void {
@@ -180,12 +239,7 @@ export class Agent extends EventEmitter {
 
   /** Goes online: connects to every relay in use, subscribes, resumes handshakes and sending. */
   start(): void {
-    const relays = new Set<string>();
-    for (const c of this.store.connections()) {
-      if (c.rcv_relay !== null) relays.add(c.rcv_relay);
-      if (c.snd_relay !== null) relays.add(c.snd_relay);
-    }
-    for (const r of relays) this.pool.keep(r);
+    for (const [r, isolation] of this.routes()) this.pool.keep(r, isolation);
     for (const c of this.store.connections()) if (c.status === 'accepting') this.track(this.finishAccept(c.id));
     this.kickOutbox();
   }
@@ -195,22 +249,17 @@ export class Agent extends EventEmitter {
    * passed); returns the relays that could not be reached.
    */
   async online(timeoutMs: number): Promise<string[]> {
-    const relays = new Set<string>();
-    for (const c of this.store.connections()) {
-      if (c.rcv_relay !== null) relays.add(c.rcv_relay);
-      if (c.snd_relay !== null) relays.add(c.snd_relay);
-    }
     const failed: string[] = [];
     await Promise.all(
-      [...relays].map(async (r) => {
+      this.routes().map(async ([r, isolation]) => {
         let timer: NodeJS.Timeout | undefined;
         const timeout = new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new Error('timeout')), timeoutMs);
         });
         try {
-          await Promise.race([this.pool.get(r), timeout]);
+          await Promise.race([this.pool.get(r, isolation), timeout]);
         } catch {
-          failed.push(r);
+          if (!failed.includes(r)) failed.push(r);
         } finally {
           clearTimeout(timer);
         }
@@ -229,7 +278,7 @@ export class Agent extends EventEmitter {
 
   /** Whether nothing is queued for sending and no handshake waits on us. */
   idle(): boolean {
-    return this.store.queued().length === 0 && !this.store.connections().some((c) => c.status === 'accepting');
+    return this.store.queued(1).length === 0 && !this.store.connections().some((c) => c.status === 'accepting');
   }
 
   /** Connections, for the owner. */
@@ -237,33 +286,37 @@ export class Agent extends EventEmitter {
     return this.store.connections().map((c) => ({ id: c.id, kind: c.kind, status: c.status, receipts: c.receipts === 1, createdAt: c.created_at }));
   }
 
-  private queuesOn(relay: string): RecipientQueue[] {
+  private queuesOn(relay: string, isolation: string): RecipientQueue[] {
     const out: RecipientQueue[] = [];
     for (const c of this.store.connections()) {
       const q = this.recipientQueue(c);
-      if (q !== null && c.rcv_relay === relay) out.push(q);
+      if (q !== null && c.rcv_relay === relay && this.route('rcv', c.id) === isolation) out.push(q);
     }
     return out;
   }
 
   private recipientQueue(c: ConnectionRow): RecipientQueue | null {
     if (c.rcv_id === null || c.rcv_snd_id === null || c.rcv_sig_key === null || c.rcv_auth_key === null || c.rcv_box_key === null) return null;
-    return { rcvId: c.rcv_id, sndId: c.rcv_snd_id, sigKey: importKeyPair(c.rcv_sig_key), authKey: importKeyPair(c.rcv_auth_key), boxKey: c.rcv_box_key };
+    return { rcvId: c.rcv_id, sndId: c.rcv_snd_id, sigKey: this.keys(c.rcv_sig_key), authKey: this.keys(c.rcv_auth_key), boxKey: c.rcv_box_key };
   }
 
-  private relayClient(relay: string): Promise<RelayClient> {
-    return this.pool.get(relay).catch((e: unknown) => {
+  private relayClient(relay: string, isolation: string): Promise<RelayClient> {
+    return this.pool.get(relay, isolation).catch((e: unknown) => {
       throw new AgentError('RELAY', 'the relay cannot be reached now', { cause: e });
     });
   }
 
   /** Makes a one-time invitation (or a long-term address) on `relay` and returns its link. */
-  async createInvitation(relay: string, kind: LinkKind = 'invitation'): Promise<{ connId: string; link: string }> {
+  createInvitation(relay: string, kind: LinkKind = 'invitation'): Promise<{ connId: string; link: string }> {
+    const connId = randomUUID();
+    return this.dropOnFailure(connId, this.invite(connId, relay, kind));
+  }
+
+  private async invite(connId: string, relay: string, kind: LinkKind): Promise<{ connId: string; link: string }> {
     const relayAddr = parseRelayAddress(relay);
-    const client = await this.relayClient(relay);
+    const client = await this.relayClient(relay, this.route('rcv', connId));
     const q = await client.createQueue();
     const e2e = generateDhKeyPair();
-    const connId = randomUUID();
     const local = generateIdentity();
     const state = new ProtocolState(local, this.store.stateSource(connId));
     const bundle = createPreKeys(state, { oneTime: kind === 'invitation' });
@@ -304,7 +357,12 @@ export class Agent extends EventEmitter {
    * Joins a contact's link: reads its data from their relay, makes our queue on `myRelay`, starts
    * the libsignal session and queues the confirmation carrying `payload` (our profile).
    */
-  async join(link: string, myRelay: string, payload: Uint8Array): Promise<string> {
+  join(link: string, myRelay: string, payload: Uint8Array): Promise<string> {
+    const connId = randomUUID();
+    return this.dropOnFailure(connId, this.joinAs(connId, link, myRelay, payload));
+  }
+
+  private async joinAs(connId: string, link: string, myRelay: string, payload: Uint8Array): Promise<string> {
     if (payload.length > MAX_CHAT_PAYLOAD) throw new AgentError('TOO_LARGE', 'the profile is too large');
     let parsed;
     try {
@@ -314,7 +372,7 @@ export class Agent extends EventEmitter {
       throw new AgentError('BAD_LINK', ProtocolError.is(e) ? e.message : 'this is not a Murmure link', { cause: e });
     }
     const theirRelay = formatRelayAddress(parsed.relay);
-    const theirClient = await this.relayClient(theirRelay);
+    const theirClient = await this.relayClient(theirRelay, this.route('snd', connId));
     let linkData;
     try {
       linkData = await theirClient.getLink(parsed.linkId);
@@ -338,14 +396,13 @@ export class Agent extends EventEmitter {
     }
     if (!eq(inv.queue.sndId, linkData.sndId)) throw new AgentError('BAD_LINK', 'the invitation does not match its queue');
 
-    const myClient = await this.relayClient(myRelay);
+    const myClient = await this.relayClient(myRelay, this.route('rcv', connId));
     const q = await myClient.createQueue();
     const theirSenderKey = generateDhKeyPair(); // the contact's key for sending to our queue
     await myClient.secure(q, theirSenderKey.publicKey);
     const myE2e = generateDhKeyPair(); // the box key of our queue
     const mySenderKey = generateDhKeyPair(); // our key for sending to their queue
     const mySenderE2e = generateDhKeyPair(); // our box key toward their queue
-    const connId = randomUUID();
     const local = generateIdentity();
     const state = new ProtocolState(local, this.store.stateSource(connId));
     try {
@@ -381,10 +438,10 @@ export class Agent extends EventEmitter {
     this.store.local.transaction(() => {
       this.store.insertConnection({ ...row, next_send_seq: wrapped.seq + 1, last_sent_hash: wrapped.hash });
       this.store.applyState(connId, state.takeWrites());
-      this.store.enqueue(connId, wrapped.seq, 'confirmation', wrapped.body, this.now());
+      this.store.enqueue(connId, wrapped.seq, 'confirmation', wrapped.frame, this.now());
     });
     await myClient.subscribe(q).catch(() => undefined);
-    this.pool.keep(myRelay);
+    this.pool.keep(myRelay, this.route('rcv', connId));
     this.kickOutbox();
     return connId;
   }
@@ -412,29 +469,62 @@ export class Agent extends EventEmitter {
       return this.store.local.transaction(() => {
         this.store.applyState(c.state_owner, state.takeWrites());
         this.store.updateConnection(connId, { next_send_seq: w.seq + 1, last_sent_hash: w.hash });
-        this.store.enqueue(connId, w.seq, kind, w.body, this.now());
+        this.store.enqueue(connId, w.seq, kind, w.frame, this.now());
         inTx?.(w.seq);
         return w.seq;
       });
     });
   }
 
-  /** Wraps an envelope: libsignal, per-queue box (with our box key on the first frame), padding. */
-  private async wrap(c: ConnectionRow, state: ProtocolState, body: EnvelopeBody, firstFrame: boolean): Promise<{ seq: number; hash: Uint8Array; body: Uint8Array }> {
+  /**
+   * Wraps an envelope in libsignal and chooses the per-queue box's nonce (and our box key on the
+   * first frame); the box itself is made at send time by `boxFrame`, the same at every attempt.
+   */
+  private async wrap(c: ConnectionRow, state: ProtocolState, body: EnvelopeBody, firstFrame: boolean): Promise<{ seq: number; hash: Uint8Array; frame: { body: Uint8Array; frameKey: Uint8Array | null; nonce: Uint8Array } }> {
     if (c.remote_name === null || c.snd_e2e_key === null || c.snd_peer_e2e === null) throw new AgentError('NOT_CONNECTED', 'this contact is not connected yet');
     const seq = c.next_send_seq;
     const env = encodeEnvelope({ seq, prevHash: c.last_sent_hash, sentAt: this.now(), body });
     const m = await encrypt(state, c.remote_name, env);
     const prekey = m.type === 'prekey';
-    const plain = pad(encodeSessionPayload({ prekey, senderName: prekey ? state.local.name : null, body: m.body }), QUEUE_BOX_PADDED);
-    const e2e = importKeyPair(c.snd_e2e_key);
-    const secret = agree(e2e.privateKey, c.snd_peer_e2e);
-    if (secret === null) throw new AgentError('INVALID', "the contact's queue key is unusable");
-    const senderKey = firstFrame || seq === 1 ? e2e.publicKey : null;
-    const nonce = new Uint8Array(randomBytes(QUEUE_BOX_NONCE_LENGTH));
-    const aad = Uint8Array.of(AGENT_VERSION, senderKey === null ? 1 : 0);
-    const sealed = sealWithNonce(queueBoxKey(secret), nonce, aad, plain);
-    return { seq, hash: sha256(env), body: encodeQueueFrame({ senderKey, nonce, sealed }) };
+    const payload = encodeSessionPayload({ prekey, senderName: prekey ? state.local.name : null, body: m.body });
+    const frameKey = firstFrame || seq === 1 ? this.keys(c.snd_e2e_key).publicKey : null;
+    return { seq, hash: sha256(env), frame: { body: payload, frameKey, nonce: new Uint8Array(randomBytes(QUEUE_BOX_NONCE_LENGTH)) } };
+  }
+
+  /** The SEND body of an outbox entry: padding, the per-queue box, the frame. */
+  private boxFrame(c: ConnectionRow, f: Readonly<{ body: Uint8Array; frame_key: Uint8Array | null; nonce: Uint8Array }>): Uint8Array {
+    if (c.snd_e2e_key === null || c.snd_peer_e2e === null) throw new AgentError('NOT_CONNECTED', 'this contact is not connected yet');
+    const key = this.boxKey(c.snd_e2e_key, c.snd_peer_e2e);
+    if (key === null) throw new AgentError('INVALID', "the contact's queue key is unusable");
+    const aad = Uint8Array.of(AGENT_VERSION, f.frame_key === null ? 1 : 0);
+    const sealed = sealWithNonce(key, f.nonce, aad, pad(f.body, QUEUE_BOX_PADDED));
+    return encodeQueueFrame({ senderKey: f.frame_key, nonce: f.nonce, sealed });
+  }
+
+  private readonly keyCache = new Map<string, KeyPair>();
+  private readonly boxKeyCache = new Map<string, Uint8Array | null>();
+
+  /** A stored private key as a key pair, imported once. */
+  private keys(pkcs8: Uint8Array): KeyPair {
+    const k = Buffer.from(pkcs8).toString('base64');
+    let v = this.keyCache.get(k);
+    if (v === undefined) {
+      v = importKeyPair(pkcs8);
+      if (this.keyCache.size >= KEY_CACHE_SIZE) this.keyCache.delete(this.keyCache.keys().next().value as string);
+      this.keyCache.set(k, v);
+    }
+    return v;
+  }
+
+  /** The per-queue box key between one of our keys and a contact's key, derived once. */
+  private boxKey(pkcs8: Uint8Array, peer: Uint8Array): Uint8Array | null {
+    const k = `${Buffer.from(pkcs8).toString('base64')}/${Buffer.from(peer).toString('base64')}`;
+    if (!this.boxKeyCache.has(k)) {
+      const secret = agree(this.keys(pkcs8).privateKey, peer);
+      if (this.boxKeyCache.size >= KEY_CACHE_SIZE) this.boxKeyCache.delete(this.boxKeyCache.keys().next().value as string);
+      this.boxKeyCache.set(k, secret === null ? null : queueBoxKey(secret));
+    }
+    return this.boxKeyCache.get(k) ?? null;
   }
 
   // Receiving.
@@ -483,9 +573,9 @@ export class Agent extends EventEmitter {
     } else if (frame.senderKey !== null && !eq(frame.senderKey, peerE2e)) {
       return problem('a second confirmation for a used link was dropped');
     }
-    const secret = agree(importKeyPair(c.rcv_e2e_key).privateKey, peerE2e);
+    const boxKey = this.boxKey(c.rcv_e2e_key, peerE2e);
     const aad = Uint8Array.of(AGENT_VERSION, frame.senderKey === null ? 1 : 0);
-    const opened = secret === null ? null : openWithNonce(queueBoxKey(secret), frame.nonce, aad, frame.sealed);
+    const opened = boxKey === null ? null : openWithNonce(boxKey, frame.nonce, aad, frame.sealed);
     if (opened === null) return problem('a message failed end-to-end authentication and was dropped');
     let payload;
     try {
@@ -636,7 +726,7 @@ export class Agent extends EventEmitter {
       if (c.rcv_id === null) {
         const relay = this.store.connection(c.state_owner)?.rcv_relay;
         if (relay === null || relay === undefined) return;
-        const q = await (await this.relayClient(relay)).createQueue();
+        const q = await (await this.relayClient(relay, this.route('rcv', connId))).createQueue();
         const e2e = generateDhKeyPair();
         this.store.updateConnection(connId, {
           rcv_relay: relay,
@@ -651,7 +741,7 @@ export class Agent extends EventEmitter {
       }
       const q = this.recipientQueue(c);
       if (q === null || c.rcv_relay === null || c.rcv_e2e_key === null) return;
-      const client = await this.relayClient(c.rcv_relay);
+      const client = await this.relayClient(c.rcv_relay, this.route('rcv', connId));
       await client.secure(q, c.pending_snd_auth as Uint8Array);
       await client.subscribe(q).catch(() => undefined);
       if (c.kind === 'contact' && c.state_owner !== c.id) {
@@ -669,7 +759,7 @@ export class Agent extends EventEmitter {
       this.handler.connected(connId);
     });
     this.emit('connected', connId);
-    if (c.snd_relay !== null) this.pool.keep(c.snd_relay);
+    if (c.snd_relay !== null) this.pool.keep(c.snd_relay, this.route('snd', connId));
     this.kickOutbox();
   }
 
@@ -715,7 +805,7 @@ export class Agent extends EventEmitter {
     try {
       do {
         this.outboxAgain = false;
-        const rows = this.store.queued();
+        const rows = this.store.queued(OUTBOX_BATCH);
         const byConn = new Map<string, typeof rows>();
         for (const r of rows) {
           const list = byConn.get(r.conn_id) ?? [];
@@ -744,39 +834,75 @@ export class Agent extends EventEmitter {
     }
   }
 
-  /** Sends a connection's queued bodies in order; resolves with when to try again (or Infinity). */
+  /**
+   * Sends a connection's queued bodies in order, up to SEND_WINDOW at once, and records the
+   * accepted ones in one transaction; resolves with when to try again (or Infinity).
+   */
   private async sendConnection(connId: string, rows: ReturnType<AgentStore['queued']>): Promise<number> {
-    for (const r of rows) {
-      const c = this.store.connection(connId);
-      if (c === undefined || c.status === 'deleted' || c.snd_relay === null || c.snd_id === null || c.snd_auth_key === null) return Number.POSITIVE_INFINITY;
-      const ready = r.kind === 'confirmation' || c.status === 'connected';
-      if (!ready) return Number.POSITIVE_INFINITY;
-      if (r.next_attempt_at > this.now()) return r.next_attempt_at;
-      try {
-        const client = await this.pool.get(c.snd_relay);
-        const key = r.kind === 'confirmation' ? null : importKeyPair(c.snd_auth_key).privateKey;
-        await client.send(c.snd_id, key, r.body);
-      } catch (e) {
-        if (this.now() - r.created_at > SEND_GIVE_UP_MS) {
-          this.store.local.transaction(() => {
-            this.store.markFailed(r.id);
-            this.handler.failed(connId, r.seq);
-          });
-          continue;
+    const c = this.store.connection(connId);
+    if (c === undefined || c.status === 'deleted' || c.snd_relay === null || c.snd_id === null || c.snd_auth_key === null) return Number.POSITIVE_INFINITY;
+    const sndId = c.snd_id;
+    const authKey = this.keys(c.snd_auth_key).privateKey;
+    let retryAt = Number.POSITIVE_INFINITY;
+    let stop = false;
+    const accepted: typeof rows = [];
+    const failedRows: typeof rows = [];
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (!stop && next < rows.length) {
+        const r = rows[next++]!;
+        const ready = r.kind === 'confirmation' || c.status === 'connected';
+        if (!ready) {
+          stop = true;
+          return;
         }
-        const quota = RelayClientError.is(e, 'QUOTA');
-        const delay = Math.min(SEND_RETRY_MAX_MS, SEND_RETRY_MIN_MS * 2 ** Math.min(r.attempts, 10)) * (quota ? 4 : 1);
-        const at = this.now() + delay / 2 + Math.random() * (delay / 2);
-        this.store.retryLater(r.id, at);
-        return at;
+        if (r.next_attempt_at > this.now()) {
+          retryAt = Math.min(retryAt, r.next_attempt_at);
+          stop = true;
+          return;
+        }
+        const stored = this.store.outboxFrame(r.id);
+        if (stored === undefined) continue;
+        const body = this.boxFrame(c, stored);
+        try {
+          const client = await this.pool.get(c.snd_relay as string, this.route('snd', connId));
+          await client.send(sndId, r.kind === 'confirmation' ? null : authKey, body);
+          accepted.push(r);
+        } catch (e) {
+          stop = true;
+          if (this.now() - r.created_at > SEND_GIVE_UP_MS) {
+            failedRows.push(r);
+            continue;
+          }
+          // A full queue drains as the contact reads it: look again soon, without backing off far.
+          const quota = RelayClientError.is(e, 'QUOTA');
+          const delay = quota ? QUOTA_RETRY_MS : Math.min(SEND_RETRY_MAX_MS, SEND_RETRY_MIN_MS * 2 ** Math.min(r.attempts, 10));
+          const at = this.now() + delay / 2 + Math.random() * (delay / 2);
+          // A full queue is not a failure of this message: nothing to record on disk.
+          if (!quota) this.store.retryLater(r.id, at);
+          retryAt = Math.min(retryAt, at);
+        }
       }
+    };
+    // The confirmation goes alone: nothing else may reach the contact before it.
+    const width = rows[0]?.kind === 'confirmation' ? 1 : SEND_WINDOW;
+    await Promise.all(Array.from({ length: Math.min(width, rows.length) }, worker));
+    if (accepted.length > 0 || failedRows.length > 0) {
       this.store.local.transaction(() => {
-        this.store.markSent(r.id);
-        if (r.kind === 'message') this.handler.sent(connId, r.seq);
+        for (const r of accepted) {
+          this.store.markSent(r.id);
+          if (r.kind === 'message') this.handler.sent(connId, r.seq);
+        }
+        for (const r of failedRows) {
+          this.store.markFailed(r.id);
+          this.handler.failed(connId, r.seq);
+        }
       });
-      this.emit('sent', { connId, seq: r.seq });
+      for (const r of accepted) this.emit('sent', { connId, seq: r.seq });
     }
-    return Number.POSITIVE_INFINITY;
+    // More may have been queued meanwhile; an accepted batch means the path is clear.
+    if (accepted.length > 0 && retryAt === Number.POSITIVE_INFINITY) this.outboxAgain = true;
+    return retryAt;
   }
 
   // Management.
@@ -801,11 +927,13 @@ export class Agent extends EventEmitter {
     const q = this.recipientQueue(c);
     if (q !== null && c.rcv_relay !== null) {
       try {
-        await (await this.relayClient(c.rcv_relay)).deleteQueue(q);
+        await (await this.relayClient(c.rcv_relay, this.route('rcv', connId))).deleteQueue(q);
       } catch {
         // The queue expires on the relay if it cannot be deleted now.
       }
     }
     this.store.local.transaction(() => this.store.deleteConnection(connId, c.state_owner, c.state_owner === c.id));
+    this.pool.drop(this.route('rcv', connId));
+    this.pool.drop(this.route('snd', connId));
   }
 }

@@ -12,7 +12,7 @@ import { EventEmitter } from 'node:events';
 import { existsSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { AGENT_MIGRATIONS, Agent, AgentError, LocalDatabase, deriveDatabaseKey, loadSalt, type IncomingEvent } from '@murmure/agent';
+import { AGENT_MIGRATIONS, Agent, AgentError, LocalDatabase, deriveDatabaseKey, loadSalt, type IncomingEvent, type Socks5Proxy } from '@murmure/agent';
 import { parseRelayAddress } from '@murmure/protocol';
 
 import { ChatStore, CHAT_MIGRATIONS, type ContactRow, type MessageRow, type ProfileRow } from './chat-store.js';
@@ -65,7 +65,14 @@ export function randomIncognitoName(): string {
 }
 
 /** Options for opening a home. */
-export type OpenOptions = Readonly<{ home: string; passphrase: string; create?: boolean; now?: () => number }>;
+export type OpenOptions = Readonly<{
+  home: string;
+  passphrase: string;
+  create?: boolean;
+  now?: () => number;
+  /** Reach every relay through this SOCKS5 proxy (Tor), each queue on a circuit of its own. */
+  socks5?: Socks5Proxy;
+}>;
 
 function openDatabase(home: string, passphrase: string, create: boolean): LocalDatabase {
   const dbPath = join(home, DB_FILE);
@@ -96,6 +103,7 @@ export class Chat extends EventEmitter {
     readonly home: string,
     readonly db: LocalDatabase,
     now: () => number,
+    socks5?: Socks5Proxy,
   ) {
     super();
     this.now = now;
@@ -103,6 +111,7 @@ export class Chat extends EventEmitter {
     this.agent = new Agent({
       db,
       now,
+      ...(socks5 === undefined ? {} : { socks5 }),
       handler: {
         incoming: (ev) => this.onIncoming(ev),
         sent: (connId, seq) => this.store.setStatus(connId, seq, 'sent'),
@@ -125,7 +134,7 @@ export class Chat extends EventEmitter {
   /** Opens (or with `create`, creates) a home. A wrong passphrase fails with WRONG_PASSPHRASE. */
   static open(opts: OpenOptions): Chat {
     const db = openDatabase(opts.home, opts.passphrase, opts.create === true);
-    return new Chat(opts.home, db, opts.now ?? Date.now);
+    return new Chat(opts.home, db, opts.now ?? Date.now, opts.socks5);
   }
 
   /** Re-keys a home's database with a new passphrase. */

@@ -5,6 +5,7 @@
  */
 
 export * from './chat.js';
+export { parseSocks5Proxy, type Socks5Proxy } from '@murmure/agent';
 export { ChatError, type ChatErrorCode } from './errors.js';
 export { MAX_NAME_LENGTH, MAX_TEXT_LENGTH, decodeContent, encodeContent, type ChatContent } from './content.js';
 export type { MessageStatus } from './chat-store.js';

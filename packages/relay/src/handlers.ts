@@ -207,24 +207,19 @@ export class RelayHandlers implements CommandHandler {
     const fetched = conn.fetched.get(key);
     const held = sub?.conn === conn ? sub.delivered : fetched;
     if (held === null || held === undefined || !sameBytes(held, msgId)) throw new Refusal('NO_MSG');
-    if (!(await this.store.deleteMessage(q.rcvId, msgId, this.now()))) {
-      // The message expired while it waited for its ACK: move on to the next one.
-      if (fetched !== undefined && sameBytes(fetched, msgId)) conn.fetched.delete(key);
-      const gone = this.subs.get(key);
-      if (gone !== undefined && gone.delivered !== null && sameBytes(gone.delivered, msgId)) {
-        gone.delivered = null;
-        void this.deliverNext(key);
-      }
-      throw new Refusal('NO_MSG');
-    }
-    this.metrics.messagesAcked++;
     if (fetched !== undefined && sameBytes(fetched, msgId)) conn.fetched.delete(key);
-    conn.respond(t.corrId, t.entityId, { type: 'OK' });
-    const current = this.subs.get(key);
-    if (current !== undefined && current.delivered !== null && sameBytes(current.delivered, msgId)) {
-      current.delivered = null;
-      await this.deliverNext(key);
+    // The next message goes out as soon as the ACK is taken, without waiting for the deletion to
+    // be durable: a crash before that re-delivers an acknowledged message, which the recipient
+    // recognises as a duplicate. The ACK's own OK waits for the commit. If the message expired
+    // meanwhile, the deletion finds nothing and the ACK gets NO_MSG, but delivery moves on too.
+    const deleted = this.store.deleteMessage(q.rcvId, msgId, this.now());
+    if (sub !== undefined && sub.conn === conn && sub.delivered !== null && sameBytes(sub.delivered, msgId)) {
+      sub.delivered = null;
+      void this.deliverNext(key);
     }
+    if (!(await deleted)) throw new Refusal('NO_MSG');
+    this.metrics.messagesAcked++;
+    conn.respond(t.corrId, t.entityId, { type: 'OK' });
   }
 
   private async get(conn: Connection, t: ClientTransmission): Promise<void> {

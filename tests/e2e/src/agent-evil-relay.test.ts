@@ -110,11 +110,12 @@ class EvilStore implements QueueStore {
   }
 
   async deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean> {
-    const r = await this.inner.deleteMessage(rcvId, msgId, now);
-    if (r && this.isTarget(rcvId)) {
-      const i = this.present.findIndex((p) => same(p.m.msgId, msgId));
-      if (i >= 0) this.present.splice(i, 1);
-    }
+    // As the interface asks: from the call on, oldestMessage no longer returns the message.
+    const pending = this.inner.deleteMessage(rcvId, msgId, now);
+    const i = this.isTarget(rcvId) ? this.present.findIndex((p) => same(p.m.msgId, msgId)) : -1;
+    const removed = i >= 0 ? this.present.splice(i, 1)[0] : undefined;
+    const r = await pending;
+    if (!r && removed !== undefined) this.present.push(removed);
     return r;
   }
 

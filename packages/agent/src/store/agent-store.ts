@@ -62,6 +62,8 @@ export const AGENT_MIGRATIONS: readonly Migration[] = [
         seq INTEGER NOT NULL,
         kind TEXT NOT NULL,
         body BLOB NOT NULL,
+        frame_key BLOB,
+        nonce BLOB NOT NULL,
         status TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt_at INTEGER NOT NULL DEFAULT 0,
@@ -113,13 +115,19 @@ export type ConnectionRow = {
   last_rcv_hash: Uint8Array;
 };
 
-/** An outbox row. `kind` says how the body is authorised on SEND. */
+/**
+ * An outbox row. `kind` says how the body is authorised on SEND. `body` is the session payload
+ * before the per-queue box; with its `nonce` (and `frame_key` on a first frame) the box is made
+ * again, byte for byte the same, at every attempt, so the store keeps ~300 bytes, not 16 KiB.
+ */
 export type OutboxRow = {
   id: number;
   conn_id: string;
   seq: number;
   kind: 'confirmation' | 'reply' | 'message';
   body: Uint8Array;
+  frame_key: Uint8Array | null;
+  nonce: Uint8Array;
   status: 'queued' | 'sent' | 'failed';
   attempts: number;
   next_attempt_at: number;
@@ -152,8 +160,9 @@ export class AgentStore {
       statePut: db.prepare('INSERT INTO agent_signal_state (owner, kind, key, value) VALUES (?, ?, ?, ?) ON CONFLICT (owner, kind, key) DO UPDATE SET value = excluded.value'),
       stateDel: db.prepare('DELETE FROM agent_signal_state WHERE owner = ? AND kind = ? AND key = ?'),
       stateDelOwner: db.prepare('DELETE FROM agent_signal_state WHERE owner = ?'),
-      outboxInsert: db.prepare("INSERT INTO agent_outbox (conn_id, seq, kind, body, status, created_at) VALUES (?, ?, ?, ?, 'queued', ?)"),
-      outboxDue: db.prepare("SELECT * FROM agent_outbox WHERE status = 'queued' ORDER BY id"),
+      outboxInsert: db.prepare("INSERT INTO agent_outbox (conn_id, seq, kind, body, frame_key, nonce, status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)"),
+      outboxDue: db.prepare("SELECT id, conn_id, seq, kind, status, attempts, next_attempt_at, created_at FROM agent_outbox WHERE status = 'queued' ORDER BY id LIMIT ?"),
+      outboxBody: db.prepare('SELECT body, frame_key, nonce FROM agent_outbox WHERE id = ?'),
       outboxSent: db.prepare("UPDATE agent_outbox SET status = 'sent', body = x'' WHERE id = ?"),
       outboxRetry: db.prepare('UPDATE agent_outbox SET attempts = attempts + 1, next_attempt_at = ? WHERE id = ?'),
       outboxFail: db.prepare("UPDATE agent_outbox SET status = 'failed', body = x'' WHERE id = ?"),
@@ -209,14 +218,19 @@ export class AgentStore {
     }
   }
 
-  /** Queues an encrypted body for sending. */
-  enqueue(connId: string, seq: number, kind: OutboxRow['kind'], body: Uint8Array, now: number): number {
-    return Number(this.st.outboxInsert.run([connId, seq, kind, body, now] as Params).lastInsertRowid);
+  /** Queues an encrypted session payload for sending. */
+  enqueue(connId: string, seq: number, kind: OutboxRow['kind'], frame: Readonly<{ body: Uint8Array; frameKey: Uint8Array | null; nonce: Uint8Array }>, now: number): number {
+    return Number(this.st.outboxInsert.run([connId, seq, kind, frame.body, frame.frameKey, frame.nonce, now] as Params).lastInsertRowid);
   }
 
-  /** Queued bodies in order. */
-  queued(): OutboxRow[] {
-    return this.st.outboxDue.all() as OutboxRow[];
+  /** Up to `limit` queued entries in order, without their bodies. */
+  queued(limit: number): Omit<OutboxRow, 'body' | 'frame_key' | 'nonce'>[] {
+    return this.st.outboxDue.all([limit] as Params) as Omit<OutboxRow, 'body' | 'frame_key' | 'nonce'>[];
+  }
+
+  /** The stored frame of an outbox entry. */
+  outboxFrame(id: number): Pick<OutboxRow, 'body' | 'frame_key' | 'nonce'> | undefined {
+    return this.st.outboxBody.get([id] as Params) as Pick<OutboxRow, 'body' | 'frame_key' | 'nonce'> | undefined;
   }
 
   /** Marks a body as accepted by the relay (and forgets its bytes). */

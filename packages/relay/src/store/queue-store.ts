@@ -62,9 +62,12 @@ export interface QueueStore {
   deleteQueue(rcvId: Uint8Array): Promise<void>;
   /** Appends a message unless the queue holds `quota` already (`'gone'`: the queue was deleted meanwhile). */
   addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'>;
-  /** The oldest message of a queue. */
+  /** The oldest message of a queue, skipping messages whose deletion has been asked for. */
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined>;
-  /** Deletes a message by id; false if the queue has no such message. */
+  /**
+   * Deletes a message by id; false if the queue has no such message. From the call on,
+   * `oldestMessage` no longer returns it, even before the deletion is durable.
+   */
   deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean>;
   /** Stores link data under `linkId` (empty data removes it); `'taken'` if another queue holds the id. */
   setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken'>;

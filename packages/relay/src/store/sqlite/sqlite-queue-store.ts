@@ -88,7 +88,7 @@ export class SqliteQueueStore implements QueueStore {
       insertMsg: db.prepare('INSERT INTO messages (rcv_id, msg_id, received_at, body) VALUES (?, ?, ?, ?)'),
       incCount: db.prepare('UPDATE queues SET msg_count = msg_count + 1 WHERE rcv_id = ?'),
       decCount: db.prepare('UPDATE queues SET msg_count = msg_count - ? WHERE rcv_id = ?'),
-      oldest: db.prepare('SELECT msg_id, received_at, body FROM messages WHERE rcv_id = ? ORDER BY seq LIMIT 1'),
+      oldest: db.prepare('SELECT msg_id, received_at, body FROM messages WHERE rcv_id = ? ORDER BY seq LIMIT ?'),
       findMsg: db.prepare('SELECT seq FROM messages WHERE rcv_id = ? AND msg_id = ?', { pluck: true }),
       deleteMsg: db.prepare('DELETE FROM messages WHERE seq = ?'),
       linkOwner: db.prepare('SELECT rcv_id FROM queues WHERE link_id = ?', { pluck: true }),
@@ -247,14 +247,30 @@ export class SqliteQueueStore implements QueueStore {
 
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined> {
     return this.read(() => {
-      const r = this.st.oldest.get([rcvId] as never);
-      if (r === undefined) return undefined;
-      return { msgId: bytes(r['msg_id']), receivedAt: Number(r['received_at']), sealed: bytes(r['body']) };
+      const deleting = this.deleting.get(latin1(rcvId));
+      for (const r of this.st.oldest.all([rcvId, 1 + (deleting?.size ?? 0)] as never)) {
+        const msgId = bytes(r['msg_id']);
+        if (deleting?.has(latin1(msgId)) === true) continue;
+        return { msgId, receivedAt: Number(r['received_at']), sealed: bytes(r['body']) };
+      }
+      return undefined;
     });
   }
 
+  /** Messages whose deletion is queued but not committed, by queue: `oldestMessage` skips them. */
+  private readonly deleting = new Map<string, Set<string>>();
+
   deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean> {
-    return this.write(() => {
+    const q = latin1(rcvId);
+    const m = latin1(msgId);
+    let set = this.deleting.get(q);
+    if (set === undefined) this.deleting.set(q, (set = new Set()));
+    set.add(m);
+    const done = (): void => {
+      set.delete(m);
+      if (set.size === 0 && this.deleting.get(q) === set) this.deleting.delete(q);
+    };
+    const p = this.write(() => {
       const seq = this.st.findMsg.get([rcvId, msgId] as never);
       if (typeof seq !== 'number') return false;
       this.st.deleteMsg.run([seq] as never);
@@ -262,6 +278,8 @@ export class SqliteQueueStore implements QueueStore {
       this.st.touch.run([day(now), rcvId, day(now)] as never);
       return true;
     });
+    p.then(done, done);
+    return p;
   }
 
   setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken'> {
@@ -319,6 +337,10 @@ export class SqliteQueueStore implements QueueStore {
     }
     this.db.close();
   }
+}
+
+function latin1(b: Uint8Array): string {
+  return Buffer.from(b.buffer, b.byteOffset, b.length).toString('latin1');
 }
 
 function day(now: number): number {

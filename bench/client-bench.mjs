@@ -1,0 +1,141 @@
+#!/usr/bin/env node
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// `npm run bench:client`: one-way messages/s through the full client stack (envelope,
+// libsignal, per-queue box, padding, durable outbox, relay, relay box, decrypt, integrity
+// check, store commit, ACK) between two agents over a real relay process on loopback, beside
+// bare libsignal encrypt+decrypt on the same machine. Prints figures; not a test.
+//
+// Env: BENCH_MESSAGES (default 3000), BENCH_RECEIPTS=0 to turn delivery receipts off.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+import { AGENT_MIGRATIONS, Agent, LocalDatabase } from '@murmure/agent';
+import { ProtocolState, createPreKeys, decrypt, encrypt, generateIdentity, startSession } from '@murmure/crypto';
+
+const N = Number(process.env.BENCH_MESSAGES ?? 3000);
+const RECEIPTS = process.env.BENCH_RECEIPTS !== '0';
+const dir = mkdtempSync(join(tmpdir(), 'murmure-client-bench-'));
+
+function startRelay() {
+  const proc = spawn(process.execPath, ['packages/cli/bin/murmure.js', 'relay', 'start', '--data', join(dir, 'relay'), '--port', '0', '--json', '--log-level', 'warn'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  return new Promise((resolve, reject) => {
+    createInterface({ input: proc.stdout }).once('line', (l) => resolve({ proc, address: JSON.parse(l).address }));
+    proc.once('exit', (c) => reject(new Error(`relay exited ${c}`)));
+  });
+}
+
+function makeAgent(name) {
+  const db = LocalDatabase.open(join(dir, `${name}.db`), new Uint8Array(randomBytes(32)), AGENT_MIGRATIONS);
+  db.db.exec('CREATE TABLE IF NOT EXISTS bench_inbox (seq INTEGER PRIMARY KEY, body BLOB)');
+  const insert = db.db.prepare('INSERT OR IGNORE INTO bench_inbox (seq, body) VALUES (?, ?)');
+  let received = 0;
+  let onAll = null;
+  const agent = new Agent({
+    db,
+    handler: {
+      incoming: (ev) => {
+        if (ev.type !== 'message') return;
+        insert.run([ev.seq, ev.payload]);
+        received++;
+        if (received === N && onAll) onAll();
+      },
+      sent: () => {},
+      connected: () => {},
+      failed: () => {},
+      replyPayload: () => new TextEncoder().encode(`{"v":1,"type":"profile","name":"${name}"}`),
+    },
+  });
+  return {
+    agent,
+    db,
+    allReceived: () => new Promise((r) => (received >= N ? r() : (onAll = r))),
+  };
+}
+
+async function until(f) {
+  while (!f()) await new Promise((r) => setTimeout(r, 10));
+}
+
+async function fullStack(address) {
+  const a = makeAgent('sender');
+  const b = makeAgent('receiver');
+  a.agent.start();
+  b.agent.start();
+  const { connId: bConn, link } = await b.agent.createInvitation(address);
+  const aConn = await a.agent.join(link, address, new TextEncoder().encode('{"v":1,"type":"profile","name":"sender"}'));
+  await until(() => a.agent.connections().find((c) => c.id === aConn)?.status === 'connected');
+  await until(() => b.agent.connections().find((c) => c.id === bConn)?.status === 'connected');
+  if (!RECEIPTS) b.agent.setReceipts(bConn, false);
+  const body = new Uint8Array(100).fill(0x61);
+  const done = b.allReceived();
+  const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
+  for (let i = 0; i < N; i++) {
+    await a.agent.send(aConn, body);
+    if (i % 50 === 49) await new Promise((r) => setImmediate(r));
+  }
+  const tStored = performance.now();
+  await done;
+  const t1 = performance.now();
+  const cpu = process.cpuUsage(cpu0);
+  await a.agent.stop();
+  await b.agent.stop();
+  a.db.close();
+  b.db.close();
+  return { seconds: (t1 - t0) / 1000, composeSeconds: (tStored - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+}
+
+async function bareLibsignal() {
+  const mem = () => {
+    const rows = new Map();
+    return { source: { load: (k, key) => rows.get(`${k}/${key}`) }, commit: (ws) => ws.forEach((w) => (w.value === null ? rows.delete(`${w.kind}/${w.key}`) : rows.set(`${w.kind}/${w.key}`, w.value))) };
+  };
+  const am = mem();
+  const bm = mem();
+  const alice = new ProtocolState(generateIdentity(), am.source);
+  const bob = new ProtocolState(generateIdentity(), bm.source);
+  const bundle = createPreKeys(bob, { oneTime: true });
+  bm.commit(bob.takeWrites());
+  await startSession(alice, bundle);
+  am.commit(alice.takeWrites());
+  const first = await encrypt(alice, bob.local.name, new Uint8Array(100));
+  am.commit(alice.takeWrites());
+  await decrypt(bob, alice.local.name, first.type, first.body);
+  bm.commit(bob.takeWrites());
+  const body = new Uint8Array(100).fill(0x61);
+  const t0 = performance.now();
+  for (let i = 0; i < N; i++) {
+    const m = await encrypt(alice, bob.local.name, body);
+    am.commit(alice.takeWrites());
+    await decrypt(bob, alice.local.name, m.type, m.body);
+    bm.commit(bob.takeWrites());
+  }
+  return { seconds: (performance.now() - t0) / 1000 };
+}
+
+const relay = await startRelay();
+try {
+  const bare = await bareLibsignal();
+  const full = await fullStack(relay.address);
+  const fullRate = N / full.seconds;
+  const bareRate = N / bare.seconds;
+  const rows = [
+    ['full stack, one way (send → stored at receiver)', `${fullRate.toFixed(0)} msg/s`, `${N} msgs in ${full.seconds.toFixed(2)} s; sender composed all in ${full.composeSeconds.toFixed(2)} s; both agents' CPU ${full.cpuSeconds.toFixed(2)} s; receipts ${RECEIPTS ? 'on' : 'off'}`],
+    ['bare libsignal encrypt+decrypt (same direction)', `${bareRate.toFixed(0)} msg/s`, `${N} msgs in ${bare.seconds.toFixed(2)} s, in-memory stores`],
+    ['ratio full / bare', (fullRate / bareRate).toFixed(2), 'target: full stack >= 1,000 msg/s'],
+  ];
+  for (const [what, value, note] of rows) console.log(`${what.padEnd(50)} ${value.padStart(12)}   ${note}`);
+  mkdirSync('bench/results', { recursive: true });
+  const line = JSON.stringify({ bench: 'client', date: new Date().toISOString(), node: process.version, messages: N, receipts: RECEIPTS, fullMsgsPerSec: Math.round(fullRate), bareMsgsPerSec: Math.round(bareRate), ratio: fullRate / bareRate });
+  writeFileSync(`bench/results/client-${new Date().toISOString().slice(0, 10)}.jsonl`, `${line}\n`, { flag: 'a' });
+} finally {
+  relay.proc.kill('SIGTERM');
+  await new Promise((r) => relay.proc.once('exit', r));
+  rmSync(dir, { recursive: true, force: true });
+}
