@@ -7,7 +7,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -266,4 +266,79 @@ export function testOpen(key: Uint8Array, sealed: Uint8Array): Uint8Array | null
   } catch {
     return null;
   }
+}
+
+// Helpers for the CLI tests (cli-messaging, cli-errors).
+
+/** What one run of the `murmure` command gave. */
+export type CliRun = Readonly<{
+  /** The exit code (null if a signal or the timeout ended it). */
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  /** The lines of stdout that parse as JSON objects (all of them under --json). */
+  json: Record<string, unknown>[];
+}>;
+
+/** Options of `runMurmure`. */
+export type CliOptions = Readonly<{
+  /** MURMURE_PASSPHRASE; left unset when undefined. */
+  passphrase?: string;
+  /** Further environment variables (MURMURE_NEW_PASSPHRASE, MURMURE_HOME...). */
+  env?: NodeJS.ProcessEnv;
+  /** The run is killed after this long (default 30 s), so a hang fails instead of blocking. */
+  timeoutMs?: number;
+}>;
+
+/**
+ * Runs the real `murmure` executable with `args` and resolves once it exited, whatever its exit
+ * code. MURMURE_HOME, MURMURE_PASSPHRASE and MURMURE_NEW_PASSPHRASE of the test runner are not
+ * passed on; stdin is closed (so the passphrase is never asked for on a terminal).
+ */
+export function runMurmure(args: readonly string[], opts: CliOptions = {}): Promise<CliRun> {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  delete env['MURMURE_HOME'];
+  delete env['MURMURE_PASSPHRASE'];
+  delete env['MURMURE_NEW_PASSPHRASE'];
+  if (opts.passphrase !== undefined) env['MURMURE_PASSPHRASE'] = opts.passphrase;
+  Object.assign(env, opts.env);
+  return new Promise((resolveRun) => {
+    const proc = spawn(process.execPath, [MURMURE_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    let stdout = '';
+    let stderr = '';
+    proc.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    proc.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    const timer = setTimeout(() => proc.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
+    proc.once('close', (code) => {
+      clearTimeout(timer);
+      const json: Record<string, unknown>[] = [];
+      for (const line of stdout.split('\n')) {
+        if (!line.startsWith('{')) continue;
+        try {
+          json.push(JSON.parse(line) as Record<string, unknown>);
+        } catch {
+          // Not JSON: kept in stdout only.
+        }
+      }
+      resolveRun({ code, stdout, stderr, json });
+    });
+  });
+}
+
+/** Every regular file under `root`, recursively (none if it does not exist). */
+export function filesUnder(root: string): string[] {
+  let entries: string[];
+  try {
+    entries = readdirSync(root);
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (const e of entries) {
+    const p = join(root, e);
+    const st = statSync(p);
+    if (st.isDirectory()) out.push(...filesUnder(p));
+    else if (st.isFile()) out.push(p);
+  }
+  return out;
 }

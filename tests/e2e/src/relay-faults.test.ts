@@ -1,0 +1,327 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// Storage faults under a real relay process (THREATS F4, F5, F9).
+// F4: the data folder on a 3 MiB tmpfs fills up: SEND gets ERR STORE (never OK for a message that
+// was not stored), the relay stays up and answers PING, and once space is freed SENDs succeed
+// again; every OK'd message is delivered.
+// F5: the relay runs under strace. Traced, every OK to a SEND comes after an fsync of the WAL;
+// with fsync failing (EIO injected from a known point on), SENDs get ERR STORE, never OK, and
+// the relay stays up; after a restart every OK'd message is there.
+// F9: a store with a damaged page in the middle makes `murmure relay start` exit non-zero with
+// one clear line on stderr and no stack trace, and the attempt leaves the file as it was.
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, rmSync, rmdirSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+
+import { RelayClient, RelayClientError, openDelivered, type PushedMessage, type RecipientQueue } from '@murmure/agent';
+import { generateDhKeyPair, type KeyPair } from '@murmure/queue-crypto';
+
+import {
+  MURMURE_BIN,
+  cleanup,
+  isRunning,
+  launchRelay,
+  relayPid,
+  signalRelay,
+  tempDir,
+  testOpen,
+  testSeal,
+  utf8,
+  type LaunchedRelay,
+} from './harness.js';
+
+const STRACE = '/usr/bin/strace';
+
+/** Relays still running when a test ends (a failed assertion): killed in `after`. */
+const running = new Set<LaunchedRelay>();
+/** tmpfs mounts to unmount in `after`. */
+const mounts: string[] = [];
+/** Temporary folders to remove in `after`, whether the test passed or not. */
+const dirs: string[] = [];
+
+function scratch(prefix: string): string {
+  const d = tempDir(prefix);
+  dirs.push(d);
+  return d;
+}
+
+after(async () => {
+  for (const r of running) if (isRunning(r)) await signalRelay(r, 'SIGKILL');
+  for (const m of mounts) {
+    try {
+      execFileSync('umount', [m]);
+    } catch {
+      execFileSync('umount', ['-l', m]);
+    }
+    rmdirSync(m);
+  }
+  for (const d of dirs) cleanup(d);
+});
+
+async function launch(opts: Parameters<typeof launchRelay>[0]): Promise<LaunchedRelay> {
+  const r = await launchRelay(opts);
+  running.add(r);
+  return r;
+}
+
+/** A secured queue and its sender key. */
+async function securedQueue(c: RelayClient): Promise<{ q: RecipientQueue; senderKey: KeyPair }> {
+  const q = await c.createQueue();
+  const senderKey = generateDhKeyPair();
+  await c.secure(q, senderKey.publicKey);
+  return { q, senderKey };
+}
+
+/** Test-encrypted bodies carrying a sequence number; `seqOf` reads it back from a delivery. */
+function numberedBodies(size: number) {
+  const key = randomBytes(32);
+  return {
+    body(seq: number): Uint8Array {
+      const head = `seq=${seq};`;
+      return testSeal(key, utf8(head + 'f'.repeat(Math.max(0, size - 28 - head.length))));
+    },
+    seqOf(q: RecipientQueue, msgId: Uint8Array, delivered: Uint8Array): number {
+      const plain = testOpen(key, openDelivered(q, msgId, delivered).body);
+      const m = plain === null ? null : /^seq=(\d+);/.exec(Buffer.from(plain.subarray(0, 24)).toString('latin1'));
+      return m === null ? -1 : Number(m[1]);
+    },
+  };
+}
+
+/** Takes every message out of a queue with GET and ACK; returns the sequence numbers read. */
+async function drain(c: RelayClient, q: RecipientQueue, seqOf: (q: RecipientQueue, id: Uint8Array, b: Uint8Array) => number): Promise<number[]> {
+  const seqs: number[] = [];
+  for (let m = await c.get(q); m !== null; m = await c.get(q)) {
+    seqs.push(seqOf(q, m.msgId, m.body));
+    await c.ack(q, m.msgId);
+  }
+  return seqs;
+}
+
+function sendOutcome(e: unknown): string {
+  if (RelayClientError.is(e)) return e.code;
+  throw e;
+}
+
+test('disk full: ERR STORE and never OK for what was not stored; the relay stays up and resumes when space is freed (F4)', { timeout: 60_000 }, async (t) => {
+  const mnt = tempDir('murmure-tmpfs-');
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', mnt]);
+  mounts.push(mnt);
+  // Space the test gives back later: two thirds of the file system, since with secure_delete an
+  // ACK of a 16 KB message writes more to the WAL (about 45 KB) than its SEND did (about 33 KB).
+  const filler = join(mnt, 'filler');
+  writeFileSync(filler, Buffer.alloc(2 * 1024 * 1024, 1));
+  const relay = await launch({ dataDir: join(mnt, 'relay'), args: ['--quota', '100000'] });
+  const c = await RelayClient.connect(relay.address);
+  const { q, senderKey } = await securedQueue(c);
+  const { body, seqOf } = numberedBodies(16_000);
+
+  const ok = new Set<number>();
+  const outcomes: string[] = [];
+  let seq = 0;
+  for (; seq < 1000; seq++) {
+    try {
+      await c.send(q.sndId, senderKey.privateKey, body(seq));
+      ok.add(seq);
+    } catch (e) {
+      outcomes.push(sendOutcome(e));
+      break;
+    }
+  }
+  assert.deepEqual(outcomes, ['STORE'], `the first failed SEND on a full disk is ERR STORE (after ${ok.size} OKs)`);
+  assert.ok(ok.size >= 10, `some 16 KB messages fit before the disk is full (${ok.size})`);
+  // More SENDs while full: each is answered, and any OK among them must be delivered later.
+  for (let i = 0; i < 5; i++) {
+    seq++;
+    try {
+      await c.send(q.sndId, senderKey.privateKey, body(seq));
+      ok.add(seq);
+      outcomes.push('OK');
+    } catch (e) {
+      outcomes.push(sendOutcome(e));
+    }
+  }
+  t.diagnostic(`${ok.size} OK'd; then ${outcomes.join(' ')}`);
+  assert.ok(outcomes.every((o) => o === 'STORE' || o === 'OK'), `only OK or ERR STORE while full: ${outcomes.join(' ')}`);
+  assert.ok(outcomes.filter((o) => o === 'STORE').length >= 3, 'SENDs keep failing while the disk is full');
+  await c.ping();
+  assert.ok(isRunning(relay), 'the relay is still running');
+  assert.match(relay.log.join(''), /"event":"store write failed","code":"FULL"/, 'the relay logs a full store');
+
+  rmSync(filler);
+  const after: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    seq++;
+    await c.send(q.sndId, senderKey.privateKey, body(seq));
+    ok.add(seq);
+    after.push('OK');
+  }
+  assert.deepEqual(after, ['OK', 'OK', 'OK'], 'SENDs succeed again once space is freed');
+
+  // Every OK'd message is delivered (subscribed, and acknowledged one by one).
+  const sub = await RelayClient.connect(relay.address);
+  const seen: number[] = [];
+  let timer: NodeJS.Timeout | undefined;
+  const drained = new Promise<void>((resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`only ${seen.length} of ${ok.size} OK'd messages were delivered`)), 20_000);
+    sub.on('message', (m: PushedMessage) => {
+      seen.push(seqOf(q, m.msgId, m.body));
+      sub.ack(q, m.msgId).then(() => {
+        if ([...ok].every((s) => seen.includes(s))) resolve();
+      }, reject);
+    });
+  });
+  await sub.subscribe(q);
+  await drained.finally(() => clearTimeout(timer));
+  assert.ok(seen.every((s) => s >= 0 && s <= seq), 'only messages that were sent are delivered');
+  assert.equal(new Set(seen).size, seen.length, 'each message once');
+  sub.close();
+  c.close();
+  assert.equal(await signalRelay(relay, 'SIGTERM'), 0, 'the relay stops cleanly');
+});
+
+/** One strace line: `tid seconds.micros name(fd</path>) = result`. */
+type SyncCall = { tid: number; at: number; name: string; path: string; failed: boolean };
+
+function parseSyncs(trace: string): SyncCall[] {
+  const out: SyncCall[] = [];
+  for (const line of trace.split('\n')) {
+    const m = /^(\d+)\s+(\d+\.\d+)\s+(fsync|fdatasync)\(\d+<([^>]*)>\)\s+=\s+(-?\d+)/.exec(line);
+    if (m !== null) out.push({ tid: Number(m[1]), at: Number(m[2]) * 1000, name: m[3]!, path: m[4]!, failed: m[5] !== '0' });
+  }
+  return out;
+}
+
+/** Starts a relay on a fresh data folder under strace, makes a secured queue, sends `k` messages one by one. */
+async function tracedRun(strace: readonly string[], k: number) {
+  const dataDir = scratch('murmure-fsync-');
+  const relay = await launch({ dataDir, wrapper: [STRACE, '-f', ...strace] });
+  const c = await RelayClient.connect(relay.address);
+  const { q, senderKey } = await securedQueue(c);
+  const bodies = numberedBodies(200);
+  const sends: { seq: number; start: number; end: number }[] = [];
+  for (let seq = 0; seq < k; seq++) {
+    const start = Date.now();
+    await c.send(q.sndId, senderKey.privateKey, bodies.body(seq));
+    sends.push({ seq, start, end: Date.now() });
+  }
+  return { dataDir, relay, c, q, senderKey, bodies, sends, pid: relayPid(relay) };
+}
+
+test('fsync: every OK follows an fsync of the WAL, and with fsync failing SENDs get ERR STORE, never OK (F5)', { timeout: 60_000 }, async (t) => {
+  assert.ok(existsSync(STRACE), 'strace is installed');
+  const k = 6;
+  // 1. Traced only: where the store syncs, and how many syncs the main thread makes up to the k-th OK.
+  const traceFile = join(scratch('murmure-strace-'), 'trace');
+  const a = await tracedRun(['-ttt', '-y', '-e', 'trace=fsync,fdatasync', '-o', traceFile], k);
+  a.c.close();
+  assert.equal(await signalRelay(a.relay, 'SIGTERM'), 0);
+  const syncs = parseSyncs(readFileSync(traceFile, 'utf8'));
+  const walSyncs = syncs.filter((s) => s.path.endsWith('/relay.sqlite-wal'));
+  assert.ok(walSyncs.length >= k, `the WAL is synced (${walSyncs.length} times)`);
+  for (const s of a.sends) {
+    const before = walSyncs.filter((w) => w.at >= s.start - 1 && w.at <= s.end + 1);
+    assert.ok(before.length >= 1, `SEND #${s.seq} was answered OK only after an fsync of the WAL`);
+  }
+  const lastOk = a.sends[k - 1]!.end + 1;
+  const n = syncs.filter((s) => s.tid === a.pid && s.at <= lastOk).length;
+  const names = [...new Set(syncs.map((s) => s.name))].join(', ');
+  t.diagnostic(`sync calls (${names}): ${syncs.length}, ${walSyncs.length} of them on the WAL; ${n} by the main thread up to OK #${k}`);
+
+  // 2. The same run with every fsync/fdatasync from the (n+1)-th on failing with EIO. (strace
+  // injects only into traced calls: with `-e trace=none` nothing would fail.)
+  const b = await tracedRun(['-e', 'trace=fsync,fdatasync', '-e', `inject=fsync,fdatasync:error=EIO:when=${n + 1}+`, '-o', '/dev/null'], k);
+  const ok = new Set(b.sends.map((s) => s.seq));
+  const outcomes: string[] = [];
+  for (let seq = k; seq < k + 20; seq++) {
+    try {
+      await b.c.send(b.q.sndId, b.senderKey.privateKey, b.bodies.body(seq));
+      ok.add(seq);
+      outcomes.push('OK');
+    } catch (e) {
+      outcomes.push(sendOutcome(e));
+    }
+  }
+  assert.deepEqual(outcomes, Array(20).fill('STORE'), 'once fsync fails, every SEND gets ERR STORE');
+  await b.c.ping();
+  assert.ok(isRunning(b.relay), 'the relay is still running');
+  assert.match(b.relay.log.join(''), /"event":"store write failed","code":"IO"/, 'the relay logs the I/O failure');
+  b.c.close();
+  const code = await signalRelay(b.relay, 'SIGTERM');
+  t.diagnostic(`relay with failing fsync stopped with ${code}`);
+
+  // 3. Restarted without fault injection: every OK'd message is there; nothing that was not sent.
+  const relay = await launch({ dataDir: b.dataDir });
+  const c = await RelayClient.connect(relay.address);
+  const seqs = await drain(c, b.q, b.bodies.seqOf);
+  c.close();
+  assert.equal(await signalRelay(relay, 'SIGTERM'), 0);
+  t.diagnostic(`after restart: ${seqs.length} messages, ${seqs.filter((s) => !ok.has(s)).length} of them never OK'd`);
+  assert.deepEqual(seqs.slice(0, k), [...Array(k).keys()], 'every OK\'d message survives, in order');
+  assert.ok(seqs.every((s) => s >= 0 && s < k + 20), 'nothing that was never sent appears');
+});
+
+/** A stopped relay's data folder whose store holds a few hundred small messages (many b-tree pages). */
+async function storeWithMessages(): Promise<string> {
+  const dataDir = scratch('murmure-corrupt-');
+  const relay = await launch({ dataDir });
+  const c = await RelayClient.connect(relay.address);
+  const { q, senderKey } = await securedQueue(c);
+  const { body } = numberedBodies(300);
+  await Promise.all(Array.from({ length: 120 }, (_, seq) => c.send(q.sndId, senderKey.privateKey, body(seq))));
+  c.close();
+  assert.equal(await signalRelay(relay, 'SIGTERM'), 0);
+  assert.equal(existsSync(join(dataDir, 'relay.sqlite-wal')), false, 'the clean stop checkpointed the WAL');
+  return dataDir;
+}
+
+/** Runs `murmure relay start` on a damaged store: it must fail fast, in one line, without touching the file. */
+function assertRefusesToStart(dataDir: string): void {
+  const db = join(dataDir, 'relay.sqlite');
+  const hash = (): string => createHash('sha256').update(readFileSync(db)).digest('hex');
+  const before = hash();
+  const r = spawnSync(process.execPath, [MURMURE_BIN, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', '0'], { encoding: 'utf8', timeout: 15_000 });
+  assert.equal(r.signal, null, `the relay exited by itself (stdout: ${r.stdout})`);
+  assert.notEqual(r.status, 0, 'exit code is not 0');
+  assert.equal(r.stdout, '', 'no address is printed');
+  const lines = r.stderr.split('\n').filter((l) => l !== '');
+  assert.equal(lines.length, 1, `one line on stderr: ${JSON.stringify(r.stderr)}`);
+  assert.ok(!r.stderr.split('\n').some((l) => l.startsWith('    at ')), 'no stack trace');
+  assert.match(lines[0]!, /^murmure: .*(corrupt|integrity)/i, 'the line says the store is damaged');
+  assert.equal(hash(), before, 'the store file is unchanged');
+
+  const j = spawnSync(process.execPath, [MURMURE_BIN, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', '0', '--json'], { encoding: 'utf8', timeout: 15_000 });
+  assert.notEqual(j.status, 0, 'exit code is not 0 with --json either');
+  assert.equal((JSON.parse(j.stdout) as { error: { code: string } }).error.code, 'STORE_CORRUPT', 'the JSON error names the cause');
+  assert.ok(!j.stderr.split('\n').some((l) => l.startsWith('    at ')), 'no stack trace with --json');
+  assert.equal(hash(), before, 'the store file is unchanged');
+}
+
+test('a store with flipped bytes in the middle is refused at start with one clear line, and left as it was (F9)', { timeout: 60_000 }, async (t) => {
+  const dataDir = await storeWithMessages();
+  const db = join(dataDir, 'relay.sqlite');
+  const bytes = readFileSync(db);
+  const raw = bytes.readUInt16BE(16);
+  const pageSize = raw === 1 ? 65_536 : raw;
+  const pages = bytes.length / pageSize;
+  assert.ok(pages >= 10, `the store has pages to damage (${pages})`);
+  const mid = Math.floor(pages / 2);
+  const at = mid * pageSize;
+  t.diagnostic(`${pages} pages of ${pageSize} bytes; flipping the header of page ${mid + 1} (type ${bytes[at]})`);
+  assert.ok([2, 5, 10, 13].includes(bytes[at]!), 'the middle page is a b-tree page');
+  for (let i = at; i < at + 12; i++) bytes[i] = bytes[i]! ^ 0xff;
+  writeFileSync(db, bytes);
+  assertRefusesToStart(dataDir);
+});
+
+test('a store cut short is refused at start with one clear line, and left as it was (F9)', { timeout: 60_000 }, async () => {
+  const dataDir = await storeWithMessages();
+  const db = join(dataDir, 'relay.sqlite');
+  const bytes = readFileSync(db);
+  const raw = bytes.readUInt16BE(16);
+  const pageSize = raw === 1 ? 65_536 : raw;
+  truncateSync(db, Math.floor(bytes.length / pageSize / 2) * pageSize);
+  assertRefusesToStart(dataDir);
+});
