@@ -276,9 +276,15 @@ export class Agent extends EventEmitter {
     this.pool.close();
   }
 
-  /** Whether nothing is queued for sending and no handshake waits on us. */
+  /**
+   * Whether nothing is queued for sending and no handshake waits on us. Messages to a contact
+   * that has not answered our confirmation yet wait on the contact, not on us: they do not count.
+   */
   idle(): boolean {
-    return this.store.queued(1).length === 0 && !this.store.connections().some((c) => c.status === 'accepting');
+    const conns = this.store.connections();
+    if (conns.some((c) => c.status === 'accepting')) return false;
+    const connected = new Set(conns.filter((c) => c.status === 'connected').map((c) => c.id));
+    return this.store.queued(OUTBOX_BATCH).every((r) => r.kind !== 'confirmation' && !connected.has(r.conn_id));
   }
 
   /** Connections, for the owner. */

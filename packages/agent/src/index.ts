@@ -6,6 +6,7 @@
 
 export * from './transport/relay-client.js';
 export { RelayPool } from './transport/relay-pool.js';
+export * from './transport/socks.js';
 export * from './agent.js';
 export { AgentError, type AgentErrorCode } from './errors.js';
 export { LocalDatabase, deriveDatabaseKey, loadSalt, type Migration } from './store/database.js';
