@@ -193,7 +193,11 @@ export class Agent extends EventEmitter {
         ? { connectOptions: (relay: string, isolation: string) => ({ timeoutMs: SOCKS_CONNECT_TIMEOUT_MS + CONNECT_TIMEOUT_MS, ...opts.connectOptions?.(relay), createConnection: socks5Connection(socks5, this.socksCredentials(isolation)) }) }
         : opts.connectOptions ? { connectOptions: opts.connectOptions } : {}),
     });
-    this.pool.on('up', () => this.kickOutbox());
+    this.pool.on('up', () => {
+      // A relay is back: what waited for it need not wait out its backoff.
+      this.store.retryNow();
+      this.kickOutbox();
+    });
   }
 
   /** The pool's isolation key of a connection's receive or send queue: '' (shared) without a proxy. */
@@ -665,6 +669,7 @@ export class Agent extends EventEmitter {
     this.store.local.transaction(() => {
       this.store.applyState(c.state_owner, state.takeWrites());
       this.store.updateConnection(connId, changes);
+      if (changes.status === 'connected') this.store.confirmationDelivered(connId);
       for (const ev of events) this.handler.incoming(ev);
       if (changes.status === 'connected') this.handler.connected(connId);
     });
@@ -938,7 +943,9 @@ export class Agent extends EventEmitter {
         // The queue expires on the relay if it cannot be deleted now.
       }
     }
-    this.store.local.transaction(() => this.store.deleteConnection(connId, c.state_owner, c.state_owner === c.id));
+    // Contacts that came through a long-term address share its libsignal state: it goes with the
+    // last connection that uses it, not with the address.
+    this.store.local.transaction(() => this.store.deleteConnection(connId, c.state_owner));
     this.pool.drop(this.route('rcv', connId));
     this.pool.drop(this.route('snd', connId));
   }

@@ -165,6 +165,9 @@ export class AgentStore {
       outboxBody: db.prepare('SELECT body, frame_key, nonce FROM agent_outbox WHERE id = ?'),
       outboxSent: db.prepare("UPDATE agent_outbox SET status = 'sent', body = x'' WHERE id = ?"),
       outboxRetry: db.prepare('UPDATE agent_outbox SET attempts = attempts + 1, next_attempt_at = ? WHERE id = ?'),
+      outboxConfirmed: db.prepare("UPDATE agent_outbox SET status = 'sent', body = x'' WHERE conn_id = ? AND kind = 'confirmation' AND status = 'queued'"),
+      stateUsers: db.prepare("SELECT count(*) FROM agent_connections WHERE state_owner = ? AND id <> ? AND status <> 'deleted'", { pluck: true }),
+      outboxRetryNow: db.prepare("UPDATE agent_outbox SET next_attempt_at = 0 WHERE status = 'queued' AND next_attempt_at > 0"),
       outboxFail: db.prepare("UPDATE agent_outbox SET status = 'failed', body = x'' WHERE id = ?"),
       outboxDelConn: db.prepare('DELETE FROM agent_outbox WHERE conn_id = ?'),
     };
@@ -243,15 +246,28 @@ export class AgentStore {
     this.st.outboxRetry.run([at, id] as Params);
   }
 
+  /** The contact answered: a confirmation still queued (its OK was lost) was delivered. */
+  confirmationDelivered(connId: string): void {
+    this.st.outboxConfirmed.run([connId] as Params);
+  }
+
+  /** Makes every waiting body due now (a relay came back). */
+  retryNow(): void {
+    this.st.outboxRetryNow.run();
+  }
+
   /** Gives up on a body. */
   markFailed(id: number): void {
     this.st.outboxFail.run([id] as Params);
   }
 
-  /** Deletes a connection's state and outbox (its row is kept as deleted). */
-  deleteConnection(id: string, stateOwner: string, ownsState: boolean): void {
+  /**
+   * Deletes a connection's outbox, and its libsignal state unless other connections (contacts
+   * made through the same address) still use it; the row is kept as deleted.
+   */
+  deleteConnection(id: string, stateOwner: string): void {
     this.st.outboxDelConn.run([id] as Params);
-    if (ownsState) this.st.stateDelOwner.run([stateOwner] as Params);
+    if (Number(this.st.stateUsers.get([stateOwner, id] as Params)) === 0) this.st.stateDelOwner.run([stateOwner] as Params);
     this.updateConnection(id, {
       status: 'deleted',
       rcv_sig_key: null,
@@ -261,6 +277,7 @@ export class AgentStore {
       snd_auth_key: null,
       snd_e2e_key: null,
       link_id: null,
+      local_identity: new Uint8Array(0),
     });
   }
 }

@@ -29,7 +29,8 @@ export const HASH_LENGTH = 32;
 export const QUEUE_BOX_NONCE_LENGTH = 12;
 /**
  * Every plaintext inside the per-queue box is padded to this size, so all messages of a
- * connection look alike to the relay: 16,064 (relay body limit) - 62 (frame, key, nonce, tag).
+ * connection look alike to the relay. It leaves room under the relay's 16,064-byte body limit
+ * for the frame (2), the sender's box key (32), the nonce (12) and the tag (16).
  */
 export const QUEUE_BOX_PADDED = 15_936;
 /** Largest chat payload an envelope carries (leaves room for libsignal's PreKey overhead). */
