@@ -31,6 +31,8 @@ Usage:
 
 Global options, before or after the command:
   --home DIR (or MURMURE_HOME; default ~/.murmure)   --profile NAME   --json
+  --socks5 HOST:PORT (or MURMURE_SOCKS5)   reach relays through a SOCKS5 proxy such as Tor
+                                           (127.0.0.1:9050), each queue on a circuit of its own
 The passphrase comes from MURMURE_PASSPHRASE or is asked for on the terminal.
 
   murmure relay init  --data DIR [--host H] [--port P]

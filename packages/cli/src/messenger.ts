@@ -12,8 +12,10 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 
-import { Chat, ChatError, type ChatEvent, type ContactView, type MessageView } from '@murmure/chat';
+import { Chat, ChatError, parseSocks5Proxy, type ChatEvent, type ContactView, type MessageView, type Socks5Proxy } from '@murmure/chat';
 import QRCode from 'qrcode';
+
+import { runChatTui, sanitizeLine, sanitizeText } from './tui.js';
 
 /** Where output goes. */
 export type Out = { write(s: string): unknown; isTTY?: boolean };
@@ -30,6 +32,7 @@ const OPTIONS = {
   home: { type: 'string' },
   json: { type: 'boolean' },
   profile: { type: 'string' },
+  socks5: { type: 'string' },
   name: { type: 'string' },
   relay: { type: 'string' },
   address: { type: 'boolean' },
@@ -45,7 +48,18 @@ const OPTIONS = {
 /** The commands this module runs. */
 export const MESSENGER_COMMANDS = ['init', 'invite', 'connect', 'sync', 'contacts', 'send', 'messages', 'verify', 'delete-contact', 'receipts', 'passphrase', 'chat'] as const;
 
-type Ctx = Readonly<{ out: Out; err: Out; json: boolean; home: string; profile: string | undefined }>;
+type Ctx = Readonly<{ out: Out; err: Out; json: boolean; home: string; profile: string | undefined; socks5?: Socks5Proxy | undefined }>;
+
+/** The SOCKS5 proxy from --socks5 HOST:PORT or MURMURE_SOCKS5 (e.g. Tor's 127.0.0.1:9050). */
+function socks5Option(value: string | undefined): Socks5Proxy | undefined {
+  const text = value ?? process.env['MURMURE_SOCKS5'];
+  if (text === undefined || text === '') return undefined;
+  try {
+    return parseSocks5Proxy(text);
+  } catch (e) {
+    throw new UsageError(e instanceof Error ? e.message : 'bad --socks5');
+  }
+}
 
 function parse(argv: readonly string[]) {
   try {
@@ -63,6 +77,12 @@ async function passphrase(ctx: Ctx, prompt: string, confirm = false): Promise<st
   const first = await ask(prompt);
   if (confirm && (await ask('Repeat it: ')) !== first) throw new UsageError('the passphrases differ');
   if (first.length === 0) throw new UsageError('the passphrase is empty');
+  return first;
+}
+
+async function askTwice(prompt: string): Promise<string> {
+  const first = await ask(prompt);
+  if ((await ask('Repeat it: ')) !== first) throw new UsageError('the passphrases differ');
   return first;
 }
 
@@ -92,9 +112,9 @@ function time(ms: number): string {
 const MARK: Record<MessageView['status'], string> = { queued: '…', sent: '✓', delivered: '✓✓', received: '', failed: '✗' };
 
 function messageLine(m: MessageView): string {
-  if (m.kind !== 'text') return `${time(m.receivedAt ?? m.sentAt)}  ! ${m.contact}: ${m.text}`;
-  const who = m.direction === 'out' ? 'you' : m.contact;
-  return `${time(m.sentAt)}  ${who}: ${m.text}${m.direction === 'out' ? ` ${MARK[m.status]}` : ''}`;
+  if (m.kind !== 'text') return `${time(m.receivedAt ?? m.sentAt)}  ! ${sanitizeLine(m.contact)}: ${sanitizeText(m.text)}`;
+  const who = m.direction === 'out' ? 'you' : sanitizeLine(m.contact);
+  return `${time(m.sentAt)}  ${who}: ${sanitizeText(m.text)}${m.direction === 'out' ? ` ${MARK[m.status]}` : ''}`;
 }
 
 function messageJson(m: MessageView): Record<string, unknown> {
@@ -106,7 +126,7 @@ function contactJson(c: ContactView): Record<string, unknown> {
 }
 
 async function openChat(ctx: Ctx, create = false): Promise<Chat> {
-  return Chat.open({ home: ctx.home, passphrase: await passphrase(ctx, 'Passphrase: ', create), create });
+  return Chat.open({ home: ctx.home, passphrase: await passphrase(ctx, 'Passphrase: ', create), create, ...(ctx.socks5 === undefined ? {} : { socks5: ctx.socks5 }) });
 }
 
 async function withChat<T>(ctx: Ctx, f: (chat: Chat) => Promise<T> | T): Promise<T> {
@@ -128,7 +148,7 @@ export async function runMessenger(argv: readonly string[], out: Out, err: Out):
   const { values, positionals } = parse(argv);
   const json = values.json === true;
   const homeOpt = values.home ?? process.env['MURMURE_HOME'] ?? join(homedir(), '.murmure');
-  const ctx: Ctx = { out, err, json, home: resolve(homeOpt), profile: values.profile };
+  const ctx: Ctx = { out, err, json, home: resolve(homeOpt), profile: values.profile, socks5: socks5Option(values.socks5) };
   const [cmd, ...args] = positionals;
   const need = (n: number, usage: string) => {
     if (args.length !== n) throw new UsageError(`usage: murmure ${usage}`);
@@ -216,12 +236,19 @@ export async function runMessenger(argv: readonly string[], out: Out, err: Out):
     case 'passphrase': {
       if (args[0] !== 'change' || args.length !== 1) throw new UsageError('usage: murmure passphrase change');
       const old = await passphrase(ctx, 'Current passphrase: ');
-      const next = process.env['MURMURE_NEW_PASSPHRASE'] ?? (await passphrase({ ...ctx }, 'New passphrase: ', true));
+      // The new passphrase never comes from MURMURE_PASSPHRASE, which holds the current one.
+      const next = process.env['MURMURE_NEW_PASSPHRASE'] ?? (process.stdin.isTTY ? await askTwice('New passphrase: ') : undefined);
+      if (next === undefined) throw new UsageError('set MURMURE_NEW_PASSPHRASE or run in a terminal to type the new passphrase');
       if (next.length === 0) throw new UsageError('the new passphrase is empty');
       Chat.changePassphrase(ctx.home, old, next);
       print(ctx, { type: 'passphrase-changed' }, 'Passphrase changed.');
       return 0;
     }
+    case 'chat':
+      need(0, 'chat');
+      if (ctx.json) throw new UsageError("'murmure chat' is interactive and has no --json output");
+      if (process.stdin.isTTY !== true || process.stdout.isTTY !== true) throw new UsageError("'murmure chat' needs a terminal on stdin and stdout (use 'murmure sync', 'send' and 'messages' in scripts)");
+      return withChat(ctx, (chat) => runChatTui(chat, ctx.profile, { input: process.stdin, output: process.stdout }));
     default:
       throw new UsageError(`unknown command '${cmd ?? ''}' (see murmure --help)`);
   }
