@@ -881,8 +881,12 @@ export class Agent extends EventEmitter {
           accepted.push(r);
         } catch (e) {
           stop = true;
-          if (this.now() - r.created_at > SEND_GIVE_UP_MS) {
+          // A secured queue that refuses our key is gone (the contact deleted the conversation)
+          // or suspended: waiting will not help. A confirmation's AUTH is settled by the reply.
+          const refused = RelayClientError.is(e, 'AUTH') && r.kind !== 'confirmation';
+          if (refused || this.now() - r.created_at > SEND_GIVE_UP_MS) {
             failedRows.push(r);
+            if (refused) this.emit('problem', { connId, code: 'NOT_CONNECTED', message: "the contact's relay refuses messages for this conversation (it may have been deleted)" });
             continue;
           }
           // A full queue drains as the contact reads it: look again soon, without backing off far.

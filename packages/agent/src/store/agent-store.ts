@@ -277,7 +277,8 @@ export class AgentStore {
       snd_auth_key: null,
       snd_e2e_key: null,
       link_id: null,
-      local_identity: new Uint8Array(0),
+      // One zero byte: the driver binds an empty blob as NULL, which the NOT NULL column refuses.
+      local_identity: Uint8Array.of(0),
     });
   }
 }
