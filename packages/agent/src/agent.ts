@@ -70,7 +70,7 @@ import {
 
 import { AgentError } from './errors.js';
 import type { LocalDatabase } from './store/database.js';
-import { AgentStore, type ConnectionRow, type ConnectionStatus } from './store/agent-store.js';
+import { AgentStore, NEXT_QUEUE_COLUMNS, OLD_QUEUE_COLUMNS, type ConnectionRow, type ConnectionStatus } from './store/agent-store.js';
 import { CONNECT_TIMEOUT_MS, RelayClientError, openDelivered, type ConnectOptions, type PushedMessage, type RecipientQueue, type RelayClient } from './transport/relay-client.js';
 import { RelayPool } from './transport/relay-pool.js';
 import { SOCKS_CONNECT_TIMEOUT_MS, randomSocksCredentials, socks5Connection, type Socks5Credentials, type Socks5Proxy } from './transport/socks.js';
@@ -91,6 +91,16 @@ export const OUTBOX_BATCH = 1024;
 export const RECEIPT_DELAY_MS = 50;
 /** An outgoing message is given up after this long without the relay accepting it. */
 export const SEND_GIVE_UP_MS = 2 * 86_400_000;
+/**
+ * During a queue switch, a message on the new queue that skips sequence numbers is held back
+ * (not processed, not ACKed) while the old queue may still deliver the missing ones: until this
+ * long has passed without a message on the old queue.
+ */
+export const SWITCH_HOLD_MS = 1500;
+/** How often the agent looks again whether an old queue is empty, to delete it. */
+export const RETIRE_RETRY_MS = 1000;
+/** How long it waits before trying again when the old queue's relay could not be reached. */
+export const RETIRE_ERROR_RETRY_MS = 10_000;
 
 const LINK_AAD = new TextEncoder().encode('murmure-link-v1');
 const ZERO_HASH = new Uint8Array(HASH_LENGTH);
@@ -121,6 +131,16 @@ export type AgentHandler = Readonly<{
   replyPayload(connId: string): Uint8Array;
 }>;
 
+/** Which of a connection's receive queues a message came on: its current one, or the next or old one of a switch. */
+type RcvSlot = Readonly<{ slot: 'current' | 'next' | 'old'; relay: string; q: RecipientQueue; e2eKey: Uint8Array }>;
+
+/**
+ * Progress of a queue switch, emitted as `switch` events: `started` (we made a new queue and
+ * queued SWITCH), `moved` (the contact's SWITCH moved our sending to its new queue), `promoted`
+ * (the contact's first message arrived on our new queue), `retired` (the old queue was deleted).
+ */
+export type SwitchEvent = Readonly<{ connId: string; phase: 'started' | 'moved' | 'promoted' | 'retired'; relay: string }>;
+
 /** A connection as the owner sees it. */
 export type ConnectionInfo = Readonly<{ id: string; kind: ConnectionRow['kind']; status: ConnectionStatus; receipts: boolean; createdAt: number }>;
 
@@ -137,6 +157,11 @@ export type AgentOptions = Readonly<{
    */
   socks5?: Socks5Proxy;
 }>;
+
+/** `{ column: null }` for each column, to clear a group of columns. */
+function nullColumns<K extends string>(cols: readonly K[]): Record<K, null> {
+  return Object.fromEntries(cols.map((k) => [k, null])) as Record<K, null>;
+}
 
 function sha256(b: Uint8Array): Uint8Array {
   return new Uint8Array(createHash('sha256').update(b).digest());
@@ -161,7 +186,7 @@ class KeyedMutex {
   }
 }
 
-/** The agent. Events (after commit): `event` (IncomingEvent), `sent`, `connected`, `problem`. */
+/** The agent. Events (after commit): `event` (IncomingEvent), `sent`, `connected`, `problem`, `switch` (SwitchEvent). */
 export class Agent extends EventEmitter {
   readonly store: AgentStore;
   private readonly pool: RelayPool;
@@ -178,6 +203,10 @@ export class Agent extends EventEmitter {
   private readonly isolate: boolean;
   /** SOCKS credentials by isolation key, random and kept for the life of the process. */
   private readonly socksAuth = new Map<string, Socks5Credentials>();
+  /** A message held back during a queue switch, per connection (see SWITCH_HOLD_MS). */
+  private readonly held = new Map<string, { client: RelayClient; m: PushedMessage; timer: NodeJS.Timeout }>();
+  /** Connections whose old queue is being retired (a check is running or scheduled). */
+  private readonly retiring = new Set<string>();
 
   constructor(opts: AgentOptions) {
     super();
@@ -219,7 +248,7 @@ export class Agent extends EventEmitter {
     const routes = new Map<string, [string, string]>();
     for (const c of this.store.connections()) {
       if (this.isolate && c.status === 'deleted') continue;
-      if (c.rcv_relay !== null) routes.set(`${c.rcv_relay}\n${this.route('rcv', c.id)}`, [c.rcv_relay, this.route('rcv', c.id)]);
+      for (const r of [c.rcv_relay, c.next_rcv_relay, c.old_rcv_relay]) if (r !== null) routes.set(`${r}\n${this.route('rcv', c.id)}`, [r, this.route('rcv', c.id)]);
       if (c.snd_relay !== null) routes.set(`${c.snd_relay}\n${this.route('snd', c.id)}`, [c.snd_relay, this.route('snd', c.id)]);
     }
     return [...routes.values()];
@@ -244,7 +273,10 @@ export class Agent extends EventEmitter {
   /** Goes online: connects to every relay in use, subscribes, resumes handshakes and sending. */
   start(): void {
     for (const [r, isolation] of this.routes()) this.pool.keep(r, isolation);
-    for (const c of this.store.connections()) if (c.status === 'accepting') this.track(this.finishAccept(c.id));
+    for (const c of this.store.connections()) {
+      if (c.status === 'accepting') this.track(this.finishAccept(c.id));
+      if (c.old_rcv_id !== null) this.scheduleRetire(c.id, 0);
+    }
     this.kickOutbox();
   }
 
@@ -276,6 +308,9 @@ export class Agent extends EventEmitter {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.outboxTimer !== null) clearTimeout(this.outboxTimer);
+    // Held messages were not ACKed: the relay delivers them again on the next SUB.
+    for (const h of this.held.values()) clearTimeout(h.timer);
+    this.held.clear();
     await Promise.allSettled([...this.inflight]);
     this.pool.close();
   }
@@ -299,9 +334,22 @@ export class Agent extends EventEmitter {
   private queuesOn(relay: string, isolation: string): RecipientQueue[] {
     const out: RecipientQueue[] = [];
     for (const c of this.store.connections()) {
-      const q = this.recipientQueue(c);
-      if (q !== null && c.rcv_relay === relay && this.route('rcv', c.id) === isolation) out.push(q);
+      if (this.route('rcv', c.id) !== isolation) continue;
+      for (const s of this.rcvSlots(c)) if (s.relay === relay) out.push(s.q);
     }
+    return out;
+  }
+
+  /** A connection's receive queues: the current one, and during a switch the next or old one. */
+  private rcvSlots(c: ConnectionRow): RcvSlot[] {
+    const out: RcvSlot[] = [];
+    const add = (slot: RcvSlot['slot'], relay: string | null, rcvId: Uint8Array | null, sndId: Uint8Array | null, sig: Uint8Array | null, auth: Uint8Array | null, box: Uint8Array | null, e2e: Uint8Array | null) => {
+      if (relay === null || rcvId === null || sndId === null || sig === null || auth === null || box === null || e2e === null) return;
+      out.push({ slot, relay, e2eKey: e2e, q: { rcvId, sndId, sigKey: this.keys(sig), authKey: this.keys(auth), boxKey: box } });
+    };
+    add('current', c.rcv_relay, c.rcv_id, c.rcv_snd_id, c.rcv_sig_key, c.rcv_auth_key, c.rcv_box_key, c.rcv_e2e_key);
+    add('next', c.next_rcv_relay, c.next_rcv_id, c.next_rcv_snd_id, c.next_rcv_sig_key, c.next_rcv_auth_key, c.next_rcv_box_key, c.next_rcv_e2e_key);
+    add('old', c.old_rcv_relay, c.old_rcv_id, c.old_rcv_snd_id, c.old_rcv_sig_key, c.old_rcv_auth_key, c.old_rcv_box_key, c.old_rcv_e2e_key);
     return out;
   }
 
@@ -360,6 +408,7 @@ export class Agent extends EventEmitter {
       receipts: 1, created_at: this.now(), rcv_relay: null, rcv_id: null, rcv_snd_id: null, rcv_sig_key: null, rcv_auth_key: null,
       rcv_box_key: null, rcv_e2e_key: null, rcv_peer_e2e: null, pending_snd_auth: null, link_id: null, snd_relay: null, snd_id: null,
       snd_auth_key: null, snd_e2e_key: null, snd_peer_e2e: null, next_send_seq: 1, last_sent_hash: ZERO_HASH, last_rcv_seq: 0, last_rcv_hash: ZERO_HASH,
+      ...nullColumns(NEXT_QUEUE_COLUMNS), ...nullColumns(OLD_QUEUE_COLUMNS),
     };
   }
 
@@ -539,27 +588,60 @@ export class Agent extends EventEmitter {
 
   // Receiving.
 
-  private async onPush(client: RelayClient, m: PushedMessage): Promise<void> {
-    const c = this.store.connectionByRcvId(m.rcvId);
-    const q = c === undefined ? null : this.recipientQueue(c);
-    if (c === undefined || q === null) return;
-    await this.mutex.run(c.state_owner, async () => {
-      let ack = true;
+  private async onPush(client: RelayClient, m: PushedMessage, force = false): Promise<void> {
+    const found = this.store.connectionByRcvId(m.rcvId);
+    if (found === undefined) return;
+    const connId = found.id;
+    let processed = false;
+    await this.mutex.run(found.state_owner, async () => {
+      // Looked up again under the lock: a switch may have moved this queue from next to current.
+      const c = this.store.connection(connId);
+      const slot = c === undefined ? undefined : this.rcvSlots(c).find((s) => eq(s.q.rcvId, m.rcvId));
+      if (slot === undefined) return;
+      let ack: boolean | 'hold' = true;
       try {
-        ack = await this.receive(c.id, q, m);
+        ack = await this.receive(connId, slot, m, force);
       } catch (e) {
         // Unexpected (a database failure): do not ACK, the relay re-delivers after reconnection.
         ack = false;
-        this.emit('problem', { connId: c.id, code: e instanceof AgentError ? e.code : 'INVALID', message: 'a message could not be stored' });
+        this.emit('problem', { connId, code: e instanceof AgentError ? e.code : 'INVALID', message: 'a message could not be stored' });
       }
-      if (ack) await client.ack(q, m.msgId).catch(() => undefined);
+      if (ack === 'hold') {
+        this.hold(connId, client, m);
+        return;
+      }
+      processed = true;
+      if (ack) await client.ack(slot.q, m.msgId).catch(() => undefined);
     });
+    // Progress on the other queue of a switch may have filled the gap a held message waits on.
+    const h = this.held.get(connId);
+    if (processed && h !== undefined && !eq(h.m.msgId, m.msgId)) this.release(connId, false);
   }
 
-  /** Processes one delivered message; resolves with whether to ACK it. */
-  private async receive(connId: string, q: RecipientQueue, m: PushedMessage): Promise<boolean> {
+  /** Holds back a message that arrived on the new queue of a switch ahead of the old queue's. */
+  private hold(connId: string, client: RelayClient, m: PushedMessage): void {
+    const prev = this.held.get(connId);
+    if (prev !== undefined) clearTimeout(prev.timer);
+    if (this.stopped) return;
+    const timer = setTimeout(() => this.release(connId, true), SWITCH_HOLD_MS);
+    timer.unref();
+    this.held.set(connId, { client, m, timer });
+  }
+
+  /** Processes a held message again; with `force`, even if the gap before it remains. */
+  private release(connId: string, force: boolean): void {
+    const h = this.held.get(connId);
+    if (h === undefined) return;
+    clearTimeout(h.timer);
+    this.held.delete(connId);
+    if (!this.stopped) this.track(this.onPush(h.client, h.m, force));
+  }
+
+  /** Processes one delivered message; resolves with whether to ACK it, or 'hold' (see SWITCH_HOLD_MS). */
+  private async receive(connId: string, slot: RcvSlot, m: PushedMessage, force: boolean): Promise<boolean | 'hold'> {
+    const q = slot.q;
     const c = this.store.connection(connId);
-    if (c === undefined || c.status === 'deleted' || c.rcv_e2e_key === null) return true;
+    if (c === undefined || c.status === 'deleted') return true;
     const problem = (message: string) => {
       this.emit('problem', { connId, code: 'INVALID', message });
       return true;
@@ -583,7 +665,7 @@ export class Agent extends EventEmitter {
     } else if (frame.senderKey !== null && !eq(frame.senderKey, peerE2e)) {
       return problem('a second confirmation for a used link was dropped');
     }
-    const boxKey = this.boxKey(c.rcv_e2e_key, peerE2e);
+    const boxKey = this.boxKey(slot.e2eKey, peerE2e);
     const aad = Uint8Array.of(AGENT_VERSION, frame.senderKey === null ? 1 : 0);
     const opened = boxKey === null ? null : openWithNonce(boxKey, frame.nonce, aad, frame.sealed);
     if (opened === null) return problem('a message failed end-to-end authentication and was dropped');
@@ -611,16 +693,38 @@ export class Agent extends EventEmitter {
     }
     const hash = sha256(plain);
     if (viaAddress) return this.acceptViaAddress(c, state, remoteName, peerE2e, env, hash);
+    // A switch: the contact moves to the new queue once it has our SWITCH, and what it sent
+    // before that is still on the old queue. A message on the new queue that skips numbers waits
+    // for them there (unACKed: the relay sends nothing more from the new queue meanwhile).
+    const switching = slot.slot === 'next' || (slot.slot === 'current' && c.old_rcv_id !== null);
+    if (switching && !force && env.seq > c.last_rcv_seq + 1) return 'hold';
     const events: IncomingEvent[] = [];
     const changes: Partial<ConnectionRow> = { rcv_peer_e2e: peerE2e };
+    // The contact's first message on the new queue: it becomes our receive queue, and the
+    // current one becomes the old one, read until it is empty and then deleted.
+    const promoted = slot.slot === 'next';
+    if (promoted) {
+      Object.assign(changes, {
+        old_rcv_relay: c.rcv_relay, old_rcv_id: c.rcv_id, old_rcv_snd_id: c.rcv_snd_id, old_rcv_sig_key: c.rcv_sig_key,
+        old_rcv_auth_key: c.rcv_auth_key, old_rcv_box_key: c.rcv_box_key, old_rcv_e2e_key: c.rcv_e2e_key,
+        rcv_relay: c.next_rcv_relay, rcv_id: c.next_rcv_id, rcv_snd_id: c.next_rcv_snd_id, rcv_sig_key: c.next_rcv_sig_key,
+        rcv_auth_key: c.next_rcv_auth_key, rcv_box_key: c.next_rcv_box_key, rcv_e2e_key: c.next_rcv_e2e_key,
+        ...nullColumns(NEXT_QUEUE_COLUMNS),
+      } satisfies Partial<ConnectionRow>);
+    }
     // A message or receipt older than the last one seen that the ratchet accepted all the same
     // came late (the relay reordered it): it was reported in a gap, and is shown now without
     // moving the sequence or the hash chain. The ratchet uses each message key once, so a replay
     // fails to decrypt as a duplicate above and never gets here.
     const late = env.seq <= c.last_rcv_seq && (env.body.type === 'MESSAGE' || env.body.type === 'RECEIPT');
     if (env.seq <= c.last_rcv_seq && !late) {
-      // A replay of an older handshake message the ratchet still accepted: keep the ratchet step, show nothing.
-      this.store.local.transaction(() => this.store.applyState(c.state_owner, state.takeWrites()));
+      // A replay of an older handshake message (or a switch) the ratchet still accepted: keep the
+      // ratchet step, show nothing. A late SWITCH is ignored: a newer one may have superseded it.
+      this.store.local.transaction(() => {
+        this.store.applyState(c.state_owner, state.takeWrites());
+        if (promoted) this.store.updateConnection(connId, changes);
+      });
+      if (promoted) this.afterPromotion(connId, slot.relay);
       return true;
     }
     if (!late) {
@@ -665,6 +769,21 @@ export class Agent extends EventEmitter {
       case 'RECEIPT':
         events.push({ type: 'receipt', connId, seqs: b.seqs });
         break;
+      case 'SWITCH': {
+        if (c.status !== 'connected') return problem('an unexpected queue switch was dropped');
+        // Send to the new queue from now on; our box key toward the contact stays the same, and
+        // queued bodies are boxed for the new queue when they are sent.
+        const relay = formatRelayAddress(b.newQueue.relay);
+        this.switchSendQueue(changes, b.newQueue);
+        changes.snd_auth_key = exportPrivateKey(dhKeyPairFromRaw(b.senderKey).privateKey);
+        after = () => {
+          this.emit('switch', { connId, phase: 'moved', relay } satisfies SwitchEvent);
+          this.store.retryNow(connId);
+          this.pool.keep(relay, this.route('snd', connId));
+          this.kickOutbox();
+        };
+        break;
+      }
     }
     this.store.local.transaction(() => {
       this.store.applyState(c.state_owner, state.takeWrites());
@@ -675,8 +794,14 @@ export class Agent extends EventEmitter {
     });
     for (const ev of events) this.emit('event', ev);
     if (changes.status === 'connected') this.emit('connected', connId);
+    if (promoted) this.afterPromotion(connId, slot.relay);
     after?.();
     return true;
+  }
+
+  private afterPromotion(connId: string, relay: string): void {
+    this.emit('switch', { connId, phase: 'promoted', relay } satisfies SwitchEvent);
+    this.scheduleRetire(connId, 0);
   }
 
   /**
@@ -772,6 +897,114 @@ export class Agent extends EventEmitter {
     this.emit('connected', connId);
     if (c.snd_relay !== null) this.pool.keep(c.snd_relay, this.route('snd', connId));
     this.kickOutbox();
+  }
+
+  // Queue rotation.
+
+  /**
+   * Moves a contact's messages to us onto a new queue on `relay` (by default the relay we receive
+   * on now): makes the queue, secures it with a sender key made here, subscribes, and sends the
+   * key and the queue's address to the contact in a SWITCH through the outbox. The old queue is
+   * read until the contact's first message on the new one, then until it is empty, then deleted.
+   * While a switch waits for the contact, calling this again (with no relay or the same one)
+   * sends the same SWITCH again. Resolves with the relay once the SWITCH is queued.
+   */
+  async switchQueue(connId: string, relay?: string): Promise<{ relay: string }> {
+    const c = this.store.connection(connId);
+    if (c === undefined || c.status === 'deleted') throw new AgentError('NOT_FOUND', 'no such contact');
+    if (c.status !== 'connected' || c.kind !== 'contact' || c.rcv_relay === null) throw new AgentError('NOT_CONNECTED', 'this contact is not connected yet');
+    const target = relay ?? c.next_rcv_relay ?? c.rcv_relay;
+    try {
+      parseRelayAddress(target);
+    } catch (e) {
+      throw new AgentError('INVALID', ProtocolError.is(e) ? e.message : 'bad relay address', { cause: e });
+    }
+    if (c.next_rcv_id !== null && c.next_rcv_snd_id !== null && c.next_rcv_e2e_key !== null && c.next_snd_key !== null && c.next_rcv_relay !== null) {
+      if (target !== c.next_rcv_relay) throw new AgentError('INVALID', 'a switch to another relay waits for the contact; finish it first');
+      const newQueue: QueueAddress = { relay: parseRelayAddress(c.next_rcv_relay), sndId: c.next_rcv_snd_id, e2eKey: importKeyPair(c.next_rcv_e2e_key).publicKey };
+      await this.sendBody(connId, { type: 'SWITCH', newQueue, senderKey: c.next_snd_key }, 'message');
+      this.kickOutbox();
+      return { relay: target };
+    }
+    if (c.old_rcv_id !== null && (await this.retireOld(connId)) !== 'done') throw new AgentError('RELAY', 'the queue of the previous switch is not empty or cannot be deleted yet; try again later');
+    const client = await this.relayClient(target, this.route('rcv', connId));
+    const q = await client.createQueue().catch((e: unknown) => {
+      throw new AgentError('RELAY', 'the relay did not make a queue', { cause: e });
+    });
+    const senderKey = generateDhKeyPair(); // the contact's key for sending to the new queue
+    const e2e = generateDhKeyPair(); // the new queue's box key
+    await client.secure(q, senderKey.publicKey).catch((e: unknown) => {
+      throw new AgentError('RELAY', 'the relay did not secure the new queue', { cause: e });
+    });
+    const rawSender = rawDhPrivateKey(senderKey.privateKey);
+    const newQueue: QueueAddress = { relay: parseRelayAddress(target), sndId: q.sndId, e2eKey: e2e.publicKey };
+    await this.sendBody(connId, { type: 'SWITCH', newQueue, senderKey: rawSender }, 'message', () =>
+      this.store.updateConnection(connId, {
+        next_rcv_relay: target,
+        next_rcv_id: q.rcvId,
+        next_rcv_snd_id: q.sndId,
+        next_rcv_sig_key: exportPrivateKey(q.sigKey.privateKey),
+        next_rcv_auth_key: exportPrivateKey(q.authKey.privateKey),
+        next_rcv_box_key: q.boxKey,
+        next_rcv_e2e_key: exportPrivateKey(e2e.privateKey),
+        next_snd_key: rawSender,
+      }),
+    );
+    await client.subscribe(q).catch(() => undefined);
+    this.pool.keep(target, this.route('rcv', connId));
+    this.emit('switch', { connId, phase: 'started', relay: target } satisfies SwitchEvent);
+    this.kickOutbox();
+    return { relay: target };
+  }
+
+  /** Looks at a connection's old queue after `delayMs`, and again later until it is deleted. */
+  private scheduleRetire(connId: string, delayMs: number): void {
+    if (this.stopped || this.retiring.has(connId)) return;
+    this.retiring.add(connId);
+    setTimeout(() => {
+      this.retiring.delete(connId);
+      if (this.stopped) return;
+      this.track(
+        this.retireOld(connId).then((r) => {
+          if (r !== 'done') this.scheduleRetire(connId, r === 'error' ? RETIRE_ERROR_RETRY_MS : RETIRE_RETRY_MS);
+        }),
+      );
+    }, delayMs).unref();
+  }
+
+  /**
+   * Deletes a connection's old queue if it is empty; resolves with whether no old queue is left.
+   * Emptiness is asked with GET on a connection of its own (the subscribed one may not GET): the
+   * contact sends nothing more there once its messages reach the new queue, so NO_MSG means
+   * every message of the old queue was received and ACKed. Resolves with 'done' (no old queue
+   * left), 'pending' (it still holds messages) or 'error' (its relay could not be asked).
+   */
+  private async retireOld(connId: string): Promise<'done' | 'pending' | 'error'> {
+    const c = this.store.connection(connId);
+    if (c === undefined || c.status === 'deleted') return 'done';
+    const old = this.rcvSlots(c).find((s) => s.slot === 'old');
+    if (old === undefined) return 'done';
+    const isolation = `retire:${connId}`;
+    try {
+      const client = await this.pool.get(old.relay, isolation);
+      if ((await client.get(old.q)) !== null) return 'pending';
+      await client.deleteQueue(old.q).catch((e: unknown) => {
+        // Deleted already (by an earlier attempt whose OK was lost).
+        if (!RelayClientError.is(e, 'AUTH')) throw e;
+      });
+    } catch {
+      return 'error';
+    } finally {
+      this.pool.drop(isolation);
+    }
+    this.store.local.transaction(() => {
+      const now = this.store.connection(connId);
+      if (now !== undefined && eq(now.old_rcv_id, old.q.rcvId)) this.store.updateConnection(connId, nullColumns(OLD_QUEUE_COLUMNS));
+    });
+    this.emit('switch', { connId, phase: 'retired', relay: old.relay } satisfies SwitchEvent);
+    // A message held for numbers the old queue might still bring: they will not come.
+    if (this.held.has(connId)) this.release(connId, true);
+    return 'done';
   }
 
   private queueReceipt(connId: string, seq: number): void {
@@ -935,18 +1168,20 @@ export class Agent extends EventEmitter {
     return safetyNumber(local.identity.publicKey.serialize(), c.remote_identity);
   }
 
-  /** Deletes a connection: its queue on the relay, its keys and its outbox. */
+  /** Deletes a connection: its queues on the relays (during a switch, both), its keys and its outbox. */
   async deleteConnection(connId: string): Promise<void> {
     const c = this.store.connection(connId);
     if (c === undefined || c.status === 'deleted') throw new AgentError('NOT_FOUND', 'no such contact');
-    const q = this.recipientQueue(c);
-    if (q !== null && c.rcv_relay !== null) {
+    for (const s of this.rcvSlots(c)) {
       try {
-        await (await this.relayClient(c.rcv_relay, this.route('rcv', connId))).deleteQueue(q);
+        await (await this.relayClient(s.relay, this.route('rcv', connId))).deleteQueue(s.q);
       } catch {
         // The queue expires on the relay if it cannot be deleted now.
       }
     }
+    const h = this.held.get(connId);
+    if (h !== undefined) clearTimeout(h.timer);
+    this.held.delete(connId);
     // Contacts that came through a long-term address share its libsignal state: it goes with the
     // last connection that uses it, not with the address.
     this.store.local.transaction(() => this.store.deleteConnection(connId, c.state_owner));

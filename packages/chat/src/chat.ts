@@ -316,6 +316,29 @@ export class Chat extends EventEmitter {
     this.db.transaction(() => this.store.deleteContact(c.id));
   }
 
+  /**
+   * Moves a contact's messages to us onto a new queue on `relay` (default: the relay we receive
+   * on now), so that no queue lives forever and a contact can leave a relay that misbehaves. The
+   * contact learns of it inside the conversation; the old queue is deleted once it is empty.
+   */
+  async switchQueue(profileName: string | undefined, contact: string, relay?: string): Promise<{ contact: ContactView; relay: string }> {
+    const c = this.resolve(profileName, contact);
+    if (c.status !== 'connected') throw new ChatError('NOT_CONNECTED', `'${c.name}' has not connected yet`);
+    if (relay !== undefined) {
+      try {
+        parseRelayAddress(relay);
+      } catch (e) {
+        throw new ChatError('INVALID', e instanceof Error ? e.message : 'bad relay address', { cause: e });
+      }
+    }
+    try {
+      const r = await this.agent.switchQueue(c.id, relay);
+      return { contact: c, relay: r.relay };
+    } catch (e) {
+      throw ChatError.from(e);
+    }
+  }
+
   /** Turns delivery receipts to a contact on or off. */
   setReceipts(profileName: string | undefined, contact: string, on: boolean): void {
     this.agent.setReceipts(this.resolve(profileName, contact).id, on);

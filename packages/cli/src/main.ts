@@ -26,6 +26,8 @@ Usage:
   murmure verify CONTACT [--mark]            show (and record) the safety number
   murmure receipts CONTACT --on|--off        delivery receipts to a contact
   murmure delete-contact CONTACT             delete a contact and its queue
+  murmure switch CONTACT [--relay ADDRESS]   move a contact's messages to you onto a new queue
+                                           (on ADDRESS, or on the same relay); finishes on sync
   murmure passphrase change                  re-key the home with a new passphrase
   murmure chat                               full-screen terminal chat
 

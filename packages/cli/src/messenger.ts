@@ -46,7 +46,7 @@ const OPTIONS = {
 } as const;
 
 /** The commands this module runs. */
-export const MESSENGER_COMMANDS = ['init', 'invite', 'connect', 'sync', 'contacts', 'send', 'messages', 'verify', 'delete-contact', 'receipts', 'passphrase', 'chat'] as const;
+export const MESSENGER_COMMANDS = ['init', 'invite', 'connect', 'sync', 'contacts', 'send', 'messages', 'verify', 'delete-contact', 'receipts', 'switch', 'passphrase', 'chat'] as const;
 
 type Ctx = Readonly<{ out: Out; err: Out; json: boolean; home: string; profile: string | undefined; socks5?: Socks5Proxy | undefined }>;
 
@@ -222,6 +222,13 @@ export async function runMessenger(argv: readonly string[], out: Out, err: Out):
       return withChat(ctx, async (chat) => {
         await chat.deleteContact(ctx.profile, args[0]!);
         print(ctx, { type: 'deleted', contact: args[0] }, `Deleted ${args[0]}.`);
+        return 0;
+      });
+    case 'switch':
+      need(1, 'switch CONTACT [--relay ADDRESS]');
+      return withChat(ctx, async (chat) => {
+        const r = await chat.switchQueue(ctx.profile, args[0]!, values.relay);
+        print(ctx, { type: 'switch', contact: r.contact.name, contactId: r.contact.id, relay: r.relay }, `Moving ${sanitizeLine(r.contact.name)} to a new queue on ${r.relay}. Run 'murmure sync' to finish.`);
         return 0;
       });
     case 'receipts': {

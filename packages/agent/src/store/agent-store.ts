@@ -72,6 +72,32 @@ export const AGENT_MIGRATIONS: readonly Migration[] = [
       CREATE INDEX agent_outbox_pending ON agent_outbox (status, conn_id, id);
     `,
   },
+  {
+    // Queue rotation: the queue a switch is moving to (next_*, until the contact's first message
+    // on it) and the queue it moved from (old_*, until it is empty and deleted on its relay).
+    layer: 'agent',
+    version: 2,
+    name: '0002-queue-rotation',
+    sql: `
+      ALTER TABLE agent_connections ADD COLUMN next_rcv_relay TEXT;
+      ALTER TABLE agent_connections ADD COLUMN next_rcv_id BLOB;
+      ALTER TABLE agent_connections ADD COLUMN next_rcv_snd_id BLOB;
+      ALTER TABLE agent_connections ADD COLUMN next_rcv_sig_key BLOB;
+      ALTER TABLE agent_connections ADD COLUMN next_rcv_auth_key BLOB;
+      ALTER TABLE agent_connections ADD COLUMN next_rcv_box_key BLOB;
+      ALTER TABLE agent_connections ADD COLUMN next_rcv_e2e_key BLOB;
+      ALTER TABLE agent_connections ADD COLUMN next_snd_key BLOB;
+      ALTER TABLE agent_connections ADD COLUMN old_rcv_relay TEXT;
+      ALTER TABLE agent_connections ADD COLUMN old_rcv_id BLOB;
+      ALTER TABLE agent_connections ADD COLUMN old_rcv_snd_id BLOB;
+      ALTER TABLE agent_connections ADD COLUMN old_rcv_sig_key BLOB;
+      ALTER TABLE agent_connections ADD COLUMN old_rcv_auth_key BLOB;
+      ALTER TABLE agent_connections ADD COLUMN old_rcv_box_key BLOB;
+      ALTER TABLE agent_connections ADD COLUMN old_rcv_e2e_key BLOB;
+      CREATE INDEX agent_connections_next_rcv ON agent_connections (next_rcv_id) WHERE next_rcv_id IS NOT NULL;
+      CREATE INDEX agent_connections_old_rcv ON agent_connections (old_rcv_id) WHERE old_rcv_id IS NOT NULL;
+    `,
+  },
 ];
 
 /** Connection kinds. */
@@ -113,6 +139,24 @@ export type ConnectionRow = {
   last_sent_hash: Uint8Array;
   last_rcv_seq: number;
   last_rcv_hash: Uint8Array;
+  /** The queue a switch moves to, until the contact's first message on it (0002). */
+  next_rcv_relay: string | null;
+  next_rcv_id: Uint8Array | null;
+  next_rcv_snd_id: Uint8Array | null;
+  next_rcv_sig_key: Uint8Array | null;
+  next_rcv_auth_key: Uint8Array | null;
+  next_rcv_box_key: Uint8Array | null;
+  next_rcv_e2e_key: Uint8Array | null;
+  /** The raw X25519 sender key of the next queue, as sent in SWITCH (to send it again). */
+  next_snd_key: Uint8Array | null;
+  /** The queue a switch moved from, until it is empty and deleted (0002). */
+  old_rcv_relay: string | null;
+  old_rcv_id: Uint8Array | null;
+  old_rcv_snd_id: Uint8Array | null;
+  old_rcv_sig_key: Uint8Array | null;
+  old_rcv_auth_key: Uint8Array | null;
+  old_rcv_box_key: Uint8Array | null;
+  old_rcv_e2e_key: Uint8Array | null;
 };
 
 /**
@@ -134,10 +178,16 @@ export type OutboxRow = {
   created_at: number;
 };
 
+/** The columns of the queue a switch moves to. */
+export const NEXT_QUEUE_COLUMNS = ['next_rcv_relay', 'next_rcv_id', 'next_rcv_snd_id', 'next_rcv_sig_key', 'next_rcv_auth_key', 'next_rcv_box_key', 'next_rcv_e2e_key', 'next_snd_key'] as const;
+/** The columns of the queue a switch moved from. */
+export const OLD_QUEUE_COLUMNS = ['old_rcv_relay', 'old_rcv_id', 'old_rcv_snd_id', 'old_rcv_sig_key', 'old_rcv_auth_key', 'old_rcv_box_key', 'old_rcv_e2e_key'] as const;
+
 const COLUMNS = [
   'id', 'kind', 'status', 'state_owner', 'local_identity', 'remote_name', 'remote_identity', 'receipts', 'created_at',
   'rcv_relay', 'rcv_id', 'rcv_snd_id', 'rcv_sig_key', 'rcv_auth_key', 'rcv_box_key', 'rcv_e2e_key', 'rcv_peer_e2e', 'pending_snd_auth', 'link_id',
   'snd_relay', 'snd_id', 'snd_auth_key', 'snd_e2e_key', 'snd_peer_e2e', 'next_send_seq', 'last_sent_hash', 'last_rcv_seq', 'last_rcv_hash',
+  ...NEXT_QUEUE_COLUMNS, ...OLD_QUEUE_COLUMNS,
 ] as const;
 
 type Params = never;
@@ -153,7 +203,7 @@ export class AgentStore {
     this.st = {
       insertConn: db.prepare(`INSERT INTO agent_connections (${COLUMNS.join(', ')}) VALUES (${COLUMNS.map((c) => `$${c}`).join(', ')})`),
       conn: db.prepare('SELECT * FROM agent_connections WHERE id = ?'),
-      connByRcv: db.prepare('SELECT * FROM agent_connections WHERE rcv_id = ?'),
+      connByRcv: db.prepare('SELECT * FROM agent_connections WHERE rcv_id = $id OR next_rcv_id = $id OR old_rcv_id = $id'),
       connByLink: db.prepare('SELECT * FROM agent_connections WHERE link_id = ?'),
       conns: db.prepare("SELECT * FROM agent_connections WHERE status <> 'deleted' ORDER BY created_at"),
       stateGet: db.prepare('SELECT value FROM agent_signal_state WHERE owner = ? AND kind = ? AND key = ?', { pluck: true }),
@@ -168,6 +218,7 @@ export class AgentStore {
       outboxConfirmed: db.prepare("UPDATE agent_outbox SET status = 'sent', body = x'' WHERE conn_id = ? AND kind = 'confirmation' AND status = 'queued'"),
       stateUsers: db.prepare("SELECT count(*) FROM agent_connections WHERE state_owner = ? AND id <> ? AND status <> 'deleted'", { pluck: true }),
       outboxRetryNow: db.prepare("UPDATE agent_outbox SET next_attempt_at = 0 WHERE status = 'queued' AND next_attempt_at > 0"),
+      outboxRetryNowConn: db.prepare("UPDATE agent_outbox SET next_attempt_at = 0 WHERE status = 'queued' AND next_attempt_at > 0 AND conn_id = ?"),
       outboxFail: db.prepare("UPDATE agent_outbox SET status = 'failed', body = x'' WHERE id = ?"),
       outboxDelConn: db.prepare('DELETE FROM agent_outbox WHERE conn_id = ?'),
     };
@@ -193,9 +244,9 @@ export class AgentStore {
     return this.st.conn.get([id] as Params) as ConnectionRow | undefined;
   }
 
-  /** The connection that receives on this queue. */
+  /** The connection that receives on this queue (its current one, or the next or old one of a switch). */
   connectionByRcvId(rcvId: Uint8Array): ConnectionRow | undefined {
-    return this.st.connByRcv.get([rcvId] as Params) as ConnectionRow | undefined;
+    return this.st.connByRcv.get({ id: rcvId } as Params) as ConnectionRow | undefined;
   }
 
   /** All connections not deleted. */
@@ -251,9 +302,10 @@ export class AgentStore {
     this.st.outboxConfirmed.run([connId] as Params);
   }
 
-  /** Makes every waiting body due now (a relay came back). */
-  retryNow(): void {
-    this.st.outboxRetryNow.run();
+  /** Makes every waiting body (of one connection) due now: a relay came back, or the contact's queue moved. */
+  retryNow(connId?: string): void {
+    if (connId === undefined) this.st.outboxRetryNow.run();
+    else this.st.outboxRetryNowConn.run([connId] as Params);
   }
 
   /** Gives up on a body. */
@@ -277,6 +329,7 @@ export class AgentStore {
       snd_auth_key: null,
       snd_e2e_key: null,
       link_id: null,
+      ...Object.fromEntries([...NEXT_QUEUE_COLUMNS, ...OLD_QUEUE_COLUMNS].map((c) => [c, null])),
       // One zero byte: the driver binds an empty blob as NULL, which the NOT NULL column refuses.
       local_identity: Uint8Array.of(0),
     });

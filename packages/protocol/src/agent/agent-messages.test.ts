@@ -86,6 +86,7 @@ const envelopeBody: fc.Arbitrary<EnvelopeBody> = fc.oneof(
   rec({ type: fc.constant('REPLY' as const), newQueue: fc.option(queue, { nil: null }), payload }),
   rec({ type: fc.constant('MESSAGE' as const), payload }),
   rec({ type: fc.constant('RECEIPT' as const), seqs: fc.array(seq, { maxLength: MAX_RECEIPT_SEQS }) }),
+  rec({ type: fc.constant('SWITCH' as const), newQueue: queue, senderKey: bytesN(KEY_LENGTH) }),
 );
 const envelope: fc.Arbitrary<Envelope> = rec({ seq, prevHash: bytesN(HASH_LENGTH), sentAt: seq, body: envelopeBody });
 
@@ -194,6 +195,8 @@ describe('agent codecs round trip', () => {
     assert.throws(() => encodeInvitationData({ version: AGENT_VERSION, kind: 'invitation', queue: QUEUE, bundle: new Uint8Array(MAX_INVITATION_DATA + 1) }), (e) => ProtocolError.is(e, 'TOO_LARGE'));
     assert.throws(() => encodeSessionPayload({ prekey: true, senderName: 'é', body: new Uint8Array(1) }), (e) => ProtocolError.is(e, 'BAD_VALUE'));
     assert.throws(() => encodeQueueFrame({ senderKey: null, nonce: new Uint8Array(11), sealed: new Uint8Array(16) }), (e) => ProtocolError.is(e));
+    const shortKey = { seq: 1, prevHash: new Uint8Array(HASH_LENGTH), sentAt: 0, body: { type: 'SWITCH' as const, newQueue: QUEUE, senderKey: new Uint8Array(KEY_LENGTH - 1) } };
+    assert.throws(() => encodeEnvelope(shortKey), (e) => ProtocolError.is(e));
   });
 });
 
@@ -222,6 +225,17 @@ describe('agent codecs: committed vectors', () => {
     const withQueue = encodeEnvelope({ ...base, body: { type: 'REPLY', newQueue: QUEUE, payload: new Uint8Array(0) } });
     const addrLen = RELAY_HEX.length / 2;
     assert.equal(toHex(withQueue), head + '02' + '01' + addrLen.toString(16).padStart(4, '0') + RELAY_HEX + '11'.repeat(24) + '22'.repeat(32) + '0000');
+  });
+
+  test('envelope: switch (new queue and sender key)', () => {
+    const head = '01' + '0000000000000007' + 'ab'.repeat(32) + '0000018c00000000';
+    const e = { seq: 7, prevHash: new Uint8Array(HASH_LENGTH).fill(0xab), sentAt: 0x18c_0000_0000, body: { type: 'SWITCH' as const, newQueue: QUEUE, senderKey: new Uint8Array(KEY_LENGTH).fill(0x44) } };
+    const bytes = encodeEnvelope(e);
+    const addrLen = RELAY_HEX.length / 2;
+    assert.equal(toHex(bytes), head + '05' + addrLen.toString(16).padStart(4, '0') + RELAY_HEX + '11'.repeat(24) + '22'.repeat(32) + '44'.repeat(32));
+    assert.deepEqual(decodeEnvelope(bytes), e);
+    assert.throws(() => decodeEnvelope(bytes.subarray(0, -1)), (x) => ProtocolError.is(x, 'TRUNCATED'));
+    assert.throws(() => decodeEnvelope(Uint8Array.from([...bytes, 0])), (x) => ProtocolError.is(x, 'TRAILING'));
   });
 
   test('invitation data and an invitation link', () => {
@@ -318,6 +332,8 @@ describe('declared lengths beyond the input (C2)', () => {
     ['a RECEIPT declaring 65,535 sequence numbers', decodeEnvelope, Uint8Array.from([...head, 4, 0xff, 0xff]), ['TOO_LARGE']],
     ['a RECEIPT declaring 256 sequence numbers, one present', decodeEnvelope, Uint8Array.from([...head, 4, 1, 0, ...new Array<number>(8).fill(0)]), ['TRUNCATED']],
     ['a CONFIRMATION whose relay address is declared 65,535 bytes long', decodeEnvelope, Uint8Array.from([...head, 1, 0xff, 0xff, 0x6d]), ['TOO_LARGE']],
+    ['a SWITCH whose relay address is declared 65,535 bytes long', decodeEnvelope, Uint8Array.from([...head, 5, 0xff, 0xff, 0x6d]), ['TOO_LARGE']],
+    ['a SWITCH whose relay address is declared 512 bytes long, none present', decodeEnvelope, Uint8Array.from([...head, 5, MAX_ADDRESS_LENGTH >> 8, MAX_ADDRESS_LENGTH & 0xff]), ['TRUNCATED']],
     ['invitation data whose bundle is declared 65,535 bytes long', decodeInvitationData, Uint8Array.from([...encodeInvitationData({ version: v, kind: 'invitation', queue: QUEUE, bundle: new Uint8Array(0) }).subarray(0, -2), 0xff, 0xff]), ['TOO_LARGE']],
     ['invitation data whose bundle is declared at its limit, none present', decodeInvitationData, Uint8Array.from([...encodeInvitationData({ version: v, kind: 'invitation', queue: QUEUE, bundle: new Uint8Array(0) }).subarray(0, -2), MAX_INVITATION_DATA >> 8, MAX_INVITATION_DATA & 0xff]), ['TRUNCATED']],
     ['invitation data whose relay address is declared 512 bytes long, none present', decodeInvitationData, Uint8Array.from([v, 1, MAX_ADDRESS_LENGTH >> 8, MAX_ADDRESS_LENGTH & 0xff]), ['TRUNCATED']],

@@ -17,7 +17,8 @@ import { MAX_ADDRESS_LENGTH, formatRelayAddress, parseRelayAddress, type RelayAd
 /**
  * Agent protocol versions. History:
  * - 1 (2026-11-26): invitations behind short links, confirmation/reply handshake, envelopes
- *   with sequence numbers and hash chain, delivery receipts.
+ *   with sequence numbers and hash chain, delivery receipts, and queue rotation (the SWITCH
+ *   body, added before v1 was released).
  */
 export const AGENT_VERSION = 1;
 
@@ -155,7 +156,7 @@ export function decodeSessionPayload(bytes: Uint8Array): SessionPayload {
 }
 
 /** Agent message types. */
-export const EnvelopeType = { CONFIRMATION: 1, REPLY: 2, MESSAGE: 3, RECEIPT: 4 } as const;
+export const EnvelopeType = { CONFIRMATION: 1, REPLY: 2, MESSAGE: 3, RECEIPT: 4, SWITCH: 5 } as const;
 
 /** The agent envelope, inside libsignal's encryption. */
 export type Envelope = Readonly<{
@@ -174,7 +175,12 @@ export type EnvelopeBody =
   /** A chat message. */
   | { type: 'MESSAGE'; payload: Uint8Array }
   /** Delivery receipt for the messages with these sequence numbers. */
-  | { type: 'RECEIPT'; seqs: readonly number[] };
+  | { type: 'RECEIPT'; seqs: readonly number[] }
+  /**
+   * Queue owner -> contact: send to this new queue from now on, authenticated with `senderKey`
+   * (a raw X25519 private key the owner made and `KEY`ed the queue with).
+   */
+  | { type: 'SWITCH'; newQueue: QueueAddress; senderKey: Uint8Array };
 
 /** Most sequence numbers one receipt names. */
 export const MAX_RECEIPT_SEQS = 256;
@@ -202,6 +208,10 @@ export function encodeEnvelope(e: Envelope): Uint8Array {
       if (b.seqs.length > MAX_RECEIPT_SEQS) throw new ProtocolError('TOO_LARGE', 'too many receipts');
       w.u16(b.seqs.length);
       for (const s of b.seqs) w.u64(s);
+      break;
+    case 'SWITCH':
+      writeQueue(w, b.newQueue);
+      w.bytesN(b.senderKey, KEY_LENGTH, 'switch sender key');
       break;
   }
   return w.finish();
@@ -244,6 +254,9 @@ export function decodeEnvelope(bytes: Uint8Array): Envelope {
       body = { type: 'RECEIPT', seqs };
       break;
     }
+    case EnvelopeType.SWITCH:
+      body = { type: 'SWITCH', newQueue: readQueue(r), senderKey: r.bytesN(KEY_LENGTH, 'switch sender key') };
+      break;
     default:
       throw new ProtocolError('BAD_TAG', `unknown envelope type ${t}`);
   }
