@@ -9,6 +9,7 @@ import { ProtocolError } from '../errors.js';
 
 /** The fill byte, `#`. */
 export const PAD_BYTE = 0x23;
+const PAD_WORD = 0x23232323;
 
 /** Pads `content` to exactly `size` bytes; throws `TOO_LARGE` if it does not fit. */
 export function pad(content: Uint8Array, size: number): Uint8Array {
@@ -30,7 +31,13 @@ export function unpad(padded: Uint8Array, size: number): Uint8Array {
   }
   const len = ((padded[0] as number) << 8) | (padded[1] as number);
   if (len > size - 2) throw new ProtocolError('BAD_PADDING', 'declared length is beyond the padded size');
-  for (let i = 2 + len; i < size; i++) {
+  // Every block is checked, so the fill is compared four bytes at a time.
+  const view = new DataView(padded.buffer, padded.byteOffset, padded.byteLength);
+  let i = 2 + len;
+  for (; i + 4 <= size; i += 4) {
+    if (view.getUint32(i) !== PAD_WORD) throw new ProtocolError('BAD_PADDING', 'padding fill is not #');
+  }
+  for (; i < size; i++) {
     if (padded[i] !== PAD_BYTE) throw new ProtocolError('BAD_PADDING', 'padding fill is not #');
   }
   return padded.subarray(2, 2 + len);
