@@ -216,7 +216,8 @@ test(`R6: the relay holds ${HELD} messages while Bob is offline; he then gets ea
   let hwm = base.hwm;
   const sampler = setInterval(() => {
     const m = memoryOf(pid);
-    if (m === null) return;
+    // An exiting process (a zombie) has no memory lines: nothing to sample.
+    if (m === null || Number.isNaN(m.rss) || Number.isNaN(m.hwm)) return;
     peak = Math.max(peak, m.rss);
     hwm = Math.max(hwm, m.hwm);
   }, 50);
