@@ -235,9 +235,19 @@ export class AgentStore {
   updateConnection(id: string, changes: Partial<Omit<ConnectionRow, 'id'>>): void {
     const keys = Object.keys(changes).filter((k) => (COLUMNS as readonly string[]).includes(k));
     if (keys.length === 0) return;
-    const stmt = this.db.prepare(`UPDATE agent_connections SET ${keys.map((k) => `${k} = $${k}`).join(', ')} WHERE id = $id`);
-    stmt.run({ ...changes, id } as Params);
+    // Column names come only from COLUMNS; each set of them is prepared once.
+    const sig = keys.join(',');
+    let stmt = this.updates.get(sig);
+    if (stmt === undefined) {
+      stmt = this.db.prepare(`UPDATE agent_connections SET ${keys.map((k) => `${k} = $${k}`).join(', ')} WHERE id = $id`);
+      this.updates.set(sig, stmt);
+    }
+    const params: Record<string, unknown> = { id };
+    for (const k of keys) params[k] = (changes as Record<string, unknown>)[k];
+    stmt.run(params as Params);
   }
+
+  private readonly updates = new Map<string, ReturnType<Database['prepare']>>();
 
   /** A connection by local id. */
   connection(id: string): ConnectionRow | undefined {
