@@ -217,7 +217,7 @@ export class Agent extends EventEmitter {
     this.isolate = socks5 !== undefined;
     this.pool = new RelayPool({
       queuesOn: (relay, isolation) => this.queuesOn(relay, isolation),
-      onMessage: (relay, client, m) => this.track(this.onPush(client, m)),
+      onMessage: (_relay, client, m) => this.track(this.onPush(client, m)),
       ...(socks5 !== undefined
         ? { connectOptions: (relay: string, isolation: string) => ({ timeoutMs: SOCKS_CONNECT_TIMEOUT_MS + CONNECT_TIMEOUT_MS, ...opts.connectOptions?.(relay), createConnection: socks5Connection(socks5, this.socksCredentials(isolation)) }) }
         : opts.connectOptions ? { connectOptions: opts.connectOptions } : {}),

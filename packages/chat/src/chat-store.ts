@@ -78,11 +78,10 @@ type P = never;
 
 /** Typed access to the chat tables. */
 export class ChatStore {
-  private readonly db: Database;
   private readonly st;
 
   constructor(readonly local: LocalDatabase) {
-    const db = (this.db = local.db);
+    const db: Database = local.db;
     this.st = {
       profiles: db.prepare('SELECT * FROM chat_profiles ORDER BY created_at'),
       profileByName: db.prepare('SELECT * FROM chat_profiles WHERE name = ?'),

@@ -69,15 +69,14 @@ function parse(argv: readonly string[]) {
   }
 }
 
-/** Reads the passphrase from MURMURE_PASSPHRASE or asks for it on the terminal. */
-async function passphrase(ctx: Ctx, prompt: string, confirm = false): Promise<string> {
+/** Reads the passphrase from MURMURE_PASSPHRASE or asks for it on the terminal (twice with `confirm`). */
+async function passphrase(prompt: string, confirm = false): Promise<string> {
   const env = process.env['MURMURE_PASSPHRASE'];
   if (env !== undefined && env.length > 0) return env;
   if (!process.stdin.isTTY) throw new UsageError('set MURMURE_PASSPHRASE or run in a terminal to type the passphrase');
-  const first = await ask(prompt);
-  if (confirm && (await ask('Repeat it: ')) !== first) throw new UsageError('the passphrases differ');
-  if (first.length === 0) throw new UsageError('the passphrase is empty');
-  return first;
+  const typed = confirm ? await askTwice(prompt) : await ask(prompt);
+  if (typed.length === 0) throw new UsageError('the passphrase is empty');
+  return typed;
 }
 
 async function askTwice(prompt: string): Promise<string> {
@@ -126,7 +125,7 @@ function contactJson(c: ContactView): Record<string, unknown> {
 }
 
 async function openChat(ctx: Ctx, create = false): Promise<Chat> {
-  return Chat.open({ home: ctx.home, passphrase: await passphrase(ctx, 'Passphrase: ', create), create, ...(ctx.socks5 === undefined ? {} : { socks5: ctx.socks5 }) });
+  return Chat.open({ home: ctx.home, passphrase: await passphrase('Passphrase: ', create), create, ...(ctx.socks5 === undefined ? {} : { socks5: ctx.socks5 }) });
 }
 
 async function withChat<T>(ctx: Ctx, f: (chat: Chat) => Promise<T> | T): Promise<T> {
@@ -242,7 +241,7 @@ export async function runMessenger(argv: readonly string[], out: Out, err: Out):
     }
     case 'passphrase': {
       if (args[0] !== 'change' || args.length !== 1) throw new UsageError('usage: murmure passphrase change');
-      const old = await passphrase(ctx, 'Current passphrase: ');
+      const old = await passphrase('Current passphrase: ');
       // The new passphrase never comes from MURMURE_PASSPHRASE, which holds the current one.
       const next = process.env['MURMURE_NEW_PASSPHRASE'] ?? (process.stdin.isTTY ? await askTwice('New passphrase: ') : undefined);
       if (next === undefined) throw new UsageError('set MURMURE_NEW_PASSPHRASE or run in a terminal to type the new passphrase');

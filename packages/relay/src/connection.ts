@@ -122,14 +122,17 @@ export class Connection {
       return;
     }
     for (const raw of transmissions) {
+      // Every transmission costs a token, malformed ones too: garbage is not a free way to make
+      // the relay answer.
+      const allowed = this.takeToken();
       let t: ClientTransmission;
       try {
         t = decodeClientTransmission(raw);
       } catch {
-        this.error(EMPTY, EMPTY, 'BLOCK');
+        this.error(EMPTY, EMPTY, allowed ? 'BLOCK' : 'LIMIT');
         continue;
       }
-      if (!this.takeToken()) {
+      if (!allowed) {
         this.error(t.corrId, t.entityId, 'LIMIT');
         continue;
       }

@@ -30,6 +30,7 @@ import {
   verifySignature,
 } from '@murmure/queue-crypto';
 
+import { idKey, sameBytes } from './bytes.js';
 import type { RelayConfig } from './config.js';
 import { AUTH_KEY_CACHE_SIZE, type CommandHandler, type Connection } from './connection.js';
 import type { Logger } from './log.js';
@@ -50,15 +51,6 @@ type Subscription = {
   busy: boolean;
   again: boolean;
 };
-
-/** A latin1 string key for an id, for maps. */
-export function idKey(id: Uint8Array): string {
-  return Buffer.from(id.buffer, id.byteOffset, id.length).toString('latin1');
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
-}
 
 class Refusal {
   constructor(readonly code: ErrorCode) {}

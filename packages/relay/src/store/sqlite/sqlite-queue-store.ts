@@ -13,6 +13,7 @@ import { dirname } from 'node:path';
 
 import Database from '@signalapp/sqlcipher';
 
+import { idKey, sameBytes } from '../../bytes.js';
 import { DAY_MS, StoreError, type ExpiryResult, type QueueRecord, type QueueStore, type StoredMessage } from '../queue-store.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
 
@@ -207,7 +208,7 @@ export class SqliteQueueStore implements QueueStore {
       const r = this.st.sndKey.get([rcvId] as never);
       if (r === undefined) return 'conflict' as const;
       const existing = r['snd_auth_key'];
-      if (existing instanceof Uint8Array) return equal(existing, sndAuthKey) ? ('ok' as const) : ('conflict' as const);
+      if (existing instanceof Uint8Array) return sameBytes(existing, sndAuthKey) ? ('ok' as const) : ('conflict' as const);
       this.st.setSndKey.run([sndAuthKey, rcvId] as never);
       this.st.touch.run([day(now), rcvId, day(now)] as never);
       return 'ok' as const;
@@ -247,10 +248,10 @@ export class SqliteQueueStore implements QueueStore {
 
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined> {
     return this.read(() => {
-      const deleting = this.deleting.get(latin1(rcvId));
+      const deleting = this.deleting.get(idKey(rcvId));
       for (const r of this.st.oldest.all([rcvId, 1 + (deleting?.size ?? 0)] as never)) {
         const msgId = bytes(r['msg_id']);
-        if (deleting?.has(latin1(msgId)) === true) continue;
+        if (deleting?.has(idKey(msgId)) === true) continue;
         return { msgId, receivedAt: Number(r['received_at']), sealed: bytes(r['body']) };
       }
       return undefined;
@@ -261,8 +262,8 @@ export class SqliteQueueStore implements QueueStore {
   private readonly deleting = new Map<string, Set<string>>();
 
   deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean> {
-    const q = latin1(rcvId);
-    const m = latin1(msgId);
+    const q = idKey(rcvId);
+    const m = idKey(msgId);
     let set = this.deleting.get(q);
     if (set === undefined) this.deleting.set(q, (set = new Set()));
     set.add(m);
@@ -285,7 +286,7 @@ export class SqliteQueueStore implements QueueStore {
   setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken'> {
     return this.write(() => {
       const owner = this.st.linkOwner.get([linkId] as never);
-      if (owner instanceof Uint8Array && !equal(owner, rcvId)) return 'taken' as const;
+      if (owner instanceof Uint8Array && !sameBytes(owner, rcvId)) return 'taken' as const;
       if (data.length === 0) this.st.setLink.run([null, null, rcvId] as never);
       else this.st.setLink.run([linkId, data, rcvId] as never);
       return 'ok' as const;
@@ -339,17 +340,10 @@ export class SqliteQueueStore implements QueueStore {
   }
 }
 
-function latin1(b: Uint8Array): string {
-  return Buffer.from(b.buffer, b.byteOffset, b.length).toString('latin1');
-}
-
 function day(now: number): number {
   return Math.floor(now / DAY_MS);
 }
 
-function equal(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((v, i) => v === b[i]);
-}
 
 function migrate(db: Database): void {
   const current = Number(db.pragma('user_version', { simple: true }));
