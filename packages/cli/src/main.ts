@@ -9,7 +9,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { ProtocolError, formatRelayAddress } from '@murmure/protocol';
+import { ProtocolError, formatRelayAddress, isLoopbackHost } from '@murmure/protocol';
 import { describeError, runMessenger } from './messenger.js';
 import { DEFAULTS, RelayServer, StoreError, createIdentity, jsonLogger, loadIdentity, relayConfig, type RelayConfig } from '@murmure/relay';
 
@@ -53,6 +53,8 @@ Relay options (start):
   --handshake-timeout-ms N   time from TCP accept to the client hello (default 10000)
   --idle-timeout-ms N        close connections silent this long (default 900000)
   --log-level LEVEL          debug, info, warn or error (default info)
+  --plain-loopback           serve WebSocket without TLS, on a loopback host only
+                             (for benchmarks that compare servers with TLS off)
 
 Port 0 picks a free port. SIGTERM or SIGINT stops the relay cleanly.
 Docs: docs/operations.md (running a relay), docs/protocol.md (the wire protocol).
@@ -127,6 +129,7 @@ function parseOptions(args: string[]) {
         'handshake-timeout-ms': { type: 'string' },
         'idle-timeout-ms': { type: 'string' },
         'log-level': { type: 'string' },
+        'plain-loopback': { type: 'boolean' },
       },
       strict: true,
       allowPositionals: false,
@@ -205,9 +208,16 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
   if (queuesPerConnection !== undefined) overrides.queuesPerConnection = queuesPerConnection;
   if (handshakeTimeoutMs !== undefined) overrides.handshakeTimeoutMs = handshakeTimeoutMs;
   if (idleTimeoutMs !== undefined) overrides.idleTimeoutMs = idleTimeoutMs;
+  if (values['plain-loopback'] === true) {
+    if (!isLoopbackHost(host)) throw new UsageError('--plain-loopback needs a loopback --host (127.0.0.1, ::1 or localhost)');
+    overrides.plainLoopback = true;
+  }
   const logger = jsonLogger(err, (level as 'debug' | 'info' | 'warn' | 'error' | undefined) ?? 'info');
   const relay = await RelayServer.start(relayConfig(dataDir, overrides), { logger });
-  const metrics = relay.metricsPort === null ? {} : { metricsPort: relay.metricsPort };
+  const metrics = {
+    ...(relay.metricsPort === null ? {} : { metricsPort: relay.metricsPort }),
+    ...(relay.config.plainLoopback ? { plain: true } : {}),
+  };
   out.write(values.json === true ? `${JSON.stringify({ address: relay.address, ...metrics })}\n` : `${relay.address}\n`);
   await new Promise<void>((resolveStop) => {
     const stop = () => {

@@ -22,6 +22,11 @@ export const SIGNATURE_LENGTH = 64;
 export const AUTHENTICATOR_LENGTH = 32;
 /** Label of the TLS exporter (RFC 8446 §7.5) that yields the session id, with an empty context. */
 export const SESSION_EXPORTER_LABEL = 'EXPORTER-murmure-relay-session';
+/**
+ * Label of the session id of a plain (no TLS) loopback connection, used only by a relay started
+ * with `--plain-loopback` for benchmarks: SHA-256(label || relay session key).
+ */
+export const PLAIN_SESSION_LABEL = 'murmure-relay-plain-loopback-session';
 /** Length of the TLS session id both sides export from the TLS session. */
 export const SESSION_ID_LENGTH = 32;
 /** Length of the AEAD tag of the relay-to-recipient box. */

@@ -9,6 +9,7 @@
 
 import {
   createCipheriv,
+  createHash,
   createDecipheriv,
   createHmac,
   createPrivateKey,
@@ -23,7 +24,7 @@ import {
   type KeyObject,
 } from 'node:crypto';
 
-import { AUTHENTICATOR_LENGTH, BOX_TAG_LENGTH, ID_LENGTH, KEY_LENGTH, SIGNATURE_LENGTH } from '@murmure/protocol';
+import { AUTHENTICATOR_LENGTH, BOX_TAG_LENGTH, ID_LENGTH, KEY_LENGTH, PLAIN_SESSION_LABEL, SIGNATURE_LENGTH } from '@murmure/protocol';
 
 /** A key pair: the raw 32-byte public key and the private key object. */
 export type KeyPair = Readonly<{ publicKey: Uint8Array; privateKey: KeyObject }>;
@@ -108,6 +109,14 @@ export function agree(privateKey: KeyObject, peerPublic: KeyObject | Uint8Array)
  */
 export function authenticatorKey(sharedSecret: Uint8Array, sessionId: Uint8Array): Uint8Array {
   return new Uint8Array(hkdfSync('sha256', sharedSecret, sessionId, INFO_AUTH, 32));
+}
+
+/**
+ * The session id of a plain loopback connection (no TLS, benchmarks only):
+ * SHA-256(PLAIN_SESSION_LABEL || the relay's session key of that connection).
+ */
+export function plainSessionId(relaySessionKey: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash('sha256').update(PLAIN_SESSION_LABEL).update(relaySessionKey).digest());
 }
 
 /** HMAC-SHA256 of the authorised bytes under an authenticator key. */

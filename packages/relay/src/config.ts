@@ -41,6 +41,11 @@ export type RelayConfig = Readonly<{
   maxBufferedBytes: number;
   /** How often a line of counts is logged. */
   statsIntervalMs: number;
+  /**
+   * Serve plain WebSocket without TLS, on a loopback host only: for benchmarks that compare
+   * servers with TLS off. Session ids then come from the relay's session key (docs/protocol.md).
+   */
+  plainLoopback: boolean;
 }>;
 
 /** Default settings: the values a relay runs with unless told otherwise. */
@@ -61,6 +66,7 @@ export const DEFAULTS = {
   idleTimeoutMs: 15 * 60_000,
   maxBufferedBytes: 64 * 16_384,
   statsIntervalMs: 5 * 60_000,
+  plainLoopback: false,
 } as const satisfies Omit<RelayConfig, 'dataDir'>;
 
 /** A complete config from a data folder and any overrides. */

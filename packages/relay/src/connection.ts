@@ -23,7 +23,7 @@ import {
   type ErrorCode,
   type Response,
 } from '@murmure/protocol';
-import { generateDhKeyPair } from '@murmure/queue-crypto';
+import { generateDhKeyPair, plainSessionId } from '@murmure/queue-crypto';
 import type { WebSocket } from 'ws';
 
 import type { RelayConfig } from './config.js';
@@ -65,6 +65,8 @@ export class Connection {
   readonly fetched = new Map<string, Uint8Array>();
   /** Derived authenticator keys, by entity id key. */
   readonly authKeys = new Map<string, { peer: Uint8Array; key: Uint8Array }>();
+  /** The id commands are bound to: the TLS exporter's, or (plain loopback) one from the session key. */
+  readonly sessionId: Uint8Array;
   lastActivity = Date.now();
   private tokens: number;
   private lastRefill = Date.now();
@@ -76,12 +78,13 @@ export class Connection {
 
   constructor(
     readonly ws: WebSocket,
-    readonly sessionId: Uint8Array,
+    tlsSessionId: Uint8Array | null,
     private readonly config: RelayConfig,
     private readonly metrics: RelayMetrics,
     private readonly handler: CommandHandler,
     private readonly onHello: () => void,
   ) {
+    this.sessionId = tlsSessionId ?? plainSessionId(this.sessionKey.publicKey);
     this.tokens = config.commandBurst;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));

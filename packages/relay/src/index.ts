@@ -4,7 +4,7 @@
  * @module
  */
 
-export { RelayServer, STORE_FILE, type StartOptions } from './server.js';
+export { RelayServer, RelayStartError, STORE_FILE, type StartOptions } from './server.js';
 export { DEFAULTS, relayConfig, type RelayConfig } from './config.js';
 export { createIdentity, loadIdentity, loadOrCreateIdentity, certificateFingerprint, type RelayIdentity } from './identity.js';
 export { jsonLogger, silentLogger, type Logger, type LogLevel } from './log.js';

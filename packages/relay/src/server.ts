@@ -11,7 +11,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 
-import { BLOCK_SIZE, SESSION_EXPORTER_LABEL, SESSION_ID_LENGTH, formatRelayAddress } from '@murmure/protocol';
+import { BLOCK_SIZE, SESSION_EXPORTER_LABEL, SESSION_ID_LENGTH, formatRelayAddress, isLoopbackHost } from '@murmure/protocol';
 import { WebSocketServer } from 'ws';
 
 import type { RelayConfig } from './config.js';
@@ -29,6 +29,9 @@ export const STORE_FILE = 'relay.sqlite';
 /** Options for starting a relay. */
 export type StartOptions = Readonly<{ logger?: Logger; store?: QueueStore; now?: () => number }>;
 
+/** The relay cannot start with these settings. */
+export class RelayStartError extends Error {}
+
 /** A running relay. */
 export class RelayServer {
   private readonly connections = new Set<Connection>();
@@ -40,7 +43,7 @@ export class RelayServer {
   private constructor(
     readonly config: RelayConfig,
     readonly identity: RelayIdentity,
-    private readonly https: HttpsServer,
+    private readonly https: HttpsServer | HttpServer,
     private readonly wss: WebSocketServer,
     private readonly store: QueueStore,
     private readonly handlers: RelayHandlers,
@@ -71,17 +74,25 @@ export class RelayServer {
     const metrics = new RelayMetrics();
     const store = opts.store ?? SqliteQueueStore.open({ path: join(config.dataDir, STORE_FILE), onCommit: () => metrics.storeCommits++ });
     const handlers = new RelayHandlers(store, config, metrics, logger, opts.now);
-    const https = createHttpsServer({
-      key: identity.keyPem,
-      cert: identity.certPem,
-      minVersion: 'TLSv1.3',
-      maxVersion: 'TLSv1.3',
-      handshakeTimeout: config.handshakeTimeoutMs,
+    if (config.plainLoopback && !isLoopbackHost(config.host)) {
+      throw new RelayStartError('plain WebSocket without TLS is only served on a loopback host');
+    }
+    const http = {
       requestTimeout: config.handshakeTimeoutMs,
       headersTimeout: config.handshakeTimeoutMs,
       keepAliveTimeout: 1000,
       maxHeaderSize: 4096,
-    });
+    };
+    const https = config.plainLoopback
+      ? createHttpServer(http)
+      : createHttpsServer({
+          ...http,
+          key: identity.keyPem,
+          cert: identity.certPem,
+          minVersion: 'TLSv1.3',
+          maxVersion: 'TLSv1.3',
+          handshakeTimeout: config.handshakeTimeoutMs,
+        });
     https.maxConnections = config.maxConnections;
     const wss = new WebSocketServer({
       noServer: true,
@@ -103,13 +114,14 @@ export class RelayServer {
     if (config.metricsPort !== null) await relay.startMetrics(config.metricsPort);
     relay.startTimers();
     logger.log('info', 'relay started', { port: relay.port });
+    if (config.plainLoopback) logger.log('warn', 'serving plain WebSocket without TLS (loopback benchmark mode)');
     return relay;
   }
 
   private wire(): void {
     const { https, wss, config, metrics } = this;
     https.on('drop', () => metrics.connectionsRejected++);
-    https.on('secureConnection', (socket: TLSSocket) => {
+    https.on(config.plainLoopback ? 'connection' : 'secureConnection', (socket: Socket) => {
       const timer = setTimeout(() => {
         metrics.handshakeFailures++;
         socket.destroy();
@@ -128,13 +140,15 @@ export class RelayServer {
         socket.destroy();
         return;
       }
-      const tls = socket as TLSSocket;
-      let sessionId: Uint8Array;
-      try {
-        sessionId = new Uint8Array(tls.exportKeyingMaterial(SESSION_ID_LENGTH, SESSION_EXPORTER_LABEL, Buffer.alloc(0)));
-      } catch {
-        socket.destroy();
-        return;
+      let sessionId: Uint8Array | null = null;
+      if (!config.plainLoopback) {
+        try {
+          const tls = socket as TLSSocket;
+          sessionId = new Uint8Array(tls.exportKeyingMaterial(SESSION_ID_LENGTH, SESSION_EXPORTER_LABEL, Buffer.alloc(0)));
+        } catch {
+          socket.destroy();
+          return;
+        }
       }
       wss.handleUpgrade(req, socket, head, (ws) => {
         metrics.connectionsTotal++;

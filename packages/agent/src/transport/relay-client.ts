@@ -26,6 +26,7 @@ import {
   encodeClientHello,
   encodeClientTransmission,
   encodeCommand,
+  isLoopbackHost,
   negotiateVersion,
   packBlocks,
   parseRelayAddress,
@@ -43,6 +44,7 @@ import {
   generateDhKeyPair,
   generateSigningKeyPair,
   openRecipientBox,
+  plainSessionId,
   randomId,
   recipientBoxKey,
   signBytes,
@@ -101,6 +103,11 @@ export type ConnectOptions = Readonly<{
   createConnection?: (opts: ConnectionOptions) => TLSSocket;
   timeoutMs?: number;
   commandTimeoutMs?: number;
+  /**
+   * Plain WebSocket without TLS, to a relay started with `--plain-loopback` on a loopback host
+   * (benchmarks only): no certificate to pin, the session id comes from the relay's session key.
+   */
+  plain?: boolean;
 }>;
 
 type Pending = { resolve: (r: Response) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
@@ -153,15 +160,26 @@ export class RelayClient extends EventEmitter {
       });
       return socket;
     };
+    const plain = opts.plain === true;
+    if (plain && !isLoopbackHost(addr.host)) {
+      return Promise.reject(new RelayClientError('PINNING', 'plain WebSocket without TLS is only used on a loopback host'));
+    }
     return new Promise<RelayClient>((resolve, reject) => {
-      const ws = new WebSocket(`wss://${host}:${addr.port}/`, {
-        rejectUnauthorized: false,
-        maxPayload: BLOCK_SIZE,
-        perMessageDeflate: false,
-        skipUTF8Validation: true,
-        handshakeTimeout: opts.timeoutMs ?? CONNECT_TIMEOUT_MS,
-        createConnection: createConnection as never,
-      });
+      const ws = plain
+        ? new WebSocket(`ws://${host}:${addr.port}/`, {
+            maxPayload: BLOCK_SIZE,
+            perMessageDeflate: false,
+            skipUTF8Validation: true,
+            handshakeTimeout: opts.timeoutMs ?? CONNECT_TIMEOUT_MS,
+          })
+        : new WebSocket(`wss://${host}:${addr.port}/`, {
+            rejectUnauthorized: false,
+            maxPayload: BLOCK_SIZE,
+            perMessageDeflate: false,
+            skipUTF8Validation: true,
+            handshakeTimeout: opts.timeoutMs ?? CONNECT_TIMEOUT_MS,
+            createConnection: createConnection as never,
+          });
       ws.binaryType = 'nodebuffer';
       let settled = false;
       const fail = (e: Error): void => {
@@ -173,12 +191,14 @@ export class RelayClient extends EventEmitter {
       };
       const timer = setTimeout(() => fail(new RelayClientError('TIMEOUT', 'the relay did not answer in time')), opts.timeoutMs ?? CONNECT_TIMEOUT_MS);
       ws.on('upgrade', () => {
-        if (sessionId === null) fail(new RelayClientError('PINNING', "the relay's certificate was not checked"));
+        if (!plain && sessionId === null) fail(new RelayClientError('PINNING', "the relay's certificate was not checked"));
       });
       ws.once('message', (data: Buffer) => {
-        if (settled || sessionId === null) return;
+        if (settled || (!plain && sessionId === null)) return;
         try {
           const hello = decodeServerHello(new Uint8Array(data.buffer, data.byteOffset, data.length));
+          if (plain) sessionId = plainSessionId(hello.sessionKey);
+          if (sessionId === null) throw new RelayClientError('PINNING', "the relay's certificate was not checked");
           const version = negotiateVersion(RELAY_VERSIONS, hello.versions);
           ws.send(encodeClientHello({ version }));
           settled = true;

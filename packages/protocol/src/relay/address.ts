@@ -45,3 +45,8 @@ export function parseRelayAddress(text: string): RelayAddress {
   if (port < 1 || port > 65_535) throw new ProtocolError('BAD_ADDRESS', 'relay port must be 1-65535');
   return { fingerprint, host, port };
 }
+
+/** Whether a host name or address is this machine's loopback (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}

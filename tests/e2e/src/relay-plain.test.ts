@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// The plain loopback mode used by benchmarks that compare servers with TLS off: it serves the
+// same protocol over ws://, binds commands to a session id derived from the relay's session key,
+// and is refused anywhere but on a loopback host.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { RelayClient, RelayClientError, openDelivered } from '@murmure/agent';
+import { generateDhKeyPair } from '@murmure/queue-crypto';
+
+import { Inbox, cleanup, runMurmure, startRelay, stopRelay, tempDir, utf8, type RelayProcess } from './harness.js';
+
+let relay: RelayProcess;
+before(async () => {
+  relay = await startRelay({ args: ['--plain-loopback'] });
+});
+after(async () => {
+  assert.equal(await stopRelay(relay), 0, 'SIGTERM exits with 0');
+  cleanup(relay.dataDir);
+});
+
+test('a plain loopback relay carries the full queue life cycle over ws://', async () => {
+  const alice = await RelayClient.connect(relay.address, { plain: true });
+  const bob = await RelayClient.connect(relay.address, { plain: true });
+  const q = await alice.createQueue();
+  const inbox = new Inbox(alice);
+  await alice.subscribe(q);
+  const senderKey = generateDhKeyPair();
+  await bob.send(q.sndId, null, utf8('confirmation'));
+  await alice.secure(q, senderKey.publicKey);
+  await bob.send(q.sndId, senderKey.privateKey, utf8('hello'));
+  await inbox.waitFor(1);
+  const first = inbox.messages[0]!;
+  assert.equal(Buffer.from(openDelivered(q, first.msgId, first.body).body).toString(), 'confirmation');
+  await alice.ack(q, first.msgId);
+  await inbox.waitFor(2);
+  const second = inbox.messages[1]!;
+  assert.equal(Buffer.from(openDelivered(q, second.msgId, second.body).body).toString(), 'hello');
+  await alice.ack(q, second.msgId);
+  assert.notDeepEqual(alice.sessionId, bob.sessionId, 'each connection has its own session id');
+  alice.close();
+  bob.close();
+});
+
+test('a TLS client cannot talk to a plain relay, and a plain client refuses a non-loopback host', async () => {
+  await assert.rejects(RelayClient.connect(relay.address, { timeoutMs: 3000 }), (e) => RelayClientError.is(e));
+  const remote = relay.address.replace('@127.0.0.1:', '@192.0.2.1:');
+  await assert.rejects(RelayClient.connect(remote, { plain: true }), (e) => RelayClientError.is(e, 'PINNING'));
+});
+
+test('murmure relay start refuses --plain-loopback on a non-loopback host', async () => {
+  const dir = tempDir();
+  try {
+    const r = await runMurmure(['relay', 'start', '--data', dir, '--host', '0.0.0.0', '--port', '0', '--plain-loopback']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /--plain-loopback needs a loopback --host/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  } finally {
+    cleanup(dir);
+  }
+});
