@@ -694,7 +694,7 @@ async function main() {
     bodyBytes: BODY_SIZE,
   };
   console.log(`murmure relay bench — ${meta.cpus} CPU (${meta.cpuModel}), node ${meta.node}, git ${meta.git ?? '?'}`);
-  console.log(`warm-up ${cfg.warmupS} s, measured ${cfg.durationS} s, body ${BODY_SIZE} B, durable SQLite (WAL, synchronous=FULL), TLS 1.3`);
+  console.log(`warm-up ${cfg.warmupS} s, measured ${cfg.durationS} s, body ${BODY_SIZE} B, durable SQLite (WAL, fdatasync per group commit), TLS 1.3`);
   const resultsFile = join(RESULTS_DIR, `relay-${runId.slice(0, 10)}.jsonl`);
   const results = [];
   const record = (r, backgroundBefore) => {

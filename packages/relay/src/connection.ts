@@ -28,6 +28,7 @@ import type { WebSocket } from 'ws';
 
 import type { RelayConfig } from './config.js';
 import type { RelayMetrics } from './metrics.js';
+import type { QueueRecord } from './store/queue-store.js';
 
 const EMPTY = new Uint8Array(0);
 /** Most entries in a connection's cache of derived authenticator keys. */
@@ -63,8 +64,11 @@ export class Connection {
   readonly subscriptions = new Set<string>();
   /** Message ids handed out by GET, by recipient id key, awaiting ACK. */
   readonly fetched = new Map<string, Uint8Array>();
-  /** Derived authenticator keys, by entity id key. */
-  readonly authKeys = new Map<string, { peer: Uint8Array; key: Uint8Array }>();
+  /**
+   * Derived authenticator keys, by entity id key, with the secured queue a SEND proved it may
+   * use (so further SENDs to it need no store read).
+   */
+  readonly authKeys = new Map<string, { peer: Uint8Array; key: Uint8Array; queue?: QueueRecord }>();
   /** The id commands are bound to: the TLS exporter's, or (plain loopback) one from the session key. */
   readonly sessionId: Uint8Array;
   lastActivity = Date.now();
@@ -75,6 +79,8 @@ export class Connection {
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
   private closedFlag = false;
+  /** Set when the relay stops: blocks that arrive from then on are not taken. */
+  private draining = false;
 
   constructor(
     readonly ws: WebSocket,
@@ -104,7 +110,7 @@ export class Connection {
   }
 
   private onMessage(data: Buffer, isBinary: boolean): void {
-    if (this.closedFlag) return;
+    if (this.closedFlag || this.draining) return;
     this.lastActivity = Date.now();
     if (!isBinary || data.length !== BLOCK_SIZE) {
       this.close(CloseCode.POLICY);
@@ -179,6 +185,15 @@ export class Connection {
     if (this.inflight === 0) {
       for (const w of this.idleWaiters.splice(0)) w();
     }
+  }
+
+  /**
+   * Stops taking commands (the relay is stopping): what arrives from now on is neither carried
+   * out nor answered, so every command that was carried out is answered before the close.
+   */
+  drain(): Promise<void> {
+    this.draining = true;
+    return this.idle();
   }
 
   /** Resolves when no command of this connection is being handled. */

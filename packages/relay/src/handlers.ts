@@ -47,6 +47,8 @@ const DUMMY_DH_KEY = generateDhKeyPair().publicKey;
 type Subscription = {
   conn: Connection;
   rcvId: Uint8Array;
+  /** The queue as read at SUB: its recipient keys never change, so ACKs on it need no read. */
+  queue: QueueRecord;
   delivered: Uint8Array | null;
   busy: boolean;
   again: boolean;
@@ -114,7 +116,7 @@ export class RelayHandlers implements CommandHandler {
       }
       case 'SUB': {
         const q = await this.recipient(conn, t, 'authenticator');
-        this.subscribe(conn, q.rcvId);
+        this.subscribe(conn, q);
         reply({ type: 'OK' });
         this.store.touchQueue(q.rcvId, this.now()).catch(() => undefined);
         return this.deliverNext(idKey(q.rcvId));
@@ -172,10 +174,19 @@ export class RelayHandlers implements CommandHandler {
   }
 
   private async send(conn: Connection, t: ClientTransmission, cmd: Extract<Command, { type: 'SEND' }>): Promise<void> {
-    const q = t.entityId.length === ID_LENGTH ? await this.store.queueBySender(t.entityId) : undefined;
+    // A secured queue this connection already sent to is kept with its authenticator key: its
+    // sender key never changes once set, and the store's write checks that the queue is still
+    // there and not suspended. Only queues this connection proved it may use are kept, so the
+    // time of a SEND tells a connection nothing it did not know.
+    const cached = conn.authKeys.get(idKey(t.entityId))?.queue;
+    const q = cached ?? (t.entityId.length === ID_LENGTH ? await this.store.queueBySender(t.entityId) : undefined);
     let ok: boolean;
     if (t.auth.kind === 'authenticator') {
       ok = this.authenticatorValid(conn, t, q?.sndAuthKey ?? DUMMY_DH_KEY, t.auth.bytes) && q !== undefined && q.sndAuthKey !== null;
+      if (ok && cached === undefined && q !== undefined && !q.suspended) {
+        const entry = conn.authKeys.get(idKey(t.entityId));
+        if (entry !== undefined) entry.queue = q;
+      }
     } else {
       // Only messages to an unsecured queue (confirmations, contact requests) go without authorisation.
       ok = t.auth.kind === 'none' && q !== undefined && q.sndAuthKey === null;
@@ -193,7 +204,8 @@ export class RelayHandlers implements CommandHandler {
   }
 
   private async ack(conn: Connection, t: ClientTransmission, msgId: Uint8Array): Promise<void> {
-    const q = await this.recipient(conn, t, 'authenticator');
+    const own = this.subs.get(idKey(t.entityId));
+    const q = own?.conn === conn ? this.subscriber(conn, t, own.queue) : await this.recipient(conn, t, 'authenticator');
     const key = idKey(q.rcvId);
     const sub = this.subs.get(key);
     const fetched = conn.fetched.get(key);
@@ -240,6 +252,12 @@ export class RelayHandlers implements CommandHandler {
     return q;
   }
 
+  /** Checks a command on a queue this connection holds the subscription of, or refuses with AUTH. */
+  private subscriber(conn: Connection, t: ClientTransmission, q: QueueRecord): QueueRecord {
+    if (t.auth.kind !== 'authenticator' || !this.authenticatorValid(conn, t, q.rcvAuthKey, t.auth.bytes)) throw new Refusal('AUTH');
+    return q;
+  }
+
   private signatureValid(conn: Connection, t: ClientTransmission, publicKey: Uint8Array, sig: Uint8Array): boolean {
     let key;
     try {
@@ -266,7 +284,8 @@ export class RelayHandlers implements CommandHandler {
     return checkAuthenticator(entry.key, authorizedBytes(conn.sessionId, t.corrId, t.entityId, t.command), mac);
   }
 
-  private subscribe(conn: Connection, rcvId: Uint8Array): void {
+  private subscribe(conn: Connection, queue: QueueRecord): void {
+    const rcvId = queue.rcvId;
     const key = idKey(rcvId);
     const old = this.subs.get(key);
     if (old !== undefined && old.conn !== conn) {
@@ -275,7 +294,7 @@ export class RelayHandlers implements CommandHandler {
     }
     if (old === undefined) this.metrics.subscriptions++;
     // A new SUB re-delivers the message held unacknowledged, if any.
-    this.subs.set(key, { conn, rcvId, delivered: null, busy: false, again: false });
+    this.subs.set(key, { conn, rcvId, queue, delivered: null, busy: false, again: false });
     conn.subscriptions.add(key);
   }
 

@@ -240,7 +240,7 @@ export class RelayServer {
   private async doStop(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
     const closed = new Promise<void>((resolve) => this.https.close(() => resolve()));
-    await Promise.all([...this.connections].map((c) => c.idle()));
+    await Promise.all([...this.connections].map((c) => c.drain()));
     for (const c of this.connections) c.close(CloseCode.GOING_AWAY);
     this.https.closeAllConnections();
     await closed;

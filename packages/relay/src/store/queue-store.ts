@@ -60,7 +60,10 @@ export interface QueueStore {
   suspendQueue(rcvId: Uint8Array): Promise<void>;
   /** Deletes a queue, its link data and all its messages. */
   deleteQueue(rcvId: Uint8Array): Promise<void>;
-  /** Appends a message unless the queue holds `quota` already (`'gone'`: the queue was deleted meanwhile). */
+  /**
+   * Appends a message unless the queue holds `quota` already (`'gone'`: the queue was deleted
+   * or suspended meanwhile, so a caller may check the sender against a queue record it cached).
+   */
   addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'>;
   /** The oldest message of a queue, skipping messages whose deletion has been asked for. */
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined>;
