@@ -35,9 +35,13 @@ import type { RelayConfig } from './config.js';
 import { AUTH_KEY_CACHE_SIZE, type CommandHandler, type Connection } from './connection.js';
 import type { Logger } from './log.js';
 import type { RelayMetrics } from './metrics.js';
-import { StoreError, type QueueRecord, type QueueStore } from './store/queue-store.js';
+import { StoreError, type QueueRecord, type QueueStore, type StoredMessage } from './store/queue-store.js';
 
 const EMPTY = new Uint8Array(0);
+/** Most messages read ahead for a subscription in one store query. */
+export const PREFETCH_MESSAGES = 8;
+/** Most bytes of sealed messages one subscription holds read ahead. */
+export const PREFETCH_BYTES = 16_384;
 
 /** Stand-in keys used when a queue does not exist, so the failure costs the same work. */
 const DUMMY_SIG_KEY = generateSigningKeyPair().publicKey;
@@ -50,6 +54,8 @@ type Subscription = {
   /** The queue as read at SUB: its recipient keys never change, so ACKs on it need no read. */
   queue: QueueRecord;
   delivered: Uint8Array | null;
+  /** The next messages of the queue, read ahead in one query (PREFETCH_MESSAGES, PREFETCH_BYTES). */
+  ahead: StoredMessage[];
   busy: boolean;
   again: boolean;
 };
@@ -212,6 +218,7 @@ export class RelayHandlers implements CommandHandler {
     const held = sub?.conn === conn ? sub.delivered : fetched;
     if (held === null || held === undefined || !sameBytes(held, msgId)) throw new Refusal('NO_MSG');
     if (fetched !== undefined && sameBytes(fetched, msgId)) conn.fetched.delete(key);
+    if (sub !== undefined && sub.ahead.length > 0) sub.ahead = sub.ahead.filter((m) => !sameBytes(m.msgId, msgId));
     // The next message goes out as soon as the ACK is taken, without waiting for the deletion to
     // be durable: a crash before that re-delivers an acknowledged message, which the recipient
     // recognises as a duplicate. The ACK's own OK waits for the commit. If the message expired
@@ -294,7 +301,7 @@ export class RelayHandlers implements CommandHandler {
     }
     if (old === undefined) this.metrics.subscriptions++;
     // A new SUB re-delivers the message held unacknowledged, if any.
-    this.subs.set(key, { conn, rcvId, queue, delivered: null, busy: false, again: false });
+    this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], busy: false, again: false });
     conn.subscriptions.add(key);
   }
 
@@ -319,7 +326,7 @@ export class RelayHandlers implements CommandHandler {
     try {
       do {
         sub.again = false;
-        const m = await this.store.oldestMessage(sub.rcvId);
+        const m = await this.nextMessage(sub);
         if (this.subs.get(key) !== sub || sub.conn.isClosed || m === undefined) return;
         sub.delivered = m.msgId;
         this.metrics.messagesDelivered++;
@@ -328,6 +335,24 @@ export class RelayHandlers implements CommandHandler {
     } finally {
       sub.busy = false;
     }
+  }
+
+  /**
+   * The oldest message of a subscription's queue: from the messages read ahead, else from the
+   * store (reading a few ahead). Messages only join a queue behind those read, and the ones
+   * read leave it by an ACK (which drops them from `ahead`), by expiry (a message read ahead
+   * that is old enough to have expired sends the subscription back to the store) or with the
+   * queue (which ends the subscription).
+   */
+  private async nextMessage(sub: Subscription): Promise<StoredMessage | undefined> {
+    const head = sub.ahead[0];
+    if (head !== undefined && head.receivedAt >= this.now() - this.config.messageTtlMs) return sub.ahead.shift();
+    const read = await this.store.oldestMessages(sub.rcvId, PREFETCH_MESSAGES);
+    let bytes = 0;
+    let keep = 1;
+    while (keep < read.length && (bytes += read[keep]!.sealed.length) <= PREFETCH_BYTES) keep++;
+    sub.ahead = read.slice(1, keep);
+    return read[0];
   }
 
   closed(conn: Connection): void {

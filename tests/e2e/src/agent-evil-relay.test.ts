@@ -109,6 +109,13 @@ class EvilStore implements QueueStore {
     return best?.m ?? (await this.inner.oldestMessage(rcvId));
   }
 
+  async oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]> {
+    if (!this.isTarget(rcvId)) return this.inner.oldestMessages(rcvId, limit);
+    if (this.hold) return [];
+    if (this.present.length === 0) return this.inner.oldestMessages(rcvId, limit);
+    return [...this.present].sort((a, b) => a.rank - b.rank).slice(0, limit).map((p) => p.m);
+  }
+
   async deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean> {
     // As the interface asks: from the call on, oldestMessage no longer returns the message.
     const pending = this.inner.deleteMessage(rcvId, msgId, now);

@@ -67,6 +67,8 @@ export interface QueueStore {
   addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'>;
   /** The oldest message of a queue, skipping messages whose deletion has been asked for. */
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined>;
+  /** Up to `limit` oldest messages of a queue, oldest first, skipping those being deleted. */
+  oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]>;
   /**
    * Deletes a message by id; false if the queue has no such message. From the call on,
    * `oldestMessage` no longer returns it, even before the deletion is durable.

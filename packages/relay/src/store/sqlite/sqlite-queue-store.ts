@@ -278,14 +278,20 @@ export class SqliteQueueStore implements QueueStore {
   }
 
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined> {
+    return this.oldestMessages(rcvId, 1).then((ms) => ms[0]);
+  }
+
+  oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]> {
     return this.read(() => {
       const deleting = this.deleting.get(idKey(rcvId));
-      for (const r of this.st.oldest.all([rcvId, 1 + (deleting?.size ?? 0)] as never)) {
+      const out: StoredMessage[] = [];
+      for (const r of this.st.oldest.all([rcvId, limit + (deleting?.size ?? 0)] as never)) {
         const msgId = bytes(r['msg_id']);
         if (deleting?.has(idKey(msgId)) === true) continue;
-        return { msgId, receivedAt: Number(r['received_at']), sealed: bytes(r['body']) };
+        out.push({ msgId, receivedAt: Number(r['received_at']), sealed: bytes(r['body']) });
+        if (out.length === limit) break;
       }
-      return undefined;
+      return out;
     });
   }
 
