@@ -288,6 +288,8 @@ export type CliOptions = Readonly<{
   env?: NodeJS.ProcessEnv;
   /** The run is killed after this long (default 30 s), so a hang fails instead of blocking. */
   timeoutMs?: number;
+  /** A command the client runs under, e.g. `['faketime', '-f', '+1d']`; node's argv follows it. */
+  wrapper?: readonly string[];
 }>;
 
 /**
@@ -303,7 +305,8 @@ export function runMurmure(args: readonly string[], opts: CliOptions = {}): Prom
   if (opts.passphrase !== undefined) env['MURMURE_PASSPHRASE'] = opts.passphrase;
   Object.assign(env, opts.env);
   return new Promise((resolveRun) => {
-    const proc = spawn(process.execPath, [MURMURE_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    const argv = [...(opts.wrapper ?? []), process.execPath, MURMURE_BIN, ...args];
+    const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env });
     let stdout = '';
     let stderr = '';
     proc.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));

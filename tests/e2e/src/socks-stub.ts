@@ -82,6 +82,14 @@ export class SocksStub {
     return new Promise((resolve) => this.server.listen(0, '127.0.0.1', () => resolve((this.server.address() as AddressInfo).port)));
   }
 
+  /**
+   * Listens on a Unix socket at `path` instead, for clients in another network namespace (a
+   * socket file is reachable from any of them): a forwarder there carries their TCP to it.
+   */
+  listenPath(path: string): Promise<void> {
+    return new Promise((resolve) => this.server.listen(path, () => resolve()));
+  }
+
   /** Cuts every proxied connection, as a proxy restart or a broken circuit would. */
   cutAll(): void {
     for (const s of this.sockets) s.destroy();
