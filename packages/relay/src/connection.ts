@@ -71,9 +71,10 @@ export class Connection {
   readonly authKeys = new Map<string, { peer: Uint8Array; key: Uint8Array; queue?: QueueRecord }>();
   /** The id commands are bound to: the TLS exporter's, or (plain loopback) one from the session key. */
   readonly sessionId: Uint8Array;
-  lastActivity = Date.now();
+  /** When the connection last sent something (monotonic ms: clock jumps do not close or keep connections). */
+  lastActivity = performance.now();
   private tokens: number;
-  private lastRefill = Date.now();
+  private lastRefill = performance.now();
   private out: Uint8Array[] = [];
   private flushScheduled = false;
   private inflight = 0;
@@ -111,7 +112,7 @@ export class Connection {
 
   private onMessage(data: Buffer, isBinary: boolean): void {
     if (this.closedFlag || this.draining) return;
-    this.lastActivity = Date.now();
+    this.lastActivity = performance.now();
     if (!isBinary || data.length !== BLOCK_SIZE) {
       this.close(CloseCode.POLICY);
       return;
@@ -169,7 +170,7 @@ export class Connection {
   }
 
   private takeToken(): boolean {
-    const now = Date.now();
+    const now = performance.now();
     const elapsed = now - this.lastRefill;
     if (elapsed > 0) {
       this.tokens = Math.min(this.config.commandBurst, this.tokens + (elapsed * this.config.commandsPerSecond) / 1000);

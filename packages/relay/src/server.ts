@@ -169,7 +169,7 @@ export class RelayServer {
     const { config } = this;
     const sweep = Math.max(250, Math.min(30_000, Math.floor(config.idleTimeoutMs / 4)));
     const idle = setInterval(() => {
-      const cutoff = Date.now() - config.idleTimeoutMs;
+      const cutoff = performance.now() - config.idleTimeoutMs;
       for (const c of this.connections) if (c.lastActivity < cutoff) c.close(CloseCode.NORMAL);
     }, sweep);
     const expiry = setInterval(() => void this.expire(), config.expiryIntervalMs);
