@@ -1,0 +1,333 @@
+#!/usr/bin/env node
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// Comparison bench: the same workloads (W1-W7) against a Murmure relay (plain WebSocket on
+// loopback, and TLS), Prosody and ejabberd, each started fresh on loopback with a throwaway
+// config and stopped by PID. One JSON line per run in bench/results/compare-<date>.jsonl, then
+// tables with Murmure/ejabberd and Murmure/Prosody ratios. bench/README.md explains the method.
+//
+// Usage: npm run bench:compare   (or: node bench/compare/run.mjs after `npx tsc -b`)
+// Env: BENCH_QUICK, BENCH_ONLY, BENCH_SERVERS, BENCH_PIN, BENCH_REPEATS, BENCH_WARMUP_S,
+//      BENCH_DURATION_S, BENCH_W2_PAIRS, BENCH_W4_SESSIONS, BENCH_W5_MESSAGES, BENCH_W7_SESSIONS,
+//      BENCH_NO_INSTALL, BENCH_QUIET_WAIT_S, BENCH_NO_RESULTS (bench/README.md).
+
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, mkdirSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { NOISY_CORES, closedLoop, crashAfterAck, idleSessions, reconnectStorm, round, storeAndForward } from './core.mjs';
+import { allCpus, alive, cmdOutput, driverCpuUs, killLiveServers, machineBusyUs, pinProcess, sleep } from './proc.mjs';
+import { SERVERS } from './servers.mjs';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const ROOT = resolve(HERE, '../..');
+const RESULTS_DIR = join(ROOT, 'bench/results');
+const ALL_WORKLOADS = ['W1', 'W2', 'W3', 'W4', 'W5', 'W6', 'W7'];
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+
+function envNum(name, dflt) {
+  const v = process.env[name];
+  if (v === undefined || v === '') return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number`);
+  return n;
+}
+
+function envList(name, dflt) {
+  const v = process.env[name];
+  if (v === undefined || v === '') return dflt;
+  return v.split(',').map((s) => s.trim()).filter((s) => s !== '');
+}
+
+function settings() {
+  const quick = process.env.BENCH_QUICK === '1';
+  const cfg = {
+    quick,
+    only: envList('BENCH_ONLY', ALL_WORKLOADS).map((w) => w.toUpperCase()),
+    servers: envList('BENCH_SERVERS', ['prosody', 'ejabberd', 'murmure', 'murmure-tls']),
+    pin: envList('BENCH_PIN', quick ? ['pinned'] : ['pinned', 'unpinned']),
+    repeats: envNum('BENCH_REPEATS', quick ? 1 : 3),
+    warmupS: envNum('BENCH_WARMUP_S', quick ? 0.5 : 2),
+    durationS: envNum('BENCH_DURATION_S', quick ? 2 : 10),
+    w2Pairs: envList('BENCH_W2_PAIRS', ['10', '100', '500']).map(Number),
+    w4Sessions: envList('BENCH_W4_SESSIONS', quick ? ['1000'] : ['1000', '10000']).map(Number),
+    offlineMessages: envNum('BENCH_W5_MESSAGES', quick ? 2000 : 10000),
+    w7Sessions: envNum('BENCH_W7_SESSIONS', quick ? 1000 : 10000),
+    perWorker: envNum('BENCH_PER_WORKER', 2500),
+    loginConcurrency: envNum('BENCH_LOGIN_CONCURRENCY', 32),
+    stormConcurrency: envNum('BENCH_STORM_CONCURRENCY', 0),
+    stormDeadlineS: envNum('BENCH_STORM_DEADLINE_S', 300),
+    install: process.env.BENCH_NO_INSTALL !== '1',
+    quietWaitS: envNum('BENCH_QUIET_WAIT_S', 0),
+    writeResults: process.env.BENCH_NO_RESULTS !== '1',
+  };
+  for (const s of cfg.servers) if (!(s in SERVERS)) throw new Error(`BENCH_SERVERS: unknown server ${s} (known: ${Object.keys(SERVERS).join(', ')})`);
+  for (const w of cfg.only) if (!ALL_WORKLOADS.includes(w)) throw new Error(`BENCH_ONLY: unknown workload ${w}`);
+  for (const p of cfg.pin) if (p !== 'pinned' && p !== 'unpinned') throw new Error('BENCH_PIN lists pinned and/or unpinned');
+  if (cfg.repeats < 1) throw new Error('BENCH_REPEATS must be >= 1');
+  return cfg;
+}
+
+/** The workload cases in run order; `accounts` is what an XMPP server needs registered. */
+function cases(cfg) {
+  const list = [];
+  const add = (w, label, accounts, run) => cfg.only.includes(w) && list.push({ w, label, accounts, run });
+  add('W1', '1 pair × 1', 2, (s) => closedLoop(s, cfg, 1, 1));
+  for (const n of cfg.w2Pairs) add('W2', `${n} pairs × 1`, 2 * n, (s) => closedLoop(s, cfg, n, 1));
+  add('W3', '100 pairs × 10', 200, (s) => closedLoop(s, cfg, 100, 10));
+  for (const n of cfg.w4Sessions) add('W4', `${n.toLocaleString('en-US')} idle sessions`, n + 16, (s) => idleSessions(s, cfg, n));
+  add('W5', `${cfg.offlineMessages.toLocaleString('en-US')} to an offline recipient`, 2, (s) => storeAndForward(s, cfg));
+  add('W6', `kill -9 after ${cfg.offlineMessages.toLocaleString('en-US')} acked`, 2, (s, cpu) => crashAfterAck(s, cfg, cpu));
+  add('W7', `${cfg.w7Sessions.toLocaleString('en-US')} sessions drop and resubscribe`, cfg.w7Sessions + 4, (s) => reconnectStorm(s, cfg, cfg.w7Sessions));
+  return list;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine, versions, installation
+
+function ensureInstalled(cfg) {
+  const missing = [];
+  if (cfg.servers.includes('prosody') && cmdOutput('sh', ['-c', 'command -v prosody']) === null) missing.push('prosody');
+  if (cfg.servers.includes('ejabberd') && cmdOutput('sh', ['-c', 'command -v ejabberdctl && command -v erl']) === null) missing.push('ejabberd');
+  for (const tool of ['taskset', 'strace']) if (cmdOutput('sh', ['-c', `command -v ${tool}`]) === null) missing.push(tool === 'taskset' ? 'util-linux' : tool);
+  if (missing.length === 0) return;
+  if (!cfg.install) throw new Error(`missing: ${missing.join(', ')} (BENCH_NO_INSTALL=1 forbids installing them)`);
+  console.log(`installing ${missing.join(', ')} with apt-get`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const install = () => execFileSync('apt-get', ['install', '-y', '-q', '--no-install-recommends', ...missing], { stdio: 'inherit', env });
+  try {
+    install();
+  } catch {
+    execFileSync('apt-get', ['update', '-q'], { stdio: 'inherit', env });
+    install();
+  }
+}
+
+function machine() {
+  return {
+    cpuModel: cpus()[0]?.model ?? 'unknown',
+    cores: cpus().length,
+    memGiB: round(totalmem() / 2 ** 30, 1),
+    kernel: cmdOutput('uname', ['-r']),
+  };
+}
+
+function versions(cfg) {
+  const dirty = cmdOutput('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no']);
+  return {
+    node: process.version,
+    murmure: SERVERS.murmure.version(),
+    murmureDirty: dirty === null ? null : dirty !== '',
+    prosody: cfg.servers.includes('prosody') ? SERVERS.prosody.version() : null,
+    ejabberd: cfg.servers.includes('ejabberd') ? SERVERS.ejabberd.version() : null,
+    erlang: cfg.servers.includes('ejabberd') ? cmdOutput('erl', ['-noshell', '-eval', 'io:format("~s",[erlang:system_info(otp_release)]),halt().']) : null,
+  };
+}
+
+/** CPU (cores) the machine uses over `ms` while this bench does nothing. */
+async function backgroundCores(ms = 1000) {
+  const m0 = machineBusyUs();
+  const d0 = driverCpuUs();
+  const t0 = Date.now();
+  await sleep(ms);
+  return Math.max(0, (machineBusyUs() - m0 - (driverCpuUs() - d0)) / ((Date.now() - t0) * 1000));
+}
+
+async function waitQuiet(cfg) {
+  const until = Date.now() + cfg.quietWaitS * 1000;
+  let load = await backgroundCores();
+  while (load >= NOISY_CORES && Date.now() < until) {
+    console.log(`  (machine busy: ${load.toFixed(2)} cores used by other processes; waiting)`);
+    await sleep(4000);
+    load = await backgroundCores();
+  }
+  return round(load, 2);
+}
+
+const epmdPids = () => new Set((cmdOutput('pgrep', ['-x', 'epmd']) ?? '').split('\n').filter((s) => s !== '').map(Number));
+
+// ---------------------------------------------------------------------------------------------
+// Tables
+
+const num = (v, d) => (v === null || v === undefined || !Number.isFinite(v) ? '-' : v >= 1000 ? Math.round(v).toLocaleString('en-US') : String(round(v, d)));
+
+/** What each workload's table shows: [field, label, higher is better, decimals]. */
+const METRICS = {
+  W1: [['p50Ms', 'p50 ms (one-way)', false, 3], ['p99Ms', 'p99 ms', false, 3], ['maxMs', 'max ms', false, 2], ['msgsPerS', 'msgs/s', true, 0], ['serverUsPerMsg', 'server µs/msg', false, 1]],
+  W2: [['msgsPerS', 'msgs/s', true, 0], ['p50Ms', 'p50 ms', false, 3], ['p99Ms', 'p99 ms', false, 3], ['serverUsPerMsg', 'server µs/msg', false, 1]],
+  W3: [['msgsPerS', 'msgs/s', true, 0], ['p99Ms', 'p99 ms', false, 2], ['serverUsPerMsg', 'server µs/msg', false, 1], ['serverCores', 'server cores', null, 2]],
+  W4: [['kbPerSession', 'KB/session', false, 1], ['rssAfterMiB', 'server RSS MiB', false, 1], ['loginsPerS', 'logins/subscribes per s', true, 0], ['serverUsPerLogin', 'server µs/login', false, 0]],
+  W5: [['storeMsgsPerS', 'store msgs/s', true, 0], ['drainMsgsPerS', 'drain msgs/s', true, 0], ['firstMsgMs', 'first msg after login ms', false, 1], ['serverUsPerMsg', 'server µs/msg (store+drain)', false, 1]],
+  W6: [['lost', 'acked but lost', false, 0], ['acked', 'acked', null, 0], ['fsyncsPerMsg', 'fsync+fdatasync per msg', null, 3]],
+  W7: [['allServedS', 'all served (s)', false, 2], ['resubscribesPerS', 'resubscribes/s', true, 0], ['lost', 'not back', false, 0], ['serverUsPerSession', 'server µs/session', false, 0]],
+};
+
+function median(xs) {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (s.length === 0) return null;
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Median ratio a/b over the repeats where both ran, with min-max. */
+function ratio(runsA, runsB, field) {
+  const rs = [];
+  for (const a of runsA) {
+    const b = runsB.find((r) => r.repeat === a.repeat);
+    if (b === undefined || !Number.isFinite(a[field]) || !Number.isFinite(b[field]) || b[field] === 0) continue;
+    rs.push(a[field] / b[field]);
+  }
+  if (rs.length === 0) return { text: '-', median: null };
+  const m = median(rs);
+  const lo = Math.min(...rs);
+  const hi = Math.max(...rs);
+  return { text: rs.length === 1 ? `${round(m, 2)}` : `${round(m, 2)} [${round(lo, 2)}–${round(hi, 2)}]`, median: m };
+}
+
+function printTables(cfg, results) {
+  const servers = cfg.servers;
+  const ratioCols = [];
+  if (servers.includes('murmure') && servers.includes('ejabberd')) ratioCols.push(['murmure', 'ejabberd']);
+  if (servers.includes('murmure') && servers.includes('prosody')) ratioCols.push(['murmure', 'prosody']);
+  if (servers.includes('murmure') && servers.includes('murmure-tls')) ratioCols.push(['murmure-tls', 'murmure']);
+  for (const pin of cfg.pin) {
+    for (const c of cases(cfg)) {
+      const runs = (srv) => results.filter((r) => r.pin === pin && r.case === c.label && r.server === srv && r.error === undefined);
+      const header = ['', ...servers, ...ratioCols.map(([a, b]) => `${a}/${b}`)];
+      const rows = [header];
+      for (const [field, label, , d] of METRICS[c.w]) {
+        const row = [label];
+        for (const s of servers) {
+          const rs = runs(s);
+          const mark = rs.some((r) => r.driverBound) ? '*' : '';
+          const noisy = rs.some((r) => r.noisy) ? '~' : '';
+          row.push(rs.length === 0 ? (results.some((r) => r.pin === pin && r.case === c.label && r.server === s) ? 'error' : '-') : `${num(median(rs.map((r) => r[field])), d)}${mark}${noisy}`);
+        }
+        // Counts (lost, acked) and fsyncs per message are read side by side, not as ratios.
+        for (const [a, b] of ratioCols) row.push(c.w === 'W6' ? '' : ratio(runs(a), runs(b), field).text);
+        rows.push(row);
+      }
+      const widths = header.map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)));
+      console.log(`\n${c.w} ${c.label} — ${pin === 'pinned' ? 'pinned (server CPU 1, driver CPU 0)' : 'unpinned'}`);
+      for (const [i, r] of rows.entries()) {
+        console.log(r.map((cell, j) => (j === 0 ? String(cell).padEnd(widths[j]) : String(cell).padStart(widths[j]))).join('  '));
+        if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+      }
+      const errs = results.filter((r) => r.pin === pin && r.case === c.label && r.error !== undefined);
+      for (const e of errs) console.log(`  ${e.server} (repeat ${e.repeat}): ${e.error}`);
+    }
+  }
+  console.log('\nValues: median of the repeats; ratios: median [min–max] of per-repeat ratios. * driver-bound run (driver ≥ 0.95 core: read µs/msg), ~ noisy run (other processes ≥ 0.15 core).');
+}
+
+/** The issue's targets, from the pinned runs (unpinned when no pinned run). */
+function printTargets(cfg, results) {
+  const pin = cfg.pin.includes('pinned') ? 'pinned' : cfg.pin[0];
+  const runs = (srv, w, label) => results.filter((r) => r.pin === pin && r.server === srv && r.workload === w && (label === undefined || r.case === label) && r.error === undefined);
+  const med = (rs, f) => median(rs.map((r) => r[f]));
+  const checks = [];
+  const cmp = (what, a, b, ok) => checks.push([what, a !== null && b !== null ? ok(a, b) : null, a === null || b === null ? 'not measured' : `${num(a, 3)} vs ${num(b, 3)} (ratio ${round(a / b, 2)})`]);
+  cmp('W3 msgs/s ≥ 1.0× ejabberd (fsync-durable, group commit)', med(runs('murmure', 'W3'), 'msgsPerS'), med(runs('ejabberd', 'W3'), 'msgsPerS'), (a, b) => a >= b);
+  for (const c of cases(cfg).filter((x) => x.w === 'W2')) {
+    cmp(`W2 ${c.label} p99 ≤ ejabberd's`, med(runs('murmure', 'W2', c.label), 'p99Ms'), med(runs('ejabberd', 'W2', c.label), 'p99Ms'), (a, b) => a <= b);
+  }
+  const w4 = cases(cfg).filter((x) => x.w === 'W4').at(-1);
+  if (w4 !== undefined) {
+    const a = med(runs('murmure', 'W4', w4.label), 'kbPerSession');
+    cmp(`W4 ${w4.label}: KB/session ≤ 0.5× Prosody's`, a, med(runs('prosody', 'W4', w4.label), 'kbPerSession'), (x, y) => x <= 0.5 * y);
+    checks.push([`W4 ${w4.label}: KB/session ≤ 17`, a === null ? null : a <= 17, a === null ? 'not measured' : num(a, 1)]);
+  }
+  cmp('W5 store msgs/s ≥ 3× Prosody (fsync-durable)', med(runs('murmure', 'W5'), 'storeMsgsPerS'), med(runs('prosody', 'W5'), 'storeMsgsPerS'), (a, b) => a >= 3 * b);
+  const w6 = runs('murmure', 'W6');
+  checks.push(['W6 0 acknowledged messages lost', w6.length === 0 ? null : w6.every((r) => r.lost === 0), w6.length === 0 ? 'not measured' : w6.map((r) => r.lost).join(', ')]);
+  const w7 = runs('murmure', 'W7');
+  const w7s = med(w7, 'allServedS');
+  checks.push([`W7 ${cfg.w7Sessions.toLocaleString('en-US')} resubscribed within 5 s${cfg.w7Sessions < 10000 ? ' (target is for 10,000)' : ''}`, w7s === null ? null : w7s <= 5 && w7.every((r) => r.lost === 0), w7s === null ? 'not measured' : `${num(w7s, 2)} s`]);
+  console.log(`\nTargets of the issue (${pin}, Murmure = plain WebSocket row):`);
+  for (const [what, ok, got] of checks) console.log(`  ${ok === null ? '  -   ' : ok ? 'met   ' : 'MISSED'}  ${what}: ${got}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+async function main() {
+  const cfg = settings();
+  ensureInstalled(cfg);
+  const epmdBefore = epmdPids();
+  const runId = new Date().toISOString();
+  const meta = { runId, machine: machine(), versions: versions(cfg), quick: cfg.quick, warmupS: cfg.warmupS, durationS: cfg.durationS, bodyBytes: 100 };
+  const list = cases(cfg);
+  const accounts = Math.max(2, ...list.map((c) => c.accounts));
+  const nCpu = cpus().length;
+  if (cfg.pin.includes('pinned') && nCpu < 2) throw new Error('pinned runs need 2 CPUs (BENCH_PIN=unpinned)');
+  console.log(`murmure bench:compare — ${meta.machine.cores} CPU (${meta.machine.cpuModel}), node ${meta.versions.node}, murmure ${meta.versions.murmure}${meta.versions.murmureDirty ? '+dirty' : ''}, prosody ${meta.versions.prosody ?? '-'}, ejabberd ${meta.versions.ejabberd ?? '-'}`);
+  console.log(`servers ${cfg.servers.join(', ')}; workloads ${list.map((c) => `${c.w} ${c.label}`).join('; ')}`);
+  console.log(`${cfg.repeats} repeat(s), ${cfg.pin.join(' and ')}; warm-up ${cfg.warmupS} s, measured ${cfg.durationS} s, 100 B bodies, TLS off except murmure-tls`);
+  const resultsFile = join(RESULTS_DIR, `compare-${runId.slice(0, 10)}.jsonl`);
+  const results = [];
+  const everything = allCpus();
+  try {
+    for (let repeat = 1; repeat <= cfg.repeats; repeat++) {
+      for (const pin of cfg.pin) {
+        pinProcess(process.pid, pin === 'pinned' ? '0' : everything);
+        const serverCpu = pin === 'pinned' ? '1' : null;
+        for (const c of list) {
+          for (const name of cfg.servers) {
+            const srv = SERVERS[name];
+            const bg = await waitQuiet(cfg);
+            process.stdout.write(`[${repeat}/${cfg.repeats} ${pin}] ${c.w} ${c.label} — ${name} ... `);
+            let r;
+            let server = null;
+            try {
+              server = await srv.start({ cpu: serverCpu, accounts, templateCpu: everything });
+              r = await c.run(server, serverCpu);
+            } catch (e) {
+              r = { error: String(e?.message ?? e).slice(0, 500) };
+            } finally {
+              if (server !== null) await server.stop().catch(() => undefined);
+            }
+            const line = { ...meta, repeat, pin, server: name, workload: c.w, case: c.label, backgroundCoresBefore: bg, ...r };
+            results.push(line);
+            console.log(r.error !== undefined ? `ERROR ${r.error}` : summary(c.w, r));
+            if (cfg.writeResults) {
+              mkdirSync(RESULTS_DIR, { recursive: true });
+              appendFileSync(resultsFile, `${JSON.stringify(line)}\n`);
+            }
+          }
+        }
+      }
+    }
+  } finally {
+    pinProcess(process.pid, everything);
+    for (const name of cfg.servers) SERVERS[name].cleanup();
+    // epmd is left running by the Erlang VM: stop the one this bench started, by PID.
+    for (const pid of epmdPids()) if (!epmdBefore.has(pid) && alive(pid)) process.kill(pid, 'SIGTERM');
+  }
+  printTables(cfg, results);
+  printTargets(cfg, results);
+  if (cfg.writeResults) console.log(`\nJSON lines appended to ${resultsFile}`);
+}
+
+function summary(w, r) {
+  const f = METRICS[w].map(([field, label, , d]) => `${label} ${num(r[field], d)}`).join(', ');
+  const notes = [r.driverBound ? 'DRIVER-BOUND' : '', r.noisy ? `NOISY (others ${r.otherCores} cores)` : '', r.errors > 0 ? `${r.errors} errors` : '', r.failed > 0 ? `${r.failed} failed` : '', r.outOfOrder > 0 ? `${r.outOfOrder} out of order` : ''].filter(Boolean);
+  return notes.length === 0 ? f : `${f} [${notes.join(', ')}]`;
+}
+
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    killLiveServers();
+    process.exit(130);
+  });
+}
+try {
+  await main();
+} catch (e) {
+  console.error(e);
+  killLiveServers();
+  process.exitCode = 1;
+}
+// Sockets that linger after their close handshake must not keep the bench alive.
+setTimeout(() => process.exit(), 200).unref();
