@@ -75,9 +75,23 @@ class EvilStore implements QueueStore {
   /** Stores a message in the target queue behind the relay's back (a replay or an injection). */
   async inject(m: StoredMessage): Promise<void> {
     if (this.target === null) throw new Error('no target');
+    // The relay's store makes a message visible at commit, before the write resolves (after its
+    // sync): the mirror takes it at once too, so it never lags behind what the relay can read.
+    this.mirror(m);
     assert.equal(await this.inner.addMessage(this.target, m, 100_000, Date.now()), 'ok');
-    this.present.push({ m, rank: this.rank() });
+  }
+
+  /** Adds a message to the mirror of the target queue. */
+  private mirror(m: StoredMessage): { m: StoredMessage; rank: number } {
+    const entry = { m, rank: this.rank() };
+    this.present.push(entry);
     this.counter++;
+    return entry;
+  }
+
+  private unmirror(entry: { m: StoredMessage; rank: number }): void {
+    const i = this.present.indexOf(entry);
+    if (i >= 0) this.present.splice(i, 1);
   }
 
   /** Messages the target queue still holds. */
@@ -92,12 +106,13 @@ class EvilStore implements QueueStore {
     const action = this.decide(this.added);
     if (action === 'drop') return 'ok';
     const toStore = action === 'tamper' ? await this.reseal(rcvId, msg, this.tamper) : msg;
-    const r = await this.inner.addMessage(rcvId, toStore, quota, now);
-    if (r === 'ok') {
-      this.present.push({ m: toStore, rank: this.rank() });
-      this.counter++;
-      if (action === 'dup') await this.inject(await this.reseal(rcvId, msg));
-    }
+    const entry = this.mirror(toStore);
+    const r = await this.inner.addMessage(rcvId, toStore, quota, now).catch((e: unknown) => {
+      this.unmirror(entry);
+      throw e;
+    });
+    if (r !== 'ok') this.unmirror(entry);
+    else if (action === 'dup') await this.inject(await this.reseal(rcvId, msg));
     return r;
   }
 
