@@ -107,8 +107,22 @@ export function encodeLocalIdentity(l: LocalIdentity): Uint8Array {
   return new Writer(200).shortBytes(new TextEncoder().encode(l.name)).u16(l.registrationId).longBytes(l.identity.serialize()).finish();
 }
 
+/**
+ * Identities already decoded, by the stored bytes they came from (the same object while a
+ * store keeps it): a connection's identity is read for every message it sends or receives.
+ */
+const decodedIdentities = new WeakMap<Uint8Array, LocalIdentity>();
+
 /** Restores a local identity from `encodeLocalIdentity`. */
 export function decodeLocalIdentity(bytes: Uint8Array): LocalIdentity {
+  const known = decodedIdentities.get(bytes);
+  if (known !== undefined) return known;
+  const decoded = decodeIdentityBytes(bytes);
+  decodedIdentities.set(bytes, decoded);
+  return decoded;
+}
+
+function decodeIdentityBytes(bytes: Uint8Array): LocalIdentity {
   const r = new Reader(bytes);
   const name = new TextDecoder().decode(r.shortBytes(64, 'name'));
   const registrationId = r.u16('registration id');
@@ -128,6 +142,131 @@ export interface StateSource {
   load(kind: StateKind, key: string): Uint8Array | undefined;
 }
 
+/** What the store classes below use of a ProtocolState. */
+type StateAccess = Readonly<{
+  local: LocalIdentity;
+  get(kind: StateKind, key: string): Uint8Array | undefined;
+  need(kind: StateKind, key: string): Uint8Array;
+  put(kind: StateKind, key: string, value: Uint8Array | null): void;
+}>;
+
+/**
+ * Session records already parsed, by the serialised bytes they came from or were saved as (the
+ * same object while a store keeps it), so that a record is not parsed again for every message.
+ * libsignal copies a record it loads and hands back a new one to save, so a cached one is never
+ * changed in place.
+ */
+const parsedSessions = new WeakMap<Uint8Array, SessionRecord>();
+
+function sessionRecord(bytes: Uint8Array): SessionRecord {
+  let r = parsedSessions.get(bytes);
+  if (r === undefined) {
+    r = SessionRecord.deserialize(Uint8Array.from(bytes));
+    parsedSessions.set(bytes, r);
+  }
+  return r;
+}
+
+class Sessions extends SessionStore {
+  constructor(private readonly s: StateAccess) {
+    super();
+  }
+  async saveSession(name: ProtocolAddress, record: SessionRecord): Promise<void> {
+    const bytes = record.serialize();
+    parsedSessions.set(bytes, record);
+    this.s.put('session', name.name(), bytes);
+  }
+  async getSession(name: ProtocolAddress): Promise<SessionRecord | null> {
+    const b = this.s.get('session', name.name());
+    return b === undefined ? null : sessionRecord(b);
+  }
+  async getExistingSessions(addresses: ProtocolAddress[]): Promise<SessionRecord[]> {
+    const out: SessionRecord[] = [];
+    for (const a of addresses) {
+      const b = this.s.get('session', a.name());
+      if (b === undefined) throw new CryptoError('NO_SESSION', 'no session for an address');
+      out.push(sessionRecord(b));
+    }
+    return out;
+  }
+}
+
+class Identities extends IdentityKeyStore {
+  constructor(private readonly s: StateAccess) {
+    super();
+  }
+  async getIdentityKey(): Promise<PrivateKey> {
+    return this.s.local.identity.privateKey;
+  }
+  /** The pair as decoded (the base class would derive the public key again at every call). */
+  override async getIdentityKeyPair(): Promise<IdentityKeyPair> {
+    return this.s.local.identity;
+  }
+  async getLocalRegistrationId(): Promise<number> {
+    return this.s.local.registrationId;
+  }
+  async saveIdentity(name: ProtocolAddress, key: PublicKey): Promise<IdentityChange> {
+    const old = this.s.get('identity', name.name());
+    const bytes = key.serialize();
+    if (old !== undefined && Buffer.from(old).equals(bytes)) return IdentityChange.NewOrUnchanged;
+    this.s.put('identity', name.name(), bytes);
+    return old !== undefined ? IdentityChange.ReplacedExisting : IdentityChange.NewOrUnchanged;
+  }
+  async isTrustedIdentity(name: ProtocolAddress, key: PublicKey, _direction: Direction): Promise<boolean> {
+    const old = this.s.get('identity', name.name());
+    return old === undefined || Buffer.from(old).equals(key.serialize());
+  }
+  async getIdentity(name: ProtocolAddress): Promise<PublicKey | null> {
+    const b = this.s.get('identity', name.name());
+    return b === undefined ? null : PublicKey.deserialize(Uint8Array.from(b));
+  }
+}
+
+class PreKeys extends PreKeyStore {
+  constructor(private readonly s: StateAccess) {
+    super();
+  }
+  async savePreKey(id: number, record: PreKeyRecord): Promise<void> {
+    this.s.put('prekey', String(id), record.serialize());
+  }
+  async getPreKey(id: number): Promise<PreKeyRecord> {
+    return PreKeyRecord.deserialize(Uint8Array.from(this.s.need('prekey', String(id))));
+  }
+  async removePreKey(id: number): Promise<void> {
+    this.s.put('prekey', String(id), null);
+  }
+}
+
+class SignedPreKeys extends SignedPreKeyStore {
+  constructor(private readonly s: StateAccess) {
+    super();
+  }
+  async saveSignedPreKey(id: number, record: SignedPreKeyRecord): Promise<void> {
+    this.s.put('signed-prekey', String(id), record.serialize());
+  }
+  async getSignedPreKey(id: number): Promise<SignedPreKeyRecord> {
+    return SignedPreKeyRecord.deserialize(Uint8Array.from(this.s.need('signed-prekey', String(id))));
+  }
+}
+
+class KyberPreKeys extends KyberPreKeyStore {
+  constructor(private readonly s: StateAccess) {
+    super();
+  }
+  async saveKyberPreKey(id: number, record: KyberPreKeyRecord): Promise<void> {
+    this.s.put('kyber-prekey', String(id), record.serialize());
+  }
+  async getKyberPreKey(id: number): Promise<KyberPreKeyRecord> {
+    return KyberPreKeyRecord.deserialize(Uint8Array.from(this.s.need('kyber-prekey', String(id))));
+  }
+  async markKyberPreKeyUsed(kyberId: number, signedId: number, baseKey: PublicKey): Promise<void> {
+    // A replayed use of a last-resort key with the same base key is refused.
+    const key = `${kyberId}:${signedId}:${Buffer.from(baseKey.serialize()).toString('hex')}`;
+    if (this.s.get('kyber-used', key) !== undefined) throw new CryptoError('INVALID_MESSAGE', 'a Kyber prekey was used twice with one base key');
+    this.s.put('kyber-used', key, new Uint8Array([1]));
+  }
+}
+
 /**
  * libsignal's five stores over one connection's state. Reads see this object's own pending
  * writes first; `takeWrites()` hands the writes to the caller to commit, `discard()` drops them.
@@ -144,80 +283,17 @@ export class ProtocolState {
     readonly local: LocalIdentity,
     private readonly source: StateSource,
   ) {
-    // eslint-disable-next-line @typescript-eslint/no-this-alias
-    const state = this;
-    this.sessions = new (class extends SessionStore {
-      async saveSession(name: ProtocolAddress, record: SessionRecord): Promise<void> {
-        state.put('session', name.name(), record.serialize());
-      }
-      async getSession(name: ProtocolAddress): Promise<SessionRecord | null> {
-        const b = state.get('session', name.name());
-        return b === undefined ? null : SessionRecord.deserialize(Uint8Array.from(b));
-      }
-      async getExistingSessions(addresses: ProtocolAddress[]): Promise<SessionRecord[]> {
-        const out: SessionRecord[] = [];
-        for (const a of addresses) {
-          const b = state.get('session', a.name());
-          if (b === undefined) throw new CryptoError('NO_SESSION', 'no session for an address');
-          out.push(SessionRecord.deserialize(Uint8Array.from(b)));
-        }
-        return out;
-      }
-    })();
-    this.identities = new (class extends IdentityKeyStore {
-      async getIdentityKey(): Promise<PrivateKey> {
-        return state.local.identity.privateKey;
-      }
-      async getLocalRegistrationId(): Promise<number> {
-        return state.local.registrationId;
-      }
-      async saveIdentity(name: ProtocolAddress, key: PublicKey): Promise<IdentityChange> {
-        const old = state.get('identity', name.name());
-        state.put('identity', name.name(), key.serialize());
-        return old !== undefined && !Buffer.from(old).equals(key.serialize()) ? IdentityChange.ReplacedExisting : IdentityChange.NewOrUnchanged;
-      }
-      async isTrustedIdentity(name: ProtocolAddress, key: PublicKey, _direction: Direction): Promise<boolean> {
-        const old = state.get('identity', name.name());
-        return old === undefined || Buffer.from(old).equals(key.serialize());
-      }
-      async getIdentity(name: ProtocolAddress): Promise<PublicKey | null> {
-        const b = state.get('identity', name.name());
-        return b === undefined ? null : PublicKey.deserialize(Uint8Array.from(b));
-      }
-    })();
-    this.preKeys = new (class extends PreKeyStore {
-      async savePreKey(id: number, record: PreKeyRecord): Promise<void> {
-        state.put('prekey', String(id), record.serialize());
-      }
-      async getPreKey(id: number): Promise<PreKeyRecord> {
-        return PreKeyRecord.deserialize(Uint8Array.from(state.need('prekey', String(id))));
-      }
-      async removePreKey(id: number): Promise<void> {
-        state.put('prekey', String(id), null);
-      }
-    })();
-    this.signedPreKeys = new (class extends SignedPreKeyStore {
-      async saveSignedPreKey(id: number, record: SignedPreKeyRecord): Promise<void> {
-        state.put('signed-prekey', String(id), record.serialize());
-      }
-      async getSignedPreKey(id: number): Promise<SignedPreKeyRecord> {
-        return SignedPreKeyRecord.deserialize(Uint8Array.from(state.need('signed-prekey', String(id))));
-      }
-    })();
-    this.kyberPreKeys = new (class extends KyberPreKeyStore {
-      async saveKyberPreKey(id: number, record: KyberPreKeyRecord): Promise<void> {
-        state.put('kyber-prekey', String(id), record.serialize());
-      }
-      async getKyberPreKey(id: number): Promise<KyberPreKeyRecord> {
-        return KyberPreKeyRecord.deserialize(Uint8Array.from(state.need('kyber-prekey', String(id))));
-      }
-      async markKyberPreKeyUsed(kyberId: number, signedId: number, baseKey: PublicKey): Promise<void> {
-        // A replayed use of a last-resort key with the same base key is refused.
-        const key = `${kyberId}:${signedId}:${Buffer.from(baseKey.serialize()).toString('hex')}`;
-        if (state.get('kyber-used', key) !== undefined) throw new CryptoError('INVALID_MESSAGE', 'a Kyber prekey was used twice with one base key');
-        state.put('kyber-used', key, new Uint8Array([1]));
-      }
-    })();
+    const access: StateAccess = {
+      local,
+      get: (kind, key) => this.get(kind, key),
+      need: (kind, key) => this.need(kind, key),
+      put: (kind, key, value) => this.put(kind, key, value),
+    };
+    this.sessions = new Sessions(access);
+    this.identities = new Identities(access);
+    this.preKeys = new PreKeys(access);
+    this.signedPreKeys = new SignedPreKeys(access);
+    this.kyberPreKeys = new KyberPreKeys(access);
   }
 
   private get(kind: StateKind, key: string): Uint8Array | undefined {

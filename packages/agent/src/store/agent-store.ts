@@ -192,10 +192,36 @@ const COLUMNS = [
 
 type Params = never;
 
-/** Typed access to the agent's tables. */
+/** Most connection rows kept in memory. */
+export const ROW_CACHE_SIZE = 4096;
+/** Most libsignal state values kept in memory (a session record is ~6 KiB). */
+export const STATE_CACHE_SIZE = 2048;
+
+/** Sets `key` in a map kept to `max` entries (the oldest one goes first). */
+function remember<V>(map: Map<string, V>, key: string, value: V, max: number): void {
+  if (!map.has(key) && map.size >= max) map.delete(map.keys().next().value as string);
+  map.set(key, value);
+}
+
+/**
+ * Typed access to the agent's tables. Connection rows and libsignal state values that were read
+ * or written are kept in memory (the database stays the record): each message would otherwise
+ * read its connection row and ~6 KiB of session state again. What is kept is forgotten when a
+ * transaction rolls back, and when another connection to the file has committed since.
+ */
 export class AgentStore {
   private readonly db: Database;
   private readonly st;
+  /** Rows by connection id; each one is replaced, never changed, when its connection is updated. */
+  private readonly rows = new Map<string, ConnectionRow>();
+  /** libsignal state by owner, kind and key; null when there is none. */
+  private readonly states = new Map<string, Uint8Array | null>();
+  /** SQLite's data_version when the cache was last known to be current. */
+  private dataVersion = -1;
+  /** Whether data_version was read in this turn of the event loop (it is read once per turn). */
+  private checked = false;
+  /** Connection ids by receive queue id (latin1), checked against the row at each use. */
+  private readonly byRcvId = new Map<string, string>();
 
   constructor(readonly local: LocalDatabase) {
     this.db = local.db;
@@ -203,7 +229,6 @@ export class AgentStore {
     this.st = {
       insertConn: db.prepare(`INSERT INTO agent_connections (${COLUMNS.join(', ')}) VALUES (${COLUMNS.map((c) => `$${c}`).join(', ')})`),
       conn: db.prepare('SELECT * FROM agent_connections WHERE id = ?'),
-      connByRcv: db.prepare('SELECT * FROM agent_connections WHERE rcv_id = $id OR next_rcv_id = $id OR old_rcv_id = $id'),
       connByLink: db.prepare('SELECT * FROM agent_connections WHERE link_id = ?'),
       conns: db.prepare("SELECT * FROM agent_connections WHERE status <> 'deleted' ORDER BY created_at"),
       stateGet: db.prepare('SELECT value FROM agent_signal_state WHERE owner = ? AND kind = ? AND key = ?', { pluck: true }),
@@ -221,7 +246,30 @@ export class AgentStore {
       outboxRetryNowConn: db.prepare("UPDATE agent_outbox SET next_attempt_at = 0 WHERE status = 'queued' AND next_attempt_at > 0 AND conn_id = ?"),
       outboxFail: db.prepare("UPDATE agent_outbox SET status = 'failed', body = x'' WHERE id = ?"),
       outboxDelConn: db.prepare('DELETE FROM agent_outbox WHERE conn_id = ?'),
+      connIdByRcv: db.prepare('SELECT id FROM agent_connections WHERE rcv_id = $id OR next_rcv_id = $id OR old_rcv_id = $id', { pluck: true }),
+      dataVersion: db.prepare('PRAGMA data_version', { pluck: true }),
     };
+    local.onRollback(() => this.forget());
+  }
+
+  /** Drops every cached row and state value. */
+  private forget(): void {
+    this.rows.clear();
+    this.states.clear();
+  }
+
+  /** Forgets the cache if another connection to the database file committed since it was filled. */
+  private current(): void {
+    if (this.checked) return;
+    this.checked = true;
+    setImmediate(() => {
+      this.checked = false;
+    });
+    const v = Number(this.st.dataVersion.get());
+    if (v !== this.dataVersion) {
+      this.dataVersion = v;
+      this.forget();
+    }
   }
 
   /** Inserts a connection. */
@@ -229,6 +277,7 @@ export class AgentStore {
     const params: Record<string, unknown> = {};
     for (const c of COLUMNS) params[c] = row[c];
     this.st.insertConn.run(params as Params);
+    this.rows.delete(row.id);
   }
 
   /** Updates some columns of a connection. */
@@ -245,18 +294,40 @@ export class AgentStore {
     const params: Record<string, unknown> = { id };
     for (const k of keys) params[k] = (changes as Record<string, unknown>)[k];
     stmt.run(params as Params);
+    const cached = this.rows.get(id);
+    if (cached !== undefined) {
+      const next: Record<string, unknown> = { ...cached };
+      for (const k of keys) next[k] = params[k];
+      this.rows.set(id, next as ConnectionRow);
+    }
   }
 
   private readonly updates = new Map<string, ReturnType<Database['prepare']>>();
 
   /** A connection by local id. */
   connection(id: string): ConnectionRow | undefined {
-    return this.st.conn.get([id] as Params) as ConnectionRow | undefined;
+    this.current();
+    const cached = this.rows.get(id);
+    if (cached !== undefined) return cached;
+    const row = this.st.conn.get([id] as Params) as ConnectionRow | undefined;
+    if (row !== undefined) remember(this.rows, id, row, ROW_CACHE_SIZE);
+    return row;
   }
 
   /** The connection that receives on this queue (its current one, or the next or old one of a switch). */
   connectionByRcvId(rcvId: Uint8Array): ConnectionRow | undefined {
-    return this.st.connByRcv.get({ id: rcvId } as Params) as ConnectionRow | undefined;
+    const k = Buffer.from(rcvId.buffer, rcvId.byteOffset, rcvId.length).toString('latin1');
+    const known = this.byRcvId.get(k);
+    if (known !== undefined) {
+      const c = this.connection(known);
+      const same = (b: Uint8Array | null) => b !== null && Buffer.from(b.buffer, b.byteOffset, b.length).equals(rcvId);
+      if (c !== undefined && (same(c.rcv_id) || same(c.next_rcv_id) || same(c.old_rcv_id))) return c;
+      this.byRcvId.delete(k);
+    }
+    const id = this.st.connIdByRcv.get({ id: rcvId } as Params);
+    if (typeof id !== 'string') return undefined;
+    remember(this.byRcvId, k, id, ROW_CACHE_SIZE);
+    return this.connection(id);
   }
 
   /** All connections not deleted. */
@@ -268,8 +339,14 @@ export class AgentStore {
   stateSource(owner: string): StateSource {
     return {
       load: (kind: StateKind, key: string) => {
+        this.current();
+        const k = `${owner}\u0000${kind}\u0000${key}`;
+        const cached = this.states.get(k);
+        if (cached !== undefined) return cached ?? undefined;
         const v = this.st.stateGet.get([owner, kind, key] as Params);
-        return v instanceof Uint8Array ? v : undefined;
+        const value = v instanceof Uint8Array ? v : null;
+        remember(this.states, k, value, STATE_CACHE_SIZE);
+        return value ?? undefined;
       },
     };
   }
@@ -279,6 +356,7 @@ export class AgentStore {
     for (const w of writes) {
       if (w.value === null) this.st.stateDel.run([owner, w.kind, w.key] as Params);
       else this.st.statePut.run([owner, w.kind, w.key, w.value] as Params);
+      remember(this.states, `${owner}\u0000${w.kind}\u0000${w.key}`, w.value, STATE_CACHE_SIZE);
     }
   }
 
@@ -329,7 +407,10 @@ export class AgentStore {
    */
   deleteConnection(id: string, stateOwner: string): void {
     this.st.outboxDelConn.run([id] as Params);
-    if (Number(this.st.stateUsers.get([stateOwner, id] as Params)) === 0) this.st.stateDelOwner.run([stateOwner] as Params);
+    if (Number(this.st.stateUsers.get([stateOwner, id] as Params)) === 0) {
+      this.st.stateDelOwner.run([stateOwner] as Params);
+      this.states.clear();
+    }
     this.updateConnection(id, {
       status: 'deleted',
       rcv_sig_key: null,
