@@ -36,16 +36,20 @@ import {
   ProtocolError,
   QUEUE_BOX_NONCE_LENGTH,
   QUEUE_BOX_PADDED,
+  SESSION_RESET_TAG,
   decodeEnvelope,
   decodeInvitationData,
   decodeQueueFrame,
   decodeSessionPayload,
+  decodeSessionReset,
   encodeEnvelope,
   encodeInvitationData,
   encodeQueueFrame,
   encodeSessionPayload,
+  encodeSessionReset,
   formatInvitationLink,
   formatRelayAddress,
+  MAX_RECEIPT_SEQS,
   pad,
   parseInvitationLink,
   parseRelayAddress,
@@ -79,10 +83,13 @@ import { SOCKS_CONNECT_TIMEOUT_MS, randomSocksCredentials, socks5Connection, typ
 export const SEND_RETRY_MIN_MS = 500;
 /** Longest retry delay of an outgoing message. */
 export const SEND_RETRY_MAX_MS = 60_000;
-/** Delay before sending again to a contact's full queue. */
+/** Longest delay before sending again to a contact's full queue. */
 export const QUOTA_RETRY_MS = 250;
-/** Imported keys and derived box keys kept in memory. */
-export const KEY_CACHE_SIZE = 4096;
+/**
+ * First delay before sending again to a contact's full queue; it doubles (up to QUOTA_RETRY_MS)
+ * while the queue stays full. Short, because the contact may be draining the queue right now.
+ */
+export const QUOTA_RETRY_MIN_MS = 8;
 /** Outgoing messages of one connection in flight to the relay at once. */
 export const SEND_WINDOW = 32;
 /** Most outbox rows one pass of the sender looks at. */
@@ -91,6 +98,8 @@ export const OUTBOX_BATCH = 1024;
 export const RECEIPT_DELAY_MS = 50;
 /** An outgoing message is given up after this long without the relay accepting it. */
 export const SEND_GIVE_UP_MS = 2 * 86_400_000;
+/** Failed attempts a row must also have had before it is given up: SEND_GIVE_UP_MS of retries at the longest delay. */
+export const SEND_GIVE_UP_ATTEMPTS = Math.ceil(SEND_GIVE_UP_MS / SEND_RETRY_MAX_MS);
 /**
  * During a queue switch, a message on the new queue that skips sequence numbers is held back
  * (not processed, not ACKed) while the old queue may still deliver the missing ones: until this
@@ -101,6 +110,12 @@ export const SWITCH_HOLD_MS = 1500;
 export const RETIRE_RETRY_MS = 1000;
 /** How long it waits before trying again when the old queue's relay could not be reached. */
 export const RETIRE_ERROR_RETRY_MS = 10_000;
+/**
+ * After a session reset was sent or answered on a connection, messages that fail to decrypt do
+ * not ask for another one for this long: they are most likely the contact's messages from the
+ * broken session, still on their way.
+ */
+export const RESET_INTERVAL_MS = 60_000;
 
 const LINK_AAD = new TextEncoder().encode('murmure-link-v1');
 const ZERO_HASH = new Uint8Array(HASH_LENGTH);
@@ -119,7 +134,17 @@ export type IncomingEvent =
   /** Messages `from`..`to` never arrived (dropped by a relay, or expired). */
   | { type: 'gap'; connId: string; from: number; to: number }
   /** A message broke the hash chain (tampered or replayed from an old backup). */
-  | { type: 'bad-hash'; connId: string; seq: number };
+  | { type: 'bad-hash'; connId: string; seq: number }
+  /**
+   * The libsignal session was started again after messages stopped decrypting. `restored` says
+   * who had restored an old copy, as far as the sequence numbers tell: `contact` (they sent a
+   * reset naming an older number than we received from them), `self` (the contact had received
+   * more from us than this copy knows of, so what we sent since the copy was made never reached
+   * it), or `unknown`.
+   */
+  | { type: 'resync'; connId: string; restored: 'contact' | 'self' | 'unknown' }
+  /** The contact's identity key changed (with a session reset); the safety number is new. */
+  | { type: 'identity-changed'; connId: string };
 
 /** The owner's hooks; each runs inside the agent's database transaction and must be synchronous. */
 export type AgentHandler = Readonly<{
@@ -197,6 +222,15 @@ export class Agent extends EventEmitter {
   private outboxRunning = false;
   private outboxAgain = false;
   private readonly receipts = new Map<string, number[]>();
+  /**
+   * Per connection whose contact's queue was last found full: how many times in a row. Its
+   * sending restarts one body at a time and widens while the relay accepts.
+   */
+  private readonly quotaFull = new Map<string, number>();
+  /** Per connection: how many bodies may be in flight at once (1 up to SEND_WINDOW). */
+  private readonly sendWidth = new Map<string, number>();
+  /** Per connection: when a session reset was last sent or answered, and the newest reset seen from the contact (its clock). */
+  private readonly resets = new Map<string, { at: number; seen: number }>();
   private stopped = false;
   private readonly inflight = new Set<Promise<unknown>>();
   /** Whether each queue has a relay connection of its own (with a proxy). */
@@ -306,6 +340,9 @@ export class Agent extends EventEmitter {
 
   /** Goes offline; resolves once work in flight has settled. */
   async stop(): Promise<void> {
+    // Receipts still gathering go into the outbox now (their messages are ACKed already, so
+    // they would be lost otherwise); they are sent on the next start.
+    for (const connId of [...this.receipts.keys()]) this.flushReceipts(connId);
     this.stopped = true;
     if (this.outboxTimer !== null) clearTimeout(this.outboxTimer);
     // Held messages were not ACKed: the relay delivers them again on the next SUB.
@@ -313,6 +350,7 @@ export class Agent extends EventEmitter {
     this.held.clear();
     await Promise.allSettled([...this.inflight]);
     this.pool.close();
+    await this.store.local.durable().catch(() => undefined);
   }
 
   /**
@@ -320,6 +358,7 @@ export class Agent extends EventEmitter {
    * that has not answered our confirmation yet wait on the contact, not on us: they do not count.
    */
   idle(): boolean {
+    if (this.receipts.size > 0) return false;
     const conns = this.store.connections();
     if (conns.some((c) => c.status === 'accepting')) return false;
     const connected = new Set(conns.filter((c) => c.status === 'connected').map((c) => c.id));
@@ -506,7 +545,8 @@ export class Agent extends EventEmitter {
   }
 
   /**
-   * Queues a chat payload for a contact; resolves with its sequence number once it is stored.
+   * Queues a chat payload for a contact; resolves with its sequence number once it is stored
+   * (committed; it reaches the disk, with whatever else was queued meanwhile, before it is sent).
    * `onStored(seq)` runs inside the transaction that stores it (for the owner's own record).
    */
   send(connId: string, payload: Uint8Array, onStored?: (seq: number) => void): Promise<number> {
@@ -525,7 +565,9 @@ export class Agent extends EventEmitter {
       if (c === undefined || c.snd_id === null) throw new AgentError('NOT_CONNECTED', 'this contact is not connected yet');
       const state = new ProtocolState(decodeLocalIdentity(c.local_identity), this.store.stateSource(c.state_owner));
       const w = await this.wrap(c, state, body, false);
-      return this.store.local.transaction(() => {
+      // Committed without waiting for the disk: the outbox syncs before it sends anything, once
+      // for all the messages queued meanwhile (group commit).
+      return this.store.local.deferredTransaction(() => {
         this.store.applyState(c.state_owner, state.takeWrites());
         this.store.updateConnection(connId, { next_send_seq: w.seq + 1, last_sent_hash: w.hash });
         this.store.enqueue(connId, w.seq, kind, w.frame, this.now());
@@ -560,30 +602,32 @@ export class Agent extends EventEmitter {
     return encodeQueueFrame({ senderKey: f.frame_key, nonce: f.nonce, sealed });
   }
 
-  private readonly keyCache = new Map<string, KeyPair>();
-  private readonly boxKeyCache = new Map<string, Uint8Array | null>();
+  /**
+   * Imported keys and derived box keys, by the stored key bytes they came from: the same object
+   * for as long as the store keeps the connection's row, so the cache is per connection, lives
+   * as long as the row, and never uses key material as a lookup key.
+   */
+  private readonly keyCache = new WeakMap<Uint8Array, KeyPair>();
+  private readonly boxKeyCache = new WeakMap<Uint8Array, { peer: Uint8Array; key: Uint8Array | null }>();
 
   /** A stored private key as a key pair, imported once. */
   private keys(pkcs8: Uint8Array): KeyPair {
-    const k = Buffer.from(pkcs8).toString('base64');
-    let v = this.keyCache.get(k);
+    let v = this.keyCache.get(pkcs8);
     if (v === undefined) {
       v = importKeyPair(pkcs8);
-      if (this.keyCache.size >= KEY_CACHE_SIZE) this.keyCache.delete(this.keyCache.keys().next().value as string);
-      this.keyCache.set(k, v);
+      this.keyCache.set(pkcs8, v);
     }
     return v;
   }
 
   /** The per-queue box key between one of our keys and a contact's key, derived once. */
   private boxKey(pkcs8: Uint8Array, peer: Uint8Array): Uint8Array | null {
-    const k = `${Buffer.from(pkcs8).toString('base64')}/${Buffer.from(peer).toString('base64')}`;
-    if (!this.boxKeyCache.has(k)) {
-      const secret = agree(this.keys(pkcs8).privateKey, peer);
-      if (this.boxKeyCache.size >= KEY_CACHE_SIZE) this.boxKeyCache.delete(this.boxKeyCache.keys().next().value as string);
-      this.boxKeyCache.set(k, secret === null ? null : queueBoxKey(secret));
-    }
-    return this.boxKeyCache.get(k) ?? null;
+    const known = this.boxKeyCache.get(pkcs8);
+    if (known !== undefined && Buffer.from(known.peer.buffer, known.peer.byteOffset, known.peer.length).equals(peer)) return known.key;
+    const secret = agree(this.keys(pkcs8).privateKey, peer);
+    const key = secret === null ? null : queueBoxKey(secret);
+    this.boxKeyCache.set(pkcs8, { peer: Uint8Array.from(peer), key });
+    return key;
   }
 
   // Receiving.
@@ -593,6 +637,7 @@ export class Agent extends EventEmitter {
     if (found === undefined) return;
     const connId = found.id;
     let processed = false;
+    let acked: Promise<void> | null = null;
     await this.mutex.run(found.state_owner, async () => {
       // Looked up again under the lock: a switch may have moved this queue from next to current.
       const c = this.store.connection(connId);
@@ -611,8 +656,12 @@ export class Agent extends EventEmitter {
         return;
       }
       processed = true;
-      if (ack) await client.ack(slot.q, m.msgId).catch(() => undefined);
+      // The ACK is queued here, after the commit and before the lock is released; its OK (the
+      // relay's own commit) is awaited outside the lock, so the next message, which the relay
+      // pushes as soon as it takes the ACK, need not wait for it.
+      if (ack) acked = client.ack(slot.q, m.msgId).catch(() => undefined);
     });
+    await acked;
     // Progress on the other queue of a switch may have filled the gap a held message waits on.
     const h = this.held.get(connId);
     if (processed && h !== undefined && !eq(h.m.msgId, m.msgId)) this.release(connId, false);
@@ -671,8 +720,11 @@ export class Agent extends EventEmitter {
     if (opened === null) return problem('a message failed end-to-end authentication and was dropped');
     let payload;
     try {
-      payload = decodeSessionPayload(unpad(opened, QUEUE_BOX_PADDED));
-    } catch {
+      const unpadded = unpad(opened, QUEUE_BOX_PADDED);
+      if (unpadded[0] === SESSION_RESET_TAG && c.status === 'connected') return await this.acceptReset(c, peerE2e, decodeSessionReset(unpadded));
+      payload = decodeSessionPayload(unpadded);
+    } catch (e) {
+      if (!(e instanceof ProtocolError)) throw e;
       return problem('a malformed message was dropped');
     }
     const remoteName = viaAddress ? payload.senderName : (c.remote_name ?? payload.senderName);
@@ -683,6 +735,12 @@ export class Agent extends EventEmitter {
       plain = await decrypt(state, remoteName, payload.prekey ? 'prekey' : 'whisper', payload.body);
     } catch (e) {
       if (CryptoError.is(e, 'DUPLICATE')) return true;
+      // On a connection that worked, the session broke (one side restored an old copy of its
+      // database): ask the contact to start it again, from a fresh prekey bundle of ours.
+      if (c.status === 'connected' && this.resetDue(connId)) {
+        this.track(this.sendReset(connId));
+        return problem('a message could not be decrypted and was dropped; the secure session is being reset');
+      }
       return problem('a message could not be decrypted and was dropped');
     }
     let env;
@@ -769,6 +827,15 @@ export class Agent extends EventEmitter {
       case 'RECEIPT':
         events.push({ type: 'receipt', connId, seqs: b.seqs });
         break;
+      case 'RESYNC': {
+        // The contact's answer to our reset, on the new session. If it had received more from
+        // us than this copy of the database knows of, we were restored from an old copy: go on
+        // after what it has, so that our next messages are not taken for repeats.
+        const self = b.lastRcvSeq >= c.next_send_seq;
+        if (self) Object.assign(changes, { next_send_seq: b.lastRcvSeq + 1, last_sent_hash: b.lastRcvHash });
+        events.push({ type: 'resync', connId, restored: self ? 'self' : b.senderRestored ? 'contact' : 'unknown' });
+        break;
+      }
       case 'SWITCH': {
         if (c.status !== 'connected') return problem('an unexpected queue switch was dropped');
         // Send to the new queue from now on; our box key toward the contact stays the same, and
@@ -796,6 +863,95 @@ export class Agent extends EventEmitter {
     if (changes.status === 'connected') this.emit('connected', connId);
     if (promoted) this.afterPromotion(connId, slot.relay);
     after?.();
+    return true;
+  }
+
+  /**
+   * Whether a failed decryption on this connection may ask for a session reset now: not within
+   * RESET_INTERVAL_MS of one we answered (in this process) or sent (its outbox row, sequence
+   * number 0, kept after sending, so this holds across restarts too).
+   */
+  private resetDue(connId: string): boolean {
+    const r = this.resets.get(connId);
+    if (r !== undefined && this.now() - r.at < RESET_INTERVAL_MS) return false;
+    // Only after a failed decryption, so not worth a prepared statement of the store's.
+    const sent = this.store.local.db.prepare('SELECT max(created_at) FROM agent_outbox WHERE conn_id = ? AND seq = 0', { pluck: true }).get([connId] as never) as number | null | undefined;
+    return sent === null || sent === undefined || this.now() - sent >= RESET_INTERVAL_MS;
+  }
+
+  /**
+   * Asks the contact to start the libsignal session again: a reset (outside libsignal, inside the
+   * per-queue box) with a fresh prekey bundle of this connection's identity and our sequence
+   * numbers. The contact answers with a RESYNC envelope as a PreKey message on the new session.
+   */
+  private async sendReset(connId: string): Promise<void> {
+    const first = this.store.connection(connId);
+    if (first === undefined) return;
+    this.resets.set(connId, { at: this.now(), seen: this.resets.get(connId)?.seen ?? 0 });
+    await this.mutex.run(first.state_owner, async () => {
+      const c = this.store.connection(connId);
+      if (c === undefined || c.status !== 'connected') return;
+      const state = new ProtocolState(decodeLocalIdentity(c.local_identity), this.store.stateSource(c.state_owner));
+      const bundle = encodeBundle(createPreKeys(state, { oneTime: true, now: this.now() }));
+      const body = encodeSessionReset({ sentAt: this.now(), nextSendSeq: c.next_send_seq, lastRcvSeq: c.last_rcv_seq, lastRcvHash: c.last_rcv_hash, bundle });
+      const frame = { body, frameKey: null, nonce: new Uint8Array(randomBytes(QUEUE_BOX_NONCE_LENGTH)) };
+      this.store.local.transaction(() => {
+        this.store.applyState(c.state_owner, state.takeWrites());
+        // Sequence number 0: a reset is not an envelope, and the owner has no message with it.
+        this.store.enqueue(connId, 0, 'message', frame, this.now());
+      });
+    });
+    this.kickOutbox();
+  }
+
+  /**
+   * A contact's session reset: start a new session from its bundle (accepting a new identity
+   * key, which the owner is told of loudly), and answer with RESYNC as its first message. Runs
+   * under the state lock, inside `receive`.
+   */
+  private async acceptReset(c: ConnectionRow, peerE2e: Uint8Array, reset: ReturnType<typeof decodeSessionReset>): Promise<boolean> {
+    const connId = c.id;
+    const prev = this.resets.get(connId);
+    // A reset no newer than one already answered is a replay (by the relay): ignore it.
+    if (prev !== undefined && reset.sentAt <= prev.seen) return true;
+    const drop = (message: string) => {
+      this.emit('problem', { connId, code: 'INVALID', message });
+      return true;
+    };
+    const bundle = decodeBundle(reset.bundle);
+    if (c.remote_name === null || bundle.name !== c.remote_name) return drop('a session reset for another session was dropped');
+    const state = new ProtocolState(decodeLocalIdentity(c.local_identity), this.store.stateSource(c.state_owner));
+    const identityChanged = !eq(c.remote_identity, bundle.identityKey);
+    // libsignal pins the contact's identity key; a reset may replace it, and the owner says so.
+    if (identityChanged) state.stage('identity', c.remote_name, bundle.identityKey);
+    try {
+      await startSession(state, bundle);
+    } catch {
+      return drop('a session reset with invalid keys was dropped');
+    }
+    const events: IncomingEvent[] = [];
+    if (identityChanged) events.push({ type: 'identity-changed', connId });
+    // The contact will send numbers we have seen already: it restored an old copy.
+    const contactRestored = reset.nextSendSeq <= c.last_rcv_seq;
+    // The contact has seen more of our numbers than we know of: we were restored from an old copy.
+    const selfRestored = reset.lastRcvSeq >= c.next_send_seq;
+    const row: ConnectionRow = selfRestored ? { ...c, next_send_seq: reset.lastRcvSeq + 1, last_sent_hash: reset.lastRcvHash } : c;
+    events.push({ type: 'resync', connId, restored: selfRestored ? 'self' : contactRestored ? 'contact' : 'unknown' });
+    const w = await this.wrap(row, state, { type: 'RESYNC', lastRcvSeq: c.last_rcv_seq, lastRcvHash: c.last_rcv_hash, senderRestored: selfRestored }, false);
+    this.store.local.transaction(() => {
+      this.store.applyState(c.state_owner, state.takeWrites());
+      this.store.updateConnection(connId, {
+        rcv_peer_e2e: peerE2e,
+        remote_identity: bundle.identityKey,
+        next_send_seq: w.seq + 1,
+        last_sent_hash: w.hash,
+      });
+      this.store.enqueue(connId, w.seq, 'message', w.frame, this.now());
+      for (const ev of events) this.handler.incoming(ev);
+    });
+    this.resets.set(connId, { at: this.now(), seen: reset.sentAt });
+    for (const ev of events) this.emit('event', ev);
+    this.kickOutbox();
     return true;
   }
 
@@ -1015,15 +1171,21 @@ export class Agent extends EventEmitter {
     }
     this.receipts.set(connId, [seq]);
     setTimeout(() => {
-      const seqs = this.receipts.get(connId) ?? [];
-      this.receipts.delete(connId);
-      if (this.stopped || seqs.length === 0) return;
+      if (!this.stopped) this.flushReceipts(connId);
+    }, RECEIPT_DELAY_MS).unref();
+  }
+
+  /** Queues the receipts gathered for a contact as receipt messages, MAX_RECEIPT_SEQS to each. */
+  private flushReceipts(connId: string): void {
+    const seqs = this.receipts.get(connId) ?? [];
+    this.receipts.delete(connId);
+    for (let i = 0; i < seqs.length; i += MAX_RECEIPT_SEQS) {
       this.track(
-        this.sendBody(connId, { type: 'RECEIPT', seqs: seqs.slice(0, 256) }, 'message')
+        this.sendBody(connId, { type: 'RECEIPT', seqs: seqs.slice(i, i + MAX_RECEIPT_SEQS) }, 'message')
           .then(() => this.kickOutbox())
           .catch(() => undefined),
       );
-    }, RECEIPT_DELAY_MS).unref();
+    }
   }
 
   // The outbox.
@@ -1050,6 +1212,14 @@ export class Agent extends EventEmitter {
       do {
         this.outboxAgain = false;
         const rows = this.store.queued(OUTBOX_BATCH);
+        // Nothing is sent before the commit that queued it (and its ratchet step) is on disk.
+        try {
+          await this.store.local.durable();
+        } catch (e) {
+          this.emit('problem', { connId: null, code: e instanceof AgentError ? e.code : 'INVALID', message: 'the database could not be written to disk' });
+          nextDue = this.now() + SEND_RETRY_MIN_MS;
+          break;
+        }
         const byConn = new Map<string, typeof rows>();
         for (const r of rows) {
           const list = byConn.get(r.conn_id) ?? [];
@@ -1092,6 +1262,26 @@ export class Agent extends EventEmitter {
     const accepted: typeof rows = [];
     const failedRows: typeof rows = [];
     let next = 0;
+    let quotaHit = false;
+    // The confirmation goes alone: nothing else may reach the contact before it. Otherwise the
+    // window starts where the last pass left it and widens with each accepted body: by one, or,
+    // while the contact's queue was found full lately, by one per window's worth.
+    const alone = rows[0]?.kind === 'confirmation';
+    const crowded = this.quotaFull.has(connId);
+    let width = alone ? 1 : (this.sendWidth.get(connId) ?? SEND_WINDOW);
+    let live = 0;
+    const workers: Promise<void>[] = [];
+    const startWorkers = (): void => {
+      while (live < Math.floor(width) && next < rows.length && !stop) {
+        live++;
+        const w = worker().finally(() => {
+          live--;
+        });
+        // Handled here so that a failure is not reported before the loop below awaits it.
+        w.catch(() => undefined);
+        workers.push(w);
+      }
+    };
     const worker = async (): Promise<void> => {
       while (!stop && next < rows.length) {
         const r = rows[next++]!;
@@ -1112,19 +1302,39 @@ export class Agent extends EventEmitter {
           const client = await this.pool.get(c.snd_relay as string, this.route('snd', connId));
           await client.send(sndId, r.kind === 'confirmation' ? null : authKey, body);
           accepted.push(r);
+          if (!alone && width < SEND_WINDOW) {
+            width = Math.min(SEND_WINDOW, width + (crowded ? 1 / Math.floor(width) : 1));
+            startWorkers();
+          }
         } catch (e) {
           stop = true;
           // A secured queue that refuses our key is gone (the contact deleted the conversation)
           // or suspended: waiting will not help. A confirmation's AUTH is settled by the reply.
           const refused = RelayClientError.is(e, 'AUTH') && r.kind !== 'confirmation';
-          if (refused || this.now() - r.created_at > SEND_GIVE_UP_MS) {
+          const quota = RelayClientError.is(e, 'QUOTA');
+          // Given up after two days of failing: counted in attempts (at the longest retry delay),
+          // so a clock that jumps forward does not fail a message at once; a full queue, whose
+          // retries are not counted, by the time it was queued.
+          const tooLong = this.now() - r.created_at > SEND_GIVE_UP_MS && (quota || r.attempts + 1 >= SEND_GIVE_UP_ATTEMPTS);
+          if (refused || tooLong) {
             failedRows.push(r);
             if (refused) this.emit('problem', { connId, code: 'NOT_CONNECTED', message: "the contact's relay refuses messages for this conversation (it may have been deleted)" });
             continue;
           }
-          // A full queue drains as the contact reads it: look again soon, without backing off far.
-          const quota = RelayClientError.is(e, 'QUOTA');
-          const delay = quota ? QUOTA_RETRY_MS : Math.min(SEND_RETRY_MAX_MS, SEND_RETRY_MIN_MS * 2 ** Math.min(r.attempts, 10));
+          // A full queue drains as the contact reads it: look again soon, with one body at first,
+          // backing off (not far) while it stays full.
+          let delay = Math.min(SEND_RETRY_MAX_MS, SEND_RETRY_MIN_MS * 2 ** Math.min(r.attempts, 10));
+          if (quota) {
+            width = 1;
+            if (!quotaHit) {
+              quotaHit = true;
+              const times = this.quotaFull.get(connId) ?? 0;
+              this.quotaFull.set(connId, times + 1);
+              delay = Math.min(QUOTA_RETRY_MS, QUOTA_RETRY_MIN_MS * 2 ** Math.min(times, 10));
+            } else {
+              delay = Math.min(QUOTA_RETRY_MS, QUOTA_RETRY_MIN_MS * 2 ** Math.min((this.quotaFull.get(connId) ?? 1) - 1, 10));
+            }
+          }
           const at = this.now() + delay / 2 + Math.random() * (delay / 2);
           // A full queue is not a failure of this message: nothing to record on disk.
           if (!quota) this.store.retryLater(r.id, at);
@@ -1132,11 +1342,18 @@ export class Agent extends EventEmitter {
         }
       }
     };
-    // The confirmation goes alone: nothing else may reach the contact before it.
-    const width = rows[0]?.kind === 'confirmation' ? 1 : SEND_WINDOW;
-    await Promise.all(Array.from({ length: Math.min(width, rows.length) }, worker));
+    startWorkers();
+    // Workers started while waiting are waited for too.
+    for (let i = 0; i < workers.length; i++) await workers[i];
+    if (!alone) {
+      if (width < SEND_WINDOW) this.sendWidth.set(connId, width);
+      else this.sendWidth.delete(connId);
+      if (!quotaHit && accepted.length > 0) this.quotaFull.delete(connId);
+    }
     if (accepted.length > 0 || failedRows.length > 0) {
-      this.store.local.transaction(() => {
+      // Not waited for on disk: if a power cut loses it, the bodies are sent again, byte for
+      // byte, and the contact drops them as duplicates.
+      this.store.local.deferredTransaction(() => {
         for (const r of accepted) {
           this.store.markSent(r.id);
           if (r.kind === 'message') this.handler.sent(connId, r.seq);

@@ -61,12 +61,15 @@ export type ContactRow = {
 };
 /** Message states: `queued` → `sent` (relay accepted) → `delivered` (receipt); `received`; `failed`. */
 export type MessageStatus = 'queued' | 'sent' | 'delivered' | 'received' | 'failed';
-/** A message row; `kind` is `text`, or `gap` for a notice of missing messages. */
+/**
+ * A message row; `kind` is `text`, `gap` for a notice of missing messages, `notice` for other
+ * notices, or `identity` for the notice that the contact's identity key (safety number) changed.
+ */
 export type MessageRow = {
   id: number;
   contact_id: string;
   direction: 'in' | 'out';
-  kind: 'text' | 'gap' | 'notice';
+  kind: 'text' | 'gap' | 'notice' | 'identity';
   seq: number | null;
   text: string;
   sent_at: number;

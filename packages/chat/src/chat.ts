@@ -18,6 +18,7 @@ import { parseRelayAddress } from '@murmure/protocol';
 import { ChatStore, CHAT_MIGRATIONS, type ContactRow, type MessageRow, type ProfileRow } from './chat-store.js';
 import { MAX_NAME_LENGTH, MAX_TEXT_LENGTH, cleanName, decodeContent, encodeContent } from './content.js';
 import { ChatError } from './errors.js';
+import { orderConversation } from './order.js';
 
 /** The database file of a home. */
 export const DB_FILE = 'murmure.db';
@@ -54,10 +55,21 @@ export type ChatEvent =
   | { type: 'sent'; contact: string; contactId: string; id: number }
   | { type: 'delivered'; contact: string; contactId: string; ids: number[] }
   | { type: 'missing'; contact: string; contactId: string; from: number; to: number }
+  /** The contact's identity key changed: the safety number is new and the contact is no longer verified. */
+  | { type: 'identity-changed'; contact: string; contactId: string }
+  /** The secure session was started again; `restored` says which side had restored an old copy, if known. */
+  | { type: 'resync'; contact: string; contactId: string; restored: 'contact' | 'self' | 'unknown' }
   | { type: 'problem'; contact: string | null; contactId: string | null; message: string };
 
 const ADJECTIVES = ['Amber', 'Brisk', 'Calm', 'Deft', 'Eager', 'Fair', 'Gentle', 'Hazel', 'Ivory', 'Jolly', 'Keen', 'Lucid', 'Mellow', 'Noble', 'Olive', 'Quiet', 'Rapid', 'Silver', 'Tidy', 'Vivid', 'Witty'];
 const ANIMALS = ['Otter', 'Heron', 'Lynx', 'Finch', 'Marten', 'Ibis', 'Gecko', 'Puffin', 'Badger', 'Crane', 'Newt', 'Robin', 'Stoat', 'Tapir', 'Wren', 'Yak', 'Zebu', 'Quail', 'Moth', 'Koala'];
+
+/** The notice stored when the secure session with a contact was started again. */
+const RESYNC_NOTICES = {
+  contact: 'the contact restored an old backup: the secure session was reset; some messages may be missing or out of order',
+  self: 'this device was restored from an old backup: the secure session was reset; messages sent from it since the backup did not reach the contact',
+  unknown: 'the secure session was reset after messages could not be decrypted; some messages may be missing',
+} as const;
 
 /** A random name shown to an incognito contact. */
 export function randomIncognitoName(): string {
@@ -98,6 +110,8 @@ export class Chat extends EventEmitter {
   readonly agent: Agent;
   private readonly now: () => number;
   private online = false;
+  /** Messages stored under a repeated sequence number in the receive transaction, by `connId/seq`, for the event after it. */
+  private readonly repeated = new Map<string, number>();
 
   private constructor(
     readonly home: string,
@@ -290,10 +304,14 @@ export class Chat extends EventEmitter {
     };
   }
 
-  /** The last `limit` messages with a contact, oldest first. */
+  /**
+   * The last `limit` messages with a contact (the last to arrive), oldest first: each side's
+   * messages in the order they were sent (their sequence numbers), the two sides interleaved by
+   * the time they were sent. See `orderConversation`.
+   */
   messages(profileName: string | undefined, contact: string, limit = 50): MessageView[] {
     const c = this.resolve(profileName, contact);
-    return this.store.messages(c.id, limit).map((m) => this.view(m));
+    return orderConversation(this.store.messages(c.id, limit)).map((m) => this.view(m));
   }
 
   /** The safety number with a contact; `mark` records it as verified. */
@@ -397,7 +415,15 @@ export class Chat extends EventEmitter {
           text = 'an unreadable message was received';
           kind = 'notice';
         }
-        this.store.insertMessage({ contact_id: connId, direction: 'in', kind, seq: ev.seq, text, sent_at: ev.sentAt, received_at: ev.receivedAt, status: 'received' });
+        const row = { contact_id: connId, direction: 'in' as const, kind, seq: ev.seq, text, sent_at: ev.sentAt, received_at: ev.receivedAt, status: 'received' as const };
+        if (this.store.insertMessage(row) !== null) return;
+        // The number was used before: a duplicate is not shown twice, but a different message
+        // with a used number (the contact restored an old backup) is kept, with a notice.
+        const old = this.store.message(connId, 'in', ev.seq);
+        if (old === undefined || (old.text === text && old.sent_at === ev.sentAt)) return;
+        this.notice(connId, 'notice', `message number ${ev.seq} was used twice (the contact may have restored an old backup); both are kept`);
+        const again = this.store.insertMessage({ ...row, seq: null });
+        if (again !== null) this.repeated.set(`${connId}/${ev.seq}`, again);
         return;
       }
       case 'receipt':
@@ -409,16 +435,31 @@ export class Chat extends EventEmitter {
         return;
       }
       case 'bad-hash':
-        this.store.insertMessage({ contact_id: connId, direction: 'in', kind: 'notice', seq: null, text: 'a message broke the conversation chain (replayed or altered)', sent_at: this.now(), received_at: this.now(), status: 'received' });
+        this.notice(connId, 'notice', 'a message broke the conversation chain (replayed or altered)');
+        return;
+      case 'resync':
+        this.notice(connId, 'notice', RESYNC_NOTICES[ev.restored]);
+        return;
+      case 'identity-changed':
+        // A verification was of the old key: the contact is unverified until checked again.
+        this.store.setVerified(connId, null);
+        this.notice(connId, 'identity', "SAFETY NUMBER CHANGED: this contact's identity key changed. Compare the new safety number with them (murmure verify) before you trust this conversation");
         return;
     }
+  }
+
+  private notice(connId: string, kind: 'notice' | 'identity', text: string): void {
+    this.store.insertMessage({ contact_id: connId, direction: 'in', kind, seq: null, text, sent_at: this.now(), received_at: this.now(), status: 'received' });
   }
 
   private afterCommit(ev: IncomingEvent): void {
     const contact = this.displayName(ev.connId);
     switch (ev.type) {
       case 'message': {
-        const m = this.store.message(ev.connId, 'in', ev.seq);
+        const key = `${ev.connId}/${ev.seq}`;
+        const again = this.repeated.get(key);
+        this.repeated.delete(key);
+        const m = again === undefined ? this.store.message(ev.connId, 'in', ev.seq) : this.store.messages(ev.connId, 100).find((x) => x.id === again);
         if (m !== undefined) this.emitEvent({ type: 'message', ...this.view(m) });
         return;
       }
@@ -429,6 +470,12 @@ export class Chat extends EventEmitter {
       }
       case 'gap':
         this.emitEvent({ type: 'missing', contact, contactId: ev.connId, from: ev.from, to: ev.to });
+        return;
+      case 'identity-changed':
+        this.emitEvent({ type: 'identity-changed', contact, contactId: ev.connId });
+        return;
+      case 'resync':
+        this.emitEvent({ type: 'resync', contact, contactId: ev.connId, restored: ev.restored });
         return;
       default:
         return;

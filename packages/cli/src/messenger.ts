@@ -111,6 +111,7 @@ function time(ms: number): string {
 const MARK: Record<MessageView['status'], string> = { queued: '…', sent: '✓', delivered: '✓✓', received: '', failed: '✗' };
 
 function messageLine(m: MessageView): string {
+  if (m.kind === 'identity') return `${time(m.receivedAt ?? m.sentAt)}  !!! ${sanitizeLine(m.contact)}: ${sanitizeText(m.text)} !!!`;
   if (m.kind !== 'text') return `${time(m.receivedAt ?? m.sentAt)}  ! ${sanitizeLine(m.contact)}: ${sanitizeText(m.text)}`;
   const who = m.direction === 'out' ? 'you' : sanitizeLine(m.contact);
   return `${time(m.sentAt)}  ${who}: ${sanitizeText(m.text)}${m.direction === 'out' ? ` ${MARK[m.status]}` : ''}`;
@@ -308,8 +309,24 @@ function printEvent(ctx: Ctx, ev: ChatEvent): void {
     case 'problem':
       print(ctx, { type: 'problem', contact: ev.contact, message: ev.message }, `Problem${ev.contact === null ? '' : ` with ${ev.contact}`}: ${ev.message}.`);
       return;
+    case 'identity-changed':
+      print(
+        ctx,
+        { type: 'identity-changed', contact: ev.contact, contactId: ev.contactId },
+        `!!! WARNING: the safety number with ${sanitizeLine(ev.contact)} has CHANGED (their identity key is new). They are no longer verified: compare the new number with them (murmure verify ${sanitizeLine(ev.contact)}) before you trust this conversation. !!!`,
+      );
+      return;
+    case 'resync':
+      print(ctx, { type: 'resync', contact: ev.contact, contactId: ev.contactId, restored: ev.restored }, `The secure session with ${sanitizeLine(ev.contact)} was reset${RESYNC_TEXT[ev.restored]}.`);
+      return;
   }
 }
+
+const RESYNC_TEXT = {
+  contact: ': they restored an old backup, so some messages may be missing or out of order',
+  self: ': this device was restored from an old backup, so messages sent from it since then did not reach them',
+  unknown: ' after messages could not be decrypted; some may be missing',
+} as const;
 
 /** Maps a thrown error to a code and message for the user (no stack traces). */
 export function describeError(e: unknown): { code: string; message: string; usage: boolean } {

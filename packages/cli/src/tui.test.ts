@@ -197,6 +197,16 @@ describe('delivery marks and notices', () => {
     const painted = paintScreen(s, 80, 16);
     assert.ok(painted.includes('\x1b[33m'));
   });
+
+  test('a changed safety number is a loud notice, unlike the others', () => {
+    const s = state({ messages: [msg(1, { kind: 'identity', text: 'SAFETY NUMBER CHANGED', receivedAt: T0 }), msg(2, { kind: 'notice', text: 'quiet notice', receivedAt: T0 })] });
+    const text = renderScreen(s, 80, 16).map((l) => l.trimEnd());
+    assert.ok(text.some((l) => / !!! SAFETY NUMBER CHANGED !!!$/.test(l)), text.join('\n'));
+    assert.ok(text.some((l) => / ! quiet notice$/.test(l)));
+    // Shown in reverse video, which no other message uses.
+    assert.match(paintScreen(s, 80, 16), /\x1b\[7m[^\x1b]*!!! SAFETY NUMBER CHANGED !!!/);
+    assert.doesNotMatch(paintScreen(s, 80, 16), /\x1b\[7m[^\x1b]*! quiet notice/);
+  });
 });
 
 describe('contact-supplied text cannot reach the terminal as control sequences', () => {

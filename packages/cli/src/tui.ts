@@ -217,7 +217,10 @@ export function conversationLines(state: TuiState, width: number): Line[] {
     }
     let body: string;
     let style: Style = 'plain';
-    if (m.kind !== 'text') {
+    if (m.kind === 'identity') {
+      body = `${clock(at)} !!! ${sanitizeText(m.text)} !!!`;
+      style = 'reverse';
+    } else if (m.kind !== 'text') {
       body = `${clock(at)} ! ${sanitizeText(m.text)}`;
       style = 'notice';
     } else if (m.direction === 'out') {
@@ -589,6 +592,13 @@ export async function runChatTui(chat: Chat, profile: string | undefined, io: { 
           break;
         case 'problem':
           state.notice = `problem${ev.contact === null ? '' : ` with ${ev.contact}`}: ${ev.message}`;
+          break;
+        case 'identity-changed':
+          state.notice = `WARNING: the safety number with ${ev.contact} CHANGED; they are no longer verified`;
+          if (ev.contactId !== selectedId) unread.set(ev.contactId, (unread.get(ev.contactId) ?? 0) + 1);
+          break;
+        case 'resync':
+          state.notice = `the secure session with ${ev.contact} was reset`;
           break;
         default:
           break;

@@ -25,10 +25,12 @@ import {
   decodeInvitationData,
   decodeQueueFrame,
   decodeSessionPayload,
+  decodeSessionReset,
   encodeEnvelope,
   encodeInvitationData,
   encodeQueueFrame,
   encodeSessionPayload,
+  encodeSessionReset,
   formatInvitationLink,
   parseInvitationLink,
   toBase64Url,
@@ -87,6 +89,7 @@ const envelopeBody: fc.Arbitrary<EnvelopeBody> = fc.oneof(
   rec({ type: fc.constant('MESSAGE' as const), payload }),
   rec({ type: fc.constant('RECEIPT' as const), seqs: fc.array(seq, { maxLength: MAX_RECEIPT_SEQS }) }),
   rec({ type: fc.constant('SWITCH' as const), newQueue: queue, senderKey: bytesN(KEY_LENGTH) }),
+  rec({ type: fc.constant('RESYNC' as const), lastRcvSeq: seq, lastRcvHash: bytesN(HASH_LENGTH), senderRestored: fc.boolean() }),
 );
 const envelope: fc.Arbitrary<Envelope> = rec({ seq, prevHash: bytesN(HASH_LENGTH), sentAt: seq, body: envelopeBody });
 
@@ -180,6 +183,13 @@ describe('agent codecs round trip', () => {
     );
   });
 
+  test('session reset', () => {
+    fc.assert(
+      fc.property(rec({ sentAt: seq, nextSendSeq: seq, lastRcvSeq: seq, lastRcvHash: bytesN(HASH_LENGTH), bundle: field(MAX_INVITATION_DATA) }), (p) => assert.deepEqual(decodeSessionReset(encodeSessionReset(p)), p)),
+      { numRuns: 300 },
+    );
+  });
+
   test('envelope, every body type', () => {
     fc.assert(
       fc.property(envelope, (e) => assert.deepEqual(decodeEnvelope(encodeEnvelope(e)), e)),
@@ -214,6 +224,14 @@ describe('agent codecs: committed vectors', () => {
   test('session payloads: PreKey (type 3, with sender name) and normal (type 2)', () => {
     assert.equal(toHex(encodeSessionPayload({ prekey: true, senderName: 'ab', body: Uint8Array.of(1, 2) })), '03' + '02' + '6162' + '0002' + '0102');
     assert.equal(toHex(encodeSessionPayload({ prekey: false, senderName: null, body: Uint8Array.of(9) })), '02' + '0001' + '09');
+  });
+
+  test('session reset (type 4): a libsignal payload decoder refuses it, and the reset decoder refuses the others', () => {
+    const reset = encodeSessionReset({ sentAt: 5, nextSendSeq: 7, lastRcvSeq: 3, lastRcvHash: new Uint8Array(HASH_LENGTH).fill(0xcd), bundle: Uint8Array.of(1, 2) });
+    assert.equal(toHex(reset), '04' + '0000000000000005' + '0000000000000007' + '0000000000000003' + 'cd'.repeat(32) + '0002' + '0102');
+    assert.throws(() => decodeSessionPayload(reset), (e) => ProtocolError.is(e, 'BAD_TAG'));
+    assert.throws(() => decodeSessionReset(encodeSessionPayload({ prekey: false, senderName: null, body: Uint8Array.of(9) })), (e) => ProtocolError.is(e, 'BAD_TAG'));
+    assert.throws(() => decodeSessionReset(Uint8Array.of(4, ...new Uint8Array(24), ...new Uint8Array(HASH_LENGTH), 0xff, 0xff)), (e) => ProtocolError.is(e, 'TOO_LARGE'));
   });
 
   test('envelopes: message, receipt, reply without and with a queue', () => {

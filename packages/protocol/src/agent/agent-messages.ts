@@ -17,8 +17,9 @@ import { MAX_ADDRESS_LENGTH, formatRelayAddress, parseRelayAddress, type RelayAd
 /**
  * Agent protocol versions. History:
  * - 1 (2026-11-26): invitations behind short links, confirmation/reply handshake, envelopes
- *   with sequence numbers and hash chain, delivery receipts, and queue rotation (the SWITCH
- *   body, added before v1 was released).
+ *   with sequence numbers and hash chain, delivery receipts, queue rotation (the SWITCH
+ *   body) and the session reset (the reset session payload and the RESYNC body), both added
+ *   before v1 was released.
  */
 export const AGENT_VERSION = 1;
 
@@ -155,8 +156,41 @@ export function decodeSessionPayload(bytes: Uint8Array): SessionPayload {
   return { prekey: t === 3, senderName, body };
 }
 
+/** The first byte of a session reset, beside libsignal's message types 2 and 3. */
+export const SESSION_RESET_TAG = 4;
+
+/**
+ * A request to start the libsignal session again, sent when messages from the contact no longer
+ * decrypt (typically because one side restored an old backup). It is not inside libsignal (that
+ * is what broke), only inside the per-queue box: `bundle` is a fresh prekey bundle of the
+ * sender's connection identity, `nextSendSeq` the sequence number its next envelope will have,
+ * `lastRcvSeq` and `lastRcvHash` the last sequence number and hash it received from the contact
+ * (so that a contact whose copy is older continues after them), and `sentAt` the sender's clock,
+ * so that a replayed older reset can be told apart.
+ */
+export type SessionReset = Readonly<{ sentAt: number; nextSendSeq: number; lastRcvSeq: number; lastRcvHash: Uint8Array; bundle: Uint8Array }>;
+
+/** Encodes a session reset (padded by the caller). */
+export function encodeSessionReset(p: SessionReset): Uint8Array {
+  const w = new Writer(p.bundle.length + 64).u8(SESSION_RESET_TAG).u64(p.sentAt).u64(p.nextSendSeq).u64(p.lastRcvSeq);
+  return w.bytesN(p.lastRcvHash, HASH_LENGTH, 'reset hash').longBytes(p.bundle, MAX_INVITATION_DATA, 'reset bundle').finish();
+}
+
+/** Decodes a session reset. */
+export function decodeSessionReset(bytes: Uint8Array): SessionReset {
+  const r = new Reader(bytes);
+  if (r.u8('session message type') !== SESSION_RESET_TAG) throw new ProtocolError('BAD_TAG', 'not a session reset');
+  const sentAt = r.u64('reset sent at');
+  const nextSendSeq = r.u64('reset next seq');
+  const lastRcvSeq = r.u64('reset last seq');
+  const lastRcvHash = r.bytesN(HASH_LENGTH, 'reset hash');
+  const bundle = r.longBytes(MAX_INVITATION_DATA, 'reset bundle');
+  r.end('session reset');
+  return { sentAt, nextSendSeq, lastRcvSeq, lastRcvHash, bundle };
+}
+
 /** Agent message types. */
-export const EnvelopeType = { CONFIRMATION: 1, REPLY: 2, MESSAGE: 3, RECEIPT: 4, SWITCH: 5 } as const;
+export const EnvelopeType = { CONFIRMATION: 1, REPLY: 2, MESSAGE: 3, RECEIPT: 4, SWITCH: 5, RESYNC: 6 } as const;
 
 /** The agent envelope, inside libsignal's encryption. */
 export type Envelope = Readonly<{
@@ -180,7 +214,14 @@ export type EnvelopeBody =
    * Queue owner -> contact: send to this new queue from now on, authenticated with `senderKey`
    * (a raw X25519 private key the owner made and `KEY`ed the queue with).
    */
-  | { type: 'SWITCH'; newQueue: QueueAddress; senderKey: Uint8Array };
+  | { type: 'SWITCH'; newQueue: QueueAddress; senderKey: Uint8Array }
+  /**
+   * The answer to a session reset, the first envelope of the new session: the last sequence
+   * number and hash received from the contact, so that a contact whose copy is older than ours
+   * (restored from a backup) continues its numbering and hash chain after them; and whether the
+   * sender found, from the reset, that it was itself restored from an old copy.
+   */
+  | { type: 'RESYNC'; lastRcvSeq: number; lastRcvHash: Uint8Array; senderRestored: boolean };
 
 /** Most sequence numbers one receipt names. */
 export const MAX_RECEIPT_SEQS = 256;
@@ -212,6 +253,9 @@ export function encodeEnvelope(e: Envelope): Uint8Array {
     case 'SWITCH':
       writeQueue(w, b.newQueue);
       w.bytesN(b.senderKey, KEY_LENGTH, 'switch sender key');
+      break;
+    case 'RESYNC':
+      w.u64(b.lastRcvSeq).bytesN(b.lastRcvHash, HASH_LENGTH, 'resync hash').u8(b.senderRestored ? 1 : 0);
       break;
   }
   return w.finish();
@@ -257,6 +301,15 @@ export function decodeEnvelope(bytes: Uint8Array): Envelope {
     case EnvelopeType.SWITCH:
       body = { type: 'SWITCH', newQueue: readQueue(r), senderKey: r.bytesN(KEY_LENGTH, 'switch sender key') };
       break;
+    case EnvelopeType.RESYNC:
+    {
+      const lastRcvSeq = r.u64('resync seq');
+      const lastRcvHash = r.bytesN(HASH_LENGTH, 'resync hash');
+      const flag = r.u8('resync flag');
+      if (flag > 1) throw new ProtocolError('BAD_VALUE', 'bad resync flag');
+      body = { type: 'RESYNC', lastRcvSeq, lastRcvHash, senderRestored: flag === 1 };
+      break;
+    }
     default:
       throw new ProtocolError('BAD_TAG', `unknown envelope type ${t}`);
   }
