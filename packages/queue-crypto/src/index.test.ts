@@ -18,6 +18,7 @@ import {
   decodeReceivedMessage,
   encodeCommand,
   encodeReceivedMessage,
+  isPadFill,
 } from '@murmure/protocol';
 
 import {
@@ -28,6 +29,7 @@ import {
   dhKeyPairFromRaw,
   dhPublicKey,
   exportPrivateKey,
+  isPadFillNative,
   generateDhKeyPair,
   generateSigningKeyPair,
   importKeyPair,
@@ -297,5 +299,21 @@ describe('key storage', () => {
     assert.equal(randomId().length, ID_LENGTH);
     assert.equal(randomId(CORR_ID_LENGTH).length, CORR_ID_LENGTH);
     assert.notDeepEqual(randomId(), randomId());
+  });
+});
+
+describe('native padding check', () => {
+  test('agrees with the portable check on fills with and without a foreign byte', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 16_384 }), fc.integer({ min: 0, max: 3 }), fc.nat(), fc.integer({ min: 0, max: 255 }), (len, offset, at, byte) => {
+        const backing = new Uint8Array(len + offset).fill(0x23);
+        const fill = backing.subarray(offset);
+        assert.equal(isPadFillNative(fill), true);
+        if (len > 0) fill[at % len] = byte;
+        assert.equal(isPadFillNative(fill), isPadFill(fill));
+        assert.equal(isPadFillNative(fill), byte === 0x23 || len === 0);
+      }),
+      { numRuns: 300 },
+    );
   });
 });

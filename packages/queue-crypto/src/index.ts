@@ -24,7 +24,7 @@ import {
   type KeyObject,
 } from 'node:crypto';
 
-import { AUTHENTICATOR_LENGTH, BOX_TAG_LENGTH, ID_LENGTH, KEY_LENGTH, PLAIN_SESSION_LABEL, SIGNATURE_LENGTH } from '@murmure/protocol';
+import { AUTHENTICATOR_LENGTH, BLOCK_SIZE, BOX_TAG_LENGTH, ID_LENGTH, KEY_LENGTH, PAD_BYTE, PLAIN_SESSION_LABEL, SIGNATURE_LENGTH, isPadFill } from '@murmure/protocol';
 
 /** A key pair: the raw 32-byte public key and the private key object. */
 export type KeyPair = Readonly<{ publicKey: Uint8Array; privateKey: KeyObject }>;
@@ -198,4 +198,15 @@ export function rawDhPrivateKey(k: KeyObject): Uint8Array {
 export function dhKeyPairFromRaw(raw: Uint8Array): KeyPair {
   if (raw.length !== KEY_LENGTH) throw new RangeError('X25519 private key must be 32 bytes');
   return importKeyPair(Buffer.concat([X25519_PKCS8, raw]));
+}
+
+const PAD_FILL = Buffer.alloc(BLOCK_SIZE, PAD_BYTE);
+
+/**
+ * The protocol's padding check (`FillCheck`) as one native comparison: relay and client check
+ * the fill of every block they receive.
+ */
+export function isPadFillNative(fill: Uint8Array): boolean {
+  if (fill.length > PAD_FILL.length) return isPadFill(fill);
+  return Buffer.from(fill.buffer, fill.byteOffset, fill.length).equals(PAD_FILL.subarray(0, fill.length));
 }

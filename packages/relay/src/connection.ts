@@ -23,7 +23,7 @@ import {
   type ErrorCode,
   type Response,
 } from '@murmure/protocol';
-import { generateDhKeyPair, plainSessionId } from '@murmure/queue-crypto';
+import { generateDhKeyPair, isPadFillNative, plainSessionId } from '@murmure/queue-crypto';
 import type { WebSocket } from 'ws';
 
 import type { RelayConfig } from './config.js';
@@ -125,7 +125,7 @@ export class Connection {
     }
     let transmissions: Uint8Array[];
     try {
-      transmissions = decodeBlock(block);
+      transmissions = decodeBlock(block, isPadFillNative);
     } catch {
       this.error(EMPTY, EMPTY, 'BLOCK');
       this.close(CloseCode.POLICY);

@@ -43,6 +43,7 @@ import {
   authenticatorKey,
   generateDhKeyPair,
   generateSigningKeyPair,
+  isPadFillNative,
   openRecipientBox,
   plainSessionId,
   randomId,
@@ -271,7 +272,7 @@ export class RelayClient extends EventEmitter {
   private onBlock(data: Buffer): void {
     let ts: Uint8Array[];
     try {
-      ts = decodeBlock(new Uint8Array(data.buffer, data.byteOffset, data.length));
+      ts = decodeBlock(new Uint8Array(data.buffer, data.byteOffset, data.length), isPadFillNative);
     } catch {
       this.close();
       return;

@@ -24,21 +24,29 @@ export function pad(content: Uint8Array, size: number): Uint8Array {
   return out;
 }
 
+/**
+ * Checks that every byte of `fill` is the fill byte. Callers with a native byte comparison may
+ * pass their own to `unpad` (every block received is checked, so this is on the hot path).
+ */
+export type FillCheck = (fill: Uint8Array) => boolean;
+
+/** The portable fill check, four bytes at a time. */
+export function isPadFill(fill: Uint8Array): boolean {
+  const view = new DataView(fill.buffer, fill.byteOffset, fill.byteLength);
+  const size = fill.length;
+  let i = 0;
+  for (; i + 4 <= size; i += 4) if (view.getUint32(i) !== PAD_WORD) return false;
+  for (; i < size; i++) if (fill[i] !== PAD_BYTE) return false;
+  return true;
+}
+
 /** Removes padding made by `pad`; the result is a view into `padded`. */
-export function unpad(padded: Uint8Array, size: number): Uint8Array {
+export function unpad(padded: Uint8Array, size: number, checkFill: FillCheck = isPadFill): Uint8Array {
   if (padded.length !== size) {
     throw new ProtocolError('BAD_LENGTH', `padded data must be ${size} bytes, not ${padded.length}`);
   }
   const len = ((padded[0] as number) << 8) | (padded[1] as number);
   if (len > size - 2) throw new ProtocolError('BAD_PADDING', 'declared length is beyond the padded size');
-  // Every block is checked, so the fill is compared four bytes at a time.
-  const view = new DataView(padded.buffer, padded.byteOffset, padded.byteLength);
-  let i = 2 + len;
-  for (; i + 4 <= size; i += 4) {
-    if (view.getUint32(i) !== PAD_WORD) throw new ProtocolError('BAD_PADDING', 'padding fill is not #');
-  }
-  for (; i < size; i++) {
-    if (padded[i] !== PAD_BYTE) throw new ProtocolError('BAD_PADDING', 'padding fill is not #');
-  }
+  if (!checkFill(padded.subarray(2 + len))) throw new ProtocolError('BAD_PADDING', 'padding fill is not #');
   return padded.subarray(2, 2 + len);
 }

@@ -433,7 +433,7 @@ describe('threat N1: every command and response travels in a block of exactly BL
       fc.property(fc.array(transmission, { minLength: 1, maxLength: 100 }), (ts) => {
         const blocks = packBlocks(ts);
         assert.ok(blocks.every((b) => b.length === BLOCK_SIZE));
-        assert.deepEqual(blocks.flatMap(decodeBlock), ts);
+        assert.deepEqual(blocks.flatMap((b) => decodeBlock(b)), ts);
       }),
       { numRuns: 200 },
     );

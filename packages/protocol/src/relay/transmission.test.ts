@@ -246,7 +246,7 @@ describe('blocks', () => {
       fc.property(fc.array(rawTransmission, { minLength: 0, maxLength: 150 }), (ts) => {
         const blocks = packBlocks(ts);
         assert.ok(blocks.every((b) => b.length === BLOCK_SIZE));
-        const decoded = blocks.map(decodeBlock);
+        const decoded = blocks.map((b) => decodeBlock(b));
         assert.deepEqual(decoded.flat(), ts);
         for (const d of decoded) {
           assert.ok(d.length >= 1 && d.length <= MAX_TRANSMISSIONS_PER_BLOCK);

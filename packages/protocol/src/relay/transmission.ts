@@ -5,7 +5,7 @@
  * @module
  */
 
-import { PAD_BYTE, unpad } from '../encoding/padding.js';
+import { PAD_BYTE, unpad, type FillCheck } from '../encoding/padding.js';
 import { Reader } from '../encoding/reader.js';
 import { Writer } from '../encoding/writer.js';
 import { ProtocolError } from '../errors.js';
@@ -157,9 +157,9 @@ export function encodeBlock(transmissions: readonly Uint8Array[]): Uint8Array {
   return block;
 }
 
-/** Decodes a block into its transmissions (views into `block`). */
-export function decodeBlock(block: Uint8Array): Uint8Array[] {
-  const r = new Reader(unpad(block, BLOCK_SIZE));
+/** Decodes a block into its transmissions (views into `block`); `checkFill` as for `unpad`. */
+export function decodeBlock(block: Uint8Array, checkFill?: FillCheck): Uint8Array[] {
+  const r = new Reader(unpad(block, BLOCK_SIZE, checkFill));
   const count = r.u8('transmission count');
   if (count === 0) throw new ProtocolError('BAD_VALUE', 'block carries no transmission');
   if (count > MAX_TRANSMISSIONS_PER_BLOCK) throw new ProtocolError('TOO_LARGE', `block carries ${count} transmissions`);
