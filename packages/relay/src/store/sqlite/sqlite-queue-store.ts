@@ -5,7 +5,8 @@
  * only after that transaction is on disk. SQLite runs with synchronous=NORMAL (the WAL is synced
  * around checkpoints, not at each commit) and the store itself syncs the WAL with `fdatasync`
  * after each commit, on libuv's thread pool: the event loop keeps serving while the disk
- * flushes, and the next batch commits meanwhile. A failed commit (disk full, I/O error) rolls the
+ * flushes, and the next batches commit meanwhile. One sync runs at a time and covers every batch
+ * committed before it started. A failed commit (disk full, I/O error) rolls the
  * whole batch back, and a failed sync rejects it, each caller with `StoreError`; the store stays
  * usable.
  * @module
@@ -22,6 +23,7 @@ import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
 
 type Row = Record<string, unknown>;
 type PendingWrite = { run: () => unknown; resolve: (v: unknown) => void; reject: (e: unknown) => void };
+type UnsyncedBatch = { batch: PendingWrite[]; results: unknown[] };
 
 /** The columns of a queue record. */
 const QUEUE_COLUMNS = 'rcv_id, snd_id, rcv_sig_key, rcv_auth_key, snd_auth_key, box_key, suspended, msg_count';
@@ -66,8 +68,10 @@ export class SqliteQueueStore implements QueueStore {
   private pending: PendingWrite[] = [];
   private flushScheduled = false;
   private closed = false;
-  /** Syncs of committed batches not yet finished, and who waits for them all to finish. */
-  private syncing = 0;
+  /** Committed batches whose sync has not started (one sync runs at a time and covers them all). */
+  private unsynced: UnsyncedBatch[] = [];
+  /** Whether a sync of the WAL is running, and who waits for the last one to end. */
+  private syncInFlight = false;
   private syncWaiters: (() => void)[] = [];
   private readonly st;
 
@@ -187,15 +191,26 @@ export class SqliteQueueStore implements QueueStore {
       return;
     }
     // The batch is committed but may still sit in the page cache: its callers hear of it only
-    // once the WAL is on disk. A sync covers every write made to the file before it.
-    this.syncing++;
+    // once the WAL is on disk. One sync runs at a time; batches committed meanwhile wait for the
+    // next, which covers every write made to the file before it.
+    this.unsynced.push({ batch, results });
+    this.startSync();
+  }
+
+  private startSync(): void {
+    if (this.syncInFlight || this.unsynced.length === 0) return;
+    const batches = this.unsynced.splice(0);
+    this.syncInFlight = true;
     fdatasync(this.walFd, (e) => {
-      if (e === null) batch.forEach((w, i) => w.resolve(results[i]));
-      else {
+      this.syncInFlight = false;
+      if (e === null) {
+        for (const { batch, results } of batches) batch.forEach((w, i) => w.resolve(results[i]));
+      } else {
         const err = new StoreError('IO', 'the relay store could not write to disk', { cause: e });
-        for (const w of batch) w.reject(err);
+        for (const { batch } of batches) for (const w of batch) w.reject(err);
       }
-      if (--this.syncing === 0) for (const w of this.syncWaiters.splice(0)) w();
+      this.startSync();
+      if (!this.syncInFlight) for (const w of this.syncWaiters.splice(0)) w();
     });
   }
 
@@ -365,7 +380,7 @@ export class SqliteQueueStore implements QueueStore {
     if (this.closed) return;
     while (this.pending.length > 0) this.flush();
     this.closed = true;
-    if (this.syncing > 0) await new Promise<void>((resolve) => this.syncWaiters.push(resolve));
+    if (this.syncInFlight) await new Promise<void>((resolve) => this.syncWaiters.push(resolve));
     try {
       this.db.pragma('wal_checkpoint(TRUNCATE)');
     } catch {
