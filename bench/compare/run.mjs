@@ -10,7 +10,7 @@
 //      BENCH_DURATION_S, BENCH_W2_PAIRS, BENCH_W4_SESSIONS, BENCH_W5_MESSAGES, BENCH_W7_SESSIONS,
 //      BENCH_NO_INSTALL, BENCH_QUIET_WAIT_S, BENCH_NO_RESULTS (bench/README.md).
 
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -23,7 +23,9 @@ import { SERVERS } from './servers.mjs';
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
 const RESULTS_DIR = join(ROOT, 'bench/results');
-const ALL_WORKLOADS = ['W1', 'W2', 'W3', 'W4', 'W5', 'W6', 'W7'];
+const ALL_WORKLOADS = ['W1', 'W2', 'W3', 'W4', 'W5', 'W6', 'W7', 'E2E'];
+/** Messages of the end-to-end row (two real agents through a relay): bench/client-bench.mjs. */
+const E2E_MESSAGES = { quick: 1000, full: 3000 };
 
 // ---------------------------------------------------------------------------------------------
 // Settings
@@ -299,6 +301,20 @@ async function main() {
         }
       }
     }
+    if (cfg.only.includes('E2E')) {
+      for (let repeat = 1; repeat <= cfg.repeats; repeat++) {
+        const bg = await waitQuiet(cfg);
+        process.stdout.write(`[${repeat}/${cfg.repeats} unpinned] E2E two real agents end to end — murmure-tls ... `);
+        const r = endToEnd(cfg);
+        const line = { ...meta, repeat, pin: 'unpinned', server: 'murmure-tls', workload: 'E2E', case: 'two agents, one way', backgroundCoresBefore: bg, ...r };
+        results.push(line);
+        console.log(r.error !== undefined ? `ERROR ${r.error}` : `msgs/s ${r.msgsPerS}, bare libsignal ${r.bareMsgsPerS} msgs/s, ratio ${r.ratio}`);
+        if (cfg.writeResults) {
+          mkdirSync(RESULTS_DIR, { recursive: true });
+          appendFileSync(resultsFile, `${JSON.stringify(line)}\n`);
+        }
+      }
+    }
   } finally {
     pinProcess(process.pid, everything);
     for (const name of cfg.servers) SERVERS[name].cleanup();
@@ -306,8 +322,36 @@ async function main() {
     for (const pid of epmdPids()) if (!epmdBefore.has(pid) && alive(pid)) process.kill(pid, 'SIGTERM');
   }
   printTables(cfg, results);
+  const e2e = results.filter((r) => r.workload === 'E2E' && r.error === undefined);
+  if (e2e.length > 0) {
+    console.log(
+      `\nE2E two real Murmure agents (libsignal, encrypted stores, receipts) through the relay over TLS: ` +
+        `${median(e2e.map((r) => r.msgsPerS))} msgs/s one way; bare libsignal ${median(e2e.map((r) => r.bareMsgsPerS))} msgs/s (median of ${e2e.length})`,
+    );
+  }
   printTargets(cfg, results);
   if (cfg.writeResults) console.log(`\nJSON lines appended to ${resultsFile}`);
+}
+
+/**
+ * The end-to-end row: bench/client-bench.mjs runs two real agents (libsignal sessions, encrypted
+ * stores, receipts) through a relay over TLS, beside bare libsignal, so the cost of end-to-end
+ * encryption shows next to the relay-only rows. XMPP has no counterpart (no E2EE in these servers).
+ */
+function endToEnd(cfg) {
+  const messages = cfg.quick ? E2E_MESSAGES.quick : E2E_MESSAGES.full;
+  const run = spawnSync(process.execPath, [join(ROOT, 'bench/client-bench.mjs')], {
+    env: { ...process.env, BENCH_MESSAGES: String(messages) },
+    encoding: 'utf8',
+    timeout: 600_000,
+  });
+  const out = run.stdout ?? '';
+  const full = /two client processes, one way\s+(\d+) msg\/s/.exec(out);
+  const bare = /bare libsignal encrypt\+decrypt.*?\s(\d+) msg\/s/.exec(out);
+  if (run.status !== 0 || full === null || bare === null) return { error: `client bench failed (${run.status}): ${(run.stderr ?? '').slice(-300)}` };
+  const msgsPerS = Number(full[1]);
+  const bareMsgsPerS = Number(bare[1]);
+  return { messages, msgsPerS, bareMsgsPerS, ratio: Math.round((msgsPerS / bareMsgsPerS) * 100) / 100 };
 }
 
 function summary(w, r) {
