@@ -158,7 +158,9 @@ export function murmureVersion() {
 
 /** Starts `murmure relay start` on `dataDir`; resolves once it printed its address. */
 async function launchRelay(name, dataDir, plain, cpu) {
-  const args = [CLI, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', '0', '--json', ...NO_LIMITS];
+  // BENCH_RELAY_NODE_ARGS (as for bench:relay): node flags for the relay, e.g. --cpu-prof.
+  const nodeArgs = (process.env.BENCH_RELAY_NODE_ARGS ?? '').split(/\s+/).filter((a) => a !== '');
+  const args = [...nodeArgs, CLI, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', '0', '--json', ...NO_LIMITS];
   if (plain) args.push('--plain-loopback');
   const env = { ...process.env };
   delete env.NODE_OPTIONS;
