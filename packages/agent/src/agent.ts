@@ -1290,7 +1290,9 @@ export class Agent extends EventEmitter {
           stop = true;
           return;
         }
-        if (r.next_attempt_at > this.now()) {
+        // A retry time further ahead than the longest delay means the clock went back: due now.
+        const wait = r.next_attempt_at - this.now();
+        if (wait > 0 && wait <= SEND_RETRY_MAX_MS) {
           retryAt = Math.min(retryAt, r.next_attempt_at);
           stop = true;
           return;
