@@ -98,6 +98,12 @@ export const OUTBOX_BATCH = 1024;
 export const RECEIPT_DELAY_MS = 50;
 /** An outgoing message is given up after this long without the relay accepting it. */
 export const SEND_GIVE_UP_MS = 2 * 86_400_000;
+/**
+ * Most sequence numbers a contact's reset or RESYNC may move our next number forward (what a
+ * restored copy missed). A larger claim is ignored: it could only be an attempt to exhaust the
+ * numbers.
+ */
+export const MAX_RESYNC_JUMP = 1_000_000;
 /** Failed attempts a row must also have had before it is given up: SEND_GIVE_UP_MS of retries at the longest delay. */
 export const SEND_GIVE_UP_ATTEMPTS = Math.ceil(SEND_GIVE_UP_MS / SEND_RETRY_MAX_MS);
 /**
@@ -721,7 +727,14 @@ export class Agent extends EventEmitter {
     let payload;
     try {
       const unpadded = unpad(opened, QUEUE_BOX_PADDED);
-      if (unpadded[0] === SESSION_RESET_TAG && c.status === 'connected') return await this.acceptReset(c, peerE2e, decodeSessionReset(unpadded));
+      if (unpadded[0] === SESSION_RESET_TAG && c.status === 'connected') {
+        // A reset that cannot be carried out (bad keys, a libsignal refusal) is dropped and
+        // ACKed like any bad message; only a store failure leaves it for the relay to re-deliver.
+        return await this.acceptReset(c, peerE2e, decodeSessionReset(unpadded)).catch((e: unknown) => {
+          if (e instanceof AgentError || e instanceof ProtocolError) throw e;
+          return problem('a session reset could not be carried out and was dropped');
+        });
+      }
       payload = decodeSessionPayload(unpadded);
     } catch (e) {
       if (!(e instanceof ProtocolError)) throw e;
@@ -831,7 +844,7 @@ export class Agent extends EventEmitter {
         // The contact's answer to our reset, on the new session. If it had received more from
         // us than this copy of the database knows of, we were restored from an old copy: go on
         // after what it has, so that our next messages are not taken for repeats.
-        const self = b.lastRcvSeq >= c.next_send_seq;
+        const self = b.lastRcvSeq >= c.next_send_seq && b.lastRcvSeq - c.next_send_seq < MAX_RESYNC_JUMP;
         if (self) Object.assign(changes, { next_send_seq: b.lastRcvSeq + 1, last_sent_hash: b.lastRcvHash });
         events.push({ type: 'resync', connId, restored: self ? 'self' : b.senderRestored ? 'contact' : 'unknown' });
         break;
@@ -934,7 +947,7 @@ export class Agent extends EventEmitter {
     // The contact will send numbers we have seen already: it restored an old copy.
     const contactRestored = reset.nextSendSeq <= c.last_rcv_seq;
     // The contact has seen more of our numbers than we know of: we were restored from an old copy.
-    const selfRestored = reset.lastRcvSeq >= c.next_send_seq;
+    const selfRestored = reset.lastRcvSeq >= c.next_send_seq && reset.lastRcvSeq - c.next_send_seq < MAX_RESYNC_JUMP;
     const row: ConnectionRow = selfRestored ? { ...c, next_send_seq: reset.lastRcvSeq + 1, last_sent_hash: reset.lastRcvHash } : c;
     events.push({ type: 'resync', connId, restored: selfRestored ? 'self' : contactRestored ? 'contact' : 'unknown' });
     const w = await this.wrap(row, state, { type: 'RESYNC', lastRcvSeq: c.last_rcv_seq, lastRcvHash: c.last_rcv_hash, senderRestored: selfRestored }, false);

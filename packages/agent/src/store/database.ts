@@ -229,7 +229,11 @@ export class LocalDatabase {
     try {
       if (this.walFd !== null && this.synced < this.commits) fdatasyncSync(this.walFd);
     } finally {
-      if (this.walFd !== null) closeSync(this.walFd);
+      // A sync still running on the thread pool keeps its descriptor: closing it now could let
+      // the number be reused by another file before that sync runs. It is closed when it ends.
+      const fd = this.walFd;
+      if (fd !== null && this.syncing === null) closeSync(fd);
+      else if (fd !== null) void this.syncing?.then(() => closeSync(fd), () => closeSync(fd));
       this.db.close();
     }
   }
