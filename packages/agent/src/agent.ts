@@ -453,7 +453,7 @@ export class Agent extends EventEmitter {
       receipts: 1, created_at: this.now(), rcv_relay: null, rcv_id: null, rcv_snd_id: null, rcv_sig_key: null, rcv_auth_key: null,
       rcv_box_key: null, rcv_e2e_key: null, rcv_peer_e2e: null, pending_snd_auth: null, link_id: null, snd_relay: null, snd_id: null,
       snd_auth_key: null, snd_e2e_key: null, snd_peer_e2e: null, next_send_seq: 1, last_sent_hash: ZERO_HASH, last_rcv_seq: 0, last_rcv_hash: ZERO_HASH,
-      ...nullColumns(NEXT_QUEUE_COLUMNS), ...nullColumns(OLD_QUEUE_COLUMNS),
+      ...nullColumns(NEXT_QUEUE_COLUMNS), ...nullColumns(OLD_QUEUE_COLUMNS), last_reset_seen: 0,
     };
   }
 
@@ -787,7 +787,7 @@ export class Agent extends EventEmitter {
     // came late (the relay reordered it): it was reported in a gap, and is shown now without
     // moving the sequence or the hash chain. The ratchet uses each message key once, so a replay
     // fails to decrypt as a duplicate above and never gets here.
-    const late = env.seq <= c.last_rcv_seq && (env.body.type === 'MESSAGE' || env.body.type === 'RECEIPT');
+    const late = env.seq <= c.last_rcv_seq && (env.body.type === 'MESSAGE' || env.body.type === 'RECEIPT' || env.body.type === 'RESYNC');
     if (env.seq <= c.last_rcv_seq && !late) {
       // A replay of an older handshake message (or a switch) the ratchet still accepted: keep the
       // ratchet step, show nothing. A late SWITCH is ignored: a newer one may have superseded it.
@@ -925,8 +925,9 @@ export class Agent extends EventEmitter {
   private async acceptReset(c: ConnectionRow, peerE2e: Uint8Array, reset: ReturnType<typeof decodeSessionReset>): Promise<boolean> {
     const connId = c.id;
     const prev = this.resets.get(connId);
-    // A reset no newer than one already answered is a replay (by the relay): ignore it.
-    if (prev !== undefined && reset.sentAt <= prev.seen) return true;
+    // A reset no newer than one already answered is a replay (by the relay): ignore it. The last
+    // one is kept in the connection row, so this holds across restarts.
+    if (reset.sentAt <= Math.max(prev?.seen ?? 0, c.last_reset_seen)) return true;
     const drop = (message: string) => {
       this.emit('problem', { connId, code: 'INVALID', message });
       return true;
@@ -958,6 +959,7 @@ export class Agent extends EventEmitter {
         remote_identity: bundle.identityKey,
         next_send_seq: w.seq + 1,
         last_sent_hash: w.hash,
+        last_reset_seen: reset.sentAt,
       });
       this.store.enqueue(connId, w.seq, 'message', w.frame, this.now());
       for (const ev of events) this.handler.incoming(ev);

@@ -71,4 +71,14 @@ describe('orderConversation', () => {
       { numRuns: 300 },
     );
   });
+
+  test("a contact's clock cannot place its reply above the message it answers", () => {
+    const r = [
+      { id: 1, direction: 'out' as const, seq: 1, sent_at: 1_000, received_at: null, text: 'question' },
+      { id: 2, direction: 'in' as const, seq: 1, sent_at: 500, received_at: 2_000, text: 'early answer' },
+      { id: 3, direction: 'in' as const, seq: 2, sent_at: 9_000_000, received_at: 3_000, text: 'answer' },
+      { id: 4, direction: 'out' as const, seq: 2, sent_at: 4_000, received_at: null, text: 'thanks' },
+    ];
+    assert.deepEqual(orderConversation(r).map((m) => m.text), ['question', 'early answer', 'answer', 'thanks']);
+  });
 });

@@ -98,6 +98,14 @@ export const AGENT_MIGRATIONS: readonly Migration[] = [
       CREATE INDEX agent_connections_old_rcv ON agent_connections (old_rcv_id) WHERE old_rcv_id IS NOT NULL;
     `,
   },
+  {
+    // The send time of the last session reset a contact made that was carried out: a reset no
+    // newer is a replay (by the relay), also after a restart.
+    layer: 'agent',
+    version: 3,
+    name: '0003-last-reset-seen',
+    sql: `ALTER TABLE agent_connections ADD COLUMN last_reset_seen INTEGER NOT NULL DEFAULT 0;`,
+  },
 ];
 
 /** Connection kinds. */
@@ -157,6 +165,8 @@ export type ConnectionRow = {
   old_rcv_auth_key: Uint8Array | null;
   old_rcv_box_key: Uint8Array | null;
   old_rcv_e2e_key: Uint8Array | null;
+  /** Send time of the last contact reset carried out (0: none); older or equal ones are replays. */
+  last_reset_seen: number;
 };
 
 /**
@@ -187,7 +197,7 @@ const COLUMNS = [
   'id', 'kind', 'status', 'state_owner', 'local_identity', 'remote_name', 'remote_identity', 'receipts', 'created_at',
   'rcv_relay', 'rcv_id', 'rcv_snd_id', 'rcv_sig_key', 'rcv_auth_key', 'rcv_box_key', 'rcv_e2e_key', 'rcv_peer_e2e', 'pending_snd_auth', 'link_id',
   'snd_relay', 'snd_id', 'snd_auth_key', 'snd_e2e_key', 'snd_peer_e2e', 'next_send_seq', 'last_sent_hash', 'last_rcv_seq', 'last_rcv_hash',
-  ...NEXT_QUEUE_COLUMNS, ...OLD_QUEUE_COLUMNS,
+  ...NEXT_QUEUE_COLUMNS, ...OLD_QUEUE_COLUMNS, 'last_reset_seen',
 ] as const;
 
 type Params = never;
