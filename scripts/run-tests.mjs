@@ -39,5 +39,8 @@ if (files.length === 0) {
   console.error('no test files found: run `npm run build` first');
   process.exit(1);
 }
-const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', ...files], { stdio: 'inherit' });
+// A test file that runs longer than this fails (its process is ended) instead of holding the
+// whole run: the longest file takes about two minutes on a 2-core machine.
+const FILE_TIMEOUT_MS = 15 * 60_000;
+const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', `--test-timeout=${FILE_TIMEOUT_MS}`, ...files], { stdio: 'inherit' });
 process.exit(r.status ?? 1);

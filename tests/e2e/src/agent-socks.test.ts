@@ -17,7 +17,7 @@ import { after, before, test } from 'node:test';
 
 import { AGENT_MIGRATIONS, Agent, LocalDatabase, type IncomingEvent, type Socks5Proxy } from '@murmure/agent';
 
-import { MURMURE_BIN, cleanup, sleep, startRelay, stopRelay, tempDir, utf8, type RelayProcess } from './harness.js';
+import { cleanup, runMurmure, sleep, startRelay, stopRelay, tempDir, utf8, type CliRun, type RelayProcess } from './harness.js';
 import { SocksStub } from './socks-stub.js';
 
 /** A name for the relay that no resolver knows (.invalid is reserved, RFC 6761). */
@@ -220,15 +220,9 @@ test('through microsocks, a real SOCKS5 server: everything works, and the relay 
   ms.kill('SIGTERM');
 });
 
-function murmure(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [MURMURE_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MURMURE_SOCKS5: '', ...env } });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    p.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    p.once('exit', (code) => resolve({ code, stdout, stderr }));
-  });
+/** The CLI with `env` on top of the runner's, without the runner's MURMURE_SOCKS5; killed if it hangs. */
+function murmure(args: string[], env: NodeJS.ProcessEnv): Promise<CliRun> {
+  return runMurmure(args, { env: { MURMURE_SOCKS5: '', ...env } });
 }
 
 test('the CLI takes --socks5 HOST:PORT or MURMURE_SOCKS5, and refuses a bad value', async () => {

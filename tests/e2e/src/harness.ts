@@ -28,6 +28,8 @@ export type RelayProcess = {
   proc: ChildProcess;
   /** Everything the relay wrote to stderr (its log). */
   readonly log: string[];
+  /** Where the relay writes a diagnostic report if it does not stop in time. */
+  readonly reportDir: string;
 };
 
 /** A fresh temporary folder, removed by `cleanup`. */
@@ -40,6 +42,51 @@ export function cleanup(dir: string): void {
   rmSync(dir, { recursive: true, force: true });
 }
 
+// A process under test that hangs is asked for Node's diagnostic report (its JavaScript stack and
+// open handles) before it is killed, so a hang seen only on another machine can be read from the
+// test's output.
+
+/** How long a hung process has to write its report after SIGUSR2. */
+const REPORT_WAIT_MS = 2_000;
+
+/** The environment that makes a Node process write a diagnostic report into `dir` on SIGUSR2. */
+function reportEnv(env: NodeJS.ProcessEnv, dir: string): NodeJS.ProcessEnv {
+  const opts = `--report-on-signal --report-signal=SIGUSR2 --report-directory=${dir}`;
+  return { ...env, NODE_OPTIONS: [env['NODE_OPTIONS'], opts].filter((o) => o !== undefined && o !== '').join(' ') };
+}
+
+/** A short account of the reports in `dir`: where JavaScript was, and which handles were open. */
+function reportSummary(dir: string): string {
+  const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
+  if (files.length === 0) return 'no diagnostic report (the event loop did not run, or the process was not Node)';
+  return files
+    .map((f) => {
+      try {
+        const r = JSON.parse(readFileSync(join(dir, f), 'utf8')) as {
+          javascriptStack?: { message?: string; stack?: string[] };
+          libuv?: { type: string; is_active: boolean; is_referenced?: boolean; remoteEndpoint?: unknown; localEndpoint?: unknown; firesInMsFromNow?: number }[];
+        };
+        const stack = [r.javascriptStack?.message ?? '', ...(r.javascriptStack?.stack ?? []).slice(0, 12)].join('\n    ');
+        const handles = (r.libuv ?? [])
+          .filter((h) => h.is_active && h.is_referenced !== false)
+          .map((h) => `${h.type}${h.remoteEndpoint === undefined ? '' : ` to ${JSON.stringify(h.remoteEndpoint)}`}${h.firesInMsFromNow === undefined ? '' : ` in ${h.firesInMsFromNow} ms`}`);
+        return `stack: ${stack}\n  active handles: ${handles.join(', ') || 'none'}`;
+      } catch (e) {
+        return `unreadable report ${f}: ${String(e)}`;
+      }
+    })
+    .join('\n');
+}
+
+/** Asks a hung process for its diagnostic report, kills it, and resolves with the report's summary. */
+async function killWithReport(proc: ChildProcess, reportDir: string): Promise<string> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return 'the process had already exited';
+  proc.kill('SIGUSR2');
+  await sleep(REPORT_WAIT_MS);
+  proc.kill('SIGKILL');
+  return reportSummary(reportDir);
+}
+
 /**
  * Starts `murmure relay start --json` on 127.0.0.1 and resolves once it printed its address.
  * `port` defaults to 0 (a free port); pass the previous port to restart on the same address.
@@ -47,7 +94,8 @@ export function cleanup(dir: string): void {
 export function startRelay(opts: Readonly<{ dataDir?: string; port?: number; args?: string[]; env?: NodeJS.ProcessEnv; log?: string[] }> = {}): Promise<RelayProcess> {
   const dataDir = opts.dataDir ?? tempDir();
   const args = [MURMURE_BIN, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', String(opts.port ?? 0), '--json', ...(opts.args ?? [])];
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  const reportDir = tempDir('murmure-report-');
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: reportEnv({ ...process.env, ...opts.env }, reportDir) });
   const log = opts.log ?? [];
   proc.stderr?.setEncoding('utf8').on('data', (s: string) => log.push(s));
   return new Promise<RelayProcess>((resolvePromise, reject) => {
@@ -62,7 +110,7 @@ export function startRelay(opts: Readonly<{ dataDir?: string; port?: number; arg
         const j = JSON.parse(line) as { address: string; metricsPort?: number; error?: unknown };
         if (typeof j.address !== 'string') throw new Error(line);
         const port = Number(/:(\d+)$/.exec(j.address)?.[1]);
-        resolvePromise({ dataDir, address: j.address, port, metricsPort: j.metricsPort ?? null, proc, log });
+        resolvePromise({ dataDir, address: j.address, port, metricsPort: j.metricsPort ?? null, proc, log, reportDir });
       } catch (e) {
         reject(new Error(`relay printed an unexpected first line: ${line} ${log.join('')}`, { cause: e }));
       }
@@ -74,9 +122,21 @@ export function startRelay(opts: Readonly<{ dataDir?: string; port?: number; arg
   });
 }
 
-/** Sends SIGTERM and resolves with the exit code. */
+/** How long a relay may take to stop after SIGTERM before it is killed (its exit code is then null). */
+const RELAY_STOP_TIMEOUT_MS = 30_000;
+
+/**
+ * Sends SIGTERM and resolves with the exit code. A relay that does not stop in time is killed
+ * (the exit code is then null) and its diagnostic report is written to the test's stderr.
+ */
 export function stopRelay(r: RelayProcess): Promise<number | null> {
-  return signalAndWait(r, 'SIGTERM');
+  const timer = setTimeout(() => {
+    void killWithReport(r.proc, r.reportDir).then((report) => process.stderr.write(`the relay did not stop within ${RELAY_STOP_TIMEOUT_MS} ms:\n  ${report}\n`));
+  }, RELAY_STOP_TIMEOUT_MS);
+  return signalAndWait(r, 'SIGTERM').finally(() => {
+    clearTimeout(timer);
+    cleanup(r.reportDir);
+  });
 }
 
 /** Sends SIGKILL and resolves once the process is gone. */
@@ -160,7 +220,8 @@ export function launchRelay(opts: LaunchOptions = {}): Promise<LaunchedRelay> {
   const dataDir = opts.dataDir ?? tempDir();
   const relayArgv = [process.execPath, MURMURE_BIN, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', String(opts.port ?? 0), '--json', ...(opts.args ?? [])];
   const argv = [...(opts.wrapper ?? []), ...relayArgv];
-  const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  const reportDir = tempDir('murmure-report-');
+  const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: reportEnv({ ...process.env, ...opts.env }, reportDir) });
   const log: string[] = [];
   const stderrBytes: Buffer[] = [];
   const decoder = new StringDecoder('utf8');
@@ -180,7 +241,7 @@ export function launchRelay(opts: LaunchOptions = {}): Promise<LaunchedRelay> {
         const j = JSON.parse(line) as { address: string; metricsPort?: number };
         if (typeof j.address !== 'string') throw new Error(line);
         const port = Number(/:(\d+)$/.exec(j.address)?.[1]);
-        resolvePromise({ dataDir, address: j.address, port, metricsPort: j.metricsPort ?? null, proc, log, stderrBytes, wrapped: opts.wrapper !== undefined });
+        resolvePromise({ dataDir, address: j.address, port, metricsPort: j.metricsPort ?? null, proc, log, reportDir, stderrBytes, wrapped: opts.wrapper !== undefined });
       } catch (e) {
         reject(new Error(`relay printed an unexpected first line: ${line} ${log.join('')}`, { cause: e }));
       }
@@ -304,16 +365,21 @@ export function runMurmure(args: readonly string[], opts: CliOptions = {}): Prom
   delete env['MURMURE_NEW_PASSPHRASE'];
   if (opts.passphrase !== undefined) env['MURMURE_PASSPHRASE'] = opts.passphrase;
   Object.assign(env, opts.env);
+  const reportDir = tempDir('murmure-report-');
   return new Promise((resolveRun) => {
     const argv = [...(opts.wrapper ?? []), process.execPath, MURMURE_BIN, ...args];
-    const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env });
+    const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: reportEnv(env, reportDir) });
     let stdout = '';
     let stderr = '';
+    let hung: Promise<string> | null = null;
     proc.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
     proc.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    const timer = setTimeout(() => proc.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
-    proc.once('close', (code) => {
+    const timeoutMs = opts.timeoutMs ?? 30_000;
+    const timer = setTimeout(() => (hung = killWithReport(proc, reportDir)), timeoutMs);
+    proc.once('close', async (code) => {
       clearTimeout(timer);
+      if (hung !== null) stderr += `\nmurmure ${args.join(' ')} did not exit within ${timeoutMs} ms and was killed:\n  ${await hung}\n`;
+      cleanup(reportDir);
       const json: Record<string, unknown>[] = [];
       for (const line of stdout.split('\n')) {
         if (!line.startsWith('{')) continue;
