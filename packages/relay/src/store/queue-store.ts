@@ -44,7 +44,12 @@ export class StoreError extends Error {
   }
 }
 
-/** Every operation the relay performs on its queues and messages. */
+/**
+ * Every operation the relay performs on its queues and messages. A write resolves once it is
+ * durable (it survives a power cut), except `touchQueue` and `deleteMessage`, which resolve once
+ * committed and become durable with the next durable write: losing one brings back an older
+ * activity mark or a message its recipient recognises as a repeat.
+ */
 export interface QueueStore {
   /** Adds a new queue; ids are random and assumed unique (a clash rejects with INTERNAL). */
   createQueue(q: Omit<QueueRecord, 'msgCount' | 'sndAuthKey' | 'suspended'>, now: number): Promise<void>;
@@ -70,8 +75,9 @@ export interface QueueStore {
   /** Up to `limit` oldest messages of a queue, oldest first, skipping those being deleted. */
   oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]>;
   /**
-   * Deletes a message by id; false if the queue has no such message. From the call on,
-   * `oldestMessage` no longer returns it, even before the deletion is durable.
+   * Deletes a message by id; false if the queue has no such message. Messages are acknowledged
+   * oldest first, so a store should find the oldest one fast. From the call on, `oldestMessage`
+   * no longer returns it, even before the deletion is durable.
    */
   deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean>;
   /** Stores link data under `linkId` (empty data removes it); `'taken'` if another queue holds the id. */

@@ -22,7 +22,12 @@ import { DAY_MS, StoreError, type ExpiryResult, type QueueRecord, type QueueStor
 import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
 
 type Row = Record<string, unknown>;
-type PendingWrite = { run: () => unknown; resolve: (v: unknown) => void; reject: (e: unknown) => void };
+/**
+ * A write waiting for the next group commit. A durable one is answered once the WAL is synced;
+ * one that is not (a deletion after ACK, a queue's activity mark) at commit: losing it in a
+ * power cut only brings back a message its recipient recognises as a repeat, or an older mark.
+ */
+type PendingWrite = { run: () => unknown; durable: boolean; resolve: (v: unknown) => void; reject: (e: unknown) => void };
 type UnsyncedBatch = { batch: PendingWrite[]; results: unknown[] };
 
 /** The columns of a queue record. */
@@ -107,6 +112,10 @@ export class SqliteQueueStore implements QueueStore {
       insertMsg: db.prepare('INSERT INTO messages (rcv_id, msg_id, received_at, body) VALUES (?, ?, ?, ?)'),
       decCount: db.prepare('UPDATE queues SET msg_count = msg_count - ? WHERE rcv_id = ?'),
       oldest: db.prepare('SELECT msg_id, received_at, body FROM messages WHERE rcv_id = ? ORDER BY seq LIMIT ?'),
+      // Messages are acknowledged oldest first: the oldest message of the queue, if it has this
+      // id, is found through messages_queue in O(log n); matching msg_id (the fallback) reads
+      // every message of the queue.
+      deleteOldestMsg: db.prepare('DELETE FROM messages WHERE seq = (SELECT seq FROM messages WHERE rcv_id = ? ORDER BY seq LIMIT 1) AND msg_id = ?'),
       deleteMsg: db.prepare('DELETE FROM messages WHERE rcv_id = ? AND msg_id = ?'),
       linkOwner: db.prepare('SELECT rcv_id FROM queues WHERE link_id = ?', { pluck: true }),
       setLink: db.prepare('UPDATE queues SET link_id = ?, link_data = ? WHERE rcv_id = ?'),
@@ -155,10 +164,10 @@ export class SqliteQueueStore implements QueueStore {
     }
   }
 
-  private write<T>(run: () => T): Promise<T> {
+  private write<T>(run: () => T, durable = true): Promise<T> {
     if (this.closed) return Promise.reject(new StoreError('CLOSED', 'the relay store is closed'));
     return new Promise<T>((resolve, reject) => {
-      this.pending.push({ run, resolve: resolve as (v: unknown) => void, reject });
+      this.pending.push({ run, durable, resolve: resolve as (v: unknown) => void, reject });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         setImmediate(() => this.flush());
@@ -190,10 +199,20 @@ export class SqliteQueueStore implements QueueStore {
       for (const w of batch) w.reject(err);
       return;
     }
-    // The batch is committed but may still sit in the page cache: its callers hear of it only
-    // once the WAL is on disk. One sync runs at a time; batches committed meanwhile wait for the
-    // next, which covers every write made to the file before it.
-    this.unsynced.push({ batch, results });
+    // The batch is committed but may still sit in the page cache: the callers of its durable
+    // writes hear of it only once the WAL is on disk. One sync runs at a time; batches committed
+    // meanwhile wait for the next, which covers every write made to the file before it.
+    const durable: PendingWrite[] = [];
+    const durableResults: unknown[] = [];
+    batch.forEach((w, i) => {
+      if (!w.durable) w.resolve(results[i]);
+      else {
+        durable.push(w);
+        durableResults.push(results[i]);
+      }
+    });
+    if (durable.length === 0) return;
+    this.unsynced.push({ batch: durable, results: durableResults });
     this.startSync();
   }
 
@@ -264,7 +283,7 @@ export class SqliteQueueStore implements QueueStore {
   touchQueue(rcvId: Uint8Array, now: number): Promise<void> {
     return this.write(() => {
       this.st.touch.run([day(now), rcvId, day(now)] as never);
-    });
+    }, false);
   }
 
   suspendQueue(rcvId: Uint8Array): Promise<void> {
@@ -324,10 +343,10 @@ export class SqliteQueueStore implements QueueStore {
       if (set.size === 0 && this.deleting.get(q) === set) this.deleting.delete(q);
     };
     const p = this.write(() => {
-      if (this.st.deleteMsg.run([rcvId, msgId] as never).changes === 0) return false;
+      if (this.st.deleteOldestMsg.run([rcvId, msgId] as never).changes === 0 && this.st.deleteMsg.run([rcvId, msgId] as never).changes === 0) return false;
       this.st.release.run([day(now), rcvId] as never);
       return true;
-    });
+    }, false);
     p.then(done, done);
     return p;
   }

@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+
+import fc from 'fast-check';
+
+import { SqliteQueueStore } from './sqlite-queue-store.js';
+
+const id = (): Uint8Array => new Uint8Array(randomBytes(24));
+const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+
+async function withQueue(f: (store: SqliteQueueStore, rcvId: Uint8Array) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
+  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db') });
+  try {
+    const rcvId = id();
+    await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
+    await f(store, rcvId);
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('deleting messages by id, oldest first or in any other order, agrees with a list model', async () => {
+  // Each step adds a message, deletes the oldest, deletes one further back, or deletes an id the
+  // queue does not hold; the store's answers, its oldest messages and its count follow the model.
+  const step = fc.oneof(fc.constant({ op: 'add' as const }), fc.constant({ op: 'oldest' as const }), fc.record({ op: fc.constant('other' as const), at: fc.nat() }), fc.constant({ op: 'missing' as const }));
+  await fc.assert(
+    fc.asyncProperty(fc.array(step, { maxLength: 40 }), async (steps) => {
+      await withQueue(async (store, rcvId) => {
+        const model: Uint8Array[] = [];
+        const now = Date.now();
+        for (const s of steps) {
+          if (s.op === 'add') {
+            const msgId = id();
+            assert.equal(await store.addMessage(rcvId, { msgId, receivedAt: now, sealed: msgId }, 1000, now), 'ok');
+            model.push(msgId);
+          } else {
+            const i = s.op === 'oldest' ? 0 : s.op === 'other' ? (model.length === 0 ? -1 : s.at % model.length) : -1;
+            const target = i >= 0 && i < model.length ? model[i]! : id();
+            assert.equal(await store.deleteMessage(rcvId, target, now), i >= 0 && i < model.length);
+            if (i >= 0 && i < model.length) model.splice(i, 1);
+          }
+        }
+        assert.deepEqual((await store.oldestMessages(rcvId, 1000)).map((m) => hex(m.msgId)), model.map(hex));
+        assert.equal((await store.queueByRecipient(rcvId))?.msgCount, model.length);
+      });
+    }),
+    { numRuns: 40 },
+  );
+});
+
+test('a deletion is answered once committed, and a second deletion of the same message finds nothing', async () => {
+  await withQueue(async (store, rcvId) => {
+    const now = Date.now();
+    const ids = [id(), id(), id()];
+    for (const msgId of ids) await store.addMessage(rcvId, { msgId, receivedAt: now, sealed: msgId }, 10, now);
+    const [a, b] = await Promise.all([store.deleteMessage(rcvId, ids[0]!, now), store.deleteMessage(rcvId, ids[0]!, now)]);
+    assert.deepEqual([a, b], [true, false]);
+    assert.equal(await store.deleteMessage(rcvId, ids[2]!, now), true);
+    assert.deepEqual((await store.oldestMessages(rcvId, 10)).map((m) => hex(m.msgId)), [hex(ids[1]!)]);
+  });
+});
