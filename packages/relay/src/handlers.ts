@@ -201,12 +201,18 @@ export class RelayHandlers implements CommandHandler {
     const now = this.now();
     const msgId = randomId();
     const sealed = sealRecipientBox(q.boxKey, msgId, encodeReceivedMessage({ receivedAt: now, flags: cmd.flags, body: cmd.body }));
-    const added = await this.store.addMessage(q.rcvId, { msgId, receivedAt: now, sealed }, this.config.queueQuota, now);
+    // The subscriber gets the message once it is committed, without waiting for the sync that
+    // the sender's OK waits for: if the relay dies before the sync, the sender, never told OK,
+    // sends the same bytes again and the recipient drops the repeat.
+    const key = idKey(q.rcvId);
+    const added = await this.store.addMessage(q.rcvId, { msgId, receivedAt: now, sealed }, this.config.queueQuota, now, (r) => {
+      if (r === 'ok') void this.deliverNext(key);
+    });
     if (added === 'gone') throw new Refusal('AUTH');
     if (added === 'quota') throw new Refusal('QUOTA');
     this.metrics.messagesStored++;
     conn.respond(t.corrId, t.entityId, { type: 'OK' });
-    await this.deliverNext(idKey(q.rcvId));
+    await this.deliverNext(key);
   }
 
   private async ack(conn: Connection, t: ClientTransmission, msgId: Uint8Array): Promise<void> {

@@ -68,8 +68,10 @@ export interface QueueStore {
   /**
    * Appends a message unless the queue holds `quota` already (`'gone'`: the queue was deleted
    * or suspended meanwhile, so a caller may check the sender against a queue record it cached).
+   * Resolves once the message is durable; `committed`, if given, is told the result as soon as
+   * it is committed (and readable), before it is durable.
    */
-  addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'>;
+  addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number, committed?: (r: 'ok' | 'quota' | 'gone') => void): Promise<'ok' | 'quota' | 'gone'>;
   /** The oldest message of a queue, skipping messages whose deletion has been asked for. */
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined>;
   /** Up to `limit` oldest messages of a queue, oldest first, skipping those being deleted. */

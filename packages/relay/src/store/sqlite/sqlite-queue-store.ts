@@ -27,7 +27,14 @@ type Row = Record<string, unknown>;
  * one that is not (a deletion after ACK, a queue's activity mark) at commit: losing it in a
  * power cut only brings back a message its recipient recognises as a repeat, or an older mark.
  */
-type PendingWrite = { run: () => unknown; durable: boolean; resolve: (v: unknown) => void; reject: (e: unknown) => void };
+type PendingWrite = {
+  run: () => unknown;
+  durable: boolean;
+  /** Told the result at commit, before the sync (a durable write's promise settles after it). */
+  committed: ((v: unknown) => void) | undefined;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+};
 type UnsyncedBatch = { batch: PendingWrite[]; results: unknown[] };
 
 /** The columns of a queue record. */
@@ -164,10 +171,10 @@ export class SqliteQueueStore implements QueueStore {
     }
   }
 
-  private write<T>(run: () => T, durable = true): Promise<T> {
+  private write<T>(run: () => T, durable = true, committed?: (v: T) => void): Promise<T> {
     if (this.closed) return Promise.reject(new StoreError('CLOSED', 'the relay store is closed'));
     return new Promise<T>((resolve, reject) => {
-      this.pending.push({ run, durable, resolve: resolve as (v: unknown) => void, reject });
+      this.pending.push({ run, durable, committed: committed as ((v: unknown) => void) | undefined, resolve: resolve as (v: unknown) => void, reject });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         setImmediate(() => this.flush());
@@ -205,6 +212,7 @@ export class SqliteQueueStore implements QueueStore {
     const durable: PendingWrite[] = [];
     const durableResults: unknown[] = [];
     batch.forEach((w, i) => {
+      w.committed?.(results[i]);
       if (!w.durable) w.resolve(results[i]);
       else {
         durable.push(w);
@@ -299,7 +307,7 @@ export class SqliteQueueStore implements QueueStore {
     });
   }
 
-  addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'> {
+  addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number, committed?: (r: 'ok' | 'quota' | 'gone') => void): Promise<'ok' | 'quota' | 'gone'> {
     return this.write(() => {
       // One statement checks the queue is there, live and under quota, and counts the message.
       if (this.st.reserve.run([day(now), rcvId, quota] as never).changes === 0) {
@@ -308,7 +316,7 @@ export class SqliteQueueStore implements QueueStore {
       }
       this.st.insertMsg.run([rcvId, msg.msgId, msg.receivedAt, msg.sealed] as never);
       return 'ok' as const;
-    });
+    }, true, committed);
   }
 
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined> {
