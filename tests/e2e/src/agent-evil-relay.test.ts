@@ -14,9 +14,10 @@ import { after, before, test } from 'node:test';
 import { AGENT_MIGRATIONS, Agent, LocalDatabase, type IncomingEvent } from '@murmure/agent';
 import { decodeReceivedMessage, encodeReceivedMessage } from '@murmure/protocol';
 import { openRecipientBox, randomId, sealRecipientBox } from '@murmure/queue-crypto';
-import { RelayServer, SqliteQueueStore, relayConfig, type QueueRecord, type QueueStore, type StoredMessage } from '@murmure/relay';
+import { RelayServer, SqliteQueueStore, relayConfig, type StoredMessage } from '@murmure/relay';
 
 import { cleanup, seededRandom, sleep, tempDir, utf8 } from './harness.js';
+import { TargetQueueStore } from './target-queue-store.js';
 
 const SEED = Number(process.env['MURMURE_SEED'] ?? 7_340_021);
 
@@ -24,37 +25,20 @@ function hex(b: Uint8Array): string {
   return Buffer.from(b).toString('hex');
 }
 
-function same(a: Uint8Array, b: Uint8Array): boolean {
-  return Buffer.from(a).equals(Buffer.from(b));
-}
-
 /** What the evil store does with one message added to the target queue. */
 type Action = 'store' | 'drop' | 'dup' | 'tamper';
 
-/** The relay's queue store, delegating to SQLite, with an adversary on one queue. */
-class EvilStore implements QueueStore {
-  /** The queue under attack (the receiver's). */
-  target: Uint8Array | null = null;
+/** The relay's queue store, delegating to SQLite, with an adversary on one queue (the target, the receiver's). */
+class EvilStore extends TargetQueueStore {
   /** Decides what happens to the n-th message (from 1) added to the target. */
   decide: (n: number) => Action = () => 'store';
   /** Changes the body of a message the relay re-seals (tamper). */
   tamper: (body: Uint8Array) => Uint8Array = (b) => b;
   /** Gives each stored message its delivery rank; lower first. Default: arrival order. */
   rank: () => number = () => this.counter;
-  /** Holds deliveries back (oldestMessage answers "empty") while set. */
-  hold = false;
   /** Genuine messages added to the target, by arrival (for later replays). */
   readonly genuine: StoredMessage[] = [];
-  added = 0;
   private counter = 0;
-  /** What the target queue holds, with ranks, mirroring the SQLite store. */
-  private readonly present: { m: StoredMessage; rank: number }[] = [];
-
-  constructor(readonly inner: SqliteQueueStore) {}
-
-  private isTarget(rcvId: Uint8Array): boolean {
-    return this.target !== null && same(this.target, rcvId);
-  }
 
   private async boxKey(rcvId: Uint8Array): Promise<Uint8Array> {
     const q = await this.inner.queueByRecipient(rcvId);
@@ -77,67 +61,24 @@ class EvilStore implements QueueStore {
     if (this.target === null) throw new Error('no target');
     // The relay's store makes a message visible at commit, before the write resolves (after its
     // sync): the mirror takes it at once too, so it never lags behind what the relay can read.
-    this.mirror(m);
+    this.mirror(m, this.nextRank());
     assert.equal(await this.inner.addMessage(this.target, m, 100_000, Date.now()), 'ok');
   }
 
-  /** Adds a message to the mirror of the target queue. */
-  private mirror(m: StoredMessage): { m: StoredMessage; rank: number } {
-    const entry = { m, rank: this.rank() };
-    this.present.push(entry);
+  /** The rank of the next message the target queue takes. */
+  private nextRank(): number {
+    const rank = this.rank();
     this.counter++;
-    return entry;
+    return rank;
   }
 
-  private unmirror(entry: { m: StoredMessage; rank: number }): void {
-    const i = this.present.indexOf(entry);
-    if (i >= 0) this.present.splice(i, 1);
-  }
-
-  /** Messages the target queue still holds. */
-  pending(): number {
-    return this.present.length;
-  }
-
-  async addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'> {
-    if (!this.isTarget(rcvId)) return this.inner.addMessage(rcvId, msg, quota, now);
-    this.added++;
+  protected async addToTarget(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'> {
     this.genuine.push(msg);
     const action = this.decide(this.added);
     if (action === 'drop') return 'ok';
     const toStore = action === 'tamper' ? await this.reseal(rcvId, msg, this.tamper) : msg;
-    const entry = this.mirror(toStore);
-    const r = await this.inner.addMessage(rcvId, toStore, quota, now).catch((e: unknown) => {
-      this.unmirror(entry);
-      throw e;
-    });
-    if (r !== 'ok') this.unmirror(entry);
-    else if (action === 'dup') await this.inject(await this.reseal(rcvId, msg));
-    return r;
-  }
-
-  async oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined> {
-    if (!this.isTarget(rcvId)) return this.inner.oldestMessage(rcvId);
-    if (this.hold) return undefined;
-    let best: { m: StoredMessage; rank: number } | undefined;
-    for (const p of this.present) if (best === undefined || p.rank < best.rank) best = p;
-    return best?.m ?? (await this.inner.oldestMessage(rcvId));
-  }
-
-  async oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]> {
-    if (!this.isTarget(rcvId)) return this.inner.oldestMessages(rcvId, limit);
-    if (this.hold) return [];
-    if (this.present.length === 0) return this.inner.oldestMessages(rcvId, limit);
-    return [...this.present].sort((a, b) => a.rank - b.rank).slice(0, limit).map((p) => p.m);
-  }
-
-  async deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean> {
-    // As the interface asks: from the call on, oldestMessage no longer returns the message.
-    const pending = this.inner.deleteMessage(rcvId, msgId, now);
-    const i = this.isTarget(rcvId) ? this.present.findIndex((p) => same(p.m.msgId, msgId)) : -1;
-    const removed = i >= 0 ? this.present.splice(i, 1)[0] : undefined;
-    const r = await pending;
-    if (!r && removed !== undefined) this.present.push(removed);
+    const r = await this.storeRanked(rcvId, toStore, this.nextRank(), quota, now);
+    if (r === 'ok' && action === 'dup') await this.inject(await this.reseal(rcvId, msg));
     return r;
   }
 
@@ -151,43 +92,6 @@ class EvilStore implements QueueStore {
     this.genuine.length = 0;
     this.present.length = 0;
     this.added = 0;
-  }
-
-  createQueue(q: Omit<QueueRecord, 'msgCount' | 'sndAuthKey' | 'suspended'>, now: number): Promise<void> {
-    return this.inner.createQueue(q, now);
-  }
-  queueByRecipient(rcvId: Uint8Array): Promise<QueueRecord | undefined> {
-    return this.inner.queueByRecipient(rcvId);
-  }
-  queueBySender(sndId: Uint8Array): Promise<QueueRecord | undefined> {
-    return this.inner.queueBySender(sndId);
-  }
-  secureQueue(rcvId: Uint8Array, sndAuthKey: Uint8Array, now: number): Promise<'ok' | 'conflict'> {
-    return this.inner.secureQueue(rcvId, sndAuthKey, now);
-  }
-  touchQueue(rcvId: Uint8Array, now: number): Promise<void> {
-    return this.inner.touchQueue(rcvId, now);
-  }
-  suspendQueue(rcvId: Uint8Array): Promise<void> {
-    return this.inner.suspendQueue(rcvId);
-  }
-  deleteQueue(rcvId: Uint8Array): Promise<void> {
-    return this.inner.deleteQueue(rcvId);
-  }
-  setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken'> {
-    return this.inner.setLink(rcvId, linkId, data);
-  }
-  linkData(linkId: Uint8Array): Promise<{ sndId: Uint8Array; data: Uint8Array } | undefined> {
-    return this.inner.linkData(linkId);
-  }
-  expire(messagesBefore: number, queuesUnusedSince: number): Promise<{ messages: number; queues: number }> {
-    return this.inner.expire(messagesBefore, queuesUnusedSince);
-  }
-  stats(): Promise<{ queues: number; messages: number }> {
-    return this.inner.stats();
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 

@@ -9,13 +9,10 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { cpSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { cleanup, runMurmure, startRelay, stopRelay, tempDir, type RelayProcess } from './harness.js';
-
-type Json = Record<string, unknown>;
-type Home = { dir: string; pass: string; name: string };
+import { byType, connectedHomes, ok, syncUntil, type Home, type Json } from './cli-homes.js';
+import { cleanup, startRelay, stopRelay, tempDir, type RelayProcess } from './harness.js';
 
 const tag = randomBytes(4).toString('hex');
 let relay: RelayProcess;
@@ -32,16 +29,6 @@ after(async () => {
   cleanup(root);
 });
 
-async function ok(h: Home, ...args: string[]): Promise<Json[]> {
-  const r = await runMurmure(['--home', h.dir, '--json', ...args], { passphrase: h.pass });
-  assert.equal(r.code, 0, `murmure ${args.join(' ')} failed: ${r.stdout}${r.stderr}`);
-  return r.json;
-}
-
-function byType(events: readonly Json[], type: string): Json[] {
-  return events.filter((e) => e['type'] === type);
-}
-
 /** Texts of the text messages in a `messages` listing, by direction. */
 function texts(list: readonly Json[], direction: 'in' | 'out'): string[] {
   return list.filter((m) => m['kind'] === 'text' && m['direction'] === direction).map((m) => m['text'] as string);
@@ -49,19 +36,7 @@ function texts(list: readonly Json[], direction: 'in' | 'out'): string[] {
 
 /** Two people connected through a one-time link, each with one message from the other. */
 async function pair(prefix: string): Promise<{ alice: Home; bob: Home }> {
-  const alice: Home = { dir: join(root, `${prefix}-alice`), pass: `alice ${tag}`, name: `Alice ${prefix} ${tag}` };
-  const bob: Home = { dir: join(root, `${prefix}-bob`), pass: `bob ${tag}`, name: `Bob ${prefix} ${tag}` };
-  await ok(alice, 'init', '--name', alice.name, '--relay', relay.address);
-  await ok(bob, 'init', '--name', bob.name, '--relay', relay.address);
-  const [inv] = await ok(alice, 'invite');
-  await ok(bob, 'connect', inv!['link'] as string);
-  for (let i = 0; i < 5; i++) {
-    await ok(alice, 'sync');
-    await ok(bob, 'sync');
-    const [ca] = await ok(alice, 'contacts');
-    const [cb] = await ok(bob, 'contacts');
-    if (ca?.['status'] === 'connected' && cb?.['status'] === 'connected' && ca['name'] === bob.name) break;
-  }
+  const { alice, bob } = await connectedHomes(root, relay.address, tag, prefix);
   await ok(alice, 'send', bob.name, 'hello bob');
   await ok(alice, 'sync');
   await ok(bob, 'sync');
@@ -83,17 +58,6 @@ async function chatter(alice: Home, bob: Home, rounds: number, per: number): Pro
   }
 }
 
-/** Syncs both in turn until `done` holds or `max` rounds passed; resolves with all events each printed. */
-async function syncUntil(alice: Home, bob: Home, done: (a: Json[], b: Json[]) => boolean, max = 6): Promise<{ a: Json[]; b: Json[] }> {
-  const a: Json[] = [];
-  const b: Json[] = [];
-  for (let i = 0; i < max && !done(a, b); i++) {
-    a.push(...(await ok(alice, 'sync')));
-    b.push(...(await ok(bob, 'sync')));
-  }
-  return { a, b };
-}
-
 test('a restored stale home: errors and notices, never silence; the session resyncs and works both ways', async () => {
   const { alice, bob } = await pair('stale');
   const snapshot = `${alice.dir}.snapshot`;
@@ -107,7 +71,7 @@ test('a restored stale home: errors and notices, never silence; the session resy
   for (let i = 0; i < 2; i++) await ok(alice, 'send', bob.name, `while stale a ${i}`);
 
   const restored = (events: Json[], who: string) => byType(events, 'resync').some((e) => e['restored'] === who);
-  const { a, b } = await syncUntil(alice, bob, (ea, eb) => restored(ea, 'self') && restored(eb, 'contact'));
+  const { a, b } = await syncUntil(alice, bob, (ea, eb) => restored(ea, 'self') && restored(eb, 'contact'), 6);
   // Both sides may have asked for a reset (each failed to decrypt the other): one more round
   // lets the second answer arrive.
   a.push(...(await ok(alice, 'sync')));
@@ -134,7 +98,7 @@ test('a restored stale home: errors and notices, never silence; the session resy
     await ok(alice, 'send', bob.name, `after resync a ${i}`);
     await ok(bob, 'send', alice.name, `after resync b ${i}`);
   }
-  const later = await syncUntil(alice, bob, (ea, eb) => byType(ea, 'message').length >= 3 && byType(eb, 'message').length >= 3);
+  const later = await syncUntil(alice, bob, (ea, eb) => byType(ea, 'message').length >= 3 && byType(eb, 'message').length >= 3, 6);
   for (const [events, who] of [[later.a, 'Alice'], [later.b, 'Bob']] as const) {
     assert.deepEqual(byType(events, 'problem'), [], `${who} had problems after the resync: ${JSON.stringify(events)}`);
     assert.deepEqual(byType(events, 'resync'), [], `${who} reset again: ${JSON.stringify(events)}`);

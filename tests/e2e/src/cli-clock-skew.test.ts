@@ -24,6 +24,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 
+import { byType, type Json } from './cli-homes.js';
 import { cleanup, isRunning, runMurmure, startRelay, stopRelay, tempDir, type RelayProcess } from './harness.js';
 
 /** Where Debian's libfaketime lives, if installed (installing it if missing, as root). */
@@ -63,7 +64,6 @@ after(async () => {
   if (root !== null) cleanup(root);
 });
 
-type Json = Record<string, unknown>;
 /** What each run of the command printed, for a failure's message. */
 const trace: string[] = [];
 type Home = { name: string; dir: string; pass: string; clock: string };
@@ -82,8 +82,6 @@ async function one(h: Home, ...args: string[]): Promise<Json> {
   assert.equal(out.length, 1, `${h.name}: murmure ${args.join(' ')} printed ${JSON.stringify(out)}`);
   return out[0]!;
 }
-
-const ofType = (events: Json[], type: string): Json[] => events.filter((e) => e['type'] === type);
 
 async function metric(r: RelayProcess, name: string): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${r.metricsPort}/metrics`)).text();
@@ -112,8 +110,8 @@ test('skewed and jumping clocks (±1 day, x10): every message once, in sender or
   const link = String((await one(alice, 'invite'))['link']);
   await one(bob, 'connect', link);
   await ok(bob, 'sync');
-  assert.deepEqual(ofType(await ok(alice, 'sync'), 'connected').map((e) => e['contact']), ['Bob']);
-  assert.deepEqual(ofType(await ok(bob, 'sync'), 'connected').map((e) => e['contact']), ['Alice']);
+  assert.deepEqual(byType(await ok(alice, 'sync'), 'connected').map((e) => e['contact']), ['Bob']);
+  assert.deepEqual(byType(await ok(bob, 'sync'), 'connected').map((e) => e['contact']), ['Alice']);
 
   const sent = { ab: [] as string[], ba: [] as string[] };
   const sentAt: Record<string, number> = {};
@@ -227,7 +225,7 @@ test(
     await ok(alice, 'sync');
     const got = await ok(bob, 'sync');
     assert.deepEqual(
-      ofType(got, 'message').map((m) => m['text']),
+      byType(got, 'message').map((m) => m['text']),
       [text],
       `Alice's view: ${JSON.stringify((await ok(alice, 'messages', 'Bob', '--limit', '1')).map((m) => m['status']))}`,
     );

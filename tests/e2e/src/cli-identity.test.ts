@@ -10,12 +10,10 @@
 // then works both ways again.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { AGENT_MIGRATIONS, LocalDatabase, deriveDatabaseKey, loadSalt } from '@murmure/agent';
-
-import { cleanup, runMurmure, startRelay, stopRelay, tempDir, type RelayProcess } from './harness.js';
+import { byType, connectedHomes, ok, plain, syncUntil, withDatabase, type Home } from './cli-homes.js';
+import { cleanup, startRelay, stopRelay, tempDir, type RelayProcess } from './harness.js';
 
 // The libsignal wrapper is no build dependency of these tests: it is loaded when they run.
 const CRYPTO_PACKAGE = '@murmure/crypto';
@@ -25,9 +23,6 @@ const crypto = (await import(CRYPTO_PACKAGE)) as {
   encodeLocalIdentity(l: LocalIdentity): Uint8Array;
   decodeLocalIdentity(bytes: Uint8Array): LocalIdentity;
 };
-
-type Json = Record<string, unknown>;
-type Home = { dir: string; pass: string; name: string };
 
 const tag = randomBytes(4).toString('hex');
 let relay: RelayProcess;
@@ -44,67 +39,13 @@ after(async () => {
   cleanup(root);
 });
 
-async function ok(h: Home, ...args: string[]): Promise<Json[]> {
-  const r = await runMurmure(['--home', h.dir, '--json', ...args], { passphrase: h.pass });
-  assert.equal(r.code, 0, `murmure ${args.join(' ')} failed: ${r.stdout}${r.stderr}`);
-  return r.json;
-}
-
-/** The plain-text output of a successful command. */
-async function plain(h: Home, ...args: string[]): Promise<string> {
-  const r = await runMurmure(['--home', h.dir, ...args], { passphrase: h.pass });
-  assert.equal(r.code, 0, `murmure ${args.join(' ')} failed: ${r.stdout}${r.stderr}`);
-  return r.stdout;
-}
-
-function byType(events: readonly Json[], type: string): Json[] {
-  return events.filter((e) => e['type'] === type);
-}
-
-/** Syncs both in turn until `done` holds or `max` rounds passed; resolves with all events each printed. */
-async function syncUntil(alice: Home, bob: Home, done: (a: Json[], b: Json[]) => boolean, max = 5): Promise<{ a: Json[]; b: Json[] }> {
-  const a: Json[] = [];
-  const b: Json[] = [];
-  for (let i = 0; i < max && !done(a, b); i++) {
-    a.push(...(await ok(alice, 'sync')));
-    b.push(...(await ok(bob, 'sync')));
-  }
-  return { a, b };
-}
-
 /** Two people connected through a one-time link, Alice with one message from Bob. */
 async function pair(prefix: string): Promise<{ alice: Home; bob: Home }> {
-  const alice: Home = { dir: join(root, `${prefix}-alice`), pass: `alice ${tag}`, name: `Alice ${prefix} ${tag}` };
-  const bob: Home = { dir: join(root, `${prefix}-bob`), pass: `bob ${tag}`, name: `Bob ${prefix} ${tag}` };
-  await ok(alice, 'init', '--name', alice.name, '--relay', relay.address);
-  await ok(bob, 'init', '--name', bob.name, '--relay', relay.address);
-  const [inv] = await ok(alice, 'invite');
-  await ok(bob, 'connect', inv!['link'] as string);
-  for (let i = 0; i < 5; i++) {
-    await ok(alice, 'sync');
-    await ok(bob, 'sync');
-    const [ca] = await ok(alice, 'contacts');
-    const [cb] = await ok(bob, 'contacts');
-    if (ca?.['status'] === 'connected' && cb?.['status'] === 'connected' && ca['name'] === bob.name) break;
-  }
+  const { alice, bob } = await connectedHomes(root, relay.address, tag, prefix);
   await ok(bob, 'send', alice.name, 'hello alice');
   await ok(bob, 'sync');
   assert.deepEqual(byType(await ok(alice, 'sync'), 'message').map((m) => m['text']), ['hello alice']);
   return { alice, bob };
-}
-
-/**
- * Opens a home's database (the agent's tables) with the key of its passphrase, runs `f`, and
- * closes it. No `murmure` process may run on the home meanwhile.
- */
-function withDatabase<T>(h: Home, f: (db: LocalDatabase) => T): T {
-  const key = deriveDatabaseKey(h.pass, loadSalt(join(h.dir, 'murmure.salt'), false));
-  const db = LocalDatabase.open(join(h.dir, 'murmure.db'), key, AGENT_MIGRATIONS);
-  try {
-    return f(db);
-  } finally {
-    db.close();
-  }
 }
 
 test("a contact's new identity key: sync warns, the conversation shows it loudly, verification is lost", async () => {

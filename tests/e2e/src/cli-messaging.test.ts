@@ -18,9 +18,8 @@ import { after, before, test } from 'node:test';
 import { STORE_FILE } from '@murmure/relay';
 import Database from '@signalapp/sqlcipher';
 
+import { byType, type Json } from './cli-homes.js';
 import { cleanup, filesUnder, runMurmure, startRelay, stopRelay, tempDir, type CliRun, type RelayProcess } from './harness.js';
-
-type Json = Record<string, unknown>;
 
 /** A person: a home folder, its passphrase and everything the command printed for it. */
 type Home = { dir: string; pass: string; readonly outputs: string[] };
@@ -101,10 +100,6 @@ function queueCount(r: RelayProcess): number {
   } finally {
     db.close();
   }
-}
-
-function byType(events: Json[], type: string): Json[] {
-  return events.filter((e) => e['type'] === type);
 }
 
 function contact(list: Json[], name: string): Json {

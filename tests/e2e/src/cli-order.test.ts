@@ -11,112 +11,19 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { AGENT_MIGRATIONS, LocalDatabase, deriveDatabaseKey, loadSalt } from '@murmure/agent';
-import { RelayServer, SqliteQueueStore, relayConfig, type QueueRecord, type QueueStore, type StoredMessage } from '@murmure/relay';
+import { RelayServer, SqliteQueueStore, relayConfig, type StoredMessage } from '@murmure/relay';
 
-import { cleanup, runMurmure, tempDir } from './harness.js';
+import { byType, connectedHomes, ok, withDatabase, type Home } from './cli-homes.js';
+import { cleanup, tempDir } from './harness.js';
+import { TargetQueueStore } from './target-queue-store.js';
 
-type Json = Record<string, unknown>;
-type Home = { dir: string; pass: string; name: string };
-
-function same(a: Uint8Array, b: Uint8Array): boolean {
-  return Buffer.from(a).equals(Buffer.from(b));
-}
-
-/** The relay's queue store, delegating to SQLite, handing out one queue's messages by rank. */
-class ReorderingStore implements QueueStore {
-  /** The queue whose messages are reordered (the receiver's). */
-  target: Uint8Array | null = null;
+/** The relay's queue store, delegating to SQLite, handing out one queue's messages (the target, the receiver's) by rank. */
+class ReorderingStore extends TargetQueueStore {
   /** Gives each message added to the target its delivery rank; lower first. Default: arrival order. */
   rank: (n: number) => number = (n) => n;
-  /** Messages added to the target so far. */
-  added = 0;
-  /** What the target queue holds, with ranks, mirroring the SQLite store. */
-  private readonly present: { m: StoredMessage; rank: number }[] = [];
 
-  constructor(readonly inner: SqliteQueueStore) {}
-
-  private isTarget(rcvId: Uint8Array): boolean {
-    return this.target !== null && same(this.target, rcvId);
-  }
-
-  /** Messages the target queue still holds. */
-  pending(): number {
-    return this.present.length;
-  }
-
-  async addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'> {
-    if (!this.isTarget(rcvId)) return this.inner.addMessage(rcvId, msg, quota, now);
-    this.added++;
-    // The store makes a message visible at commit, before the write resolves: the mirror takes
-    // it at once too, so it never lags behind what the relay can read.
-    const entry = { m: msg, rank: this.rank(this.added) };
-    this.present.push(entry);
-    const r = await this.inner.addMessage(rcvId, msg, quota, now).catch((e: unknown) => {
-      this.present.splice(this.present.indexOf(entry), 1);
-      throw e;
-    });
-    if (r !== 'ok') this.present.splice(this.present.indexOf(entry), 1);
-    return r;
-  }
-
-  async oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined> {
-    if (!this.isTarget(rcvId) || this.present.length === 0) return this.inner.oldestMessage(rcvId);
-    let best = this.present[0]!;
-    for (const p of this.present) if (p.rank < best.rank) best = p;
-    return best.m;
-  }
-
-  async oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]> {
-    if (!this.isTarget(rcvId) || this.present.length === 0) return this.inner.oldestMessages(rcvId, limit);
-    return [...this.present].sort((a, b) => a.rank - b.rank).slice(0, limit).map((p) => p.m);
-  }
-
-  async deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean> {
-    // As the interface asks: from the call on, oldestMessage no longer returns the message.
-    const pending = this.inner.deleteMessage(rcvId, msgId, now);
-    const i = this.isTarget(rcvId) ? this.present.findIndex((p) => same(p.m.msgId, msgId)) : -1;
-    const removed = i >= 0 ? this.present.splice(i, 1)[0] : undefined;
-    const r = await pending;
-    if (!r && removed !== undefined) this.present.push(removed);
-    return r;
-  }
-
-  createQueue(q: Omit<QueueRecord, 'msgCount' | 'sndAuthKey' | 'suspended'>, now: number): Promise<void> {
-    return this.inner.createQueue(q, now);
-  }
-  queueByRecipient(rcvId: Uint8Array): Promise<QueueRecord | undefined> {
-    return this.inner.queueByRecipient(rcvId);
-  }
-  queueBySender(sndId: Uint8Array): Promise<QueueRecord | undefined> {
-    return this.inner.queueBySender(sndId);
-  }
-  secureQueue(rcvId: Uint8Array, sndAuthKey: Uint8Array, now: number): Promise<'ok' | 'conflict'> {
-    return this.inner.secureQueue(rcvId, sndAuthKey, now);
-  }
-  touchQueue(rcvId: Uint8Array, now: number): Promise<void> {
-    return this.inner.touchQueue(rcvId, now);
-  }
-  suspendQueue(rcvId: Uint8Array): Promise<void> {
-    return this.inner.suspendQueue(rcvId);
-  }
-  deleteQueue(rcvId: Uint8Array): Promise<void> {
-    return this.inner.deleteQueue(rcvId);
-  }
-  setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken'> {
-    return this.inner.setLink(rcvId, linkId, data);
-  }
-  linkData(linkId: Uint8Array): Promise<{ sndId: Uint8Array; data: Uint8Array } | undefined> {
-    return this.inner.linkData(linkId);
-  }
-  expire(messagesBefore: number, queuesUnusedSince: number): Promise<{ messages: number; queues: number }> {
-    return this.inner.expire(messagesBefore, queuesUnusedSince);
-  }
-  stats(): Promise<{ queues: number; messages: number }> {
-    return this.inner.stats();
-  }
-  close(): Promise<void> {
-    return this.inner.close();
+  protected addToTarget(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'> {
+    return this.storeRanked(rcvId, msg, this.rank(this.added), quota, now);
   }
 }
 
@@ -136,43 +43,17 @@ after(async () => {
   cleanup(root);
 });
 
-async function ok(h: Home, ...args: string[]): Promise<Json[]> {
-  const r = await runMurmure(['--home', h.dir, '--json', ...args], { passphrase: h.pass });
-  assert.equal(r.code, 0, `murmure ${args.join(' ')} failed: ${r.stdout}${r.stderr}`);
-  return r.json;
-}
-
-function byType(events: readonly Json[], type: string): Json[] {
-  return events.filter((e) => e['type'] === type);
-}
-
 /** The recipient id of a home's only receive queue, read from its database (no `murmure` may run on it). */
 function receiveQueue(h: Home): Uint8Array {
-  const key = deriveDatabaseKey(h.pass, loadSalt(join(h.dir, 'murmure.salt'), false));
-  const db = LocalDatabase.open(join(h.dir, 'murmure.db'), key, AGENT_MIGRATIONS);
-  try {
+  return withDatabase(h, (db) => {
     const rows = db.db.prepare("SELECT rcv_id FROM agent_connections WHERE status = 'connected'").all() as { rcv_id: Uint8Array }[];
     assert.equal(rows.length, 1, 'one connection');
     return new Uint8Array(rows[0]!.rcv_id);
-  } finally {
-    db.close();
-  }
+  });
 }
 
 test("messages the relay hands out in reverse are listed in the sender's order", async () => {
-  const alice: Home = { dir: join(root, 'alice'), pass: `alice ${tag}`, name: `Alice ${tag}` };
-  const bob: Home = { dir: join(root, 'bob'), pass: `bob ${tag}`, name: `Bob ${tag}` };
-  await ok(alice, 'init', '--name', alice.name, '--relay', relay.address);
-  await ok(bob, 'init', '--name', bob.name, '--relay', relay.address);
-  const [inv] = await ok(alice, 'invite');
-  await ok(bob, 'connect', inv!['link'] as string);
-  for (let i = 0; i < 5; i++) {
-    await ok(alice, 'sync');
-    await ok(bob, 'sync');
-    const [ca] = await ok(alice, 'contacts');
-    const [cb] = await ok(bob, 'contacts');
-    if (ca?.['status'] === 'connected' && cb?.['status'] === 'connected' && ca['name'] === bob.name) break;
-  }
+  const { alice, bob } = await connectedHomes(root, relay.address, tag);
   // One message each way in order first, so the conversation has a past on both sides.
   await ok(alice, 'send', bob.name, 'hello bob');
   await ok(bob, 'send', alice.name, 'hello alice');
