@@ -643,7 +643,7 @@ export class Agent extends EventEmitter {
     if (found === undefined) return;
     const connId = found.id;
     let processed = false;
-    let acked: Promise<void> | null = null;
+    let ackQueue: RecipientQueue | null = null;
     await this.mutex.run(found.state_owner, async () => {
       // Looked up again under the lock: a switch may have moved this queue from next to current.
       const c = this.store.connection(connId);
@@ -662,12 +662,22 @@ export class Agent extends EventEmitter {
         return;
       }
       processed = true;
-      // The ACK is queued here, after the commit and before the lock is released; its OK (the
-      // relay's own commit) is awaited outside the lock, so the next message, which the relay
-      // pushes as soon as it takes the ACK, need not wait for it.
-      if (ack) acked = client.ack(slot.q, m.msgId).catch(() => undefined);
+      if (ack) ackQueue = slot.q;
     });
-    await acked;
+    // The ACK goes once the commit is on disk. The sync runs outside the lock (sending to this
+    // contact need not wait for it) and off the event loop, shared by every message committed
+    // before it; the ACK's OK (the relay's own commit) is not awaited before the next message,
+    // which the relay pushes as soon as it takes the ACK.
+    if (ackQueue !== null) {
+      try {
+        await this.store.local.durable();
+      } catch {
+        // Not ACKed: the relay delivers it again after reconnection, and it is recognised then.
+        this.emit('problem', { connId, code: 'CORRUPT', message: 'a message could not be written to disk' });
+        return;
+      }
+      await client.ack(ackQueue, m.msgId).catch(() => undefined);
+    }
     // Progress on the other queue of a switch may have filled the gap a held message waits on.
     const h = this.held.get(connId);
     if (processed && h !== undefined && !eq(h.m.msgId, m.msgId)) this.release(connId, false);
@@ -865,7 +875,9 @@ export class Agent extends EventEmitter {
         break;
       }
     }
-    this.store.local.transaction(() => {
+    // Committed without waiting for the disk: the ACK waits for `durable()` (see onPush), one sync
+    // for every message committed meanwhile, off the event loop.
+    this.store.local.deferredTransaction(() => {
       this.store.applyState(c.state_owner, state.takeWrites());
       this.store.updateConnection(connId, changes);
       if (changes.status === 'connected') this.store.confirmationDelivered(connId);
