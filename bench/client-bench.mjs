@@ -8,13 +8,15 @@
 // Env: BENCH_MESSAGES (default 3000), BENCH_RECEIPTS=0 to turn delivery receipts off.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
 import { AGENT_MIGRATIONS, Agent, LocalDatabase } from '@murmure/agent';
 import { ProtocolState, createPreKeys, decrypt, encrypt, generateIdentity, startSession } from '@murmure/crypto';
+
+import { appendResult, resultsFile } from './lib.mjs';
 
 const N = Number(process.env.BENCH_MESSAGES ?? 3000);
 const RECEIPTS = process.env.BENCH_RECEIPTS !== '0';
@@ -184,9 +186,9 @@ try {
     ['ratio full (two processes) / bare', (twoRate / bareRate).toFixed(2), 'target: full stack >= 1,000 msg/s'],
   ];
   for (const [what, value, note] of rows) console.log(`${what.padEnd(50)} ${value.padStart(12)}   ${note}`);
-  mkdirSync('bench/results', { recursive: true });
-  const line = JSON.stringify({ bench: 'client', date: new Date().toISOString(), node: process.version, messages: N, receipts: RECEIPTS, twoProcessMsgsPerSec: Math.round(twoRate), oneProcessMsgsPerSec: Math.round(fullRate), bareMsgsPerSec: Math.round(bareRate), ratio: twoRate / bareRate });
-  writeFileSync(`bench/results/client-${new Date().toISOString().slice(0, 10)}.jsonl`, `${line}\n`, { flag: 'a' });
+  const date = new Date().toISOString();
+  const line = { bench: 'client', date, node: process.version, messages: N, receipts: RECEIPTS, twoProcessMsgsPerSec: Math.round(twoRate), oneProcessMsgsPerSec: Math.round(fullRate), bareMsgsPerSec: Math.round(bareRate), ratio: twoRate / bareRate };
+  if (process.env.BENCH_NO_RESULTS !== '1') appendResult(resultsFile('client', date), line);
 } finally {
   relay.proc.kill('SIGTERM');
   await new Promise((r) => relay.proc.once('exit', r));

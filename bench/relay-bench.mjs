@@ -11,7 +11,7 @@
 //      BENCH_QUIET_WAIT_S, BENCH_METRICS, BENCH_RELAY_NODE_ARGS, BENCH_RELAY_STDOUT, BENCH_NO_RESULTS.
 
 import { execFileSync, fork, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, appendFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, appendFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -21,31 +21,33 @@ import { fileURLToPath } from 'node:url';
 import { RelayClient, openDelivered } from '@murmure/agent';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
+import {
+  DRIVER_BOUND_CORES,
+  NOISY_CORES,
+  Samples,
+  appendResult,
+  driverCpuUs,
+  envList,
+  envNum,
+  machineBusyUs,
+  percentile,
+  procCpuUs,
+  procRssKiB,
+  procTimes,
+  resultsFile,
+  round,
+  runMain,
+  sleep,
+  waitQuiet,
+} from './lib.mjs';
+
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..');
 const CLI = join(ROOT, 'packages/cli/bin/murmure.js');
-const RESULTS_DIR = join(HERE, 'results');
 const BODY_SIZE = 100;
-const CLK_TCK = clockTicks();
-/** A run during which other processes used this much CPU (cores) is flagged as noisy. */
-const NOISY_CORES = 0.15;
 
 // ---------------------------------------------------------------------------------------------
 // Settings
-
-function envNum(name, dflt) {
-  const v = process.env[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number`);
-  return n;
-}
-
-function envList(name, dflt) {
-  const v = process.env[name];
-  if (v === undefined || v === '') return dflt;
-  return v.split(',').map((s) => s.trim()).filter((s) => s !== '');
-}
 
 function settings() {
   const quick = process.env.BENCH_QUICK === '1';
@@ -77,74 +79,6 @@ function checkSettings(cfg) {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function clockTicks() {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-}
-
-/** utime and stime of a process, in microseconds. */
-function procTimes(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // Fields after the ")" that closes the command name: state is field 3, utime 14, stime 15.
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { user: (Number(f[11]) * 1e6) / CLK_TCK, sys: (Number(f[12]) * 1e6) / CLK_TCK };
-}
-
-/** utime+stime of a process, in microseconds. */
-function procCpuUs(pid) {
-  const t = procTimes(pid);
-  return t.user + t.sys;
-}
-
-/** VmRSS of a process, in KiB. */
-function procRssKiB(pid) {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m === null ? NaN : Number(m[1]);
-}
-
-/** Busy CPU time of the whole machine (all processes), in microseconds, from /proc/stat. */
-function machineBusyUs() {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
-  const idle = f[3] + f[4];
-  return ((total - idle) * 1e6) / CLK_TCK;
-}
-
-function driverCpuUs() {
-  const u = process.cpuUsage();
-  return u.user + u.system;
-}
-
-function percentile(sorted, p) {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i];
-}
-
-/** Growable Float64 array of latency samples (ms). */
-class Samples {
-  constructor() {
-    this.a = new Float64Array(1 << 16);
-    this.n = 0;
-  }
-  push(v) {
-    if (this.n === this.a.length) {
-      const b = new Float64Array(this.a.length * 2);
-      b.set(this.a);
-      this.a = b;
-    }
-    this.a[this.n++] = v;
-  }
-  sorted() {
-    return this.a.slice(0, this.n).sort();
-  }
-}
-
 function gitSha() {
   try {
     return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
@@ -152,8 +86,6 @@ function gitSha() {
     return null;
   }
 }
-
-const round = (v, d = 1) => (Number.isFinite(v) ? Math.round(v * 10 ** d) / 10 ** d : null);
 
 // ---------------------------------------------------------------------------------------------
 // The relay process
@@ -356,27 +288,6 @@ function newState() {
   return { delivered: 0, measured: 0, measuring: false, running: true, outOfOrder: 0, errors: [], lat: new Samples() };
 }
 
-/** CPU (cores) the machine uses over `ms` while this bench does nothing. */
-async function backgroundCores(ms = 1000) {
-  const m0 = machineBusyUs();
-  const d0 = driverCpuUs();
-  const t0 = performance.now();
-  await sleep(ms);
-  return Math.max(0, (machineBusyUs() - m0 - (driverCpuUs() - d0)) / ((performance.now() - t0) * 1000));
-}
-
-/** Waits (up to BENCH_QUIET_WAIT_S) until other processes leave the machine idle; returns their load. */
-async function waitQuiet(cfg) {
-  const until = performance.now() + cfg.quietWaitS * 1000;
-  let load = await backgroundCores();
-  while (load >= NOISY_CORES && performance.now() < until) {
-    process.stdout.write(`  (machine busy: ${load.toFixed(2)} cores used by other processes; waiting)\n`);
-    await sleep(4000);
-    load = await backgroundCores();
-  }
-  return round(load, 2);
-}
-
 /** Measures `durationS` after `warmupS`: relay CPU, driver CPU, wall time. */
 async function measureWindow(relay, st, cfg) {
   await sleep(cfg.warmupS * 1000);
@@ -433,7 +344,7 @@ function summarise(kind, extra, st, w) {
     relayCores: round(w.relayCores, 2),
     relaySysShare: round(w.relaySysShare, 2),
     driverCores: round(w.driverCores, 2),
-    driverBound: w.driverCores >= 0.95,
+    driverBound: w.driverCores >= DRIVER_BOUND_CORES,
     otherCores: round(w.otherCores, 2),
     noisy: w.otherCores >= NOISY_CORES,
     commitsPerMsg: w.counters === null ? null : round(w.counters.commits / Math.max(1, st.measured), 3),
@@ -695,16 +606,13 @@ async function main() {
   };
   console.log(`murmure relay bench — ${meta.cpus} CPU (${meta.cpuModel}), node ${meta.node}, git ${meta.git ?? '?'}`);
   console.log(`warm-up ${cfg.warmupS} s, measured ${cfg.durationS} s, body ${BODY_SIZE} B, durable SQLite (WAL, fdatasync per group commit), TLS 1.3`);
-  const resultsFile = join(RESULTS_DIR, `relay-${runId.slice(0, 10)}.jsonl`);
+  const file = resultsFile('relay', runId);
   const results = [];
   const record = (r, backgroundBefore) => {
     r = { ...r, backgroundCoresBefore: backgroundBefore };
     results.push(r);
     console.log(`  ${JSON.stringify(r)}`);
-    if (cfg.writeResults) {
-      mkdirSync(RESULTS_DIR, { recursive: true });
-      appendFileSync(resultsFile, `${JSON.stringify({ ...meta, ...r })}\n`);
-    }
+    if (cfg.writeResults) appendResult(file, { ...meta, ...r });
   };
   if (cfg.only.includes('throughput')) {
     for (const n of cfg.pairs) {
@@ -727,25 +635,11 @@ async function main() {
   }
   printTable(results);
   printTargets(results);
-  if (cfg.writeResults) console.log(`\nJSON lines appended to ${resultsFile}`);
+  if (cfg.writeResults) console.log(`\nJSON lines appended to ${file}`);
 }
 
 if (process.argv.includes('--idle-worker')) {
   idleWorker();
 } else {
-  for (const sig of ['SIGINT', 'SIGTERM']) {
-    process.on(sig, () => {
-      killLiveRelays();
-      process.exit(130);
-    });
-  }
-  try {
-    await main();
-  } catch (e) {
-    console.error(e);
-    killLiveRelays();
-    process.exitCode = 1;
-  }
-  // Sockets that linger after their close handshake must not keep the bench alive.
-  setTimeout(() => process.exit(), 200).unref();
+  await runMain(main, killLiveRelays);
 }

@@ -10,44 +10,17 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
-import { driverCpuUs, machineBusyUs, procCpuUs, procRssKiB, sleep, straceCount } from './proc.mjs';
+import { DRIVER_BOUND_CORES, NOISY_CORES, Samples, driverCpuUs, machineBusyUs, orNaN, percentile, procCpuUs, procRssKiB, round, sleep } from '../lib.mjs';
+import { straceCount } from './proc.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-/** A run during which other processes used this much CPU (cores) is flagged as noisy. */
-export const NOISY_CORES = 0.15;
-/** A run during which the driver used this much CPU (cores) is flagged as driver-bound. */
-export const DRIVER_BOUND_CORES = 0.95;
-
-export const round = (v, d = 1) => (Number.isFinite(v) ? Math.round(v * 10 ** d) / 10 ** d : null);
-
-export function percentile(sorted, p) {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i];
-}
-
-/** Growable Float64 array of latency samples (ms). */
-class Samples {
-  constructor() {
-    this.a = new Float64Array(1 << 16);
-    this.n = 0;
-  }
-  push(v) {
-    if (this.n === this.a.length) {
-      const b = new Float64Array(this.a.length * 2);
-      b.set(this.a);
-      this.a = b;
-    }
-    this.a[this.n++] = v;
-  }
-  sorted() {
-    return this.a.slice(0, this.n).sort();
-  }
-}
+/** The server's CPU (µs) and RSS (KiB); NaN once it is gone, so that its figures come out null. */
+const serverCpuUs = orNaN(procCpuUs);
+const serverRssKiB = orNaN(procRssKiB);
 
 /** Server CPU, driver CPU and the rest of the machine over a window. */
 function cpuMark(pid) {
-  return { t: performance.now(), server: procCpuUs(pid), driver: driverCpuUs(), machine: machineBusyUs() };
+  return { t: performance.now(), server: serverCpuUs(pid), driver: driverCpuUs(), machine: machineBusyUs() };
 }
 
 function cpuDelta(a, b) {
@@ -117,7 +90,7 @@ export async function closedLoop(server, cfg, nPairs, window) {
     await sleep(cfg.durationS * 1000);
     st.measuring = false;
     const b = cpuMark(server.pid);
-    const rssKiB = procRssKiB(server.pid);
+    const rssKiB = serverRssKiB(server.pid);
     st.running = false;
     const until = performance.now() + 10_000;
     while (performance.now() < until && pairs.some((p) => p.inflight > 0)) await sleep(20);
@@ -189,21 +162,21 @@ async function closeHolders(holders) {
 
 /** W4: N authenticated idle sessions on a fresh server: RSS per session and login rate. */
 export async function idleSessions(server, cfg, n) {
-  const rssStart = procRssKiB(server.pid);
+  const rssStart = serverRssKiB(server.pid);
   // 16 warm-up sessions (indices n..n+15) go through the same steps and close, so code and
   // caches each server loads once are in the baseline, not in the per-session figure.
   const warm = [];
   for (let i = 0; i < 16; i++) warm.push(await server.client.openSession(server.endpoint, n + i));
   for (const s of warm) s.close();
   await sleep(1500);
-  const rssBefore = procRssKiB(server.pid);
+  const rssBefore = serverRssKiB(server.pid);
   const a = cpuMark(server.pid);
   const holders = forkHolders(server, 0, n, cfg.perWorker, cfg.loginConcurrency);
   try {
     const reports = await Promise.all(holders.map((h) => h.opened));
     const b = cpuMark(server.pid);
     await sleep(3000); // let the server settle (GC of login garbage) before reading RSS
-    const rssAfter = procRssKiB(server.pid);
+    const rssAfter = serverRssKiB(server.pid);
     const opened = reports.reduce((s, r) => s + r.opened, 0);
     const w = cpuDelta(a, b);
     return {

@@ -12,7 +12,8 @@ import { fileURLToPath } from 'node:url';
 import { RelayClient, openDelivered } from '@murmure/agent';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
-import { cmdOutput, sleep, spawnServer, stopChild } from './proc.mjs';
+import { sleep } from '../lib.mjs';
+import { cmdOutput, spawnServer, stopChild } from './proc.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const CLI = join(ROOT, 'packages/cli/bin/murmure.js');

@@ -1,55 +1,13 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
-// Process and machine helpers shared by the comparison bench: CPU and memory from /proc, CPU
-// pinning, free ports, spawning servers with a raised fd limit, stopping them by PID.
+// Process and machine helpers of the comparison bench: CPU pinning, free ports, spawning servers
+// with a raised fd limit, stopping them by PID, syscall counts with strace. CPU and memory read
+// from /proc are in ../lib.mjs, shared with the relay bench.
 
 import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 
-export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function clockTicks() {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-}
-const CLK_TCK = clockTicks();
-
-/** utime+stime of a process (all its threads), in microseconds; NaN once it is gone. */
-export function procCpuUs(pid) {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(f[11]) + Number(f[12])) * 1e6) / CLK_TCK;
-  } catch {
-    return NaN;
-  }
-}
-
-/** VmRSS of a process, in KiB. */
-export function procRssKiB(pid) {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m === null ? NaN : Number(m[1]);
-  } catch {
-    return NaN;
-  }
-}
-
-/** Busy CPU time of the whole machine, in microseconds, from /proc/stat. */
-export function machineBusyUs() {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
-  return ((total - f[3] - f[4]) * 1e6) / CLK_TCK;
-}
-
-/** CPU of this driver process, in microseconds. */
-export function driverCpuUs() {
-  const u = process.cpuUsage();
-  return u.user + u.system;
-}
+import { sleep } from '../lib.mjs';
 
 /** Pins every thread of `pid` to `cpus` (a taskset list such as "0" or "0-1"). */
 export function pinProcess(pid, cpus) {

@@ -11,38 +11,23 @@
 //      BENCH_NO_INSTALL, BENCH_QUIET_WAIT_S, BENCH_NO_RESULTS (bench/README.md).
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { appendFileSync, mkdirSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { NOISY_CORES, closedLoop, crashAfterAck, idleSessions, reconnectStorm, round, storeAndForward } from './core.mjs';
-import { allCpus, alive, cmdOutput, driverCpuUs, killLiveServers, machineBusyUs, pinProcess, sleep } from './proc.mjs';
+import { appendResult, envList, envNum, resultsFile, round, runMain, waitQuiet } from '../lib.mjs';
+import { closedLoop, crashAfterAck, idleSessions, reconnectStorm, storeAndForward } from './core.mjs';
+import { allCpus, alive, cmdOutput, killLiveServers, pinProcess } from './proc.mjs';
 import { SERVERS } from './servers.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
-const RESULTS_DIR = join(ROOT, 'bench/results');
 const ALL_WORKLOADS = ['W1', 'W2', 'W3', 'W4', 'W5', 'W6', 'W7', 'E2E'];
 /** Messages of the end-to-end row (two real agents through a relay): bench/client-bench.mjs. */
 const E2E_MESSAGES = { quick: 1000, full: 3000 };
 
 // ---------------------------------------------------------------------------------------------
 // Settings
-
-function envNum(name, dflt) {
-  const v = process.env[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number`);
-  return n;
-}
-
-function envList(name, dflt) {
-  const v = process.env[name];
-  if (v === undefined || v === '') return dflt;
-  return v.split(',').map((s) => s.trim()).filter((s) => s !== '');
-}
 
 function settings() {
   const quick = process.env.BENCH_QUICK === '1';
@@ -127,26 +112,6 @@ function versions(cfg) {
     ejabberd: cfg.servers.includes('ejabberd') ? SERVERS.ejabberd.version() : null,
     erlang: cfg.servers.includes('ejabberd') ? cmdOutput('erl', ['-noshell', '-eval', 'io:format("~s",[erlang:system_info(otp_release)]),halt().']) : null,
   };
-}
-
-/** CPU (cores) the machine uses over `ms` while this bench does nothing. */
-async function backgroundCores(ms = 1000) {
-  const m0 = machineBusyUs();
-  const d0 = driverCpuUs();
-  const t0 = Date.now();
-  await sleep(ms);
-  return Math.max(0, (machineBusyUs() - m0 - (driverCpuUs() - d0)) / ((Date.now() - t0) * 1000));
-}
-
-async function waitQuiet(cfg) {
-  const until = Date.now() + cfg.quietWaitS * 1000;
-  let load = await backgroundCores();
-  while (load >= NOISY_CORES && Date.now() < until) {
-    console.log(`  (machine busy: ${load.toFixed(2)} cores used by other processes; waiting)`);
-    await sleep(4000);
-    load = await backgroundCores();
-  }
-  return round(load, 2);
 }
 
 const epmdPids = () => new Set((cmdOutput('pgrep', ['-x', 'epmd']) ?? '').split('\n').filter((s) => s !== '').map(Number));
@@ -267,7 +232,7 @@ async function main() {
   console.log(`murmure bench:compare — ${meta.machine.cores} CPU (${meta.machine.cpuModel}), node ${meta.versions.node}, murmure ${meta.versions.murmure}${meta.versions.murmureDirty ? '+dirty' : ''}, prosody ${meta.versions.prosody ?? '-'}, ejabberd ${meta.versions.ejabberd ?? '-'}`);
   console.log(`servers ${cfg.servers.join(', ')}; workloads ${list.map((c) => `${c.w} ${c.label}`).join('; ')}`);
   console.log(`${cfg.repeats} repeat(s), ${cfg.pin.join(' and ')}; warm-up ${cfg.warmupS} s, measured ${cfg.durationS} s, 100 B bodies, TLS off except murmure-tls`);
-  const resultsFile = join(RESULTS_DIR, `compare-${runId.slice(0, 10)}.jsonl`);
+  const file = resultsFile('compare', runId);
   const results = [];
   const everything = allCpus();
   try {
@@ -293,10 +258,7 @@ async function main() {
             const line = { ...meta, repeat, pin, server: name, workload: c.w, case: c.label, backgroundCoresBefore: bg, ...r };
             results.push(line);
             console.log(r.error !== undefined ? `ERROR ${r.error}` : summary(c.w, r));
-            if (cfg.writeResults) {
-              mkdirSync(RESULTS_DIR, { recursive: true });
-              appendFileSync(resultsFile, `${JSON.stringify(line)}\n`);
-            }
+            if (cfg.writeResults) appendResult(file, line);
           }
         }
       }
@@ -309,10 +271,7 @@ async function main() {
         const line = { ...meta, repeat, pin: 'unpinned', server: 'murmure-tls', workload: 'E2E', case: 'two agents, one way', backgroundCoresBefore: bg, ...r };
         results.push(line);
         console.log(r.error !== undefined ? `ERROR ${r.error}` : `msgs/s ${r.msgsPerS}, bare libsignal ${r.bareMsgsPerS} msgs/s, ratio ${r.ratio}`);
-        if (cfg.writeResults) {
-          mkdirSync(RESULTS_DIR, { recursive: true });
-          appendFileSync(resultsFile, `${JSON.stringify(line)}\n`);
-        }
+        if (cfg.writeResults) appendResult(file, line);
       }
     }
   } finally {
@@ -330,7 +289,7 @@ async function main() {
     );
   }
   printTargets(cfg, results);
-  if (cfg.writeResults) console.log(`\nJSON lines appended to ${resultsFile}`);
+  if (cfg.writeResults) console.log(`\nJSON lines appended to ${file}`);
 }
 
 /**
@@ -360,18 +319,4 @@ function summary(w, r) {
   return notes.length === 0 ? f : `${f} [${notes.join(', ')}]`;
 }
 
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, () => {
-    killLiveServers();
-    process.exit(130);
-  });
-}
-try {
-  await main();
-} catch (e) {
-  console.error(e);
-  killLiveServers();
-  process.exitCode = 1;
-}
-// Sockets that linger after their close handshake must not keep the bench alive.
-setTimeout(() => process.exit(), 200).unref();
+await runMain(main, killLiveServers);

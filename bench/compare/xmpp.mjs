@@ -8,7 +8,8 @@ import { connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { cmdOutput, freePort, sleep, spawnServer, stopChild } from './proc.mjs';
+import { sleep } from '../lib.mjs';
+import { cmdOutput, freePort, spawnServer, stopChild } from './proc.mjs';
 
 const DOMAIN = 'localhost';
 const PASSWORD = 'benchpw';

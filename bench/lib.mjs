@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// Helpers shared by the relay bench (relay-bench.mjs) and the comparison bench (compare/):
+// settings from the environment, CPU and memory read from /proc, latency samples, percentiles
+// and rounding, the machine's background load, results files, and the main wrapper.
+
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+
+/** Where the benches append their JSON lines (the folder is kept in git by .gitkeep). */
+export const RESULTS_DIR = join(dirname(fileURLToPath(import.meta.url)), 'results');
+/** A run during which other processes used this much CPU (cores) is flagged as noisy. */
+export const NOISY_CORES = 0.15;
+/** A run during which the driver used this much CPU (cores) is flagged as driver-bound. */
+export const DRIVER_BOUND_CORES = 0.95;
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+
+export function envNum(name, dflt) {
+  const v = process.env[name];
+  if (v === undefined || v === '') return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number`);
+  return n;
+}
+
+export function envList(name, dflt) {
+  const v = process.env[name];
+  if (v === undefined || v === '') return dflt;
+  return v.split(',').map((s) => s.trim()).filter((s) => s !== '');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export const round = (v, d = 1) => (Number.isFinite(v) ? Math.round(v * 10 ** d) / 10 ** d : null);
+
+export function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+/** Growable Float64 array of latency samples (ms). */
+export class Samples {
+  constructor() {
+    this.a = new Float64Array(1 << 16);
+    this.n = 0;
+  }
+  push(v) {
+    if (this.n === this.a.length) {
+      const b = new Float64Array(this.a.length * 2);
+      b.set(this.a);
+      this.a = b;
+    }
+    this.a[this.n++] = v;
+  }
+  sorted() {
+    return this.a.slice(0, this.n).sort();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU and memory from /proc (the readers of one process throw once it is gone: see orNaN)
+
+function clockTicks() {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+}
+const CLK_TCK = clockTicks();
+
+/** utime and stime of a process (all its threads), in clock ticks. */
+function procTicks(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the ")" that closes the command name: state is field 3, utime 14, stime 15.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return [Number(f[11]), Number(f[12])];
+}
+
+/** utime and stime of a process, in microseconds. */
+export function procTimes(pid) {
+  const [utime, stime] = procTicks(pid);
+  return { user: (utime * 1e6) / CLK_TCK, sys: (stime * 1e6) / CLK_TCK };
+}
+
+/** utime+stime of a process, in microseconds. */
+export function procCpuUs(pid) {
+  const [utime, stime] = procTicks(pid);
+  return ((utime + stime) * 1e6) / CLK_TCK;
+}
+
+/** VmRSS of a process, in KiB. */
+export function procRssKiB(pid) {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m === null ? NaN : Number(m[1]);
+}
+
+/** A reader of one process (procCpuUs, procRssKiB) that gives NaN instead of throwing once it is gone. */
+export function orNaN(read) {
+  return (pid) => {
+    try {
+      return read(pid);
+    } catch {
+      return NaN;
+    }
+  };
+}
+
+/** Busy CPU time of the whole machine (all processes), in microseconds, from /proc/stat. */
+export function machineBusyUs() {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+  return ((total - f[3] - f[4]) * 1e6) / CLK_TCK;
+}
+
+/** CPU of this driver process, in microseconds. */
+export function driverCpuUs() {
+  const u = process.cpuUsage();
+  return u.user + u.system;
+}
+
+/** CPU (cores) the machine uses over `ms` while this bench does nothing. */
+async function backgroundCores(ms = 1000) {
+  const m0 = machineBusyUs();
+  const d0 = driverCpuUs();
+  const t0 = performance.now();
+  await sleep(ms);
+  return Math.max(0, (machineBusyUs() - m0 - (driverCpuUs() - d0)) / ((performance.now() - t0) * 1000));
+}
+
+/** Waits (up to BENCH_QUIET_WAIT_S) until other processes leave the machine idle; returns their load. */
+export async function waitQuiet(cfg) {
+  const until = performance.now() + cfg.quietWaitS * 1000;
+  let load = await backgroundCores();
+  while (load >= NOISY_CORES && performance.now() < until) {
+    console.log(`  (machine busy: ${load.toFixed(2)} cores used by other processes; waiting)`);
+    await sleep(4000);
+    load = await backgroundCores();
+  }
+  return round(load, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results and main
+
+/** The results file of a bench invocation: bench/results/<name>-<date of runId>.jsonl. */
+export function resultsFile(name, runId) {
+  return join(RESULTS_DIR, `${name}-${runId.slice(0, 10)}.jsonl`);
+}
+
+/** Appends one JSON line to a results file. */
+export function appendResult(file, line) {
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  appendFileSync(file, `${JSON.stringify(line)}\n`);
+}
+
+/** Runs a bench's main; `killChildren` kills what it started if it fails or is interrupted. */
+export async function runMain(main, killChildren) {
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.on(sig, () => {
+      killChildren();
+      process.exit(130);
+    });
+  }
+  try {
+    await main();
+  } catch (e) {
+    console.error(e);
+    killChildren();
+    process.exitCode = 1;
+  }
+  // Sockets that linger after their close handshake must not keep the bench alive.
+  setTimeout(() => process.exit(), 200).unref();
+}
