@@ -277,6 +277,45 @@ test('fsync: every OK follows an fsync of the WAL, and with fsync failing SENDs 
   assert.ok(seqs.every((s) => s >= 0 && s < k + 20), 'nothing that was never sent appears');
 });
 
+test('a slow sync delays the sender\'s OK, not the subscriber\'s MSG; ACKs of a drain wait for no sync of their own', { timeout: 60_000 }, async (t) => {
+  assert.ok(existsSync(STRACE), 'strace is installed');
+  // Every sync of the WAL takes 300 ms longer (strace delays it on the way out) and is logged.
+  const dataDir = scratch('murmure-slowsync-');
+  const traceFile = join(scratch('murmure-strace-'), 'trace');
+  const wal = join(dataDir, 'relay.sqlite-wal');
+  const relay = await launch({ dataDir, wrapper: [STRACE, '-f', '-ttt', '-y', '-P', wal, '-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_exit=300000', '-o', traceFile] });
+  const sender = await RelayClient.connect(relay.address);
+  const { q, senderKey } = await securedQueue(sender);
+  const { body, seqOf } = numberedBodies(200);
+
+  // 1. Subscribed: the MSG comes once the message is committed, before the sender's OK.
+  const sub = await RelayClient.connect(relay.address);
+  const order: string[] = [];
+  sub.on('message', (m: PushedMessage) => {
+    order.push(`MSG ${seqOf(q, m.msgId, m.body)}`);
+    void sub.ack(q, m.msgId).catch(() => undefined);
+  });
+  await sub.subscribe(q);
+  await sender.send(q.sndId, senderKey.privateKey, body(0)).then(() => order.push('OK 0'));
+  assert.deepEqual(order, ['MSG 0', 'OK 0'], 'the subscriber had the message before the sender was answered');
+  sub.close();
+
+  // 2. Held messages drained by GET and ACK: no sync of the WAL while the ACKs are answered.
+  const n = 20;
+  await Promise.all(Array.from({ length: n }, (_, i) => sender.send(q.sndId, senderKey.privateKey, body(i + 1))));
+  const reader = await RelayClient.connect(relay.address);
+  const start = Date.now();
+  const seqs = await drain(reader, q, seqOf);
+  const end = Date.now();
+  reader.close();
+  sender.close();
+  assert.equal(await signalRelay(relay, 'SIGTERM'), 0);
+  assert.deepEqual(seqs, Array.from({ length: n }, (_, i) => i + 1), 'every message drained in order');
+  const during = parseSyncs(readFileSync(traceFile, 'utf8')).filter((s) => s.path === wal && s.at >= start && s.at <= end);
+  t.diagnostic(`drain of ${n} messages in ${end - start} ms with ${during.length} syncs of the WAL`);
+  assert.ok(during.length < n / 4, `a drain of ${n} messages synced the WAL ${during.length} times`);
+});
+
 /** A stopped relay's data folder whose store holds a few hundred small messages (many b-tree pages). */
 async function storeWithMessages(): Promise<string> {
   const dataDir = scratch('murmure-corrupt-');
