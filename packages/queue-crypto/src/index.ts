@@ -32,9 +32,30 @@ export type KeyPair = Readonly<{ publicKey: Uint8Array; privateKey: KeyObject }>
 const INFO_AUTH = Buffer.from('murmure/relay/v1/authenticator');
 const INFO_BOX = Buffer.from('murmure/relay/v1/recipient-box');
 
-// Raw keys go in and out as JWK: OpenSSL 3's DER encoder and decoder cost ~70 µs a key here,
-// the JWK path ~1-6 µs, and every connection and first authorisation of a queue does one.
+// Raw keys of peers go in as JWK (OpenSSL 3's DER decoder costs ~70 µs a key here, the JWK path
+// ~6 µs, and every connection and first authorisation of a queue imports one), and keys read
+// from a store come out as JWK.
+//
+// A key pair just generated never goes out as JWK. Node 20 deadlocks when it does (reproduced:
+// within 100,000 generate-and-export rounds): exporting a JWK holds the key's mutex while it
+// allocates the JavaScript strings, that allocation may start a garbage collection, and the
+// collection's destructor of the finished key generation job takes the same mutex. The public
+// key of a new pair comes out of the generation itself, DER-encoded (SubjectPublicKeyInfo: a
+// fixed 12-byte header, then the raw key), and its private key as PKCS#8 DER, which exports
+// without that lock-and-allocate.
 
+/** SubjectPublicKeyInfo of an Ed25519 or X25519 key: a 12-byte header, then the 32-byte key. */
+const SPKI_HEADER_LENGTH = 12;
+/** PKCS#8 of an X25519 private key: a 16-byte header, then the 32-byte key. */
+const X25519_PKCS8 = Buffer.from('302e020100300506032b656e04220420', 'hex');
+
+function generated(type: 'ed25519' | 'x25519'): KeyPair {
+  // With only the public key encoded, Node returns a Buffer and a KeyObject (no typing covers the mix).
+  const { publicKey, privateKey } = generateKeyPairSync(type as 'x25519', { publicKeyEncoding: { type: 'spki', format: 'der' } } as never) as unknown as { publicKey: Buffer; privateKey: KeyObject };
+  return { publicKey: new Uint8Array(publicKey.subarray(SPKI_HEADER_LENGTH)), privateKey };
+}
+
+/** The raw public key of a key object that was imported, never generated (see above). */
 function rawPublic(k: KeyObject): Uint8Array {
   const x = k.export({ format: 'jwk' }).x;
   if (typeof x !== 'string') throw new TypeError('not an OKP public key');
@@ -47,14 +68,12 @@ function okpPublicKey(crv: 'Ed25519' | 'X25519', raw: Uint8Array): KeyObject {
 
 /** A new Ed25519 key pair (queue signing keys). */
 export function generateSigningKeyPair(): KeyPair {
-  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
-  return { publicKey: rawPublic(publicKey), privateKey };
+  return generated('ed25519');
 }
 
 /** A new X25519 key pair (authenticator keys, box keys, relay session keys). */
 export function generateDhKeyPair(): KeyPair {
-  const { publicKey, privateKey } = generateKeyPairSync('x25519');
-  return { publicKey: rawPublic(publicKey), privateKey };
+  return generated('x25519');
 }
 
 /** Imports a raw Ed25519 public key; throws if it is not 32 bytes or not a valid key. */
@@ -192,13 +211,12 @@ export function openWithNonce(key: Uint8Array, nonce: Uint8Array, aad: Uint8Arra
   }
 }
 
-const X25519_PKCS8 = Buffer.from('302e020100300506032b656e04220420', 'hex');
-
 /** The raw 32-byte X25519 private key (to hand a sender key to a contact inside E2E encryption). */
 export function rawDhPrivateKey(k: KeyObject): Uint8Array {
-  const d = k.export({ format: 'jwk' }).d;
-  if (typeof d !== 'string') throw new TypeError('not an OKP private key');
-  return new Uint8Array(Buffer.from(d, 'base64url'));
+  // PKCS#8, not JWK: the key may have just been generated (see the top of this file).
+  const der = k.export({ format: 'der', type: 'pkcs8' });
+  if (k.asymmetricKeyType !== 'x25519' || der.length !== X25519_PKCS8.length + KEY_LENGTH) throw new TypeError('not an X25519 private key');
+  return new Uint8Array(der.subarray(X25519_PKCS8.length));
 }
 
 /** A key pair from a raw 32-byte X25519 private key. */
