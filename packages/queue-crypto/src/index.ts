@@ -18,6 +18,7 @@ import {
   generateKeyPairSync,
   hkdfSync,
   randomBytes,
+  randomFillSync,
   sign,
   timingSafeEqual,
   verify,
@@ -175,10 +176,27 @@ export function openRecipientBox(key: Uint8Array, msgId: Uint8Array, sealed: Uin
   return openWithNonce(key, boxNonce(msgId), msgId, sealed);
 }
 
+/**
+ * Bytes of the system's CSPRNG drawn at once for `randomId`: the relay takes an id for every
+ * message, and one call into OpenSSL per 4 KiB costs less than one per id. Each byte is handed
+ * out once, copied, and then cleared from the pool.
+ */
+export const RANDOM_POOL_SIZE = 4096;
+const randomPool = Buffer.allocUnsafeSlow(RANDOM_POOL_SIZE);
+let randomPoolUsed = RANDOM_POOL_SIZE;
+
 /** Random bytes (ids, correlation ids). */
 export function randomId(length = ID_LENGTH): Uint8Array {
-  const b = randomBytes(length);
-  return new Uint8Array(b.buffer, b.byteOffset, b.length);
+  if (length > RANDOM_POOL_SIZE) return new Uint8Array(randomBytes(length));
+  if (randomPoolUsed + length > RANDOM_POOL_SIZE) {
+    randomFillSync(randomPool);
+    randomPoolUsed = 0;
+  }
+  const out = new Uint8Array(length);
+  out.set(randomPool.subarray(randomPoolUsed, randomPoolUsed + length));
+  randomPool.fill(0, randomPoolUsed, randomPoolUsed + length);
+  randomPoolUsed += length;
+  return out;
 }
 
 const INFO_QUEUE_BOX = Buffer.from('murmure/agent/v1/queue-box');
