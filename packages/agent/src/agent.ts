@@ -1038,6 +1038,9 @@ export class Agent extends EventEmitter {
    * first when the contact came through an address), then reply.
    */
   private async finishAccept(connId: string): Promise<void> {
+    // What the confirmation changed (committed without a sync, in receive) is on disk before
+    // the relay is asked for anything that depends on it.
+    await this.store.local.durable();
     let c = this.store.connection(connId);
     if (c === undefined || c.status !== 'accepting' || c.pending_snd_auth === null) return;
     let newQueue: QueueAddress | null = null;
@@ -1163,6 +1166,9 @@ export class Agent extends EventEmitter {
    * left), 'pending' (it still holds messages) or 'error' (its relay could not be asked).
    */
   private async retireOld(connId: string): Promise<'done' | 'pending' | 'error'> {
+    // The promotion (committed without a sync, in receive) is on disk before the old queue is
+    // deleted on its relay: a power cut must not bring back a current queue that is gone.
+    await this.store.local.durable();
     const c = this.store.connection(connId);
     if (c === undefined || c.status === 'deleted') return 'done';
     const old = this.rcvSlots(c).find((s) => s.slot === 'old');
