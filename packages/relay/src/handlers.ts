@@ -206,7 +206,7 @@ export class RelayHandlers implements CommandHandler {
     // sends the same bytes again and the recipient drops the repeat.
     const key = idKey(q.rcvId);
     const added = await this.store.addMessage(q.rcvId, { msgId, receivedAt: now, sealed }, this.config.queueQuota, now, (r) => {
-      if (r === 'ok') void this.deliverNext(key);
+      if (r === 'ok') this.deliverNext(key).catch(() => undefined);
     });
     if (added === 'gone') throw new Refusal('AUTH');
     if (added === 'quota') throw new Refusal('QUOTA');
@@ -232,7 +232,8 @@ export class RelayHandlers implements CommandHandler {
     const deleted = this.store.deleteMessage(q.rcvId, msgId, this.now());
     if (sub !== undefined && sub.conn === conn && sub.delivered !== null && sameBytes(sub.delivered, msgId)) {
       sub.delivered = null;
-      void this.deliverNext(key);
+      // A failed read leaves the message for the next SUB; it must not end the process.
+      this.deliverNext(key).catch(() => undefined);
     }
     if (!(await deleted)) throw new Refusal('NO_MSG');
     this.metrics.messagesAcked++;

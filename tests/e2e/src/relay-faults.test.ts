@@ -25,6 +25,7 @@ import {
   launchRelay,
   relayPid,
   signalRelay,
+  sleep,
   tempDir,
   testOpen,
   testSeal,
@@ -277,7 +278,7 @@ test('fsync: every OK follows an fsync of the WAL, and with fsync failing SENDs 
   assert.ok(seqs.every((s) => s >= 0 && s < k + 20), 'nothing that was never sent appears');
 });
 
-test('a slow sync delays the sender\'s OK, not the subscriber\'s MSG; ACKs of a drain wait for no sync of their own', { timeout: 60_000 }, async (t) => {
+test('a slow sync delays the sender\'s OK, not the subscriber\'s MSG; ACKs of a drain wait for no sync of their own, and are synced soon after', { timeout: 60_000 }, async (t) => {
   assert.ok(existsSync(STRACE), 'strace is installed');
   // Every sync of the WAL takes 300 ms longer (strace delays it on the way out) and is logged.
   const dataDir = scratch('murmure-slowsync-');
@@ -309,11 +310,16 @@ test('a slow sync delays the sender\'s OK, not the subscriber\'s MSG; ACKs of a 
   const end = Date.now();
   reader.close();
   sender.close();
-  assert.equal(await signalRelay(relay, 'SIGTERM'), 0);
   assert.deepEqual(seqs, Array.from({ length: n }, (_, i) => i + 1), 'every message drained in order');
-  const during = parseSyncs(readFileSync(traceFile, 'utf8')).filter((s) => s.path === wal && s.at >= start && s.at <= end);
+  const walSyncs = () => parseSyncs(readFileSync(traceFile, 'utf8')).filter((s) => s.path === wal);
+  const during = walSyncs().filter((s) => s.at >= start && s.at <= end);
   t.diagnostic(`drain of ${n} messages in ${end - start} ms with ${during.length} syncs of the WAL`);
   assert.ok(during.length < n / 4, `a drain of ${n} messages synced the WAL ${during.length} times`);
+  // 3. With nothing else to write, the deletions are synced soon after all the same (DEFERRED_SYNC_MS).
+  const until = Date.now() + 10_000;
+  while (!walSyncs().some((s) => s.at > end) && Date.now() < until) await sleep(100);
+  assert.ok(walSyncs().some((s) => s.at > end), 'the deletions were synced after the drain');
+  assert.equal(await signalRelay(relay, 'SIGTERM'), 0);
 });
 
 /** A stopped relay's data folder whose store holds a few hundred small messages (many b-tree pages). */

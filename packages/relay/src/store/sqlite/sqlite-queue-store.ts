@@ -2,7 +2,8 @@
 /**
  * The default queue store: one SQLite file in WAL mode. Writes are group-committed: every write
  * asked for in one event-loop turn goes into one transaction, and each caller's promise resolves
- * only after that transaction is on disk. SQLite runs with synchronous=NORMAL (the WAL is synced
+ * only after that transaction is on disk (a deletion after ACK and an activity mark resolve at
+ * commit, and are synced with the next sync, at most DEFERRED_SYNC_MS later). SQLite runs with synchronous=NORMAL (the WAL is synced
  * around checkpoints, not at each commit) and the store itself syncs the WAL with `fdatasync`
  * after each commit, on libuv's thread pool: the event loop keeps serving while the disk
  * flushes, and the next batches commit meanwhile. One sync runs at a time and covers every batch
@@ -42,6 +43,11 @@ const QUEUE_COLUMNS = 'rcv_id, snd_id, rcv_sig_key, rcv_auth_key, snd_auth_key, 
 
 /** Most writes one group commit takes; more wait for the next. */
 export const MAX_WRITES_PER_COMMIT = 4096;
+/**
+ * Longest time a commit that nobody waits for (a deletion after ACK, an activity mark) stays
+ * unsynced when no durable write comes to share a sync with it.
+ */
+export const DEFERRED_SYNC_MS = 200;
 
 function bytes(v: unknown): Uint8Array {
   if (v instanceof Uint8Array) return v;
@@ -85,6 +91,9 @@ export class SqliteQueueStore implements QueueStore {
   /** Whether a sync of the WAL is running, and who waits for the last one to end. */
   private syncInFlight = false;
   private syncWaiters: (() => void)[] = [];
+  /** Whether a commit that nobody waits for (see PendingWrite) is not synced yet, and the timer that syncs it. */
+  private unsyncedCommit = false;
+  private deferredSync: NodeJS.Timeout | null = null;
   private readonly st;
 
   private constructor(
@@ -147,8 +156,8 @@ export class SqliteQueueStore implements QueueStore {
       db = new Database(opts.path);
       db.pragma('journal_mode = WAL');
       // NORMAL: SQLite syncs the WAL before each checkpoint and the database after it; the
-      // store syncs the WAL after every commit itself (see `flush`), so a commit is as durable as
-      // with FULL before anyone hears of it.
+      // store syncs the WAL after every commit itself (see `flush`), so a durable write is as
+      // durable as with FULL before its caller hears of it.
       db.pragma('synchronous = NORMAL');
       db.pragma('foreign_keys = ON');
       db.pragma('busy_timeout = 5000');
@@ -212,21 +221,36 @@ export class SqliteQueueStore implements QueueStore {
     const durable: PendingWrite[] = [];
     const durableResults: unknown[] = [];
     batch.forEach((w, i) => {
-      w.committed?.(results[i]);
+      try {
+        w.committed?.(results[i]);
+      } catch {
+        // a caller's hook; the write itself is committed and settles below
+      }
       if (!w.durable) w.resolve(results[i]);
       else {
         durable.push(w);
         durableResults.push(results[i]);
       }
     });
-    if (durable.length === 0) return;
+    if (durable.length === 0) {
+      // Nobody waits for this commit's sync, but it should not stay in the page cache for long
+      // on a relay that has nothing else to write: it gets one within DEFERRED_SYNC_MS.
+      this.unsyncedCommit = true;
+      this.deferredSync ??= setTimeout(() => {
+        this.deferredSync = null;
+        this.startSync();
+      }, DEFERRED_SYNC_MS).unref();
+      return;
+    }
     this.unsynced.push({ batch: durable, results: durableResults });
     this.startSync();
   }
 
   private startSync(): void {
-    if (this.syncInFlight || this.unsynced.length === 0) return;
+    if (this.syncInFlight || (this.unsynced.length === 0 && !this.unsyncedCommit)) return;
     const batches = this.unsynced.splice(0);
+    // This sync covers every commit made so far, those nobody waits for included.
+    this.unsyncedCommit = false;
     this.syncInFlight = true;
     fdatasync(this.walFd, (e) => {
       this.syncInFlight = false;
@@ -407,6 +431,9 @@ export class SqliteQueueStore implements QueueStore {
     if (this.closed) return;
     while (this.pending.length > 0) this.flush();
     this.closed = true;
+    // The checkpoint below syncs what the deferred sync would have.
+    if (this.deferredSync !== null) clearTimeout(this.deferredSync);
+    this.deferredSync = null;
     if (this.syncInFlight) await new Promise<void>((resolve) => this.syncWaiters.push(resolve));
     try {
       this.db.pragma('wal_checkpoint(TRUNCATE)');
