@@ -45,15 +45,17 @@ const INFO_BOX = Buffer.from('murmure/relay/v1/recipient-box');
 // fixed 12-byte header, then the raw key), and its private key as PKCS#8 DER, which exports
 // without that lock-and-allocate.
 
-/** SubjectPublicKeyInfo of an Ed25519 or X25519 key: a 12-byte header, then the 32-byte key. */
-const SPKI_HEADER_LENGTH = 12;
+/** SubjectPublicKeyInfo of an Ed25519 or X25519 key: a fixed header, then the 32-byte key. */
+const SPKI_HEADER = { ed25519: Buffer.from('302a300506032b6570032100', 'hex'), x25519: Buffer.from('302a300506032b656e032100', 'hex') } as const;
 /** PKCS#8 of an X25519 private key: a 16-byte header, then the 32-byte key. */
 const X25519_PKCS8 = Buffer.from('302e020100300506032b656e04220420', 'hex');
 
 function generated(type: 'ed25519' | 'x25519'): KeyPair {
   // With only the public key encoded, Node returns a Buffer and a KeyObject (no typing covers the mix).
   const { publicKey, privateKey } = generateKeyPairSync(type as 'x25519', { publicKeyEncoding: { type: 'spki', format: 'der' } } as never) as unknown as { publicKey: Buffer; privateKey: KeyObject };
-  return { publicKey: new Uint8Array(publicKey.subarray(SPKI_HEADER_LENGTH)), privateKey };
+  const header = SPKI_HEADER[type];
+  if (publicKey.length !== header.length + KEY_LENGTH || !publicKey.subarray(0, header.length).equals(header)) throw new TypeError(`unexpected ${type} public key encoding`);
+  return { publicKey: new Uint8Array(publicKey.subarray(header.length)), privateKey };
 }
 
 /** The raw public key of a key object that was imported, never generated (see above). */
@@ -232,8 +234,9 @@ export function openWithNonce(key: Uint8Array, nonce: Uint8Array, aad: Uint8Arra
 /** The raw 32-byte X25519 private key (to hand a sender key to a contact inside E2E encryption). */
 export function rawDhPrivateKey(k: KeyObject): Uint8Array {
   // PKCS#8, not JWK: the key may have just been generated (see the top of this file).
+  if (k.asymmetricKeyType !== 'x25519' || k.type !== 'private') throw new TypeError('not an X25519 private key');
   const der = k.export({ format: 'der', type: 'pkcs8' });
-  if (k.asymmetricKeyType !== 'x25519' || der.length !== X25519_PKCS8.length + KEY_LENGTH) throw new TypeError('not an X25519 private key');
+  if (der.length !== X25519_PKCS8.length + KEY_LENGTH || !der.subarray(0, X25519_PKCS8.length).equals(X25519_PKCS8)) throw new TypeError('unexpected X25519 private key encoding');
   return new Uint8Array(der.subarray(X25519_PKCS8.length));
 }
 

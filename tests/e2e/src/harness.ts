@@ -57,7 +57,12 @@ function reportEnv(env: NodeJS.ProcessEnv, dir: string): NodeJS.ProcessEnv {
 
 /** A short account of the reports in `dir`: where JavaScript was, and which handles were open. */
 function reportSummary(dir: string): string {
-  const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
+  let files: string[];
+  try {
+    files = readdirSync(dir).filter((f) => f.endsWith('.json'));
+  } catch {
+    return 'no diagnostic report (the process exited meanwhile)';
+  }
   if (files.length === 0) return 'no diagnostic report (the event loop did not run, or the process was not Node)';
   return files
     .map((f) => {
