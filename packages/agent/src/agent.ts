@@ -851,9 +851,16 @@ export class Agent extends EventEmitter {
         events.push({ type: 'receipt', connId, seqs: b.seqs });
         break;
       case 'RESYNC': {
-        // The contact's answer to our reset, on the new session. If it had received more from
-        // us than this copy of the database knows of, we were restored from an old copy: go on
-        // after what it has, so that our next messages are not taken for repeats.
+        // The contact's answer to our reset, on the new session. Without a reset of ours it
+        // answers nothing: the envelope counts (its number and hash move on), its content is
+        // ignored, so it can neither move our numbers nor tell the owner of a restore.
+        if (this.lastResetSent(connId) === null) {
+          this.emit('problem', { connId, code: 'INVALID', message: 'a session resync that answers no reset of ours was ignored' });
+          break;
+        }
+        // If it had received more from us than this copy of the database knows of, we were
+        // restored from an old copy: go on after what it has, so that our next messages are not
+        // taken for repeats.
         const self = b.lastRcvSeq >= c.next_send_seq && b.lastRcvSeq - c.next_send_seq < MAX_RESYNC_JUMP;
         if (self) Object.assign(changes, { next_send_seq: b.lastRcvSeq + 1, last_sent_hash: b.lastRcvHash });
         events.push({ type: 'resync', connId, restored: self ? 'self' : b.senderRestored ? 'contact' : 'unknown' });
@@ -899,9 +906,15 @@ export class Agent extends EventEmitter {
   private resetDue(connId: string): boolean {
     const r = this.resets.get(connId);
     if (r !== undefined && this.now() - r.at < RESET_INTERVAL_MS) return false;
-    // Only after a failed decryption, so not worth a prepared statement of the store's.
+    const sent = this.lastResetSent(connId);
+    return sent === null || this.now() - sent >= RESET_INTERVAL_MS;
+  }
+
+  /** When we last asked this contact for a session reset (its outbox row, sequence number 0, stays after sending); null if never. */
+  private lastResetSent(connId: string): number | null {
+    // Only after a failed decryption or on a RESYNC, so not worth a prepared statement of the store's.
     const sent = this.store.local.db.prepare('SELECT max(created_at) FROM agent_outbox WHERE conn_id = ? AND seq = 0', { pluck: true }).get([connId] as never) as number | null | undefined;
-    return sent === null || sent === undefined || this.now() - sent >= RESET_INTERVAL_MS;
+    return sent ?? null;
   }
 
   /**

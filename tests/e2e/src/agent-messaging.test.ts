@@ -86,3 +86,34 @@ test('invite, join, talk both ways, receipts', async () => {
     a.db.close();
   }
 });
+
+test('a session resync that answers no reset of ours is ignored: no restore notice, no jump of our numbers', async () => {
+  const alice = makeAgent('alice-resync');
+  const bob = makeAgent('bob-resync');
+  const problems: string[] = [];
+  alice.agent.on('problem', (p: { message: string }) => problems.push(p.message));
+  alice.agent.start();
+  bob.agent.start();
+  const { connId: aliceConn, link } = await alice.agent.createInvitation(relay.address);
+  const bobConn = await bob.agent.join(link, relay.address, utf8('{"name":"Bob"}'));
+  await until(() => alice.agent.connections().find((c) => c.id === aliceConn)?.status === 'connected');
+  await until(() => bob.agent.connections().find((c) => c.id === bobConn)?.status === 'connected');
+
+  // Bob's agent (a faulty or hostile contact) sends a RESYNC out of the blue, claiming to have
+  // received 100 more of Alice's messages than she sent and that she was restored.
+  const unsolicited = { type: 'RESYNC', lastRcvSeq: 100, lastRcvHash: new Uint8Array(32).fill(7), senderRestored: true };
+  await (bob.agent as unknown as { sendBody(c: string, b: unknown, k: string): Promise<number> }).sendBody(bobConn, unsolicited, 'message');
+  await bob.agent.send(bobConn, utf8('after the resync'));
+  await until(() => alice.events.some((e) => e.type === 'message' && Buffer.from(e.payload).toString() === 'after the resync'));
+  assert.ok(problems.some((m) => m.includes('answers no reset')), `a problem was reported: ${problems.join('; ')}`);
+  assert.deepEqual(alice.events.filter((e) => e.type === 'resync' || e.type === 'gap' || e.type === 'bad-hash'), [], 'no restore notice and no gap at Alice');
+
+  // Alice's numbers did not jump: her next message reaches Bob with no gap reported.
+  await alice.agent.send(aliceConn, utf8('still in step'));
+  await until(() => bob.events.some((e) => e.type === 'message' && Buffer.from(e.payload).toString() === 'still in step'));
+  assert.deepEqual(bob.events.filter((e) => e.type === 'gap' || e.type === 'bad-hash' || e.type === 'resync'), [], 'no gap or resync at Bob');
+  for (const a of [alice, bob]) {
+    await a.agent.stop();
+    a.db.close();
+  }
+});
