@@ -212,6 +212,7 @@ export class RelayHandlers implements CommandHandler {
     if (added === 'quota') throw new Refusal('QUOTA');
     this.metrics.messagesStored++;
     conn.respond(t.corrId, t.entityId, { type: 'OK' });
+    // Already pushed at commit by a store that calls `committed`; a no-op then (one is delivered).
     await this.deliverNext(key);
   }
 

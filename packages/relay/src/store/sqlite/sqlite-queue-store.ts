@@ -3,9 +3,9 @@
  * The default queue store: one SQLite file in WAL mode. Writes are group-committed: every write
  * asked for in one event-loop turn goes into one transaction, and each caller's promise resolves
  * only after that transaction is on disk (a deletion after ACK and an activity mark resolve at
- * commit, and are synced with the next sync, at most DEFERRED_SYNC_MS later). SQLite runs with synchronous=NORMAL (the WAL is synced
- * around checkpoints, not at each commit) and the store itself syncs the WAL with `fdatasync`
- * after each commit, on libuv's thread pool: the event loop keeps serving while the disk
+ * commit, and are synced with the next sync, at most DEFERRED_SYNC_MS later). SQLite runs with
+ * synchronous=NORMAL (the WAL is synced around checkpoints, not at each commit) and the store
+ * itself syncs the WAL with `fdatasync` after each commit, on libuv's thread pool: the event loop keeps serving while the disk
  * flushes, and the next batches commit meanwhile. One sync runs at a time and covers every batch
  * committed before it started. A failed commit (disk full, I/O error) rolls the
  * whole batch back, and a failed sync rejects it, each caller with `StoreError`; the store stays
