@@ -31,20 +31,27 @@ import {
 } from '@murmure/crypto';
 import {
   AGENT_VERSION,
+  BATCH_ITEM_OVERHEAD,
+  BATCH_OVERHEAD,
   HASH_LENGTH,
+  MAX_BATCH_PAYLOADS,
+  MAX_BATCH_SIZE,
   MAX_CHAT_PAYLOAD,
   ProtocolError,
   QUEUE_BOX_NONCE_LENGTH,
   QUEUE_BOX_PADDED,
+  SESSION_BATCH_TAG,
   SESSION_RESET_TAG,
   decodeEnvelope,
   decodeInvitationData,
   decodeQueueFrame,
+  decodeSessionBatch,
   decodeSessionPayload,
   decodeSessionReset,
   encodeEnvelope,
   encodeInvitationData,
   encodeQueueFrame,
+  encodeSessionBatch,
   encodeSessionPayload,
   encodeSessionReset,
   formatInvitationLink,
@@ -55,6 +62,7 @@ import {
   parseRelayAddress,
   unpad,
   type EnvelopeBody,
+  type SessionPayload,
   type LinkKind,
   type QueueAddress,
 } from '@murmure/protocol';
@@ -74,7 +82,7 @@ import {
 
 import { AgentError } from './errors.js';
 import type { LocalDatabase } from './store/database.js';
-import { AgentStore, NEXT_QUEUE_COLUMNS, OLD_QUEUE_COLUMNS, type ConnectionRow, type ConnectionStatus } from './store/agent-store.js';
+import { AgentStore, NEXT_QUEUE_COLUMNS, OLD_QUEUE_COLUMNS, type ConnectionRow, type ConnectionStatus, type OutboxRow } from './store/agent-store.js';
 import { CONNECT_TIMEOUT_MS, RelayClientError, openDelivered, type ConnectOptions, type PushedMessage, type RecipientQueue, type RelayClient } from './transport/relay-client.js';
 import { RelayPool } from './transport/relay-pool.js';
 import { SOCKS_CONNECT_TIMEOUT_MS, randomSocksCredentials, socks5Connection, type Socks5Credentials, type Socks5Proxy } from './transport/socks.js';
@@ -216,6 +224,10 @@ class KeyedMutex {
     return next;
   }
 }
+
+/** An outbox row as the sender lists it, and its stored frame. */
+type QueuedRow = ReturnType<AgentStore['queued']>[number];
+type OutboxFrame = Pick<OutboxRow, 'body' | 'frame_key' | 'nonce'>;
 
 /** The agent. Events (after commit): `event` (IncomingEvent), `sent`, `connected`, `problem`, `switch` (SwitchEvent). */
 export class Agent extends EventEmitter {
@@ -598,6 +610,35 @@ export class Agent extends EventEmitter {
     return { seq, hash: sha256(env), frame: { body: payload, frameKey, nonce: new Uint8Array(randomBytes(QUEUE_BOX_NONCE_LENGTH)) } };
   }
 
+  /** Whether an outbox row waits for a later attempt (a time further ahead than the longest delay means the clock went back: due now). */
+  private notDue(r: Readonly<{ next_attempt_at: number }>): boolean {
+    const wait = r.next_attempt_at - this.now();
+    return wait > 0 && wait <= SEND_RETRY_MAX_MS;
+  }
+
+  /**
+   * The outbox rows that go to the relay in one box with `first`: it and the rows after it (from
+   * `rows[from]`) that are due, while they fit one box (MAX_BATCH_PAYLOADS, MAX_BATCH_SIZE).
+   * Only libsignal messages are batched: not a confirmation or reply, not a session reset, not a
+   * frame that carries our box key.
+   */
+  private takeBatch<R extends QueuedRow>(first: R & OutboxFrame, rows: readonly R[], from: number): (R & OutboxFrame)[] {
+    const batchable = (r: QueuedRow, f: OutboxFrame): boolean => r.kind === 'message' && f.frame_key === null && (f.body[0] === 2 || f.body[0] === 3);
+    const batch = [first];
+    if (!batchable(first, first)) return batch;
+    let size = BATCH_OVERHEAD + BATCH_ITEM_OVERHEAD + first.body.length;
+    for (let i = from; i < rows.length && batch.length < MAX_BATCH_PAYLOADS; i++) {
+      const r = rows[i]!;
+      if (this.notDue(r)) break;
+      const f = this.store.outboxFrame(r.id);
+      if (f === undefined || !batchable(r, f)) break;
+      size += BATCH_ITEM_OVERHEAD + f.body.length;
+      if (size > MAX_BATCH_SIZE) break;
+      batch.push({ ...f, ...r });
+    }
+    return batch;
+  }
+
   /** The SEND body of an outbox entry: padding, the per-queue box, the frame. */
   private boxFrame(c: ConnectionRow, f: Readonly<{ body: Uint8Array; frame_key: Uint8Array | null; nonce: Uint8Array }>): Uint8Array {
     if (c.snd_e2e_key === null || c.snd_peer_e2e === null) throw new AgentError('NOT_CONNECTED', 'this contact is not connected yet');
@@ -723,7 +764,6 @@ export class Agent extends EventEmitter {
     // The contact's box key: set by the first frame that carries one, fixed after that.
     const viaAddress = c.status === 'address';
     let peerE2e = viaAddress ? null : c.rcv_peer_e2e;
-    const confirming = c.status === 'invited' || viaAddress;
     if (peerE2e === null) {
       if (frame.senderKey === null) return problem('a message arrived before the handshake and was dropped');
       peerE2e = frame.senderKey;
@@ -734,7 +774,7 @@ export class Agent extends EventEmitter {
     const aad = Uint8Array.of(AGENT_VERSION, frame.senderKey === null ? 1 : 0);
     const opened = boxKey === null ? null : openWithNonce(boxKey, frame.nonce, aad, frame.sealed);
     if (opened === null) return problem('a message failed end-to-end authentication and was dropped');
-    let payload;
+    let payloads: SessionPayload[];
     try {
       const unpadded = unpad(opened, QUEUE_BOX_PADDED);
       if (unpadded[0] === SESSION_RESET_TAG && c.status === 'connected') {
@@ -745,11 +785,36 @@ export class Agent extends EventEmitter {
           return problem('a session reset could not be carried out and was dropped');
         });
       }
-      payload = decodeSessionPayload(unpadded);
+      payloads = unpadded[0] === SESSION_BATCH_TAG ? decodeSessionBatch(unpadded) : [decodeSessionPayload(unpadded)];
     } catch (e) {
       if (!(e instanceof ProtocolError)) throw e;
       return problem('a malformed message was dropped');
     }
+    // Each joiner of an address sends its confirmation alone, in a frame with its key.
+    if (viaAddress && payloads.length > 1) return problem('a batch sent to a contact address was dropped');
+    // A batch is its payloads one after the other, each handled as if it had come alone: the
+    // connection and the queue's place in it are looked up again before each. A payload held
+    // back (a switch) holds the whole relay message; when it is processed again, the payloads
+    // before it are recognised as duplicates.
+    for (let i = 0; i < payloads.length; i++) {
+      const now = i === 0 ? c : this.store.connection(connId);
+      const nowSlot = i === 0 ? slot : now === undefined ? undefined : this.rcvSlots(now).find((s) => eq(s.q.rcvId, m.rcvId));
+      if (now === undefined || now.status === 'deleted' || nowSlot === undefined) return true;
+      const r = await this.receivePayload(now, nowSlot, payloads[i]!, peerE2e, receivedAt, force);
+      if (r !== true) return r;
+    }
+    return true;
+  }
+
+  /** Processes one session payload of a delivered message (see `receive`). */
+  private async receivePayload(c: ConnectionRow, slot: RcvSlot, payload: SessionPayload, peerE2e: Uint8Array, receivedAt: number, force: boolean): Promise<boolean | 'hold'> {
+    const connId = c.id;
+    const problem = (message: string) => {
+      this.emit('problem', { connId, code: 'INVALID', message });
+      return true;
+    };
+    const viaAddress = c.status === 'address';
+    const confirming = c.status === 'invited' || viaAddress;
     const remoteName = viaAddress ? payload.senderName : (c.remote_name ?? payload.senderName);
     if (remoteName === null) return problem('a message arrived before the handshake and was dropped');
     const state = new ProtocolState(decodeLocalIdentity(c.local_identity), this.store.stateSource(c.state_owner));
@@ -1336,20 +1401,24 @@ export class Agent extends EventEmitter {
           stop = true;
           return;
         }
-        // A retry time further ahead than the longest delay means the clock went back: due now.
-        const wait = r.next_attempt_at - this.now();
-        if (wait > 0 && wait <= SEND_RETRY_MAX_MS) {
+        if (this.notDue(r)) {
           retryAt = Math.min(retryAt, r.next_attempt_at);
           stop = true;
           return;
         }
-        const stored = this.store.outboxFrame(r.id);
-        if (stored === undefined) continue;
-        const body = this.boxFrame(c, stored);
+        const frame = this.store.outboxFrame(r.id);
+        if (frame === undefined) continue;
+        const stored = { ...frame, ...r };
+        // The rows after it that are due go in the same box while they fit (see takeBatch).
+        const batch = alone ? [stored] : this.takeBatch(stored, rows, next);
+        next += batch.length - 1;
+        // One body is boxed as it was stored, the same at every attempt; a batch gets a fresh
+        // nonce each time, since another attempt may group other rows.
+        const body = batch.length === 1 ? this.boxFrame(c, stored) : this.boxFrame(c, { body: encodeSessionBatch(batch.map((b) => b.body)), frame_key: null, nonce: new Uint8Array(randomBytes(QUEUE_BOX_NONCE_LENGTH)) });
         try {
           const client = await this.pool.get(c.snd_relay as string, this.route('snd', connId));
           await client.send(sndId, r.kind === 'confirmation' ? null : authKey, body);
-          accepted.push(r);
+          accepted.push(...batch);
           if (!alone && width < SEND_WINDOW) {
             width = Math.min(SEND_WINDOW, width + (crowded ? 1 / Math.floor(width) : 1));
             startWorkers();
@@ -1360,33 +1429,36 @@ export class Agent extends EventEmitter {
           // or suspended: waiting will not help. A confirmation's AUTH is settled by the reply.
           const refused = RelayClientError.is(e, 'AUTH') && r.kind !== 'confirmation';
           const quota = RelayClientError.is(e, 'QUOTA');
-          // Given up after two days of failing: counted in attempts (at the longest retry delay),
-          // so a clock that jumps forward does not fail a message at once; a full queue, whose
-          // retries are not counted, by the time it was queued.
-          const tooLong = this.now() - r.created_at > SEND_GIVE_UP_MS && (quota || r.attempts + 1 >= SEND_GIVE_UP_ATTEMPTS);
-          if (refused || tooLong) {
-            failedRows.push(r);
-            if (refused) this.emit('problem', { connId, code: 'NOT_CONNECTED', message: "the contact's relay refuses messages for this conversation (it may have been deleted)" });
-            continue;
-          }
           // A full queue drains as the contact reads it: look again soon, with one body at first,
           // backing off (not far) while it stays full.
-          let delay = Math.min(SEND_RETRY_MAX_MS, SEND_RETRY_MIN_MS * 2 ** Math.min(r.attempts, 10));
+          let quotaDelay = 0;
           if (quota) {
             width = 1;
+            const times = this.quotaFull.get(connId) ?? 0;
             if (!quotaHit) {
               quotaHit = true;
-              const times = this.quotaFull.get(connId) ?? 0;
               this.quotaFull.set(connId, times + 1);
-              delay = Math.min(QUOTA_RETRY_MS, QUOTA_RETRY_MIN_MS * 2 ** Math.min(times, 10));
+              quotaDelay = Math.min(QUOTA_RETRY_MS, QUOTA_RETRY_MIN_MS * 2 ** Math.min(times, 10));
             } else {
-              delay = Math.min(QUOTA_RETRY_MS, QUOTA_RETRY_MIN_MS * 2 ** Math.min((this.quotaFull.get(connId) ?? 1) - 1, 10));
+              quotaDelay = Math.min(QUOTA_RETRY_MS, QUOTA_RETRY_MIN_MS * 2 ** Math.min(Math.max(times, 1) - 1, 10));
             }
           }
-          const at = this.now() + delay / 2 + Math.random() * (delay / 2);
-          // A full queue is not a failure of this message: nothing to record on disk.
-          if (!quota) this.store.retryLater(r.id, at);
-          retryAt = Math.min(retryAt, at);
+          for (const b of batch) {
+            // Given up after two days of failing: counted in attempts (at the longest retry
+            // delay), so a clock that jumps forward does not fail a message at once; a full
+            // queue, whose retries are not counted, by the time it was queued.
+            const tooLong = this.now() - b.created_at > SEND_GIVE_UP_MS && (quota || b.attempts + 1 >= SEND_GIVE_UP_ATTEMPTS);
+            if (refused || tooLong) {
+              failedRows.push(b);
+              continue;
+            }
+            const delay = quota ? quotaDelay : Math.min(SEND_RETRY_MAX_MS, SEND_RETRY_MIN_MS * 2 ** Math.min(b.attempts, 10));
+            const at = this.now() + delay / 2 + Math.random() * (delay / 2);
+            // A full queue is not a failure of this message: nothing to record on disk.
+            if (!quota) this.store.retryLater(b.id, at);
+            retryAt = Math.min(retryAt, at);
+          }
+          if (refused) this.emit('problem', { connId, code: 'NOT_CONNECTED', message: "the contact's relay refuses messages for this conversation (it may have been deleted)" });
         }
       }
     };

@@ -190,11 +190,31 @@ async function pair(tag: string): Promise<{ alice: Side; bob: Side; aliceConn: s
   return { alice, bob, aliceConn, bobConn, rcvId: row.rcv_id };
 }
 
-/** Sends `texts` from bob one after the other; resolves with their seqs once the relay took all. */
+/**
+ * Sends `texts` from bob one at a time, as a person types: each once the relay took the one
+ * before, so that each goes in a relay message of its own (the adversary decides per relay
+ * message). Resolves with their seqs.
+ */
 async function sendAll(bob: Side, conn: string, texts: string[]): Promise<number[]> {
   const seqs: number[] = [];
+  for (const t of texts) {
+    seqs.push(await bob.agent.send(conn, utf8(t)));
+    await until(() => bob.agent.idle(), 'the relay took the message');
+  }
+  return seqs;
+}
+
+/**
+ * Composes `texts` while bob's agent is stopped (offline), then starts a fresh agent: its outbox
+ * sends them as one batch, one relay message. Resolves with their seqs once the relay took it.
+ */
+async function sendBatch(bob: Side, conn: string, texts: string[]): Promise<number[]> {
+  await bob.agent.stop();
+  const seqs: number[] = [];
   for (const t of texts) seqs.push(await bob.agent.send(conn, utf8(t)));
-  await until(() => bob.agent.idle(), 'bob sent everything');
+  bob.agent = newAgent(bob);
+  bob.agent.start();
+  await until(() => bob.agent.idle(), 'the relay took the batch');
   return seqs;
 }
 
@@ -370,4 +390,33 @@ test('R5: changed messages are dropped with a problem event and change no state;
   assert.deepEqual(messages(alice).map((m) => m.text), ['r5:1', 'r5:2', 'r5:3', 'r5:5', 'r5:6']);
   assert.equal(alice.problems.length, problemsBefore + 1, 'the changed message raised one problem event');
   assert.deepEqual(ofType(alice, 'gap').map((g) => [g.from, g.to]), [[seqs[0], seqs[0]]], 'and shows as missing once a later one arrives');
+});
+
+test('batches: what a sender composed offline goes as one relay message; a dropped batch is one gap, a duplicated or replayed one is shown once', async () => {
+  const { alice, bob, bobConn, rcvId } = await pair('batch');
+  const group = (g: string) => Array.from({ length: 12 }, (_, i) => `batch:${g}:${i + 1}`);
+  // Relay messages: the first is stored, the second dropped after OK, the third stored twice.
+  store.decide = (i) => (i === 2 ? 'drop' : i === 3 ? 'dup' : 'store');
+  const a = await sendBatch(bob, bobConn, group('a'));
+  await until(() => messages(alice).length === 12 && store.pending() === 0, 'the first batch arrived');
+  const b = await sendBatch(bob, bobConn, group('b'));
+  const c = await sendBatch(bob, bobConn, group('c'));
+  await until(() => messages(alice).length === 24 && store.pending() === 0, 'the third batch arrived');
+  assert.equal(store.added, 3, '36 messages went in 3 relay messages');
+  // A replay of the first batch after it was ACKed, then a new message (whose SEND makes the
+  // relay deliver what the queue holds).
+  await store.inject(await store.reseal(rcvId, store.genuine[0]!));
+  const d = await sendAll(bob, bobConn, ['batch:d:1']);
+  await until(() => messages(alice).length === 25 && store.pending() === 0, 'the replay and a later single message were taken');
+  await sleep(100);
+
+  const shown = [...group('a'), ...group('c'), 'batch:d:1'];
+  assert.deepEqual(messages(alice).map((m) => m.text), shown, 'each message of a kept batch is shown once, in order');
+  assert.deepEqual(alice.inbox().map((m) => m.text), shown, 'and stored once');
+  assert.deepEqual(messages(alice).map((m) => m.seq), [...a, ...c, ...d]);
+  assert.deepEqual(ofType(alice, 'gap').map((g) => [g.from, g.to]), [[b[0], b[11]]], 'the dropped batch is one gap, reported once');
+  assert.deepEqual(ofType(alice, 'bad-hash'), []);
+  // Receipts came back for what was shown, and for nothing else.
+  await until(() => ofType(bob, 'receipt').flatMap((r) => r.seqs).length >= shown.length, 'receipts');
+  assert.deepEqual(ofType(bob, 'receipt').flatMap((r) => r.seqs).sort((x, y) => x - y), [...a, ...c, ...d]);
 });

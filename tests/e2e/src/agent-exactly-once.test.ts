@@ -173,7 +173,7 @@ test(`F3: the sender is killed ${KILLS} times while sending ${N} messages; each 
     const s = driver(sender, ['send', '--count', String(N), '--from', String(next)]);
     await s.line(/^ready \d+$/);
     // Random moments inside the send path: composing, storing, sending, marking sent.
-    await sleep(30 + rnd() * 400);
+    await sleep(10 + rnd() * 120);
     const wasIdle = s.lines.includes('idle');
     await s.kill9();
     storedBy(s, stored);

@@ -192,7 +192,9 @@ test('switch from relay A to relay B while 200 messages flow: each arrives once 
   for (const t of later) await bob.agent.send(bobConn, utf8(t));
   await until(() => messages(alice).length === n + later.length, 'later messages arrived');
   assert.deepEqual(messages(alice).slice(n).map((m) => m.text), later);
-  assert.equal(await metric(relayB, 'murmure_messages_stored_total'), storedB + later.length, 'through relay B');
+  // One relay message each, or fewer: what the outbox holds at once goes as one batch.
+  const throughB = (await metric(relayB, 'murmure_messages_stored_total')) - storedB;
+  assert.ok(throughB >= 1 && throughB <= later.length, `through relay B (${throughB} relay messages)`);
   assert.equal(await metric(relayB, 'murmure_messages'), 0, 'and read there');
   t.diagnostic(`rotation under load: ${n} messages across the switch in ${elapsed} ms`);
 });
@@ -248,7 +250,8 @@ test('R2: relay A blackholes the queue after message k; no receipts come; a swit
     await until(() => dropped.every((s) => bob.sent.includes(s)), 'the relay took the dropped messages');
     await sleep(1000); // 20 times the receipt delay
     assert.ok(dropped.every((s) => !receipted(bob).has(s)), 'no receipt for a message the relay dropped');
-    assert.equal(target.dropped, dropped.length);
+    assert.ok(target.dropped >= 1 && target.dropped <= dropped.length, 'in one relay message each, or fewer (a batch)');
+    const droppedRelayMessages = target.dropped;
     assert.deepEqual(messages(alice).map((m) => m.text), ['r2:1', 'r2:2', 'r2:3', 'r2:4', 'r2:5']);
 
     // Meanwhile relay A stops taking Bob's messages at all (QUOTA), so what Bob writes now stays
@@ -277,7 +280,7 @@ test('R2: relay A blackholes the queue after message k; no receipts come; a swit
     assert.deepEqual(alice.problems, []);
     assert.equal(await inner.queueByRecipient(oldQueue.rcvId), undefined, 'the blackholed queue is deleted on relay A');
     assert.equal(alice.agent.store.connection(aliceConn)?.rcv_relay, relayB.address);
-    assert.equal(target.dropped, dropped.length, 'nothing else went to the blackhole');
+    assert.equal(target.dropped, droppedRelayMessages, 'nothing else went to the blackhole');
     t.diagnostic(`R2: blackhole, switch and recovery in ${elapsed} ms`);
   } finally {
     for (const s of sides.splice(0)) {

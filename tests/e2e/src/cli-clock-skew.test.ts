@@ -151,12 +151,13 @@ test('skewed and jumping clocks (±1 day, x10): every message once, in sender or
   await say(alice, bob, sent.ab);
   await say(alice, bob, sent.ab);
   await ok(alice, 'sync');
-  assert.ok((await metric(relay, 'murmure_messages')) >= 2, 'messages wait on the relay');
+  // (Both may go in one relay message: what the outbox holds at once is sent as a batch.)
+  assert.ok((await metric(relay, 'murmure_messages')) >= 1, 'messages wait on the relay');
   const { dataDir, port } = relay;
   assert.equal(await stopRelay(relay), 0);
   relay = await startSkewedRelay(dataDir, port);
   assert.equal(await metric(relay, 'murmure_messages_expired_total'), 0, 'the relay expired nothing at start');
-  assert.ok((await metric(relay, 'murmure_messages')) >= 2, 'the waiting messages are still there');
+  assert.ok((await metric(relay, 'murmure_messages')) >= 1, 'the waiting messages are still there');
 
   // The clocks jump back; Bob reads everything, replies; a last exchange.
   alice.clock = '+1d';

@@ -13,7 +13,7 @@ import { after, before, test } from 'node:test';
 
 import { RelayServer, SqliteQueueStore, relayConfig, type StoredMessage } from '@murmure/relay';
 
-import { byType, connectedHomes, ok, withDatabase, type Home } from './cli-homes.js';
+import { byType, connectedHomes, ok, withDatabase, type Home, type Json } from './cli-homes.js';
 import { cleanup, tempDir } from './harness.js';
 import { TargetQueueStore } from './target-queue-store.js';
 
@@ -66,9 +66,14 @@ test("messages the relay hands out in reverse are listed in the sender's order",
   // From now on the relay hands Alice's messages out last in, first out.
   store.target = rcvId;
   store.rank = (n) => -n;
+  // Each sent on its own (a sync after each), so that each is a relay message of its own: what
+  // a sender composed offline would go as one batch.
   const sent = ['one', 'two', 'three', 'four'].map((w) => `${w} ${tag}`);
-  for (const t of sent) await ok(bob, 'send', alice.name, t);
-  const bobSync = await ok(bob, 'sync');
+  const bobSync: Json[] = [];
+  for (const t of sent) {
+    await ok(bob, 'send', alice.name, t);
+    bobSync.push(...(await ok(bob, 'sync')));
+  }
   assert.equal(byType(bobSync, 'sent').length, sent.length, JSON.stringify(bobSync));
   assert.equal(store.pending(), sent.length, 'the relay holds all four for Alice');
 

@@ -15,6 +15,8 @@ import {
   KEY_LENGTH,
   LINK_KEY_LENGTH,
   MAX_ADDRESS_LENGTH,
+  MAX_BATCH_PAYLOADS,
+  MAX_BATCH_SIZE,
   MAX_CHAT_PAYLOAD,
   MAX_INVITATION_DATA,
   MAX_RECEIPT_SEQS,
@@ -24,11 +26,13 @@ import {
   decodeEnvelope,
   decodeInvitationData,
   decodeQueueFrame,
+  decodeSessionBatch,
   decodeSessionPayload,
   decodeSessionReset,
   encodeEnvelope,
   encodeInvitationData,
   encodeQueueFrame,
+  encodeSessionBatch,
   encodeSessionPayload,
   encodeSessionReset,
   formatInvitationLink,
@@ -81,6 +85,15 @@ const sessionPayload: fc.Arbitrary<SessionPayload> = fc.oneof(
   rec({ prekey: fc.constant(true), senderName: printable, body: field(QUEUE_BOX_PADDED) }),
   rec({ prekey: fc.constant(false), senderName: fc.constant(null), body: field(QUEUE_BOX_PADDED) }),
 );
+/** Batches of small payloads (a batch's payloads share one box). */
+const sessionBatch: fc.Arbitrary<SessionPayload[]> = fc.array(
+  fc.oneof(
+    rec({ prekey: fc.constant(true), senderName: printable, body: fc.uint8Array({ maxLength: 200 }) }),
+    rec({ prekey: fc.constant(false), senderName: fc.constant(null), body: fc.uint8Array({ maxLength: 200 }) }),
+  ),
+  { minLength: 2, maxLength: MAX_BATCH_PAYLOADS },
+);
+const encodeBatch = (ps: readonly SessionPayload[]) => encodeSessionBatch(ps.map(encodeSessionPayload));
 const seq = fc.oneof(fc.maxSafeNat(), fc.constantFrom(0, 1, 2 ** 32, Number.MAX_SAFE_INTEGER));
 const payload = field(MAX_CHAT_PAYLOAD);
 const envelopeBody: fc.Arbitrary<EnvelopeBody> = fc.oneof(
@@ -190,6 +203,13 @@ describe('agent codecs round trip', () => {
     );
   });
 
+  test('session batch', () => {
+    fc.assert(
+      fc.property(sessionBatch, (ps) => assert.deepEqual(decodeSessionBatch(encodeBatch(ps)), ps)),
+      { numRuns: 300 },
+    );
+  });
+
   test('envelope, every body type', () => {
     fc.assert(
       fc.property(envelope, (e) => assert.deepEqual(decodeEnvelope(encodeEnvelope(e)), e)),
@@ -205,6 +225,13 @@ describe('agent codecs round trip', () => {
     assert.throws(() => encodeInvitationData({ version: AGENT_VERSION, kind: 'invitation', queue: QUEUE, bundle: new Uint8Array(MAX_INVITATION_DATA + 1) }), (e) => ProtocolError.is(e, 'TOO_LARGE'));
     assert.throws(() => encodeSessionPayload({ prekey: true, senderName: 'é', body: new Uint8Array(1) }), (e) => ProtocolError.is(e, 'BAD_VALUE'));
     assert.throws(() => encodeQueueFrame({ senderKey: null, nonce: new Uint8Array(11), sealed: new Uint8Array(16) }), (e) => ProtocolError.is(e));
+    const one = encodeSessionPayload({ prekey: false, senderName: null, body: Uint8Array.of(9) });
+    assert.throws(() => encodeSessionBatch([one]), (e) => ProtocolError.is(e, 'BAD_VALUE'));
+    assert.throws(() => encodeSessionBatch(new Array<Uint8Array>(MAX_BATCH_PAYLOADS + 1).fill(one)), (e) => ProtocolError.is(e, 'BAD_VALUE'));
+    const half = encodeSessionPayload({ prekey: false, senderName: null, body: new Uint8Array(MAX_BATCH_SIZE / 2) });
+    assert.throws(() => encodeSessionBatch([half, half]), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+    const reset = encodeSessionReset({ sentAt: 1, nextSendSeq: 1, lastRcvSeq: 0, lastRcvHash: new Uint8Array(HASH_LENGTH), bundle: Uint8Array.of(1) });
+    assert.throws(() => encodeSessionBatch([one, reset]), (e) => ProtocolError.is(e, 'BAD_TAG'));
     const shortKey = { seq: 1, prevHash: new Uint8Array(HASH_LENGTH), sentAt: 0, body: { type: 'SWITCH' as const, newQueue: QUEUE, senderKey: new Uint8Array(KEY_LENGTH - 1) } };
     assert.throws(() => encodeEnvelope(shortKey), (e) => ProtocolError.is(e));
   });
@@ -232,6 +259,17 @@ describe('agent codecs: committed vectors', () => {
     assert.throws(() => decodeSessionPayload(reset), (e) => ProtocolError.is(e, 'BAD_TAG'));
     assert.throws(() => decodeSessionReset(encodeSessionPayload({ prekey: false, senderName: null, body: Uint8Array.of(9) })), (e) => ProtocolError.is(e, 'BAD_TAG'));
     assert.throws(() => decodeSessionReset(Uint8Array.of(4, ...new Uint8Array(24), ...new Uint8Array(HASH_LENGTH), 0xff, 0xff)), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+  });
+
+  test('session batch (type 5): a count, then each payload with its length; the payload decoder refuses it', () => {
+    const a = encodeSessionPayload({ prekey: false, senderName: null, body: Uint8Array.of(9) });
+    const b = encodeSessionPayload({ prekey: true, senderName: 'ab', body: Uint8Array.of(1, 2) });
+    const batch = encodeSessionBatch([a, b]);
+    assert.equal(toHex(batch), '05' + '02' + '0004' + '02000109' + '0008' + '0302616200020102');
+    assert.throws(() => decodeSessionPayload(batch), (e) => ProtocolError.is(e, 'BAD_TAG'));
+    assert.throws(() => decodeSessionBatch(a), (e) => ProtocolError.is(e, 'BAD_TAG'));
+    assert.throws(() => decodeSessionBatch(Uint8Array.of(5, 1, 0, 4, 2, 0, 1, 9)), (e) => ProtocolError.is(e, 'BAD_VALUE'));
+    assert.throws(() => decodeSessionBatch(Uint8Array.of(5, 2, 0, 4, 2, 0, 1, 9, 0, 5, ...batch.subarray(0, 5))), (e) => ProtocolError.is(e, 'BAD_TAG'));
   });
 
   test('envelopes: message, receipt, reply without and with a queue', () => {
@@ -279,6 +317,10 @@ describe('agent decoders throw only ProtocolError (C1)', () => {
       fc.property(hostileBytes([[2], [3], [3, 0], [2, 0, 0]]), (b) => refusedOrStable(b, decodeSessionPayload, encodeSessionPayload)),
       { numRuns: 5000 },
     );
+    fc.assert(
+      fc.property(hostileBytes([[5], [5, 2], [5, 2, 0], [5, 2, 0, 1, 2], [5, 3, 0, 2, 2, 0]]), (b) => refusedOrStable(b, decodeSessionBatch, encodeBatch)),
+      { numRuns: 5000 },
+    );
     const envelopeHead = (t: number) => [v, ...new Array<number>(8 + HASH_LENGTH + 8).fill(0), t];
     fc.assert(
       fc.property(hostileBytes([[v], envelopeHead(1), envelopeHead(2), envelopeHead(3), envelopeHead(4), envelopeHead(5)]), (b) => refusedOrStable(b, decodeEnvelope, encodeEnvelope)),
@@ -295,6 +337,7 @@ describe('agent decoders throw only ProtocolError (C1)', () => {
     check(invitationData, encodeInvitationData, decodeInvitationData);
     check(queueFrame, encodeQueueFrame, decodeQueueFrame);
     check(sessionPayload, encodeSessionPayload, decodeSessionPayload);
+    check(sessionBatch, encodeBatch, decodeSessionBatch);
     check(envelope, encodeEnvelope, decodeEnvelope);
   });
 
@@ -372,7 +415,7 @@ describe('declared lengths beyond the input (C2)', () => {
   test('a megabyte of hostile input is refused quickly by every decoder', () => {
     const big = new Uint8Array(1 << 20).fill(0xff);
     big[0] = v;
-    for (const decode of [decodeInvitationData, decodeSessionPayload, decodeEnvelope]) {
+    for (const decode of [decodeInvitationData, decodeSessionPayload, decodeSessionBatch, decodeEnvelope]) {
       const t0 = performance.now();
       assert.throws(() => decode(big), (e) => ProtocolError.is(e));
       assert.ok(performance.now() - t0 < 100);

@@ -18,8 +18,8 @@ import { MAX_ADDRESS_LENGTH, formatRelayAddress, parseRelayAddress, type RelayAd
  * Agent protocol versions. History:
  * - 1 (2026-11-26): invitations behind short links, confirmation/reply handshake, envelopes
  *   with sequence numbers and hash chain, delivery receipts, queue rotation (the SWITCH
- *   body) and the session reset (the reset session payload and the RESYNC body), both added
- *   before v1 was released.
+ *   body), the session reset (the reset session payload and the RESYNC body) and batches
+ *   (several session payloads in one box), all added before v1 was released.
  */
 export const AGENT_VERSION = 1;
 
@@ -187,6 +187,45 @@ export function decodeSessionReset(bytes: Uint8Array): SessionReset {
   const bundle = r.longBytes(MAX_INVITATION_DATA, 'reset bundle');
   r.end('session reset');
   return { sentAt, nextSendSeq, lastRcvSeq, lastRcvHash, bundle };
+}
+
+/** The first byte of a batch, beside libsignal's message types 2 and 3 and the reset's 4. */
+export const SESSION_BATCH_TAG = 5;
+/** Most session payloads in one batch. */
+export const MAX_BATCH_PAYLOADS = 128;
+/** What a batch adds to its payloads: the tag and the count, and a 2-byte length before each payload. */
+export const BATCH_OVERHEAD = 2;
+export const BATCH_ITEM_OVERHEAD = 2;
+/** Largest encoded batch: what fits the per-queue box's padding. */
+export const MAX_BATCH_SIZE = QUEUE_BOX_PADDED - 2;
+
+/**
+ * Several session payloads, in the order they were composed, in one per-queue box: what a sender
+ * whose outbox holds more than one message for a contact sends as one relay message. Each
+ * payload is a libsignal message of its own (tag 2 or 3); a batch holds no reset and no batch.
+ */
+export function encodeSessionBatch(payloads: readonly Uint8Array[]): Uint8Array {
+  if (payloads.length < 2 || payloads.length > MAX_BATCH_PAYLOADS) throw new ProtocolError('BAD_VALUE', `a batch holds 2 to ${MAX_BATCH_PAYLOADS} payloads`);
+  const size = payloads.reduce((n, p) => n + BATCH_ITEM_OVERHEAD + p.length, BATCH_OVERHEAD);
+  if (size > MAX_BATCH_SIZE) throw new ProtocolError('TOO_LARGE', `a batch of ${size} bytes does not fit the box`);
+  const w = new Writer(size).u8(SESSION_BATCH_TAG).u8(payloads.length);
+  for (const p of payloads) {
+    if (p[0] !== 2 && p[0] !== 3) throw new ProtocolError('BAD_TAG', 'a batch holds libsignal messages only');
+    w.longBytes(p, MAX_BATCH_SIZE, 'batched payload');
+  }
+  return w.finish();
+}
+
+/** Decodes a batch into its session payloads (each decoded as `decodeSessionPayload` does). */
+export function decodeSessionBatch(bytes: Uint8Array): SessionPayload[] {
+  const r = new Reader(bytes);
+  if (r.u8('session message type') !== SESSION_BATCH_TAG) throw new ProtocolError('BAD_TAG', 'not a batch');
+  const count = r.u8('batch count');
+  if (count < 2 || count > MAX_BATCH_PAYLOADS) throw new ProtocolError('BAD_VALUE', `a batch holds 2 to ${MAX_BATCH_PAYLOADS} payloads`);
+  const out: SessionPayload[] = [];
+  for (let i = 0; i < count; i++) out.push(decodeSessionPayload(r.longBytes(MAX_BATCH_SIZE, 'batched payload')));
+  r.end('batch');
+  return out;
 }
 
 /** Agent message types. */
