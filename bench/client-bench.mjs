@@ -5,7 +5,9 @@
 // check, store commit, ACK) between two agents over a real relay process on loopback, beside
 // bare libsignal encrypt+decrypt on the same machine. Prints figures; not a test.
 //
-// Env: BENCH_MESSAGES (default 3000), BENCH_RECEIPTS=0 to turn delivery receipts off.
+// Env: BENCH_MESSAGES (default 3000), BENCH_RECEIPTS=0 to turn delivery receipts off,
+// BENCH_ONLY=two,one,bare to run only some of the rows, BENCH_NO_RESULTS=1 to write no results,
+// BENCH_RELAY_NODE_ARGS to give the relay's node options (for example --cpu-prof).
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -16,18 +18,23 @@ import { createInterface } from 'node:readline';
 import { AGENT_MIGRATIONS, Agent, LocalDatabase } from '@murmure/agent';
 import { ProtocolState, createPreKeys, decrypt, encrypt, generateIdentity, startSession } from '@murmure/crypto';
 
-import { appendResult, resultsFile } from './lib.mjs';
+import { appendResult, envList, procCpuUs, resultsFile } from './lib.mjs';
 
 const N = Number(process.env.BENCH_MESSAGES ?? 3000);
 const RECEIPTS = process.env.BENCH_RECEIPTS !== '0';
+const ONLY = envList('BENCH_ONLY', ['two', 'one', 'bare']);
+const RELAY_NODE_ARGS = envList('BENCH_RELAY_NODE_ARGS', []).flatMap((a) => a.split(/\s+/)).filter((a) => a !== '');
 const dir = mkdtempSync(join(tmpdir(), 'murmure-client-bench-'));
 
 function startRelay() {
-  const proc = spawn(process.execPath, ['packages/cli/bin/murmure.js', 'relay', 'start', '--data', join(dir, 'relay'), '--port', '0', '--json', '--log-level', 'warn'], {
+  const proc = spawn(process.execPath, [...RELAY_NODE_ARGS, 'packages/cli/bin/murmure.js', 'relay', 'start', '--data', join(dir, 'relay'), '--port', '0', '--json', '--log-level', 'warn', '--metrics-port', '0'], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   return new Promise((resolve, reject) => {
-    createInterface({ input: proc.stdout }).once('line', (l) => resolve({ proc, address: JSON.parse(l).address }));
+    createInterface({ input: proc.stdout }).once('line', (l) => {
+      const first = JSON.parse(l);
+      resolve({ proc, address: first.address, metricsPort: first.metricsPort ?? null });
+    });
     proc.once('exit', (c) => reject(new Error(`relay exited ${c}`)));
   });
 }
@@ -62,6 +69,28 @@ function makeAgentIn(folder, name) {
     db,
     allReceived: () => new Promise((r) => (received >= N ? r() : (onAll = r))),
   };
+}
+
+/** The relay's counters (commands and errors by type, blocks), or null if its endpoint does not answer. */
+async function relayCounters(port) {
+  if (port === null) return null;
+  try {
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const counts = {};
+    for (const m of text.matchAll(/^murmure_(commands_total\{command="(\w+)"\}|errors_total\{code="(\w+)"\}|blocks_(in|out)_total|store_commits_total) (\d+)$/gm)) {
+      const name = m[2] !== undefined ? m[2] : m[3] !== undefined ? `ERR ${m[3]}` : m[4] !== undefined ? `blocks ${m[4]}` : 'commits';
+      counts[name] = Number(m[5]);
+    }
+    return counts;
+  } catch {
+    return null;
+  }
+}
+
+/** Counters `after` minus `before`, per message. */
+function perMessage(before, after) {
+  if (before === null || after === null) return null;
+  return Object.fromEntries(Object.entries(after).map(([k, v]) => [k, Math.round((100 * (v - (before[k] ?? 0))) / N) / 100]));
 }
 
 async function until(f) {
@@ -145,7 +174,7 @@ if (process.argv[2] === 'receiver') {
   process.exit(0);
 }
 
-async function twoProcesses(address) {
+async function twoProcesses(address, relayPid, metricsPort) {
   const { fork } = await import('node:child_process');
   const child = fork(new URL(import.meta.url).pathname, ['receiver', address, dir], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const msgs = [];
@@ -159,35 +188,45 @@ async function twoProcesses(address) {
   const body = new Uint8Array(100).fill(0x61);
   const t0 = performance.timeOrigin + performance.now();
   const cpu0 = process.cpuUsage();
+  const relayCpu0 = procCpuUs(relayPid);
+  const counts0 = await relayCounters(metricsPort);
   for (let i = 0; i < N; i++) {
     await a.agent.send(aConn, body);
     if (i % 50 === 49) await new Promise((r) => setImmediate(r));
   }
   const done = await next();
   const cpu = process.cpuUsage(cpu0);
+  const relayCpu = (procCpuUs(relayPid) - relayCpu0) / 1e6;
+  const relayPerMessage = perMessage(counts0, await relayCounters(metricsPort));
   await a.agent.stop();
   a.db.close();
   await new Promise((r) => child.once('exit', r));
-  return { seconds: (done.done - t0) / 1000, senderCpu: (cpu.user + cpu.system) / 1e6, receiverCpu: done.cpuSeconds };
+  return { seconds: (done.done - t0) / 1000, senderCpu: (cpu.user + cpu.system) / 1e6, receiverCpu: done.cpuSeconds, relayCpu, relayPerMessage };
 }
 
 const relay = await startRelay();
 try {
-  const bare = await bareLibsignal();
-  const full = await fullStack(relay.address);
-  const two = await twoProcesses(relay.address);
-  const fullRate = N / full.seconds;
-  const twoRate = N / two.seconds;
-  const bareRate = N / bare.seconds;
-  const rows = [
-    ['full stack, two client processes, one way', `${twoRate.toFixed(0)} msg/s`, `${N} msgs in ${two.seconds.toFixed(2)} s; CPU sender ${two.senderCpu.toFixed(2)} s, receiver ${two.receiverCpu.toFixed(2)} s; receipts ${RECEIPTS ? 'on' : 'off'}`],
-    ['full stack, both clients in one process', `${fullRate.toFixed(0)} msg/s`, `${N} msgs in ${full.seconds.toFixed(2)} s; sender composed all in ${full.composeSeconds.toFixed(2)} s; both agents' CPU ${full.cpuSeconds.toFixed(2)} s`],
-    ['bare libsignal encrypt+decrypt (same direction)', `${bareRate.toFixed(0)} msg/s`, `${N} msgs in ${bare.seconds.toFixed(2)} s, in-memory stores`],
-    ['ratio full (two processes) / bare', (twoRate / bareRate).toFixed(2), 'target: full stack >= 1,000 msg/s'],
-  ];
+  const bare = ONLY.includes('bare') ? await bareLibsignal() : null;
+  const full = ONLY.includes('one') ? await fullStack(relay.address) : null;
+  const two = ONLY.includes('two') ? await twoProcesses(relay.address, relay.proc.pid, relay.metricsPort) : null;
+  const rate = (r) => (r === null ? null : N / r.seconds);
+  const [twoRate, fullRate, bareRate] = [rate(two), rate(full), rate(bare)];
+  const rows = [];
+  if (two !== null) rows.push(['full stack, two client processes, one way', `${twoRate.toFixed(0)} msg/s`, `${N} msgs in ${two.seconds.toFixed(2)} s; CPU sender ${two.senderCpu.toFixed(2)} s, receiver ${two.receiverCpu.toFixed(2)} s, relay ${two.relayCpu.toFixed(2)} s; receipts ${RECEIPTS ? 'on' : 'off'}`]);
+  if (full !== null) rows.push(['full stack, both clients in one process', `${fullRate.toFixed(0)} msg/s`, `${N} msgs in ${full.seconds.toFixed(2)} s; sender composed all in ${full.composeSeconds.toFixed(2)} s; both agents' CPU ${full.cpuSeconds.toFixed(2)} s`]);
+  if (bare !== null) rows.push(['bare libsignal encrypt+decrypt (same direction)', `${bareRate.toFixed(0)} msg/s`, `${N} msgs in ${bare.seconds.toFixed(2)} s, in-memory stores`]);
+  if (two !== null && bare !== null) rows.push(['ratio full (two processes) / bare', (twoRate / bareRate).toFixed(2), 'target: full stack >= 1,000 msg/s']);
   for (const [what, value, note] of rows) console.log(`${what.padEnd(50)} ${value.padStart(12)}   ${note}`);
+  if (two?.relayPerMessage) console.log(`relay work per message (two processes): ${Object.entries(two.relayPerMessage).filter(([, v]) => v !== 0).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   const date = new Date().toISOString();
-  const line = { bench: 'client', date, node: process.version, messages: N, receipts: RECEIPTS, twoProcessMsgsPerSec: Math.round(twoRate), oneProcessMsgsPerSec: Math.round(fullRate), bareMsgsPerSec: Math.round(bareRate), ratio: twoRate / bareRate };
+  const round = (x) => (x === null ? null : Math.round(x));
+  const line = {
+    bench: 'client', date, node: process.version, messages: N, receipts: RECEIPTS,
+    twoProcessMsgsPerSec: round(twoRate), oneProcessMsgsPerSec: round(fullRate), bareMsgsPerSec: round(bareRate),
+    ratio: twoRate === null || bareRate === null ? null : twoRate / bareRate,
+    cpuSecondsTwoProcess: two === null ? null : { sender: two.senderCpu, receiver: two.receiverCpu, relay: two.relayCpu },
+    relayPerMessageTwoProcess: two?.relayPerMessage ?? null,
+  };
   if (process.env.BENCH_NO_RESULTS !== '1') appendResult(resultsFile('client', date), line);
 } finally {
   relay.proc.kill('SIGTERM');
