@@ -797,10 +797,10 @@ export class Agent extends EventEmitter {
     // back (a switch) holds the whole relay message; when it is processed again, the payloads
     // before it are recognised as duplicates.
     for (let i = 0; i < payloads.length; i++) {
-      const now = i === 0 ? c : this.store.connection(connId);
-      const nowSlot = i === 0 ? slot : now === undefined ? undefined : this.rcvSlots(now).find((s) => eq(s.q.rcvId, m.rcvId));
-      if (now === undefined || now.status === 'deleted' || nowSlot === undefined) return true;
-      const r = await this.receivePayload(now, nowSlot, payloads[i]!, peerE2e, receivedAt, force);
+      const cur = i === 0 ? c : this.store.connection(connId);
+      const curSlot = i === 0 ? slot : cur === undefined ? undefined : this.rcvSlots(cur).find((s) => eq(s.q.rcvId, m.rcvId));
+      if (cur === undefined || cur.status === 'deleted' || curSlot === undefined) return true;
+      const r = await this.receivePayload(cur, curSlot, payloads[i]!, peerE2e, receivedAt, force);
       if (r !== true) return r;
     }
     return true;
