@@ -9,11 +9,14 @@
  *                                 the contact joined and our reply went out, and exits.
  *   join    --relay R --link L --profile P
  *                                 join L with profile P; prints `connected ID` once the reply came.
- *   send    --count N [--from K]  send messages `m:K`..`m:N` to the single contact. Prints
+ *   send    --count N [--from K] [--pause-every P --pause-ms MS]
+ *                                 send messages `m:K`..`m:N` to the single contact. Prints
  *                                 `recovered NUM SEQ` for numbers already stored by an earlier run
  *                                 (read from the database, so nothing is composed twice), `ready K`,
  *                                 `stored NUM SEQ` as each send() resolves, `idle` and exits once
- *                                 the relay took everything.
+ *                                 the relay took everything. With --pause-every, waits MS ms after
+ *                                 every P messages (the outbox sends what waits meanwhile as one
+ *                                 batch), so that delivery takes a while.
  *   receive [--until N]           receive, storing each message in `driver_inbox` inside the
  *                                 agent's own transaction; prints `got SEQ TEXT`, `gap A B`,
  *                                 `bad-hash SEQ`, `problem CODE`. With --until, exits gracefully
@@ -53,6 +56,8 @@ const { values, positionals } = parseArgs({
     count: { type: 'string' },
     from: { type: 'string' },
     until: { type: 'string' },
+    'pause-every': { type: 'string' },
+    'pause-ms': { type: 'string' },
   },
 });
 
@@ -150,12 +155,15 @@ async function main(): Promise<void> {
       const rows = db.db.prepare('SELECT num, seq FROM driver_composed WHERE num >= ? ORDER BY num').all([from] as never) as { num: number; seq: number }[];
       for (const r of rows) out(`recovered ${r.num} ${r.seq}`);
       const next = Math.max(from, ...rows.map((r) => r.num + 1));
+      const pauseEvery = Number(values['pause-every'] ?? '0');
+      const pauseMs = Number(values['pause-ms'] ?? '0');
       out(`ready ${next}`);
       for (let num = next; num <= count; num++) {
         const seq = await agent.send(connId, new TextEncoder().encode(`m:${num}`), (s) => insertComposed.run([num, s] as never));
         out(`stored ${num} ${seq}`);
         // send() resolves without touching the event loop; yield so the outbox sends meanwhile.
-        await new Promise((r) => setImmediate(r));
+        if (pauseEvery > 0 && (num - next + 1) % pauseEvery === 0) await sleep(pauseMs);
+        else await new Promise((r) => setImmediate(r));
       }
       await until(() => agent.idle(), 60_000);
       out('idle');

@@ -203,7 +203,9 @@ test(`F2: the receiver is killed ${KILLS} times while ${N} messages arrive; each
   const started = Date.now();
   const rnd = seededRandom(SEED + 1);
   const { sender, receiver } = await connectedPair('f2');
-  const snd = driver(sender, ['send', '--count', String(N)]);
+  // A few messages every 20 ms, so that arrival lasts about two seconds and the kills land in it
+  // (sent at once, the outbox would batch them and they would arrive in a few relay messages).
+  const snd = driver(sender, ['send', '--count', String(N), '--pause-every', '4', '--pause-ms', '20']);
   await snd.line(/^ready \d+$/);
   let got = 0;
   let hitWhileArriving = 0;
