@@ -225,6 +225,18 @@ class KeyedMutex {
   }
 }
 
+/**
+ * The per-queue box nonce of a batch: the first 12 bytes of SHA-256 over the first row's random
+ * nonce and the ids of the rows, in order. Rows never change once stored, so one nonce always
+ * goes with the same plaintext.
+ */
+function batchNonce(rows: readonly Readonly<{ id: number; nonce: Uint8Array }>[]): Uint8Array {
+  const h = createHash('sha256').update(rows[0]!.nonce);
+  const ids = Buffer.alloc(8 * rows.length);
+  rows.forEach((r, i) => ids.writeBigUInt64BE(BigInt(r.id), 8 * i));
+  return new Uint8Array(h.update(ids).digest().subarray(0, QUEUE_BOX_NONCE_LENGTH));
+}
+
 /** An outbox row as the sender lists it, and its stored frame. */
 type QueuedRow = ReturnType<AgentStore['queued']>[number];
 type OutboxFrame = Pick<OutboxRow, 'body' | 'frame_key' | 'nonce'>;
@@ -1412,9 +1424,10 @@ export class Agent extends EventEmitter {
         // The rows after it that are due go in the same box while they fit (see takeBatch).
         const batch = alone ? [stored] : this.takeBatch(stored, rows, next);
         next += batch.length - 1;
-        // One body is boxed as it was stored, the same at every attempt; a batch gets a fresh
-        // nonce each time, since another attempt may group other rows.
-        const body = batch.length === 1 ? this.boxFrame(c, stored) : this.boxFrame(c, { body: encodeSessionBatch(batch.map((b) => b.body)), frame_key: null, nonce: new Uint8Array(randomBytes(QUEUE_BOX_NONCE_LENGTH)) });
+        // One body is boxed as it was stored, the same at every attempt. A batch's nonce comes
+        // from its first row's nonce and the rows it holds: the same rows make the same bytes
+        // again, and other rows (another attempt may group differently) never reuse a nonce.
+        const body = batch.length === 1 ? this.boxFrame(c, stored) : this.boxFrame(c, { body: encodeSessionBatch(batch.map((b) => b.body)), frame_key: null, nonce: batchNonce(batch) });
         try {
           const client = await this.pool.get(c.snd_relay as string, this.route('snd', connId));
           await client.send(sndId, r.kind === 'confirmation' ? null : authKey, body);
@@ -1443,6 +1456,10 @@ export class Agent extends EventEmitter {
               quotaDelay = Math.min(QUOTA_RETRY_MS, QUOTA_RETRY_MIN_MS * 2 ** Math.min(Math.max(times, 1) - 1, 10));
             }
           }
+          // The rows of a batch are due again together (their first row's delay), so that the
+          // next attempt groups them the same way.
+          const delay = quota ? quotaDelay : Math.min(SEND_RETRY_MAX_MS, SEND_RETRY_MIN_MS * 2 ** Math.min(r.attempts, 10));
+          const at = this.now() + delay / 2 + Math.random() * (delay / 2);
           for (const b of batch) {
             // Given up after two days of failing: counted in attempts (at the longest retry
             // delay), so a clock that jumps forward does not fail a message at once; a full
@@ -1452,8 +1469,6 @@ export class Agent extends EventEmitter {
               failedRows.push(b);
               continue;
             }
-            const delay = quota ? quotaDelay : Math.min(SEND_RETRY_MAX_MS, SEND_RETRY_MIN_MS * 2 ** Math.min(b.attempts, 10));
-            const at = this.now() + delay / 2 + Math.random() * (delay / 2);
             // A full queue is not a failure of this message: nothing to record on disk.
             if (!quota) this.store.retryLater(b.id, at);
             retryAt = Math.min(retryAt, at);

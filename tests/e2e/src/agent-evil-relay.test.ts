@@ -25,8 +25,8 @@ function hex(b: Uint8Array): string {
   return Buffer.from(b).toString('hex');
 }
 
-/** What the evil store does with one message added to the target queue. */
-type Action = 'store' | 'drop' | 'dup' | 'tamper';
+/** What the evil store does with one message added to the target queue ('lose-ok': store it, then fail, so the sender gets no OK). */
+type Action = 'store' | 'drop' | 'dup' | 'tamper' | 'lose-ok';
 
 /** The relay's queue store, delegating to SQLite, with an adversary on one queue (the target, the receiver's). */
 class EvilStore extends TargetQueueStore {
@@ -44,6 +44,13 @@ class EvilStore extends TargetQueueStore {
     const q = await this.inner.queueByRecipient(rcvId);
     if (q === undefined) throw new Error('no such queue');
     return q.boxKey;
+  }
+
+  /** The SEND body a stored message was made from (inside the relay-to-recipient box). */
+  async sentBody(rcvId: Uint8Array, m: StoredMessage): Promise<Uint8Array> {
+    const plain = openRecipientBox(await this.boxKey(rcvId), m.msgId, m.sealed);
+    if (plain === null) throw new Error('cannot open a stored message');
+    return decodeReceivedMessage(plain).body;
   }
 
   /** The same message under a new id, its inner body changed by `change` (the relay can do this). */
@@ -79,6 +86,7 @@ class EvilStore extends TargetQueueStore {
     const toStore = action === 'tamper' ? await this.reseal(rcvId, msg, this.tamper) : msg;
     const r = await this.storeRanked(rcvId, toStore, this.nextRank(), quota, now);
     if (r === 'ok' && action === 'dup') await this.inject(await this.reseal(rcvId, msg));
+    if (r === 'ok' && action === 'lose-ok') throw new Error('the OK is lost');
     return r;
   }
 
@@ -419,4 +427,21 @@ test('batches: what a sender composed offline goes as one relay message; a dropp
   // Receipts came back for what was shown, and for nothing else.
   await until(() => ofType(bob, 'receipt').flatMap((r) => r.seqs).length >= shown.length, 'receipts');
   assert.deepEqual(ofType(bob, 'receipt').flatMap((r) => r.seqs).sort((x, y) => x - y), [...a, ...c, ...d]);
+});
+
+test('a batch whose OK was lost is sent again byte for byte, and each of its messages is shown once', async () => {
+  const { alice, bob, bobConn, rcvId } = await pair('batch-retry');
+  store.decide = (i) => (i === 1 ? 'lose-ok' : 'store');
+  const texts = Array.from({ length: 12 }, (_, i) => `batch-retry:${i + 1}`);
+  const seqs = await sendBatch(bob, bobConn, texts);
+  await until(() => messages(alice).length === texts.length && store.pending() === 0, 'the batch arrived');
+  await sleep(100);
+  assert.equal(store.added, 2, 'the relay took the batch twice: once unanswered, once OK');
+  const [first, second] = await Promise.all(store.genuine.map((m) => store.sentBody(rcvId, m)));
+  assert.ok(first !== undefined && second !== undefined);
+  assert.ok(Buffer.from(first).equals(Buffer.from(second)), 'the retry is the same frame, byte for byte');
+  assert.deepEqual(messages(alice).map((m) => m.text), texts, 'each message shown once, in order');
+  assert.deepEqual(messages(alice).map((m) => m.seq), seqs);
+  assert.deepEqual(ofType(alice, 'gap'), []);
+  assert.deepEqual(alice.problems, []);
 });
