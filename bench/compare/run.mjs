@@ -300,7 +300,8 @@ async function main() {
 function endToEnd(cfg) {
   const messages = cfg.quick ? E2E_MESSAGES.quick : E2E_MESSAGES.full;
   const run = spawnSync(process.execPath, [join(ROOT, 'bench/client-bench.mjs')], {
-    env: { ...process.env, BENCH_MESSAGES: String(messages) },
+    // Its own BENCH_ONLY names its rows, not this bench's workloads.
+    env: { ...process.env, BENCH_MESSAGES: String(messages), BENCH_ONLY: 'two,bare' },
     encoding: 'utf8',
     timeout: 600_000,
   });
