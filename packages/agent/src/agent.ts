@@ -225,16 +225,19 @@ class KeyedMutex {
   }
 }
 
+/** What a batch's box nonce is derived under. */
+const BATCH_NONCE_LABEL = Buffer.from('murmure/agent/v1/batch-nonce');
+
 /**
- * The per-queue box nonce of a batch: the first 12 bytes of SHA-256 over the first row's random
- * nonce and the ids of the rows, in order. Rows never change once stored, so one nonce always
- * goes with the same plaintext.
+ * The per-queue box nonce of a batch: the first 12 bytes of SHA-256 over a label and the rows'
+ * own random nonces, in order. Each row's nonce was drawn with its body and is stored with it
+ * (a restored or cloned database restores both), so the same rows give the same nonce, and any
+ * other rows, whatever ids they were given, another one.
  */
-function batchNonce(rows: readonly Readonly<{ id: number; nonce: Uint8Array }>[]): Uint8Array {
-  const h = createHash('sha256').update(rows[0]!.nonce);
-  const ids = Buffer.alloc(8 * rows.length);
-  rows.forEach((r, i) => ids.writeBigUInt64BE(BigInt(r.id), 8 * i));
-  return new Uint8Array(h.update(ids).digest().subarray(0, QUEUE_BOX_NONCE_LENGTH));
+function batchNonce(rows: readonly Readonly<{ nonce: Uint8Array }>[]): Uint8Array {
+  const h = createHash('sha256').update(BATCH_NONCE_LABEL);
+  for (const r of rows) h.update(r.nonce);
+  return new Uint8Array(h.digest().subarray(0, QUEUE_BOX_NONCE_LENGTH));
 }
 
 /** An outbox row as the sender lists it, and its stored frame. */
@@ -1425,8 +1428,8 @@ export class Agent extends EventEmitter {
         const batch = alone ? [stored] : this.takeBatch(stored, rows, next);
         next += batch.length - 1;
         // One body is boxed as it was stored, the same at every attempt. A batch's nonce comes
-        // from its first row's nonce and the rows it holds: the same rows make the same bytes
-        // again, and other rows (another attempt may group differently) never reuse a nonce.
+        // from its rows' nonces: the same rows make the same bytes again, and other rows
+        // (another attempt may group differently) never reuse a nonce.
         const body = batch.length === 1 ? this.boxFrame(c, stored) : this.boxFrame(c, { body: encodeSessionBatch(batch.map((b) => b.body)), frame_key: null, nonce: batchNonce(batch) });
         try {
           const client = await this.pool.get(c.snd_relay as string, this.route('snd', connId));
