@@ -18,7 +18,7 @@ import {
   encodeResponse,
   encodeServerHello,
   encodeServerTransmission,
-  packBlocks,
+  BlockPacker,
   type ClientTransmission,
   type ErrorCode,
   type Response,
@@ -75,7 +75,8 @@ export class Connection {
   lastActivity = performance.now();
   private tokens: number;
   private lastRefill = performance.now();
-  private out: Uint8Array[] = [];
+  /** Responses waiting to go out: a full block goes at once, the rest at the next turn. */
+  private readonly packer = new BlockPacker();
   private flushScheduled = false;
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
@@ -216,7 +217,8 @@ export class Connection {
 
   private queue(t: Uint8Array): void {
     if (this.closedFlag) return;
-    this.out.push(t);
+    const full = this.packer.push(t);
+    if (full !== null) this.sendBlock(full);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(() => this.flush());
@@ -226,10 +228,14 @@ export class Connection {
   /** Sends every queued transmission now, packed into blocks. */
   flush(): void {
     this.flushScheduled = false;
-    if (this.closedFlag || this.out.length === 0) return;
-    const blocks = packBlocks(this.out);
-    this.out = [];
-    for (const b of blocks) this.sendRaw(b);
+    if (this.closedFlag) return;
+    const block = this.packer.take();
+    if (block !== null) this.sendBlock(block);
+  }
+
+  /** Sends a block of responses; a client that does not read them is cut off. */
+  private sendBlock(block: Uint8Array): void {
+    this.sendRaw(block);
     if (this.ws.bufferedAmount > this.config.maxBufferedBytes) this.close(CloseCode.POLICY);
   }
 

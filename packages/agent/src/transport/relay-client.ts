@@ -28,7 +28,7 @@ import {
   encodeCommand,
   isLoopbackHost,
   negotiateVersion,
-  packBlocks,
+  BlockPacker,
   parseRelayAddress,
   type Authorization,
   type Command,
@@ -121,7 +121,8 @@ function key(b: Uint8Array): string {
 export class RelayClient extends EventEmitter {
   private readonly pending = new Map<string, Pending>();
   private readonly authKeys = new Map<KeyObject, Uint8Array>();
-  private out: Uint8Array[] = [];
+  /** Commands waiting to go out: a full block goes at once, the rest at the next turn. */
+  private readonly packer = new BlockPacker();
   private flushScheduled = false;
   private closed = false;
 
@@ -224,11 +225,11 @@ export class RelayClient extends EventEmitter {
   command(entityId: Uint8Array, cmd: Command, signer: Signer): Promise<Response> {
     if (this.closed) return Promise.reject(new RelayClientError('CLOSED', 'the relay connection is closed'));
     const corrId = randomId(CORR_ID_LENGTH);
-    let t: Uint8Array;
+    let full: Uint8Array | null;
     try {
       const command = encodeCommand(cmd);
       const auth = this.authorize(signer, corrId, entityId, command);
-      t = encodeClientTransmission({ auth, corrId, entityId, command });
+      full = this.packer.push(encodeClientTransmission({ auth, corrId, entityId, command }));
     } catch (e) {
       return Promise.reject(e instanceof RelayClientError ? e : new RelayClientError('BAD_RESPONSE', `${cmd.type} could not be encoded`, { cause: e }));
     }
@@ -239,7 +240,8 @@ export class RelayClient extends EventEmitter {
       }, this.commandTimeoutMs);
       timer.unref();
       this.pending.set(key(corrId), { resolve, reject, timer });
-      this.out.push(t);
+      // The block this command did not fit in holds earlier commands only, each already pending.
+      if (full !== null) this.ws.send(full, { binary: true });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         setImmediate(() => this.flush());
@@ -263,10 +265,9 @@ export class RelayClient extends EventEmitter {
 
   private flush(): void {
     this.flushScheduled = false;
-    if (this.closed || this.out.length === 0) return;
-    const blocks = packBlocks(this.out);
-    this.out = [];
-    for (const b of blocks) this.ws.send(b, { binary: true });
+    if (this.closed) return;
+    const block = this.packer.take();
+    if (block !== null) this.ws.send(block, { binary: true });
   }
 
   private onBlock(data: Buffer): void {

@@ -23,6 +23,7 @@ import {
   encodeServerTransmission,
   pad,
   packBlocks,
+  BlockPacker,
   toHex,
   transmissionCost,
 } from '@murmure/protocol';
@@ -261,6 +262,38 @@ describe('blocks', () => {
       }),
       { numRuns: 300 },
     );
+  });
+
+  test('BlockPacker hands out each block as soon as the next transmission does not fit it, packed as packBlocks packs', () => {
+    fc.assert(
+      fc.property(fc.array(rawTransmission, { minLength: 0, maxLength: 150 }), (ts) => {
+        const packer = new BlockPacker();
+        const early: Uint8Array[] = [];
+        ts.forEach((t, i) => {
+          const full = packer.push(t);
+          if (full === null) return;
+          early.push(full);
+          // A closed block holds exactly the transmissions before this one that the earlier blocks do not.
+          assert.deepEqual(early.map((b) => decodeBlock(b)).flat(), ts.slice(0, i));
+        });
+        assert.equal(packer.isEmpty, ts.length === 0);
+        const last = packer.take();
+        assert.equal(packer.isEmpty, true);
+        assert.equal(packer.take(), null);
+        assert.deepEqual(last === null ? early : [...early, last], packBlocks(ts));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  test('BlockPacker refuses a transmission too large for a block and keeps what it holds', () => {
+    const packer = new BlockPacker();
+    const held = seeded(100, 1);
+    assert.equal(packer.push(held), null);
+    assert.throws(() => packer.push(seeded(BLOCK_CAPACITY - 1, 9)), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+    const block = packer.take();
+    assert.ok(block !== null);
+    assert.deepEqual(decodeBlock(block), [held]);
   });
 
   test('many tiny transmissions split at MAX_TRANSMISSIONS_PER_BLOCK', () => {

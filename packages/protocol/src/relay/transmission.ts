@@ -170,24 +170,55 @@ export function decodeBlock(block: Uint8Array, checkFill?: FillCheck): Uint8Arra
 }
 
 /**
+ * Packs transmissions into blocks as they are made: a block is finished as soon as the next
+ * transmission does not fit it, so a sender with a burst of commands can put each full block
+ * on the wire while it still encodes the rest. The packing is the same as `packBlocks`.
+ */
+export class BlockPacker {
+  private batch: Uint8Array[] = [];
+  private used = 0;
+
+  /**
+   * Adds a transmission; returns the block it closed (the one before it, now full), or null.
+   * Throws `TOO_LARGE`, adding nothing, for a transmission that does not fit a block on its own.
+   */
+  push(t: Uint8Array): Uint8Array | null {
+    const cost = transmissionCost(t);
+    if (cost > BLOCK_CAPACITY) throw new ProtocolError('TOO_LARGE', 'transmission does not fit a block');
+    let full: Uint8Array | null = null;
+    if (this.batch.length > 0 && (this.used + cost > BLOCK_CAPACITY || this.batch.length === MAX_TRANSMISSIONS_PER_BLOCK)) full = this.take();
+    this.batch.push(t);
+    this.used += cost;
+    return full;
+  }
+
+  /** Whether no transmission waits. */
+  get isEmpty(): boolean {
+    return this.batch.length === 0;
+  }
+
+  /** The block of the transmissions added since the last block, or null if there are none. */
+  take(): Uint8Array | null {
+    if (this.batch.length === 0) return null;
+    const block = encodeBlock(this.batch);
+    this.batch = [];
+    this.used = 0;
+    return block;
+  }
+}
+
+/**
  * Packs transmissions into as few blocks as they fit in, keeping their order. Each must fit
  * a block on its own.
  */
 export function packBlocks(transmissions: readonly Uint8Array[]): Uint8Array[] {
+  const packer = new BlockPacker();
   const blocks: Uint8Array[] = [];
-  let batch: Uint8Array[] = [];
-  let used = 0;
   for (const t of transmissions) {
-    const cost = transmissionCost(t);
-    if (cost > BLOCK_CAPACITY) throw new ProtocolError('TOO_LARGE', 'transmission does not fit a block');
-    if (batch.length > 0 && (used + cost > BLOCK_CAPACITY || batch.length === MAX_TRANSMISSIONS_PER_BLOCK)) {
-      blocks.push(encodeBlock(batch));
-      batch = [];
-      used = 0;
-    }
-    batch.push(t);
-    used += cost;
+    const full = packer.push(t);
+    if (full !== null) blocks.push(full);
   }
-  if (batch.length > 0) blocks.push(encodeBlock(batch));
+  const last = packer.take();
+  if (last !== null) blocks.push(last);
   return blocks;
 }
