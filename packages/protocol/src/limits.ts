@@ -24,9 +24,11 @@ export const AUTHENTICATOR_LENGTH = 32;
 export const SESSION_EXPORTER_LABEL = 'EXPORTER-murmure-relay-session';
 /**
  * Label of the session id of a plain (no TLS) loopback connection, used only by a relay started
- * with `--plain-loopback` for benchmarks: SHA-256(label || relay session key).
+ * with `--plain-loopback` for benchmarks: SHA-256(label || relay session key || session nonce).
  */
 export const PLAIN_SESSION_LABEL = 'murmure-relay-plain-loopback-session';
+/** Length of the random nonce of each connection in the relay's hello. */
+export const SESSION_NONCE_LENGTH = 32;
 /** Length of the TLS session id both sides export from the TLS session. */
 export const SESSION_ID_LENGTH = 32;
 /** Length of the AEAD tag of the relay-to-recipient box. */

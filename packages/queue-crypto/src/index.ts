@@ -141,10 +141,11 @@ export function authenticatorKey(sharedSecret: Uint8Array, sessionId: Uint8Array
 
 /**
  * The session id of a plain loopback connection (no TLS, benchmarks only):
- * SHA-256(PLAIN_SESSION_LABEL || the relay's session key of that connection).
+ * SHA-256(PLAIN_SESSION_LABEL || the relay's session key || the connection's session nonce), both
+ * from the relay's hello: the nonce keeps it distinct per connection while the key is shared.
  */
-export function plainSessionId(relaySessionKey: Uint8Array): Uint8Array {
-  return new Uint8Array(createHash('sha256').update(PLAIN_SESSION_LABEL).update(relaySessionKey).digest());
+export function plainSessionId(relaySessionKey: Uint8Array, sessionNonce: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash('sha256').update(PLAIN_SESSION_LABEL).update(relaySessionKey).update(sessionNonce).digest());
 }
 
 /** HMAC-SHA256 of the authorised bytes under an authenticator key. */

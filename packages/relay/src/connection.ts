@@ -12,6 +12,7 @@ import {
   BLOCK_SIZE,
   ProtocolError,
   RELAY_VERSIONS,
+  SESSION_NONCE_LENGTH,
   decodeBlock,
   decodeClientHello,
   decodeClientTransmission,
@@ -23,7 +24,7 @@ import {
   type ErrorCode,
   type Response,
 } from '@murmure/protocol';
-import { generateDhKeyPair, isPadFillNative, plainSessionId } from '@murmure/queue-crypto';
+import { isPadFillNative, plainSessionId, randomId, type KeyPair } from '@murmure/queue-crypto';
 import type { WebSocket } from 'ws';
 
 import type { RelayConfig } from './config.js';
@@ -54,8 +55,6 @@ export const CloseCode = {
 
 /** A client connection after the WebSocket upgrade. */
 export class Connection {
-  /** The X25519 key of this session, for authenticators. */
-  readonly sessionKey = generateDhKeyPair();
   /** Chosen protocol version, once the client hello arrived. */
   version = 0;
   /** Queues created on this connection. */
@@ -87,18 +86,23 @@ export class Connection {
   constructor(
     readonly ws: WebSocket,
     tlsSessionId: Uint8Array | null,
+    /** The relay's X25519 session key for authenticators (shared by the connections of a period). */
+    private readonly sessionKey: KeyPair,
     private readonly config: RelayConfig,
     private readonly metrics: RelayMetrics,
     private readonly handler: CommandHandler,
     private readonly onHello: () => void,
   ) {
-    this.sessionId = tlsSessionId ?? plainSessionId(this.sessionKey.publicKey);
+    // Random per connection: in plain loopback mode it keeps the session id (and so every
+    // authorisation) distinct per connection while the session key is shared.
+    const sessionNonce = randomId(SESSION_NONCE_LENGTH);
+    this.sessionId = tlsSessionId ?? plainSessionId(sessionKey.publicKey, sessionNonce);
     this.tokens = config.commandBurst;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
     ws.on('close', () => this.onClose());
     ws.on('error', () => this.close(CloseCode.PROTOCOL));
-    this.sendRaw(encodeServerHello({ versions: RELAY_VERSIONS, sessionKey: this.sessionKey.publicKey }));
+    this.sendRaw(encodeServerHello({ versions: RELAY_VERSIONS, sessionKey: sessionKey.publicKey, sessionNonce }));
   }
 
   /** The private half of the session key. */

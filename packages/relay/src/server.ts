@@ -20,6 +20,7 @@ import { RelayHandlers } from './handlers.js';
 import { loadOrCreateIdentity, type RelayIdentity } from './identity.js';
 import { silentLogger, type Logger } from './log.js';
 import { RelayMetrics } from './metrics.js';
+import { SessionKeys } from './session-keys.js';
 import type { QueueStore } from './store/queue-store.js';
 import { SqliteQueueStore } from './store/sqlite/sqlite-queue-store.js';
 
@@ -37,6 +38,7 @@ export class RelayServer {
   private readonly connections = new Set<Connection>();
   private readonly handshakeTimers = new WeakMap<object, NodeJS.Timeout>();
   private readonly timers: NodeJS.Timeout[] = [];
+  private readonly sessionKeys = new SessionKeys();
   private metricsServer: HttpServer | null = null;
   private stopping: Promise<void> | null = null;
 
@@ -153,7 +155,7 @@ export class RelayServer {
       wss.handleUpgrade(req, socket, head, (ws) => {
         metrics.connectionsTotal++;
         metrics.connectionsOpen++;
-        const conn = new Connection(ws, sessionId, config, metrics, this.handlers, () => {
+        const conn = new Connection(ws, sessionId, this.sessionKeys.current(), config, metrics, this.handlers, () => {
           clearTimeout(this.handshakeTimers.get(socket));
         });
         this.connections.add(conn);

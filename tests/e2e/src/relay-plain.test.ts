@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // The plain loopback mode used by benchmarks that compare servers with TLS off: it serves the
-// same protocol over ws://, binds commands to a session id derived from the relay's session key,
-// and is refused anywhere but on a loopback host.
+// same protocol over ws://, binds commands to a session id derived from the relay's session key
+// and the connection's nonce, and is refused anywhere but on a loopback host.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
@@ -9,6 +9,7 @@ import { RelayClient, RelayClientError, openDelivered } from '@murmure/agent';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
 import { Inbox, cleanup, runMurmure, startRelay, stopRelay, tempDir, utf8, type RelayProcess } from './harness.js';
+import { RawClient, codeOf } from './wire.js';
 
 let relay: RelayProcess;
 before(async () => {
@@ -40,6 +41,35 @@ test('a plain loopback relay carries the full queue life cycle over ws://', asyn
   assert.notDeepEqual(alice.sessionId, bob.sessionId, 'each connection has its own session id');
   alice.close();
   bob.close();
+});
+
+test('plain connections share the relay session key, not the session id: a command captured on one is refused on another', async () => {
+  const owner = await RelayClient.connect(relay.address, { plain: true });
+  const q = await owner.createQueue();
+  const senderKey = generateDhKeyPair();
+  await owner.secure(q, senderKey.publicKey);
+  const a = await RawClient.open(relay.port, { plain: true });
+  const b = await RawClient.open(relay.port, { plain: true });
+  assert.deepEqual(Buffer.from(a.hello.sessionKey), Buffer.from(b.hello.sessionKey), 'one session key serves the connections of a period');
+  assert.notDeepEqual(Buffer.from(a.hello.sessionNonce), Buffer.from(b.hello.sessionNonce), 'each connection gets its own nonce');
+  assert.notDeepEqual(Buffer.from(a.sessionId), Buffer.from(b.sessionId), 'so each has its own session id');
+
+  const send = a.build(q.sndId, { type: 'SEND', flags: 0, body: utf8('once') }, { kind: 'authenticator', key: senderKey.privateKey });
+  assert.equal(codeOf(await a.send(send)), 'OK');
+  assert.equal(codeOf(await b.send(send)), 'AUTH', 'SEND replayed on another connection');
+  const sub = a.build(q.rcvId, { type: 'SUB' }, { kind: 'authenticator', key: q.authKey.privateKey });
+  assert.equal(codeOf(await b.send(sub)), 'AUTH', 'SUB replayed on another connection');
+  const del = a.build(q.rcvId, { type: 'DEL' }, { kind: 'signature', key: q.sigKey.privateKey });
+  assert.equal(codeOf(await b.send(del)), 'AUTH', 'DEL replayed on another connection');
+
+  const first = await owner.get(q);
+  assert.ok(first !== null);
+  assert.equal(Buffer.from(openDelivered(q, first.msgId, first.body).body).toString(), 'once');
+  await owner.ack(q, first.msgId);
+  assert.equal(await owner.get(q), null, 'the replayed SEND stored nothing');
+  a.close();
+  b.close();
+  owner.close();
 });
 
 test('a TLS client cannot talk to a plain relay, and a plain client refuses a non-loopback host', async () => {

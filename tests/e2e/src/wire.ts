@@ -31,7 +31,7 @@ import {
   type ServerHello,
   type ServerTransmission,
 } from '@murmure/protocol';
-import { agree, authenticate, authenticatorKey, randomId, signBytes } from '@murmure/queue-crypto';
+import { agree, authenticate, authenticatorKey, plainSessionId, randomId, signBytes } from '@murmure/queue-crypto';
 import WebSocket from 'ws';
 
 /** How a raw command is authorised: like the real client's signers, or given bytes as they are. */
@@ -71,7 +71,7 @@ export class RawClient {
 
   private constructor(
     readonly ws: WebSocket,
-    /** The TLS socket under the WebSocket, for writing raw bytes. */
+    /** The socket under the WebSocket (TLS unless plain), for writing raw bytes. */
     readonly socket: TLSSocket,
     readonly sessionId: Uint8Array,
     readonly hello: ServerHello,
@@ -89,11 +89,13 @@ export class RawClient {
 
   /**
    * Opens a WebSocket to the relay, reads its hello and (unless `hello` is false) answers with
-   * a client hello for our newest version.
+   * a client hello for our newest version. `plain`: a relay in plain loopback mode (ws://, the
+   * session id from the hello's key and nonce).
    */
-  static open(port: number, opts: Readonly<{ hello?: boolean; timeoutMs?: number }> = {}): Promise<RawClient> {
+  static open(port: number, opts: Readonly<{ hello?: boolean; timeoutMs?: number; plain?: boolean }> = {}): Promise<RawClient> {
+    const plain = opts.plain === true;
     return new Promise<RawClient>((resolve, reject) => {
-      const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { rejectUnauthorized: false, perMessageDeflate: false, handshakeTimeout: opts.timeoutMs ?? 10_000 });
+      const ws = new WebSocket(`${plain ? 'ws' : 'wss'}://127.0.0.1:${port}/`, { rejectUnauthorized: false, perMessageDeflate: false, handshakeTimeout: opts.timeoutMs ?? 10_000 });
       ws.binaryType = 'nodebuffer';
       let socket: TLSSocket | null = null;
       let sessionId: Uint8Array | null = null;
@@ -105,12 +107,14 @@ export class RawClient {
       };
       ws.once('upgrade', (res: IncomingMessage) => {
         socket = res.socket as TLSSocket;
-        sessionId = new Uint8Array(socket.exportKeyingMaterial(32, SESSION_EXPORTER_LABEL, Buffer.alloc(0)));
+        if (!plain) sessionId = new Uint8Array(socket.exportKeyingMaterial(32, SESSION_EXPORTER_LABEL, Buffer.alloc(0)));
       });
       ws.once('message', (data: Buffer, isBinary: boolean) => {
         try {
-          if (!isBinary || data.length !== BLOCK_SIZE || socket === null || sessionId === null) throw new Error('the relay hello is not one block');
+          if (!isBinary || data.length !== BLOCK_SIZE || socket === null) throw new Error('the relay hello is not one block');
           const hello = decodeServerHello(new Uint8Array(data));
+          if (plain) sessionId = plainSessionId(hello.sessionKey, hello.sessionNonce);
+          if (sessionId === null) throw new Error('no TLS session id');
           ws.removeAllListeners();
           const c = new RawClient(ws, socket, sessionId, hello);
           if (opts.hello !== false) ws.send(encodeClientHello({ version: RELAY_VERSION_MAX }));

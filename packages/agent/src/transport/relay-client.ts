@@ -117,6 +117,9 @@ function key(b: Uint8Array): string {
   return Buffer.from(b.buffer, b.byteOffset, b.length).toString('latin1');
 }
 
+/** The last X25519 agreement of each party key, with the relay session key it was made with. */
+const lastAgreements = new WeakMap<KeyObject, { relayKey: string; secret: Uint8Array }>();
+
 /** A connection to one relay. Events: `message` (PushedMessage), `end` (rcvId), `close` (). */
 export class RelayClient extends EventEmitter {
   private readonly pending = new Map<string, Pending>();
@@ -191,6 +194,7 @@ export class RelayClient extends EventEmitter {
         ws.terminate();
         reject(e);
       };
+      const onHandshakeClose = (): void => fail(new RelayClientError('CLOSED', 'the relay closed the connection during the handshake'));
       const timer = setTimeout(() => fail(new RelayClientError('TIMEOUT', 'the relay did not answer in time')), opts.timeoutMs ?? CONNECT_TIMEOUT_MS);
       ws.on('upgrade', () => {
         if (!plain && sessionId === null) fail(new RelayClientError('PINNING', "the relay's certificate was not checked"));
@@ -199,20 +203,22 @@ export class RelayClient extends EventEmitter {
         if (settled || (!plain && sessionId === null)) return;
         try {
           const hello = decodeServerHello(new Uint8Array(data.buffer, data.byteOffset, data.length));
-          if (plain) sessionId = plainSessionId(hello.sessionKey);
+          if (plain) sessionId = plainSessionId(hello.sessionKey, hello.sessionNonce);
           if (sessionId === null) throw new RelayClientError('PINNING', "the relay's certificate was not checked");
           const version = negotiateVersion(RELAY_VERSIONS, hello.versions);
           ws.send(encodeClientHello({ version }));
           settled = true;
           clearTimeout(timer);
           ws.removeAllListeners('error');
+          // Else every later close would build (and drop) an error with its stack trace.
+          ws.off('close', onHandshakeClose);
           resolve(new RelayClient(ws, addr, sessionId, hello.sessionKey, version, opts.commandTimeoutMs ?? COMMAND_TIMEOUT_MS));
         } catch (e) {
           fail(new RelayClientError('HANDSHAKE', 'the relay sent an unusable hello', { cause: e }));
         }
       });
       ws.on('error', (e) => fail(RelayClientError.is(e) ? e : new RelayClientError('CLOSED', 'could not connect to the relay', { cause: e })));
-      ws.on('close', () => fail(new RelayClientError('CLOSED', 'the relay closed the connection during the handshake')));
+      ws.on('close', onHandshakeClose);
     });
   }
 
@@ -255,12 +261,25 @@ export class RelayClient extends EventEmitter {
     if (signer.kind === 'signature') return { kind: 'signature', bytes: signBytes(signer.key, data) };
     let k = this.authKeys.get(signer.key);
     if (k === undefined) {
-      const secret = agree(signer.key, this.sessionKey);
-      if (secret === null) throw new RelayClientError('HANDSHAKE', 'the relay session key is unusable');
-      k = authenticatorKey(secret, this.sessionId);
+      k = authenticatorKey(this.sharedSecret(signer.key), this.sessionId);
       this.authKeys.set(signer.key, k);
     }
     return { kind: 'authenticator', bytes: authenticate(k, data) };
+  }
+
+  /**
+   * X25519(party key, relay session key). A relay keeps one session key for the connections of a
+   * period, so a client that reconnects within it reuses the agreement of its last connection
+   * (the authenticator key still differs: it is salted with each connection's session id).
+   */
+  private sharedSecret(party: KeyObject): Uint8Array {
+    const relayKey = key(this.sessionKey);
+    const last = lastAgreements.get(party);
+    if (last !== undefined && last.relayKey === relayKey) return last.secret;
+    const secret = agree(party, this.sessionKey);
+    if (secret === null) throw new RelayClientError('HANDSHAKE', 'the relay session key is unusable');
+    lastAgreements.set(party, { relayKey, secret });
+    return secret;
   }
 
   private flush(): void {

@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import {
   BLOCK_SIZE,
   KEY_LENGTH,
+  SESSION_NONCE_LENGTH,
   ProtocolError,
   RELAY_VERSIONS,
   RELAY_VERSION_MAX,
@@ -51,7 +52,9 @@ const u16 = fc.integer({ min: 0, max: 0xffff });
 const versionRange: fc.Arbitrary<VersionRange> = fc
   .tuple(fc.integer({ min: 1, max: 0xffff }), fc.integer({ min: 1, max: 0xffff }))
   .map(([a, b]) => ({ min: Math.min(a, b), max: Math.max(a, b) }));
-const serverHello: fc.Arbitrary<ServerHello> = fc.tuple(versionRange, fc.uint8Array({ minLength: KEY_LENGTH, maxLength: KEY_LENGTH })).map(([versions, sessionKey]) => ({ versions, sessionKey }));
+const serverHello: fc.Arbitrary<ServerHello> = fc
+  .tuple(versionRange, fc.uint8Array({ minLength: KEY_LENGTH, maxLength: KEY_LENGTH }), fc.uint8Array({ minLength: SESSION_NONCE_LENGTH, maxLength: SESSION_NONCE_LENGTH }))
+  .map(([versions, sessionKey, sessionNonce]) => ({ versions, sessionKey, sessionNonce }));
 const clientHello: fc.Arbitrary<ClientHello> = u16.map((version) => ({ version }));
 
 /** Hello blocks with a few bits flipped, mostly inside the content at the front. */
@@ -87,10 +90,11 @@ describe('hello round trip', () => {
     );
   });
 
-  test('the hello layouts: H, min, max, key; and h, version; then # padding', () => {
+  test('the hello layouts: H, min, max, key, nonce; and h, version; then # padding', () => {
     const key = new Uint8Array(KEY_LENGTH).fill(0x5a);
-    const server = unpad(encodeServerHello({ versions: { min: 1, max: 2 }, sessionKey: key }), BLOCK_SIZE);
-    assert.equal(toHex(server), '48' + '0001' + '0002' + '5a'.repeat(32));
+    const nonce = new Uint8Array(SESSION_NONCE_LENGTH).fill(0xa5);
+    const server = unpad(encodeServerHello({ versions: { min: 1, max: 2 }, sessionKey: key, sessionNonce: nonce }), BLOCK_SIZE);
+    assert.equal(toHex(server), '48' + '0001' + '0002' + '5a'.repeat(32) + 'a5'.repeat(32));
     const client = encodeClientHello({ version: 0x0102 });
     assert.equal(toHex(client.subarray(0, 8)), '0003' + '680102' + '2323' + '23');
   });
@@ -98,8 +102,9 @@ describe('hello round trip', () => {
 
 describe('hello edge cases', () => {
   const key = new Uint8Array(KEY_LENGTH);
+  const nonce = new Uint8Array(SESSION_NONCE_LENGTH).fill(7);
   const serverContent = (min: number, max: number, extra: number[] = []): Uint8Array =>
-    pad(new Uint8Array([0x48, min >>> 8, min & 0xff, max >>> 8, max & 0xff, ...key, ...extra]), BLOCK_SIZE);
+    pad(new Uint8Array([0x48, min >>> 8, min & 0xff, max >>> 8, max & 0xff, ...key, ...nonce, ...extra]), BLOCK_SIZE);
 
   test('a server hello with min version 0 or min above max is BAD_VALUE', () => {
     assert.throws(() => decodeServerHello(serverContent(0, 1)), (e) => ProtocolError.is(e, 'BAD_VALUE'));
@@ -107,21 +112,22 @@ describe('hello edge cases', () => {
   });
 
   test('a server hello may carry fields a later version appends; a client hello may not', () => {
-    assert.deepEqual(decodeServerHello(serverContent(1, 1, [9, 9, 9])), { versions: { min: 1, max: 1 }, sessionKey: key });
+    assert.deepEqual(decodeServerHello(serverContent(1, 1, [9, 9, 9])), { versions: { min: 1, max: 1 }, sessionKey: key, sessionNonce: nonce });
     assert.throws(() => decodeClientHello(pad(new Uint8Array([0x68, 0, 1, 0]), BLOCK_SIZE)), (e) => ProtocolError.is(e, 'TRAILING'));
   });
 
   test('a hello of the other side, or any other tag, is BAD_TAG', () => {
     assert.throws(() => decodeServerHello(encodeClientHello({ version: 1 })), (e) => ProtocolError.is(e, 'BAD_TAG'));
-    assert.throws(() => decodeClientHello(encodeServerHello({ versions: RELAY_VERSIONS, sessionKey: key })), (e) => ProtocolError.is(e, 'BAD_TAG'));
+    assert.throws(() => decodeClientHello(encodeServerHello({ versions: RELAY_VERSIONS, sessionKey: key, sessionNonce: nonce })), (e) => ProtocolError.is(e, 'BAD_TAG'));
     for (let tag = 0; tag < 256; tag++) {
       if (tag !== 0x48) assert.throws(() => decodeServerHello(pad(new Uint8Array([tag, 0, 1, 0, 1, ...key]), BLOCK_SIZE)), (e) => ProtocolError.is(e, 'BAD_TAG'));
       if (tag !== 0x68) assert.throws(() => decodeClientHello(pad(new Uint8Array([tag, 0, 1]), BLOCK_SIZE)), (e) => ProtocolError.is(e, 'BAD_TAG'));
     }
   });
 
-  test('a short session key or missing version is TRUNCATED; an unpadded or wrongly padded hello is refused', () => {
+  test('a short session key or nonce, or a missing version, is TRUNCATED; an unpadded or wrongly padded hello is refused', () => {
     assert.throws(() => decodeServerHello(pad(new Uint8Array([0x48, 0, 1, 0, 1, 1, 2, 3]), BLOCK_SIZE)), (e) => ProtocolError.is(e, 'TRUNCATED'));
+    assert.throws(() => decodeServerHello(pad(new Uint8Array([0x48, 0, 1, 0, 1, ...key, 1, 2, 3]), BLOCK_SIZE)), (e) => ProtocolError.is(e, 'TRUNCATED'));
     assert.throws(() => decodeClientHello(pad(new Uint8Array([0x68, 0]), BLOCK_SIZE)), (e) => ProtocolError.is(e, 'TRUNCATED'));
     assert.throws(() => decodeClientHello(new Uint8Array([0, 3, 0x68, 0, 1])), (e) => ProtocolError.is(e, 'BAD_LENGTH'));
     const bad = encodeClientHello({ version: 1 });
@@ -129,9 +135,10 @@ describe('hello edge cases', () => {
     assert.throws(() => decodeClientHello(bad), (e) => ProtocolError.is(e, 'BAD_PADDING'));
   });
 
-  test('encoding refuses a session key of the wrong length and versions outside 16 bits', () => {
-    assert.throws(() => encodeServerHello({ versions: RELAY_VERSIONS, sessionKey: new Uint8Array(31) }), (e) => ProtocolError.is(e, 'BAD_LENGTH'));
-    assert.throws(() => encodeServerHello({ versions: { min: 1, max: 0x10000 }, sessionKey: key }), (e) => ProtocolError.is(e, 'BAD_VALUE'));
+  test('encoding refuses a session key or nonce of the wrong length and versions outside 16 bits', () => {
+    assert.throws(() => encodeServerHello({ versions: RELAY_VERSIONS, sessionKey: new Uint8Array(31), sessionNonce: nonce }), (e) => ProtocolError.is(e, 'BAD_LENGTH'));
+    assert.throws(() => encodeServerHello({ versions: RELAY_VERSIONS, sessionKey: key, sessionNonce: new Uint8Array(31) }), (e) => ProtocolError.is(e, 'BAD_LENGTH'));
+    assert.throws(() => encodeServerHello({ versions: { min: 1, max: 0x10000 }, sessionKey: key, sessionNonce: nonce }), (e) => ProtocolError.is(e, 'BAD_VALUE'));
     assert.throws(() => encodeClientHello({ version: -1 }), (e) => ProtocolError.is(e, 'BAD_VALUE'));
   });
 });

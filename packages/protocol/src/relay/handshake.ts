@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 /**
- * The hello blocks exchanged after the WebSocket opens: the relay offers its version range and
- * a fresh X25519 session key; the client answers with the version it chose.
+ * The hello blocks exchanged after the WebSocket opens: the relay offers its version range, its
+ * current X25519 session key and a random nonce of this connection; the client answers with the
+ * version it chose.
  * docs/protocol.md, "Handshake".
  * @module
  */
@@ -10,20 +11,25 @@ import { pad, unpad } from '../encoding/padding.js';
 import { Reader } from '../encoding/reader.js';
 import { Writer } from '../encoding/writer.js';
 import { ProtocolError } from '../errors.js';
-import { BLOCK_SIZE, KEY_LENGTH } from '../limits.js';
+import { BLOCK_SIZE, KEY_LENGTH, SESSION_NONCE_LENGTH } from '../limits.js';
 import type { VersionRange } from '../version.js';
 
 const SERVER_HELLO = 0x48; // 'H'
 const CLIENT_HELLO = 0x68; // 'h'
 
 /** The relay's first block. */
-export type ServerHello = Readonly<{ versions: VersionRange; sessionKey: Uint8Array }>;
+export type ServerHello = Readonly<{ versions: VersionRange; sessionKey: Uint8Array; sessionNonce: Uint8Array }>;
 /** The client's first block. */
 export type ClientHello = Readonly<{ version: number }>;
 
 /** Encodes the relay's hello as one padded block. */
 export function encodeServerHello(h: ServerHello): Uint8Array {
-  const w = new Writer(64).u8(SERVER_HELLO).u16(h.versions.min).u16(h.versions.max).bytesN(h.sessionKey, KEY_LENGTH, 'session key');
+  const w = new Writer(5 + KEY_LENGTH + SESSION_NONCE_LENGTH)
+    .u8(SERVER_HELLO)
+    .u16(h.versions.min)
+    .u16(h.versions.max)
+    .bytesN(h.sessionKey, KEY_LENGTH, 'session key')
+    .bytesN(h.sessionNonce, SESSION_NONCE_LENGTH, 'session nonce');
   return pad(w.finish(), BLOCK_SIZE);
 }
 
@@ -35,8 +41,9 @@ export function decodeServerHello(block: Uint8Array): ServerHello {
   const max = r.u16('max version');
   if (min === 0 || min > max) throw new ProtocolError('BAD_VALUE', 'relay hello has an empty version range');
   const sessionKey = r.bytesN(KEY_LENGTH, 'session key');
+  const sessionNonce = r.bytesN(SESSION_NONCE_LENGTH, 'session nonce');
   // Later versions may append fields; version 1 ignores them.
-  return { versions: { min, max }, sessionKey };
+  return { versions: { min, max }, sessionKey, sessionNonce };
 }
 
 /** Encodes the client's hello as one padded block. */
