@@ -47,6 +47,7 @@ Relay options (start):
   --queue-ttl-days N         delete queues unused for N days (default 90)
   --quota N                  most undelivered messages per queue (default 128)
   --max-connections N        most open connections (default 16000)
+  --listen-backlog N         connections waiting to be accepted (default 4096)
   --commands-per-second N    commands one connection may send per second (default 20000)
   --command-burst N          commands one connection may send in a burst (default 40000)
   --queues-per-connection N  queues one connection may create (default 1000)
@@ -123,6 +124,7 @@ function parseOptions(args: string[]) {
         'queue-ttl-days': { type: 'string' },
         quota: { type: 'string' },
         'max-connections': { type: 'string' },
+        'listen-backlog': { type: 'string' },
         'commands-per-second': { type: 'string' },
         'command-burst': { type: 'string' },
         'queues-per-connection': { type: 'string' },
@@ -198,6 +200,8 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
   if (queueTtlMs !== undefined) overrides.queueTtlMs = queueTtlMs;
   if (queueQuota !== undefined) overrides.queueQuota = queueQuota;
   if (maxConnections !== undefined) overrides.maxConnections = maxConnections;
+  const listenBacklog = intOption(values['listen-backlog'], '--listen-backlog', 1, 65_535);
+  if (listenBacklog !== undefined) overrides.listenBacklog = listenBacklog;
   const commandsPerSecond = intOption(values['commands-per-second'], '--commands-per-second', 1, 1_000_000);
   const commandBurst = intOption(values['command-burst'], '--command-burst', 1, 1_000_000);
   const queuesPerConnection = intOption(values['queues-per-connection'], '--queues-per-connection', 1, 1_000_000);

@@ -27,6 +27,11 @@ export type RelayConfig = Readonly<{
   queueQuota: number;
   /** Most connections open at once; more are closed before any TLS work. */
   maxConnections: number;
+  /**
+   * Connections the kernel may hold waiting to be accepted (the `listen` backlog; Linux caps it
+   * at net.core.somaxconn). A small one makes a reconnect storm wait for SYN retransmissions.
+   */
+  listenBacklog: number;
   /** Commands per second one connection may send (token bucket refill rate). */
   commandsPerSecond: number;
   /** Commands one connection may send in a burst (token bucket size). */
@@ -59,6 +64,7 @@ export const DEFAULTS = {
   expiryIntervalMs: 3_600_000,
   queueQuota: 128,
   maxConnections: 16_000,
+  listenBacklog: 4_096,
   commandsPerSecond: 20_000,
   commandBurst: 40_000,
   queuesPerConnection: 1_000,

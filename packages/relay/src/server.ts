@@ -107,7 +107,7 @@ export class RelayServer {
     relay.wire();
     await new Promise<void>((resolve, reject) => {
       https.once('error', reject);
-      https.listen(config.port, config.host, () => {
+      https.listen(config.port, config.host, config.listenBacklog, () => {
         https.off('error', reject);
         resolve();
       });

@@ -2,9 +2,11 @@
 // The relay's limits, set small with command-line flags on real relay processes: commands per
 // second (ERR LIMIT), queues per connection (ERR LIMIT), total connections (extra ones refused,
 // existing ones served), the handshake deadline, the idle timeout (a PINGing client stays), the
-// per-queue quota (ERR QUOTA until drained) and giant WebSocket frames refused from their header
-// with bounded memory (S3).
+// per-queue quota (ERR QUOTA until drained), the listen backlog, and giant WebSocket frames refused
+// from their header with bounded memory (S3).
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
@@ -73,6 +75,24 @@ test('queues per connection: the next NEW gets ERR LIMIT; a new connection may c
     await d.createQueue();
     c.close();
     d.close();
+  });
+});
+
+/** The backlog the kernel reports for the relay's listening socket (`ss`: Send-Q of a listener). */
+function listenBacklog(port: number): number {
+  const line = execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' }).trim();
+  const fields = line.split(/\s+/);
+  assert.ok(fields.length >= 4, `ss shows the listener: ${line}`);
+  return Number(fields[2]);
+}
+
+test('listen backlog: 4,096 by default (capped by the kernel), as set with --listen-backlog', async () => {
+  const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+  await withRelay([], async (relay) => {
+    assert.equal(listenBacklog(relay.port), Math.min(4096, somaxconn));
+  });
+  await withRelay(['--listen-backlog', '100'], async (relay) => {
+    assert.equal(listenBacklog(relay.port), 100);
   });
 });
 
