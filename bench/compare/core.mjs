@@ -18,9 +18,13 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const serverCpuUs = orNaN(procCpuUs);
 const serverRssKiB = orNaN(procRssKiB);
 
-/** Server CPU, driver CPU and the rest of the machine over a window. */
-function cpuMark(pid) {
-  return { t: performance.now(), server: serverCpuUs(pid), driver: driverCpuUs(), machine: machineBusyUs() };
+/**
+ * Server CPU, driver CPU and the rest of the machine over a window. The session holders (W4, W7)
+ * are the driver too: their CPU counts as the driver's, from their start.
+ */
+function cpuMark(pid, holders = []) {
+  const holderUs = holders.reduce((s, h) => s + (serverCpuUs(h.w.pid) || 0), 0);
+  return { t: performance.now(), server: serverCpuUs(pid), driver: driverCpuUs() + holderUs, machine: machineBusyUs() };
 }
 
 function cpuDelta(a, b) {
@@ -130,7 +134,9 @@ function forkHolders(server, from, n, perWorker, concurrency) {
   let start = from;
   for (let i = 0; i < nWorkers; i++) {
     const count = Math.floor(n / nWorkers) + (i < n % nWorkers ? 1 : 0);
-    const w = fork(join(HERE, 'worker.mjs'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    // BENCH_DRIVER_NODE_ARGS: node flags for the session holders only (e.g. --cpu-prof).
+    const execArgv = [...process.execArgv, ...(process.env.BENCH_DRIVER_NODE_ARGS ?? '').split(/\s+/).filter((a) => a !== '')];
+    const w = fork(join(HERE, 'worker.mjs'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
     const h = { w, exited: new Promise((r) => w.once('exit', r)), waiting: new Map() };
     w.on('message', (m) => {
       const cb = h.waiting.get(m.type);
@@ -174,7 +180,7 @@ export async function idleSessions(server, cfg, n) {
   const holders = forkHolders(server, 0, n, cfg.perWorker, cfg.loginConcurrency);
   try {
     const reports = await Promise.all(holders.map((h) => h.opened));
-    const b = cpuMark(server.pid);
+    const b = cpuMark(server.pid, holders);
     await sleep(3000); // let the server settle (GC of login garbage) before reading RSS
     const rssAfter = serverRssKiB(server.pid);
     const opened = reports.reduce((s, r) => s + r.opened, 0);
@@ -194,8 +200,9 @@ export async function idleSessions(server, cfg, n) {
       loginsPerS: round(opened / w.wallS, 0),
       serverUsPerLogin: round(w.serverUs / Math.max(1, opened), 0),
       serverCores: round(w.serverCores, 2),
+      driverCores: round(w.driverCores, 2),
       otherCores: round(w.otherCores, 2),
-      noisy: w.otherCores >= NOISY_CORES,
+      ...flags(w),
     };
   } finally {
     await closeHolders(holders);
@@ -219,7 +226,7 @@ export async function reconnectStorm(server, cfg, n) {
     const reports = await Promise.all(holders.map((h) => h.opened));
     const opened = reports.reduce((s, r) => s + r.opened, 0);
     await sleep(2000);
-    const a = cpuMark(server.pid);
+    const a = cpuMark(server.pid, holders);
     const t0 = performance.now();
     const storm = holders.map((h) => h.request({ type: 'storm', concurrency: cfg.stormConcurrency, deadlineMs: cfg.stormDeadlineS * 1000 }, 'stormed'));
     probe.dropReceiver();
@@ -232,7 +239,7 @@ export async function reconnectStorm(server, cfg, n) {
     probeSeq = 1;
     probe.send(probeSeq);
     const probeOk = await Promise.race([delivered.then(() => true), sleep(30_000).then(() => false)]);
-    const b = cpuMark(server.pid);
+    const b = cpuMark(server.pid, holders);
     const w = cpuDelta(a, b);
     const back = results.reduce((s, r) => s + r.back, 0);
     const attempts = results.reduce((s, r) => s + r.attempts, 0);
@@ -249,8 +256,9 @@ export async function reconnectStorm(server, cfg, n) {
       resubscribesPerS: round(back / (allBackMs / 1000), 0),
       serverUsPerSession: round(w.serverUs / Math.max(1, back), 0),
       serverCores: round(w.serverCores, 2),
+      driverCores: round(w.driverCores, 2),
       otherCores: round(w.otherCores, 2),
-      noisy: w.otherCores >= NOISY_CORES,
+      ...flags(w),
     };
   } finally {
     probe.close();
