@@ -35,7 +35,7 @@ import type { RelayConfig } from './config.js';
 import { AUTH_KEY_CACHE_SIZE, type CommandHandler, type Connection } from './connection.js';
 import type { Logger } from './log.js';
 import type { RelayMetrics } from './metrics.js';
-import { StoreError, type QueueRecord, type QueueStore, type StoredMessage } from './store/queue-store.js';
+import { StoreError, dayOf, type QueueRecord, type QueueStore, type StoredMessage } from './store/queue-store.js';
 
 const EMPTY = new Uint8Array(0);
 /** Most messages read ahead for a subscription in one store query. */
@@ -124,7 +124,7 @@ export class RelayHandlers implements CommandHandler {
         const q = await this.recipient(conn, t, 'authenticator');
         this.subscribe(conn, q);
         reply({ type: 'OK' });
-        this.store.touchQueue(q.rcvId, this.now()).catch(() => undefined);
+        this.touch(q);
         return this.deliverNext(idKey(q.rcvId));
       }
       case 'ACK':
@@ -245,12 +245,21 @@ export class RelayHandlers implements CommandHandler {
     const q = await this.recipient(conn, t, 'authenticator');
     const key = idKey(q.rcvId);
     if (this.subs.get(key)?.conn === conn) throw new Refusal('CMD');
-    this.store.touchQueue(q.rcvId, this.now()).catch(() => undefined);
+    this.touch(q);
     const m = await this.store.oldestMessage(q.rcvId);
     if (m === undefined) throw new Refusal('NO_MSG');
     conn.fetched.set(key, m.msgId);
     this.metrics.messagesDelivered++;
     conn.respond(t.corrId, t.entityId, { type: 'MSG', msgId: m.msgId, body: m.sealed });
+  }
+
+  /**
+   * Records that the recipient used the queue today, unless the record already says so: a
+   * reconnect storm of clients that were connected today writes nothing.
+   */
+  private touch(q: QueueRecord): void {
+    const now = this.now();
+    if (q.activeDay !== dayOf(now)) this.store.touchQueue(q.rcvId, now).catch(() => undefined);
   }
 
   /** Looks up the recipient's queue and checks the command's authorisation, or refuses with AUTH. */

@@ -335,6 +335,13 @@ test('expiry (injected clock): messages go after messageTtlMs, unused queues aft
 
     fakeNow += 2 * DAY; // both queues were last active 2 days ago
     await alice.subscribe(used); // SUB marks the queue used today
+    await sleep(50);
+    const commits = server.metrics.storeCommits;
+    const again = await RelayClient.connect(server.address);
+    await again.subscribe(used); // the mark is already today's: this SUB writes nothing
+    await sleep(50);
+    assert.equal(server.metrics.storeCommits, commits, 'a SUB on a queue already marked today commits nothing');
+    again.close();
     await server.expire();
     assert.equal(server.metrics.queuesExpired, 0, 'no queue is older than queueTtlMs yet');
     fakeNow += 2 * DAY;

@@ -103,7 +103,7 @@ export abstract class TargetQueueStore implements QueueStore {
     return r;
   }
 
-  createQueue(q: Omit<QueueRecord, 'msgCount' | 'sndAuthKey' | 'suspended'>, now: number): Promise<void> {
+  createQueue(q: Omit<QueueRecord, 'msgCount' | 'sndAuthKey' | 'suspended' | 'activeDay'>, now: number): Promise<void> {
     return this.inner.createQueue(q, now);
   }
   queueByRecipient(rcvId: Uint8Array): Promise<QueueRecord | undefined> {

@@ -16,6 +16,8 @@ export type QueueRecord = Readonly<{
   boxKey: Uint8Array;
   suspended: boolean;
   msgCount: number;
+  /** The day (`dayOf`) of the queue's last recorded activity, for the expiry of unused queues. */
+  activeDay: number;
 }>;
 
 /** A message waiting in a queue, already sealed in the relay-to-recipient box. */
@@ -52,7 +54,7 @@ export class StoreError extends Error {
  */
 export interface QueueStore {
   /** Adds a new queue; ids are random and assumed unique (a clash rejects with INTERNAL). */
-  createQueue(q: Omit<QueueRecord, 'msgCount' | 'sndAuthKey' | 'suspended'>, now: number): Promise<void>;
+  createQueue(q: Omit<QueueRecord, 'msgCount' | 'sndAuthKey' | 'suspended' | 'activeDay'>, now: number): Promise<void>;
   /** The queue with this recipient id. */
   queueByRecipient(rcvId: Uint8Array): Promise<QueueRecord | undefined>;
   /** The queue with this sender id. */
@@ -96,3 +98,8 @@ export interface QueueStore {
 
 /** One day in milliseconds: queue activity is recorded at day granularity to save writes. */
 export const DAY_MS = 86_400_000;
+
+/** The day of a time in ms since the epoch (UTC days): activity is recorded at this grain. */
+export function dayOf(ms: number): number {
+  return Math.floor(ms / DAY_MS);
+}

@@ -8,6 +8,7 @@ import { test } from 'node:test';
 
 import fc from 'fast-check';
 
+import { DAY_MS, dayOf } from '../queue-store.js';
 import { SqliteQueueStore } from './sqlite-queue-store.js';
 
 const id = (): Uint8Array => new Uint8Array(randomBytes(24));
@@ -64,5 +65,18 @@ test('a deletion is answered once committed, and a second deletion of the same m
     assert.deepEqual([a, b], [true, false]);
     assert.equal(await store.deleteMessage(rcvId, ids[2]!, now), true);
     assert.deepEqual((await store.oldestMessages(rcvId, 10)).map((m) => hex(m.msgId)), [hex(ids[1]!)]);
+  });
+});
+
+test('a queue record carries the day of its last activity: set at creation, moved by touchQueue and by a message', async () => {
+  await withQueue(async (store, rcvId) => {
+    const today = dayOf(Date.now());
+    assert.equal((await store.queueByRecipient(rcvId))?.activeDay, today);
+    const later = Date.now() + 3 * DAY_MS;
+    await store.touchQueue(rcvId, later);
+    assert.equal((await store.queueByRecipient(rcvId))?.activeDay, today + 3);
+    const msgId = id();
+    await store.addMessage(rcvId, { msgId, receivedAt: later, sealed: msgId }, 10, Date.now() + 5 * DAY_MS);
+    assert.equal((await store.queueByRecipient(rcvId))?.activeDay, today + 5);
   });
 });

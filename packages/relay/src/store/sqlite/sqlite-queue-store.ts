@@ -19,7 +19,7 @@ import { dirname } from 'node:path';
 import Database from '@signalapp/sqlcipher';
 
 import { idKey, sameBytes } from '../../bytes.js';
-import { DAY_MS, StoreError, type ExpiryResult, type QueueRecord, type QueueStore, type StoredMessage } from '../queue-store.js';
+import { StoreError, dayOf, type ExpiryResult, type QueueRecord, type QueueStore, type StoredMessage } from '../queue-store.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
 
 type Row = Record<string, unknown>;
@@ -39,7 +39,7 @@ type PendingWrite = {
 type UnsyncedBatch = { batch: PendingWrite[]; results: unknown[] };
 
 /** The columns of a queue record. */
-const QUEUE_COLUMNS = 'rcv_id, snd_id, rcv_sig_key, rcv_auth_key, snd_auth_key, box_key, suspended, msg_count';
+const QUEUE_COLUMNS = 'rcv_id, snd_id, rcv_sig_key, rcv_auth_key, snd_auth_key, box_key, suspended, msg_count, active_day';
 
 /** Most writes one group commit takes; more wait for the next. */
 export const MAX_WRITES_PER_COMMIT = 4096;
@@ -64,6 +64,7 @@ function toQueue(r: Row): QueueRecord {
     boxKey: bytes(r['box_key']),
     suspended: r['suspended'] === 1,
     msgCount: Number(r['msg_count']),
+    activeDay: Number(r['active_day']),
   };
 }
 
@@ -109,7 +110,7 @@ export class SqliteQueueStore implements QueueStore {
       // costs and the time of ERR AUTH does not tell whether a queue exists (THREATS.md R8).
       missRow: db.prepare(
         'SELECT zeroblob(24) AS rcv_id, zeroblob(24) AS snd_id, zeroblob(32) AS rcv_sig_key, zeroblob(32) AS rcv_auth_key, ' +
-          'zeroblob(32) AS snd_auth_key, zeroblob(32) AS box_key, 0 AS suspended, 0 AS msg_count',
+          'zeroblob(32) AS snd_auth_key, zeroblob(32) AS box_key, 0 AS suspended, 0 AS msg_count, 0 AS active_day',
       ),
       insertQueue: db.prepare(
         'INSERT INTO queues (rcv_id, snd_id, rcv_sig_key, rcv_auth_key, box_key, active_day) VALUES (?, ?, ?, ?, ?, ?)',
@@ -274,9 +275,9 @@ export class SqliteQueueStore implements QueueStore {
     }
   }
 
-  createQueue(q: Omit<QueueRecord, 'msgCount' | 'sndAuthKey' | 'suspended'>, now: number): Promise<void> {
+  createQueue(q: Omit<QueueRecord, 'msgCount' | 'sndAuthKey' | 'suspended' | 'activeDay'>, now: number): Promise<void> {
     return this.write(() => {
-      this.st.insertQueue.run([q.rcvId, q.sndId, q.rcvSigKey, q.rcvAuthKey, q.boxKey, day(now)] as never);
+      this.st.insertQueue.run([q.rcvId, q.sndId, q.rcvSigKey, q.rcvAuthKey, q.boxKey, dayOf(now)] as never);
     });
   }
 
@@ -307,14 +308,14 @@ export class SqliteQueueStore implements QueueStore {
       const existing = r['snd_auth_key'];
       if (existing instanceof Uint8Array) return sameBytes(existing, sndAuthKey) ? ('ok' as const) : ('conflict' as const);
       this.st.setSndKey.run([sndAuthKey, rcvId] as never);
-      this.st.touch.run([day(now), rcvId, day(now)] as never);
+      this.st.touch.run([dayOf(now), rcvId, dayOf(now)] as never);
       return 'ok' as const;
     });
   }
 
   touchQueue(rcvId: Uint8Array, now: number): Promise<void> {
     return this.write(() => {
-      this.st.touch.run([day(now), rcvId, day(now)] as never);
+      this.st.touch.run([dayOf(now), rcvId, dayOf(now)] as never);
     }, false);
   }
 
@@ -334,7 +335,7 @@ export class SqliteQueueStore implements QueueStore {
   addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number, committed?: (r: 'ok' | 'quota' | 'gone') => void): Promise<'ok' | 'quota' | 'gone'> {
     return this.write(() => {
       // One statement checks the queue is there, live and under quota, and counts the message.
-      if (this.st.reserve.run([day(now), rcvId, quota] as never).changes === 0) {
+      if (this.st.reserve.run([dayOf(now), rcvId, quota] as never).changes === 0) {
         const r = this.st.countState.get([rcvId] as never);
         return r === undefined || r['suspended'] === 1 ? ('gone' as const) : ('quota' as const);
       }
@@ -376,7 +377,7 @@ export class SqliteQueueStore implements QueueStore {
     };
     const p = this.write(() => {
       if (this.st.deleteOldestMsg.run([rcvId, msgId] as never).changes === 0 && this.st.deleteMsg.run([rcvId, msgId] as never).changes === 0) return false;
-      this.st.release.run([day(now), rcvId] as never);
+      this.st.release.run([dayOf(now), rcvId] as never);
       return true;
     }, false);
     p.then(done, done);
@@ -411,7 +412,7 @@ export class SqliteQueueStore implements QueueStore {
         messages += n;
       }
       let queues = 0;
-      for (const rcvId of this.st.unused.all([day(queuesUnusedSince)] as never)) {
+      for (const rcvId of this.st.unused.all([dayOf(queuesUnusedSince)] as never)) {
         messages += this.st.deleteQueueMessages.run([rcvId] as never).changes;
         this.st.deleteQueue.run([rcvId] as never);
         queues++;
@@ -455,9 +456,6 @@ function syncDirectory(dir: string): void {
   }
 }
 
-function day(now: number): number {
-  return Math.floor(now / DAY_MS);
-}
 
 
 function migrate(db: Database): void {
