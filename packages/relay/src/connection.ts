@@ -137,6 +137,9 @@ export class Connection {
       return;
     }
     for (const raw of transmissions) {
+      // A response of this block can close the connection (a client that does not read):
+      // what follows it in the block is not carried out.
+      if (this.closedFlag) return;
       // Every transmission costs a token, malformed ones too: garbage is not a free way to make
       // the relay answer.
       const allowed = this.takeToken();

@@ -122,6 +122,9 @@ export class RelayHandlers implements CommandHandler {
       }
       case 'SUB': {
         const q = await this.recipient(conn, t, 'authenticator');
+        // Closed while the queue was read: its cleanup has run, so a subscription made now would
+        // never be dropped.
+        if (conn.isClosed) return;
         this.subscribe(conn, q);
         reply({ type: 'OK' });
         this.touch(q);
@@ -245,6 +248,7 @@ export class RelayHandlers implements CommandHandler {
     const q = await this.recipient(conn, t, 'authenticator');
     const key = idKey(q.rcvId);
     if (this.subs.get(key)?.conn === conn) throw new Refusal('CMD');
+    if (conn.isClosed) return;
     this.touch(q);
     const m = await this.store.oldestMessage(q.rcvId);
     if (m === undefined) throw new Refusal('NO_MSG');

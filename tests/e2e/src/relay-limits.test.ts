@@ -11,7 +11,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 
-import { RelayClient, RelayClientError } from '@murmure/agent';
+import { RelayClient, RelayClientError, openDelivered, type PushedMessage } from '@murmure/agent';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
 import { cleanup, sleep, startRelay, stopRelay, utf8, type RelayProcess } from './harness.js';
@@ -93,6 +93,47 @@ test('listen backlog: 4,096 by default (capped by the kernel), as set with --lis
   });
   await withRelay(['--listen-backlog', '100'], async (relay) => {
     assert.equal(listenBacklog(relay.port), 100);
+  });
+});
+
+test('a client that stops reading is closed once maxBufferedBytes wait unsent; commands after the close leave nothing behind', { timeout: 120_000 }, async () => {
+  await withRelay(['--metrics-port', '0', '--command-burst', '1000000', '--commands-per-second', '1000000'], async (relay) => {
+    const owner = await RelayClient.connect(relay.address);
+    const q = await owner.createQueue();
+    const sender = generateDhKeyPair();
+    await owner.secure(q, sender.publicKey);
+    const opened = await metric(relay.metricsPort!, 'murmure_connections_open');
+    const reader = await RawClient.open(relay.port);
+    // Stop reading: the answers fill the kernel's buffers, then the relay's (1 MiB), then it closes.
+    reader.socket.pause();
+    // Every block: 63 PINGs and a SUB, so the relay's answers fill whole blocks, and one of them
+    // goes out (and finds too much unsent) while the relay is still reading the next block.
+    const pings = Array.from({ length: 63 }, () => reader.build(NO_ENTITY, { type: 'PING' }, { kind: 'none' }).bytes);
+    const isOpen = async (): Promise<boolean> => (await metric(relay.metricsPort!, 'murmure_connections_open')) > opened;
+    let blocks = 0;
+    // Sent only as fast as the relay takes them, so that it is the relay's buffer that fills.
+    while ((await isOpen()) && blocks < 6000) {
+      for (let i = 0; i < 50; i++) {
+        const sub = reader.build(q.rcvId, { type: 'SUB' }, { kind: 'authenticator', key: q.authKey.privateKey });
+        reader.sendTransmissions([...pings, sub.bytes]);
+      }
+      blocks += 50;
+      while (reader.ws.bufferedAmount > 0 && !reader.isClosed) await sleep(5);
+    }
+    for (let i = 0; i < 600 && (await isOpen()); i++) await sleep(50);
+    assert.equal(await isOpen(), false, `the relay closed the reader (after ${blocks} blocks)`);
+    assert.equal(await metric(relay.metricsPort!, 'murmure_subscriptions'), 0, 'no subscription outlives its connection');
+    // The queue works for its owner: a SUB, and a message pushed to it.
+    const got = new Promise<PushedMessage>((r) => owner.once('message', r));
+    await owner.subscribe(q);
+    const other = await RelayClient.connect(relay.address);
+    await other.send(q.sndId, sender.privateKey, utf8('after the close'));
+    const m = await withTimeout(got, 10_000, 'the message after the close');
+    assert.equal(Buffer.from(openDelivered(q, m.msgId, m.body).body).toString(), 'after the close');
+    assert.equal(await metric(relay.metricsPort!, 'murmure_subscriptions'), 1);
+    reader.ws.terminate();
+    owner.close();
+    other.close();
   });
 });
 

@@ -48,8 +48,13 @@ test('plain connections share the relay session key, not the session id: a comma
   const q = await owner.createQueue();
   const senderKey = generateDhKeyPair();
   await owner.secure(q, senderKey.publicKey);
-  const a = await RawClient.open(relay.port, { plain: true });
+  let a = await RawClient.open(relay.port, { plain: true });
   const b = await RawClient.open(relay.port, { plain: true });
+  if (!Buffer.from(a.hello.sessionKey).equals(b.hello.sessionKey)) {
+    // The key's period ended between the two opens; the next connection is in b's period.
+    a.close();
+    a = await RawClient.open(relay.port, { plain: true });
+  }
   assert.deepEqual(Buffer.from(a.hello.sessionKey), Buffer.from(b.hello.sessionKey), 'one session key serves the connections of a period');
   assert.notDeepEqual(Buffer.from(a.hello.sessionNonce), Buffer.from(b.hello.sessionNonce), 'each connection gets its own nonce');
   assert.notDeepEqual(Buffer.from(a.sessionId), Buffer.from(b.sessionId), 'so each has its own session id');
