@@ -117,6 +117,16 @@ function key(b: Uint8Array): string {
   return Buffer.from(b.buffer, b.byteOffset, b.length).toString('latin1');
 }
 
+/**
+ * The WebSocket masking key of every frame this client sends: all zero, which `ws` recognises
+ * and then neither copies nor XORs the 16 KiB block. Masking protects proxies from frames that
+ * a web page's script controls (RFC 6455 §10.3); this client is not a browser, over TLS no
+ * intermediary sees the frames, and a block's bytes are ciphertext and fill either way.
+ */
+function zeroMask(mask: Buffer): void {
+  mask.fill(0);
+}
+
 /** The last X25519 agreement of each party key, with the relay session key it was made with. */
 const lastAgreements = new WeakMap<KeyObject, { relayKey: string; secret: Uint8Array }>();
 
@@ -175,6 +185,7 @@ export class RelayClient extends EventEmitter {
             maxPayload: BLOCK_SIZE,
             perMessageDeflate: false,
             skipUTF8Validation: true,
+            generateMask: zeroMask,
             handshakeTimeout: opts.timeoutMs ?? CONNECT_TIMEOUT_MS,
           })
         : new WebSocket(`wss://${host}:${addr.port}/`, {
@@ -182,6 +193,7 @@ export class RelayClient extends EventEmitter {
             maxPayload: BLOCK_SIZE,
             perMessageDeflate: false,
             skipUTF8Validation: true,
+            generateMask: zeroMask,
             handshakeTimeout: opts.timeoutMs ?? CONNECT_TIMEOUT_MS,
             createConnection: createConnection as never,
           });
