@@ -274,7 +274,7 @@ async function storeOffline(server, n) {
   const sender = await server.client.openOfflineSender(server.endpoint, info);
   const a = cpuMark(server.pid);
   for (let seq = 0; seq < n; seq++) sender.send(seq);
-  await sender.barrier();
+  await sender.barrier(n);
   const b = cpuMark(server.pid);
   // XMPP: every stanza sent before the ping's answer was processed; Murmure: each SEND's OK.
   const ackedSeqs = sender.ackedSeqs === null ? null : sender.ackedSeqs();
