@@ -60,6 +60,9 @@ type Subscription = {
   again: boolean;
 };
 
+/** A SUB reading its queue: whether a message was committed to the queue meanwhile. */
+type CommitWatch = { readonly key: string; committed: boolean };
+
 class Refusal {
   constructor(readonly code: ErrorCode) {}
 }
@@ -67,6 +70,8 @@ class Refusal {
 /** Handles the commands of every connection of one relay. */
 export class RelayHandlers implements CommandHandler {
   private readonly subs = new Map<string, Subscription>();
+  /** SUBs between the start of their queue read and their subscription, by recipient id key. */
+  private readonly subReads = new Map<string, Set<CommitWatch>>();
 
   constructor(
     private readonly store: QueueStore,
@@ -121,13 +126,23 @@ export class RelayHandlers implements CommandHandler {
         return reply({ type: 'OK' });
       }
       case 'SUB': {
-        const q = await this.recipient(conn, t, 'authenticator');
+        const watch = this.watchCommits(idKey(t.entityId));
+        let q: QueueRecord;
+        try {
+          q = await this.recipient(conn, t, 'authenticator');
+        } finally {
+          this.unwatchCommits(watch);
+        }
         // Closed while the queue was read: its cleanup has run, so a subscription made now would
         // never be dropped.
         if (conn.isClosed) return;
         this.subscribe(conn, q);
         reply({ type: 'OK' });
         this.touch(q);
+        // A queue that held nothing when it was read, and took no message since, has nothing to
+        // deliver: a reconnect to an empty queue reads no message. A message committed from now
+        // on finds the subscription and is pushed at its commit.
+        if (q.msgCount === 0 && !watch.committed) return;
         return this.deliverNext(idKey(q.rcvId));
       }
       case 'ACK':
@@ -209,7 +224,9 @@ export class RelayHandlers implements CommandHandler {
     // sends the same bytes again and the recipient drops the repeat.
     const key = idKey(q.rcvId);
     const added = await this.store.addMessage(q.rcvId, { msgId, receivedAt: now, sealed }, this.config.queueQuota, now, (r) => {
-      if (r === 'ok') this.deliverNext(key).catch(() => undefined);
+      if (r !== 'ok') return;
+      this.commitSeen(key);
+      this.deliverNext(key).catch(() => undefined);
     });
     if (added === 'gone') throw new Refusal('AUTH');
     if (added === 'quota') throw new Refusal('QUOTA');
@@ -333,6 +350,33 @@ export class RelayHandlers implements CommandHandler {
       this.metrics.subscriptions--;
     }
     conn.subscriptions.delete(key);
+  }
+
+  /**
+   * Starts noting whether a message is committed to the queue `key` while a SUB reads it. The
+   * store may answer the read before or after such a commit (a read of a networked store is
+   * asynchronous), and the subscription is made only after the read: without the note, a message
+   * committed in between would wait for the next one.
+   */
+  private watchCommits(key: string): CommitWatch {
+    const watch: CommitWatch = { key, committed: false };
+    let set = this.subReads.get(key);
+    if (set === undefined) this.subReads.set(key, (set = new Set()));
+    set.add(watch);
+    return watch;
+  }
+
+  private unwatchCommits(watch: CommitWatch): void {
+    const set = this.subReads.get(watch.key);
+    if (set === undefined) return;
+    set.delete(watch);
+    if (set.size === 0) this.subReads.delete(watch.key);
+  }
+
+  /** A message was committed to the queue `key`: SUBs reading it must look for messages. */
+  private commitSeen(key: string): void {
+    const set = this.subReads.get(key);
+    if (set !== undefined) for (const w of set) w.committed = true;
   }
 
   /** Pushes the oldest message to the subscriber if it holds none unacknowledged. */

@@ -4,12 +4,13 @@
 // PING, subscription takeover (END and re-delivery), messages surviving a restart, and expiry
 // of messages and unused queues under an injected clock.
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { RelayClient, RelayClientError, openDelivered, type PushedMessage, type RecipientQueue, type RelayClientErrorCode } from '@murmure/agent';
 import { ID_LENGTH, MAX_LINK_DATA, RELAY_VERSION_MAX } from '@murmure/protocol';
 import { generateDhKeyPair, generateSigningKeyPair, randomId } from '@murmure/queue-crypto';
-import { RelayServer, relayConfig } from '@murmure/relay';
+import { RelayServer, SqliteQueueStore, relayConfig, type QueueStore } from '@murmure/relay';
 
 import { Inbox, cleanup, sleep, startRelay, stopRelay, tempDir, utf8, type RelayProcess } from './harness.js';
 import { RawClient, codeOf } from './wire.js';
@@ -351,6 +352,85 @@ test('expiry (injected clock): messages go after messageTtlMs, unused queues aft
     await bob.send(used.sndId, null, utf8('still here'));
     alice.close();
     bob.close();
+  } finally {
+    await server.stop();
+    cleanup(dir);
+  }
+});
+
+/**
+ * The real SQLite store, with its queue reads of one queue held back (as a networked store's
+ * reads are asynchronous) until the test lets them go, and its message reads counted.
+ */
+function gatedStore(inner: SqliteQueueStore) {
+  const ctl = { gate: null as Uint8Array | null, release: (): void => undefined, held: Promise.resolve(), messageReads: 0 };
+  const gated = (rcvId: Uint8Array): Promise<Awaited<ReturnType<QueueStore['queueByRecipient']>>> => {
+    const read = inner.queueByRecipient(rcvId); // the read is taken now, its answer given later
+    if (ctl.gate === null || !Buffer.from(ctl.gate).equals(Buffer.from(rcvId))) return read;
+    let heldResolve!: () => void;
+    ctl.held = new Promise((r) => (heldResolve = r));
+    return new Promise((resolve) => {
+      ctl.release = () => resolve(read);
+      heldResolve();
+    });
+  };
+  const store = new Proxy(inner, {
+    get(target, prop) {
+      if (prop === 'queueByRecipient') return gated;
+      if (prop === 'oldestMessages') {
+        return (rcvId: Uint8Array, limit: number) => {
+          ctl.messageReads++;
+          return target.oldestMessages(rcvId, limit);
+        };
+      }
+      const v: unknown = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  }) as QueueStore;
+  return { store, ctl };
+}
+
+test('SUB on an empty queue reads no message; a message committed while the SUB reads the queue is still delivered', async () => {
+  const dir = tempDir();
+  const { store, ctl } = gatedStore(SqliteQueueStore.open({ path: join(dir, 'relay.sqlite') }));
+  const server = await RelayServer.start(relayConfig(dir, { port: 0 }), { store });
+  try {
+    const alice = await RelayClient.connect(server.address);
+    const bob = await RelayClient.connect(server.address);
+    const q = await alice.createQueue();
+
+    // An empty queue: the SUB answers OK and reads no message.
+    let reads = ctl.messageReads;
+    await alice.subscribe(q);
+    await settle(alice);
+    assert.equal(ctl.messageReads, reads, 'a SUB on an empty queue reads no message');
+
+    // A queue holding a message: the SUB reads it and delivers it.
+    const alice2 = await RelayClient.connect(server.address);
+    const inbox2 = new Inbox(alice2);
+    await bob.send(q.sndId, null, utf8('waiting'));
+    reads = ctl.messageReads;
+    await alice2.subscribe(q);
+    await inbox2.waitFor(1);
+    assert.ok(ctl.messageReads > reads, 'a SUB on a queue with messages reads them');
+    assert.equal(text(q, inbox2.messages[0]!), 'waiting');
+    await alice2.ack(q, inbox2.messages[0]!.msgId);
+    await settle(alice2);
+
+    // The race: the SUB reads the queue empty, a SEND commits, then the SUB's read is answered.
+    const alice3 = await RelayClient.connect(server.address);
+    const inbox3 = new Inbox(alice3);
+    ctl.gate = q.rcvId;
+    const subscribed = alice3.subscribe(q);
+    await ctl.held;
+    await bob.send(q.sndId, null, utf8('raced'));
+    await sleep(50);
+    ctl.gate = null;
+    ctl.release();
+    await subscribed;
+    await inbox3.waitFor(1, 5_000);
+    assert.equal(text(q, inbox3.messages[0]!), 'raced', 'the message committed during the read is pushed');
+    for (const c of [alice, alice2, alice3, bob]) c.close();
   } finally {
     await server.stop();
     cleanup(dir);

@@ -15,6 +15,10 @@ export type QueueRecord = Readonly<{
   sndAuthKey: Uint8Array | null;
   boxKey: Uint8Array;
   suspended: boolean;
+  /**
+   * Messages the queue holds, as of the read: every committed message not yet deleted. 0 must
+   * mean empty, since a SUB that reads 0 looks for no message (docs/protocol.md, "SUB").
+   */
   msgCount: number;
   /** The day (`dayOf`) of the queue's last recorded activity, for the expiry of unused queues. */
   activeDay: number;
