@@ -251,7 +251,9 @@ export class RelayHandlers implements CommandHandler {
     // recognises as a duplicate. The ACK's own OK waits for the commit. If the message expired
     // meanwhile, the deletion finds nothing and the ACK gets NO_MSG, but delivery moves on too.
     const deleted = this.store.deleteMessage(q.rcvId, msgId, this.now());
-    if (sub !== undefined && sub.conn === conn && sub.delivered !== null && sameBytes(sub.delivered, msgId)) {
+    // The subscriber's held message may be acknowledged by the connection that fetched it with
+    // GET: the subscriber is then sent the next one (its own ACK of the old one gets NO_MSG).
+    if (sub !== undefined && sub.delivered !== null && sameBytes(sub.delivered, msgId)) {
       sub.delivered = null;
       // A failed read leaves the message for the next SUB; it must not end the process.
       this.deliverNext(key).catch(() => undefined);

@@ -190,6 +190,33 @@ test('GET works without SUB; OFF refuses SENDs while the recipient drains; DEL m
   for (const [what, f] of checks) await assert.rejects(f(), refusedWith('AUTH'), `${what} on a deleted queue`);
 });
 
+test('an ACK from the connection that did the GET releases the message a subscriber holds: the subscriber gets the next one', async () => {
+  const alice = await connect();
+  const poller = await connect();
+  const bob = await connect();
+  const inbox = new Inbox(alice);
+  const q = await alice.createQueue();
+  const senderKey = generateDhKeyPair();
+  await alice.secure(q, senderKey.publicKey);
+  await bob.send(q.sndId, senderKey.privateKey, utf8('first'));
+  await bob.send(q.sndId, senderKey.privateKey, utf8('second'));
+  await alice.subscribe(q);
+  await inbox.waitFor(1);
+  const held = inbox.messages[0]!;
+  assert.equal(text(q, held), 'first');
+
+  const got = await poller.get(q); // another connection may GET while alice is subscribed
+  assert.ok(got !== null);
+  assert.deepEqual(Buffer.from(got.msgId), Buffer.from(held.msgId), 'GET returns the message the subscriber holds');
+  await poller.ack(q, got.msgId);
+  await inbox.waitFor(2);
+  assert.equal(text(q, inbox.messages[1]!), 'second', 'the subscriber is sent the next message');
+  await assert.rejects(alice.ack(q, held.msgId), refusedWith('NO_MSG'), "the subscriber's ACK of the message already acknowledged");
+  await alice.ack(q, inbox.messages[1]!.msgId);
+  await settle(alice);
+  assert.equal(await poller.get(q), null, 'both messages are gone');
+});
+
 test('LSET/LGET: link data by link id, DUPLICATE for a taken id, removed by an empty LSET and by KEY', async () => {
   const alice = await connect();
   const bob = await connect();
