@@ -432,6 +432,8 @@ export class Agent extends EventEmitter {
 
   private relayClient(relay: string, isolation: string): Promise<RelayClient> {
     return this.pool.get(relay, isolation).catch((e: unknown) => {
+      if (RelayClientError.is(e, 'RELAY_TOO_OLD')) throw new AgentError('VERSION', 'the relay runs an older protocol than this Murmure: its operator needs to update it', { cause: e });
+      if (RelayClientError.is(e, 'RELAY_TOO_NEW')) throw new AgentError('VERSION', 'the relay needs a newer version of Murmure: update Murmure', { cause: e });
       throw new AgentError('RELAY', 'the relay cannot be reached now', { cause: e });
     });
   }

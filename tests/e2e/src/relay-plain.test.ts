@@ -3,10 +3,14 @@
 // same protocol over ws://, binds commands to a session id derived from the relay's session key
 // and the connection's nonce, and is refused anywhere but on a loopback host.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
 
 import { RelayClient, RelayClientError, openDelivered } from '@murmure/agent';
-import { generateDhKeyPair } from '@murmure/queue-crypto';
+import { RELAY_VERSION_MAX, encodeServerHello, pad } from '@murmure/protocol';
+import { generateDhKeyPair, randomId } from '@murmure/queue-crypto';
+import { WebSocketServer } from 'ws';
 
 import { Inbox, cleanup, runMurmure, startRelay, stopRelay, tempDir, utf8, type RelayProcess } from './harness.js';
 import { RawClient, codeOf } from './wire.js';
@@ -92,5 +96,31 @@ test('murmure relay start refuses --plain-loopback on a non-loopback host', asyn
     assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
   } finally {
     cleanup(dir);
+  }
+});
+
+test('a relay that speaks only newer protocol versions is refused with RELAY_TOO_NEW, an unusable hello with HANDSHAKE', async () => {
+  // A stand-in relay on loopback that sends a given hello block and nothing else.
+  const serve = async (hello: Uint8Array): Promise<{ address: string; close: () => void }> => {
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+    await once(wss, 'listening');
+    wss.on('connection', (ws) => ws.send(hello));
+    const port = (wss.address() as AddressInfo).port;
+    return { address: relay.address.replace(/@127\.0\.0\.1:\d+$/, `@127.0.0.1:${port}`), close: () => wss.close() };
+  };
+  const newer = await serve(
+    encodeServerHello({ versions: { min: RELAY_VERSION_MAX + 1, max: RELAY_VERSION_MAX + 2 }, sessionKey: generateDhKeyPair().publicKey, sessionNonce: randomId(32) }),
+  );
+  const garbage = await serve(pad(new Uint8Array([0x5a, 0x5a]), 16_384));
+  try {
+    await assert.rejects(RelayClient.connect(newer.address, { plain: true, timeoutMs: 3000 }), (e) => {
+      assert.ok(RelayClientError.is(e, 'RELAY_TOO_NEW'), String(e));
+      assert.match(e.message, /newer client/);
+      return true;
+    });
+    await assert.rejects(RelayClient.connect(garbage.address, { plain: true, timeoutMs: 3000 }), (e) => RelayClientError.is(e, 'HANDSHAKE'));
+  } finally {
+    newer.close();
+    garbage.close();
   }
 });

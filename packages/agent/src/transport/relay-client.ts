@@ -30,6 +30,7 @@ import {
   negotiateVersion,
   BlockPacker,
   parseRelayAddress,
+  ProtocolError,
   type Authorization,
   type Command,
   type ErrorCode,
@@ -60,7 +61,17 @@ export const CONNECT_TIMEOUT_MS = 10_000;
 export const COMMAND_TIMEOUT_MS = 30_000;
 
 /** Why a relay operation failed: a relay error code, or a local transport failure. */
-export type RelayClientErrorCode = ErrorCode | 'CLOSED' | 'TIMEOUT' | 'PINNING' | 'HANDSHAKE' | 'BAD_RESPONSE';
+export type RelayClientErrorCode =
+  | ErrorCode
+  | 'CLOSED'
+  | 'TIMEOUT'
+  | 'PINNING'
+  | 'HANDSHAKE'
+  | 'BAD_RESPONSE'
+  /** The relay speaks only protocol versions older than this client's oldest: the relay needs an update. */
+  | 'RELAY_TOO_OLD'
+  /** The relay speaks only protocol versions newer than this client's newest: this client needs an update. */
+  | 'RELAY_TOO_NEW';
 
 /** A failed relay operation. */
 export class RelayClientError extends Error {
@@ -77,6 +88,14 @@ export class RelayClientError extends Error {
   static is(err: unknown, code?: RelayClientErrorCode): err is RelayClientError {
     return err instanceof RelayClientError && (code === undefined || err.code === code);
   }
+}
+
+/** The error of a server hello the client cannot use, telling which side needs an update. */
+function handshakeError(e: unknown): RelayClientError {
+  if (RelayClientError.is(e)) return e;
+  if (ProtocolError.is(e, 'VERSION_TOO_OLD')) return new RelayClientError('RELAY_TOO_OLD', `the relay is older than this client: ${e.message}`, { cause: e });
+  if (ProtocolError.is(e, 'VERSION_UNSUPPORTED')) return new RelayClientError('RELAY_TOO_NEW', `the relay needs a newer client: ${e.message}`, { cause: e });
+  return new RelayClientError('HANDSHAKE', 'the relay sent an unusable hello', { cause: e });
 }
 
 /** The recipient side of a queue: ids and the three private keys. */
@@ -226,7 +245,7 @@ export class RelayClient extends EventEmitter {
           ws.off('close', onHandshakeClose);
           resolve(new RelayClient(ws, addr, sessionId, hello.sessionKey, version, opts.commandTimeoutMs ?? COMMAND_TIMEOUT_MS));
         } catch (e) {
-          fail(new RelayClientError('HANDSHAKE', 'the relay sent an unusable hello', { cause: e }));
+          fail(handshakeError(e));
         }
       });
       ws.on('error', (e) => fail(RelayClientError.is(e) ? e : new RelayClientError('CLOSED', 'could not connect to the relay', { cause: e })));
