@@ -37,7 +37,7 @@ Global options, before or after the command:
                                            (127.0.0.1:9050), each queue on a circuit of its own
 The passphrase comes from MURMURE_PASSPHRASE or is asked for on the terminal.
 
-  murmure relay init  --data DIR [--host H] [--port P]
+  murmure relay init  --data DIR [--host H] [--port P] [--json]
   murmure relay start --data DIR [--host H] [--port P] [--json] [options]
   murmure --help
 
@@ -51,7 +51,8 @@ Relay options (start):
   --commands-per-second N    commands one connection may send per second (default 20000)
   --command-burst N          commands one connection may send in a burst (default 40000)
   --queues-per-connection N  queues one connection may create (default 1000)
-  --handshake-timeout-ms N   time from TCP accept to the client hello (default 10000)
+  --handshake-timeout-ms N   deadline of the TLS handshake, and again from it to the
+                             client hello (default 10000)
   --idle-timeout-ms N        close connections silent this long (default 900000)
   --log-level LEVEL          debug, info, warn or error (default info)
   --plain-loopback           serve WebSocket without TLS, on a loopback host only
@@ -65,6 +66,8 @@ Docs: docs/operations.md (running a relay), docs/protocol.md (the wire protocol)
 class UsageError extends Error {}
 
 const SETTINGS_FILE = 'relay.json';
+/** The options `relay init` takes; the others are for `relay start` only. */
+const INIT_OPTIONS = new Set(['data', 'host', 'port', 'json', 'help']);
 
 type Out = { write(s: string): unknown; isTTY?: boolean };
 
@@ -102,7 +105,11 @@ async function run(argv: readonly string[], out: Out, err: Out): Promise<number>
   }
   if (typeof values.data !== 'string') throw new UsageError('--data DIR is required');
   const dataDir = resolve(values.data);
-  if (sub === 'init') return relayInit(dataDir, values, out);
+  if (sub === 'init') {
+    const startOnly = Object.keys(values).filter((k) => !INIT_OPTIONS.has(k));
+    if (startOnly.length > 0) throw new UsageError(`--${startOnly[0]} is an option of 'murmure relay start', not of 'init'`);
+    return relayInit(dataDir, values, out);
+  }
   if (sub === 'start') return relayStart(dataDir, values, out, err);
   throw new UsageError(`unknown relay command '${sub}' (see murmure --help)`);
 }

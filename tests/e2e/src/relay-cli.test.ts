@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// `murmure relay init` as an operator uses it: it makes the relay's key and certificate and
+// prints the address clients pin, `relay start` on the same folder serves that identity, a
+// second init and options of `start` given to `init` are usage errors that change nothing.
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+
+import { RelayClient } from '@murmure/agent';
+import { parseRelayAddress } from '@murmure/protocol';
+
+import { cleanup, runMurmure, startRelay, stopRelay, tempDir } from './harness.js';
+
+test('relay init prints the address; relay start on the same folder serves the same fingerprint', async () => {
+  const dir = join(tempDir(), 'relay');
+  try {
+    const init = await runMurmure(['relay', 'init', '--data', dir, '--host', '127.0.0.1', '--port', '47123', '--json']);
+    assert.equal(init.code, 0, init.stderr);
+    const address = init.json[0]?.['address'];
+    assert.equal(typeof address, 'string');
+    const parsed = parseRelayAddress(address as string);
+    assert.equal(parsed.host, '127.0.0.1');
+    assert.equal(parsed.port, 47123);
+
+    const plain = await runMurmure(['relay', 'init', '--data', join(dir, '..', 'second')]);
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.match(plain.stdout, /^murmure:\/\/[^@\s]+@127\.0\.0\.1:5224\n$/, 'without --json: the address alone, on the default host and port');
+
+    // Port 0 on start overrides the port init recorded and prints the real one.
+    const relay = await startRelay({ dataDir: dir });
+    try {
+      const served = parseRelayAddress(relay.address);
+      assert.deepEqual(Buffer.from(served.fingerprint), Buffer.from(parsed.fingerprint), 'start serves the key init made');
+      assert.notEqual(served.port, 0);
+      const c = await RelayClient.connect(relay.address); // pins the certificate init made
+      await c.ping();
+      c.close();
+    } finally {
+      assert.equal(await stopRelay(relay), 0);
+    }
+  } finally {
+    cleanup(join(dir, '..'));
+  }
+});
+
+test('relay init on a folder that holds a relay, or with an option of start, is a usage error that changes nothing', async () => {
+  const root = tempDir();
+  try {
+    const dir = join(root, 'relay');
+    const first = await runMurmure(['relay', 'init', '--data', dir]);
+    assert.equal(first.code, 0, first.stderr);
+    const files = readdirSync(dir).sort();
+    const again = await runMurmure(['relay', 'init', '--data', dir]);
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /already holds a relay/);
+    assert.deepEqual(readdirSync(dir).sort(), files, 'the existing relay is untouched');
+
+    const other = join(root, 'other');
+    const quota = await runMurmure(['relay', 'init', '--data', other, '--quota', '5']);
+    assert.equal(quota.code, 2);
+    assert.match(quota.stderr, /--quota is an option of 'murmure relay start'/);
+    assert.doesNotMatch(quota.stderr, /\n\s+at /, 'no stack trace');
+    assert.equal(existsSync(other), false, 'nothing was created');
+  } finally {
+    cleanup(root);
+  }
+});
