@@ -42,6 +42,8 @@ const EMPTY = new Uint8Array(0);
 export const PREFETCH_MESSAGES = 8;
 /** Most bytes of sealed messages one subscription holds read ahead. */
 export const PREFETCH_BYTES = 16_384;
+/** Wait before a subscription whose message read failed reads again. */
+export const DELIVERY_RETRY_MS = 1000;
 
 /** Stand-in keys used when a queue does not exist, so the failure costs the same work. */
 const DUMMY_SIG_KEY = generateSigningKeyPair().publicKey;
@@ -226,7 +228,7 @@ export class RelayHandlers implements CommandHandler {
     const added = await this.store.addMessage(q.rcvId, { msgId, receivedAt: now, sealed }, this.config.queueQuota, now, (r) => {
       if (r !== 'ok') return;
       this.commitSeen(key);
-      this.deliverNext(key).catch(() => undefined);
+      void this.deliverNext(key);
     });
     if (added === 'gone') throw new Refusal('AUTH');
     if (added === 'quota') throw new Refusal('QUOTA');
@@ -255,8 +257,7 @@ export class RelayHandlers implements CommandHandler {
     // GET: the subscriber is then sent the next one (its own ACK of the old one gets NO_MSG).
     if (sub !== undefined && sub.delivered !== null && sameBytes(sub.delivered, msgId)) {
       sub.delivered = null;
-      // A failed read leaves the message for the next SUB; it must not end the process.
-      this.deliverNext(key).catch(() => undefined);
+      void this.deliverNext(key);
     }
     if (!(await deleted)) throw new Refusal('NO_MSG');
     this.metrics.messagesAcked++;
@@ -381,7 +382,11 @@ export class RelayHandlers implements CommandHandler {
     if (set !== undefined) for (const w of set) w.committed = true;
   }
 
-  /** Pushes the oldest message to the subscriber if it holds none unacknowledged. */
+  /**
+   * Pushes the oldest message to the subscriber if it holds none unacknowledged. Never rejects:
+   * it runs after the command that caused it was answered, so a failed read cannot answer that
+   * command a second time. The subscription tries again after DELIVERY_RETRY_MS instead.
+   */
   private async deliverNext(key: string): Promise<void> {
     const sub = this.subs.get(key);
     if (sub === undefined || sub.delivered !== null) return;
@@ -394,11 +399,18 @@ export class RelayHandlers implements CommandHandler {
       do {
         sub.again = false;
         const m = await this.nextMessage(sub);
-        if (this.subs.get(key) !== sub || sub.conn.isClosed || m === undefined) return;
+        if (this.subs.get(key) !== sub || sub.conn.isClosed) return;
+        // Nothing yet; a message committed during the read set `again` and is looked for next.
+        if (m === undefined) continue;
         sub.delivered = m.msgId;
         this.metrics.messagesDelivered++;
         sub.conn.respond(EMPTY, sub.rcvId, { type: 'MSG', msgId: m.msgId, body: m.sealed });
       } while (sub.again && sub.delivered === null);
+    } catch (e) {
+      this.logger.log('error', 'store read failed', { code: e instanceof StoreError ? e.code : 'INTERNAL' });
+      setTimeout(() => {
+        if (this.subs.get(key) === sub) void this.deliverNext(key);
+      }, DELIVERY_RETRY_MS).unref();
     } finally {
       sub.busy = false;
     }

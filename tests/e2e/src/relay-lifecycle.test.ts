@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import { RelayClient, RelayClientError, openDelivered, type PushedMessage, type RecipientQueue, type RelayClientErrorCode } from '@murmure/agent';
 import { ID_LENGTH, MAX_LINK_DATA, RELAY_VERSION_MAX } from '@murmure/protocol';
 import { generateDhKeyPair, generateSigningKeyPair, randomId } from '@murmure/queue-crypto';
-import { RelayServer, SqliteQueueStore, relayConfig, type QueueStore } from '@murmure/relay';
+import { RelayServer, SqliteQueueStore, StoreError, relayConfig, type Logger, type QueueStore } from '@murmure/relay';
 
 import { Inbox, cleanup, sleep, startRelay, stopRelay, tempDir, utf8, type RelayProcess } from './harness.js';
 import { RawClient, codeOf } from './wire.js';
@@ -390,7 +390,7 @@ test('expiry (injected clock): messages go after messageTtlMs, unused queues aft
  * reads are asynchronous) until the test lets them go, and its message reads counted.
  */
 function gatedStore(inner: SqliteQueueStore) {
-  const ctl = { gate: null as Uint8Array | null, release: (): void => undefined, held: Promise.resolve(), messageReads: 0 };
+  const ctl = { gate: null as Uint8Array | null, release: (): void => undefined, held: Promise.resolve(), messageReads: 0, failReads: 0 };
   const gated = (rcvId: Uint8Array): Promise<Awaited<ReturnType<QueueStore['queueByRecipient']>>> => {
     const read = inner.queueByRecipient(rcvId); // the read is taken now, its answer given later
     if (ctl.gate === null || !Buffer.from(ctl.gate).equals(Buffer.from(rcvId))) return read;
@@ -407,6 +407,10 @@ function gatedStore(inner: SqliteQueueStore) {
       if (prop === 'oldestMessages') {
         return (rcvId: Uint8Array, limit: number) => {
           ctl.messageReads++;
+          if (ctl.failReads > 0) {
+            ctl.failReads--;
+            return Promise.reject(new StoreError('IO', 'injected read failure'));
+          }
           return target.oldestMessages(rcvId, limit);
         };
       }
@@ -458,6 +462,35 @@ test('SUB on an empty queue reads no message; a message committed while the SUB 
     await inbox3.waitFor(1, 5_000);
     assert.equal(text(q, inbox3.messages[0]!), 'raced', 'the message committed during the read is pushed');
     for (const c of [alice, alice2, alice3, bob]) c.close();
+  } finally {
+    await server.stop();
+    cleanup(dir);
+  }
+});
+
+test('a message read that fails after SUB was answered: no second answer, the log says so, and delivery comes on the retry', async () => {
+  const dir = tempDir();
+  const { store, ctl } = gatedStore(SqliteQueueStore.open({ path: join(dir, 'relay.sqlite') }));
+  const events: string[] = [];
+  const logger: Logger = { log: (_level, event) => void events.push(event) };
+  const server = await RelayServer.start(relayConfig(dir, { port: 0 }), { store, logger });
+  try {
+    const alice = await RelayClient.connect(server.address);
+    const bob = await RelayClient.connect(server.address);
+    const q = await alice.createQueue();
+    await bob.send(q.sndId, null, utf8('kept'));
+    const inbox = new Inbox(alice);
+    ctl.failReads = 2;
+    await alice.subscribe(q); // answered OK; the reads after it fail twice
+    await settle(alice);
+    assert.equal(server.metrics.errors.get('STORE'), undefined, 'the SUB got no ERR STORE after its OK');
+    assert.ok(events.includes('store read failed'), 'the failed read is logged');
+    await inbox.waitFor(1, 8_000);
+    assert.equal(text(q, inbox.messages[0]!), 'kept', 'the message is delivered once a read succeeds');
+    assert.equal(ctl.failReads, 0);
+    await alice.ack(q, inbox.messages[0]!.msgId);
+    alice.close();
+    bob.close();
   } finally {
     await server.stop();
     cleanup(dir);
