@@ -2,7 +2,8 @@
 // Storage faults under a real relay process (THREATS F4, F5, F9).
 // F4: the data folder on a 3 MiB tmpfs fills up: SEND gets ERR STORE (never OK for a message that
 // was not stored), the relay stays up and answers PING, and once space is freed SENDs succeed
-// again; every OK'd message is delivered.
+// again; every OK'd message is delivered. ACKs that cannot be stored get ERR STORE, delivery
+// moves on, and no acknowledged message is delivered again once space returns.
 // F5: the relay runs under strace. Traced, every OK to a SEND comes after an fsync of the WAL;
 // with fsync failing (EIO injected from a known point on), SENDs get ERR STORE, never OK, and
 // the relay stays up; after a restart every OK'd message is there.
@@ -178,6 +179,66 @@ test('disk full: ERR STORE and never OK for what was not stored; the relay stays
   await drained.finally(() => clearTimeout(timer));
   assert.ok(seen.every((s) => s >= 0 && s <= seq), 'only messages that were sent are delivered');
   assert.equal(new Set(seen).size, seen.length, 'each message once');
+  sub.close();
+  c.close();
+  assert.equal(await signalRelay(relay, 'SIGTERM'), 0, 'the relay stops cleanly');
+});
+
+test('disk full: an ACK that cannot be stored gets ERR STORE, delivery moves on, and the message never comes back (F4)', { timeout: 60_000 }, async (t) => {
+  const mnt = tempDir('murmure-tmpfs-');
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', mnt]);
+  mounts.push(mnt);
+  const filler = join(mnt, 'filler');
+  writeFileSync(filler, Buffer.alloc(2 * 1024 * 1024, 1));
+  const relay = await launch({ dataDir: join(mnt, 'relay'), args: ['--quota', '100000'] });
+  const c = await RelayClient.connect(relay.address);
+  const { q, senderKey } = await securedQueue(c);
+  const { body, seqOf } = numberedBodies(16_000);
+  const ok: number[] = [];
+  for (let seq = 0; seq < 1000; seq++) {
+    try {
+      await c.send(q.sndId, senderKey.privateKey, body(seq));
+      ok.push(seq);
+    } catch (e) {
+      assert.equal(sendOutcome(e), 'STORE');
+      break;
+    }
+  }
+  assert.ok(ok.length >= 10, `some messages fit before the disk is full (${ok.length})`);
+
+  // The disk is full: the subscriber acknowledges everything it is sent.
+  const sub = await RelayClient.connect(relay.address);
+  const seen: number[] = [];
+  const acks: string[] = [];
+  let freed = false;
+  let timer: NodeJS.Timeout | undefined;
+  const all = new Promise<void>((resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`only ${seen.length} of ${ok.length} messages were delivered`)), 30_000);
+    sub.on('message', (m: PushedMessage) => {
+      seen.push(seqOf(q, m.msgId, m.body));
+      if (seen.length === ok.length) resolve();
+      sub.ack(q, m.msgId).then(
+        () => acks.push(freed ? 'OK after' : 'OK'),
+        (e: unknown) => acks.push(RelayClientError.is(e) ? e.code : String(e)),
+      );
+    });
+  });
+  await sub.subscribe(q);
+  await all.finally(() => clearTimeout(timer));
+  await sleep(500);
+  t.diagnostic(`${ok.length} stored; ACKs while full: ${acks.join(' ')}`);
+  assert.ok(acks.includes('STORE'), 'some ACKs could not be stored on the full disk');
+  assert.ok(acks.every((a) => a === 'STORE' || a === 'OK'), `only OK or ERR STORE: ${acks.join(' ')}`);
+  assert.deepEqual(seen, ok, 'each message once, in order, though ACKs failed');
+
+  // Space comes back: the failed deletions are carried out, and nothing is delivered again.
+  rmSync(filler);
+  freed = true;
+  await sleep(3000);
+  assert.deepEqual(seen, ok, 'no acknowledged message came back');
+  const check = await RelayClient.connect(relay.address);
+  assert.equal(await check.get(q), null, 'the queue is empty: every acknowledged message was deleted');
+  check.close();
   sub.close();
   c.close();
   assert.equal(await signalRelay(relay, 'SIGTERM'), 0, 'the relay stops cleanly');

@@ -85,7 +85,9 @@ export interface QueueStore {
   /**
    * Deletes a message by id; false if the queue has no such message. Messages are acknowledged
    * oldest first, so a store should find the oldest one fast. From the call on, `oldestMessage`
-   * no longer returns it, even before the deletion is durable.
+   * no longer returns it, even before the deletion is durable. If the deletion fails (the
+   * promise rejects), the store keeps trying it until it succeeds or the store closes, and the
+   * message stays hidden meanwhile: the subscriber has been sent the next one.
    */
   deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean>;
   /** Stores link data under `linkId` (empty data removes it); `'taken'` if another queue holds the id. */

@@ -48,6 +48,8 @@ export const MAX_WRITES_PER_COMMIT = 4096;
  * unsynced when no durable write comes to share a sync with it.
  */
 export const DEFERRED_SYNC_MS = 200;
+/** Wait before a deletion whose commit failed (a full disk) is tried again. */
+export const DELETE_RETRY_MS = 1000;
 
 function bytes(v: unknown): Uint8Array {
   if (v instanceof Uint8Array) return v;
@@ -375,12 +377,22 @@ export class SqliteQueueStore implements QueueStore {
       set.delete(m);
       if (set.size === 0 && this.deleting.get(q) === set) this.deleting.delete(q);
     };
-    const p = this.write(() => {
-      if (this.st.deleteOldestMsg.run([rcvId, msgId] as never).changes === 0 && this.st.deleteMsg.run([rcvId, msgId] as never).changes === 0) return false;
-      this.st.release.run([dayOf(now), rcvId] as never);
-      return true;
-    }, false);
-    p.then(done, done);
+    const attempt = (): Promise<boolean> =>
+      this.write(() => {
+        if (this.st.deleteOldestMsg.run([rcvId, msgId] as never).changes === 0 && this.st.deleteMsg.run([rcvId, msgId] as never).changes === 0) return false;
+        this.st.release.run([dayOf(now), rcvId] as never);
+        return true;
+      }, false);
+    // The recipient was told its ACK failed, but delivery has moved on: a retried ACK is answered
+    // NO_MSG, which a client takes as done. So the deletion is retried until it commits, the
+    // message hidden meanwhile, and it cannot come back behind the messages that followed it
+    // (unless the relay stops first: then it is delivered again, as after a crash).
+    const retry = (): void => {
+      if (this.closed) return done();
+      setTimeout(() => attempt().then(done, retry), DELETE_RETRY_MS).unref();
+    };
+    const p = attempt();
+    p.then(done, retry);
     return p;
   }
 
