@@ -158,14 +158,15 @@ export class RelayHandlers implements CommandHandler {
       }
       case 'DEL': {
         const q = await this.recipient(conn, t, 'signature');
-        await this.store.deleteQueue(q.rcvId);
-        const key = idKey(q.rcvId);
-        const sub = this.subs.get(key);
-        if (sub !== undefined) {
-          this.unsubscribe(sub.conn, key);
-          if (sub.conn !== conn) sub.conn.end(q.rcvId);
+        try {
+          await this.store.deleteQueue(q.rcvId);
+        } catch (e) {
+          // The commit may have landed and only its sync failed: the queue is gone all the same,
+          // and its subscription must not outlive it.
+          if ((await this.store.queueByRecipient(q.rcvId).catch(() => q)) === undefined) this.queueDeleted(conn, q.rcvId);
+          throw e;
         }
-        conn.fetched.delete(key);
+        this.queueDeleted(conn, q.rcvId);
         return reply({ type: 'OK' });
       }
       case 'LSET': {
@@ -179,6 +180,17 @@ export class RelayHandlers implements CommandHandler {
         throw new Refusal(never);
       }
     }
+  }
+
+  /** Ends the subscription of a deleted queue (END to another connection holding it). */
+  private queueDeleted(conn: Connection, rcvId: Uint8Array): void {
+    const key = idKey(rcvId);
+    const sub = this.subs.get(key);
+    if (sub !== undefined) {
+      this.unsubscribe(sub.conn, key);
+      if (sub.conn !== conn) sub.conn.end(rcvId);
+    }
+    conn.fetched.delete(key);
   }
 
   private async newQueue(conn: Connection, t: ClientTransmission, cmd: Extract<Command, { type: 'NEW' }>) {

@@ -339,6 +339,30 @@ test('fsync: every OK follows an fsync of the WAL, and with fsync failing SENDs 
   assert.ok(seqs.every((s) => s >= 0 && s < k + 20), 'nothing that was never sent appears');
 });
 
+test('fsync failing after a commit: a DEL that was committed but not synced still ends the subscription (F5)', { timeout: 60_000 }, async () => {
+  const dataDir = scratch('murmure-fsync-del-');
+  const first = await launch({ dataDir });
+  const c1 = await RelayClient.connect(first.address);
+  const doomed = await c1.createQueue();
+  c1.close();
+  assert.equal(await signalRelay(first, 'SIGTERM'), 0);
+  // Only the relay's own sync of the WAL fails (fdatasync); SQLite's fsync of the WAL header
+  // works, so commits land and only their sync fails.
+  const wal = join(dataDir, 'relay.sqlite-wal');
+  const relay = await launch({ dataDir, wrapper: [STRACE, '-f', '-P', wal, '-e', 'trace=fdatasync', '-e', 'inject=fdatasync:error=EIO:when=1+', '-o', '/dev/null'] });
+  const owner = await RelayClient.connect(relay.address);
+  const watcher = await RelayClient.connect(relay.address);
+  await watcher.subscribe(doomed);
+  const ended = new Promise<Uint8Array>((r) => watcher.once('end', r));
+  await assert.rejects(owner.deleteQueue(doomed), (e) => RelayClientError.is(e, 'STORE'), 'the DEL is not reported done: its sync failed');
+  await assert.rejects(owner.get(doomed), (e) => RelayClientError.is(e, 'AUTH'), 'the commit landed: the queue is gone');
+  const end = await Promise.race([ended, sleep(5000).then(() => null)]);
+  assert.ok(end !== null && Buffer.from(end).equals(Buffer.from(doomed.rcvId)), 'the subscriber of the deleted queue got END');
+  owner.close();
+  watcher.close();
+  await signalRelay(relay, 'SIGTERM');
+});
+
 test('a slow sync delays the sender\'s OK, not the subscriber\'s MSG; ACKs of a drain wait for no sync of their own, and are synced soon after', { timeout: 60_000 }, async (t) => {
   assert.ok(existsSync(STRACE), 'strace is installed');
   // Every sync of the WAL takes 300 ms longer (strace delays it on the way out) and is logged.
