@@ -60,6 +60,8 @@ type Subscription = {
   ahead: StoredMessage[];
   busy: boolean;
   again: boolean;
+  /** The day (`dayOf`) this subscription last marked its queue used. */
+  markedDay: number;
 };
 
 /** A SUB reading its queue: whether a message was committed to the queue meanwhile. */
@@ -298,6 +300,20 @@ export class RelayHandlers implements CommandHandler {
     if (q.activeDay !== dayOf(now)) this.store.touchQueue(q.rcvId, now).catch(() => undefined);
   }
 
+  /**
+   * Marks every subscribed queue used today (once a day each), so that expiry never deletes a
+   * queue whose recipient is connected to it: a client may hold one subscription for months.
+   * The marks are queued before the expiry's own write, so they commit first.
+   */
+  markSubscribed(now: number): void {
+    const today = dayOf(now);
+    for (const sub of this.subs.values()) {
+      if (sub.markedDay === today) continue;
+      sub.markedDay = today;
+      this.store.touchQueue(sub.rcvId, now).catch(() => undefined);
+    }
+  }
+
   /** Looks up the recipient's queue and checks the command's authorisation, or refuses with AUTH. */
   private async recipient(conn: Connection, t: ClientTransmission, kind: 'signature' | 'authenticator'): Promise<QueueRecord> {
     const q = t.entityId.length === ID_LENGTH ? await this.store.queueByRecipient(t.entityId) : undefined;
@@ -354,7 +370,7 @@ export class RelayHandlers implements CommandHandler {
     }
     if (old === undefined) this.metrics.subscriptions++;
     // A new SUB re-delivers the message held unacknowledged, if any.
-    this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], busy: false, again: false });
+    this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], busy: false, again: false, markedDay: dayOf(this.now()) });
     conn.subscriptions.add(key);
   }
 

@@ -200,6 +200,8 @@ export class RelayServer {
   async expire(): Promise<void> {
     const now = this.now();
     try {
+      // A queue its recipient is subscribed to is in use, however long ago the SUB was.
+      this.handlers.markSubscribed(now);
       const r = await this.store.expire(now - this.config.messageTtlMs, now - this.config.queueTtlMs);
       this.metrics.messagesExpired += r.messages;
       this.metrics.queuesExpired += r.queues;

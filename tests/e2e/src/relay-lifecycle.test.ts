@@ -497,6 +497,36 @@ test('a message read that fails after SUB was answered: no second answer, the lo
   }
 });
 
+test('expiry (injected clock): a queue its recipient stays subscribed to is never unused, however old the SUB', async () => {
+  const HOUR = 3_600_000;
+  const DAY = 24 * HOUR;
+  const dir = tempDir();
+  let fakeNow = Date.UTC(2030, 0, 1, 12);
+  const server = await RelayServer.start(relayConfig(dir, { port: 0, queueTtlMs: 3 * DAY, expiryIntervalMs: 3_600_000 }), { now: () => fakeNow });
+  try {
+    const alice = await RelayClient.connect(server.address);
+    const bob = await RelayClient.connect(server.address);
+    const held = await alice.createQueue();
+    const left = await alice.createQueue();
+    const inbox = new Inbox(alice);
+    await alice.subscribe(held);
+    for (let day = 0; day < 5; day++) {
+      fakeNow += 2 * DAY;
+      await server.expire();
+    }
+    assert.equal(server.metrics.queuesExpired, 1, 'only the queue nobody held expired');
+    await assert.rejects(alice.get(left), refusedWith('AUTH'));
+    await bob.send(held.sndId, null, utf8('ten days later'));
+    await inbox.waitFor(1);
+    assert.equal(text(held, inbox.messages[0]!), 'ten days later', 'the held queue still works');
+    alice.close();
+    bob.close();
+  } finally {
+    await server.stop();
+    cleanup(dir);
+  }
+});
+
 test('a signed NEW from a key other than rcvSigKey is refused', async () => {
   const raw = await RawClient.open(relay.port);
   const sig = generateSigningKeyPair();
