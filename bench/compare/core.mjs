@@ -247,7 +247,9 @@ export async function reconnectStorm(server, cfg, n) {
       sessions: n,
       opened,
       resubscribed: back,
-      lost: opened - back,
+      // Sessions that failed to log in before the storm count as not back: they were not served.
+      lost: n - back,
+      loginFailures: n - opened,
       attempts,
       failures: Object.assign({}, ...results.map((r) => r.errors)),
       allBackS: round(allBackMs / 1000, 2),

@@ -13,7 +13,7 @@ import { RelayClient, openDelivered } from '@murmure/agent';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
 import { sleep } from '../lib.mjs';
-import { cmdOutput, spawnServer, stopChild } from './proc.mjs';
+import { LISTEN_BACKLOG, cmdOutput, spawnServer, stopChild } from './proc.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const CLI = join(ROOT, 'packages/cli/bin/murmure.js');
@@ -42,6 +42,7 @@ const NO_LIMITS = [
   '--handshake-timeout-ms', '60000',
   '--idle-timeout-ms', '86400000',
   '--log-level', 'warn',
+  '--listen-backlog', String(LISTEN_BACKLOG),
 ];
 
 function connectOpts(endpoint, extra = {}) {

@@ -9,6 +9,12 @@ import { createServer } from 'node:net';
 
 import { sleep } from '../lib.mjs';
 
+/**
+ * The listen backlog every server of the comparison gets (Murmure's default; Linux caps it at
+ * net.core.somaxconn), so a reconnect storm meets the same accept queue everywhere.
+ */
+export const LISTEN_BACKLOG = 4096;
+
 /** Pins every thread of `pid` to `cpus` (a taskset list such as "0" or "0-1"). */
 export function pinProcess(pid, cpus) {
   execFileSync('taskset', ['-a', '-pc', cpus, String(pid)], { stdio: 'ignore' });
@@ -89,8 +95,14 @@ export function straceCount(pid, syscalls, outFile) {
   liveServers.add(child);
   exited.then(() => liveServers.delete(child));
   // strace prints "Process N attached" (one line per thread) once it is tracing.
+  let wasAttached = false;
   const attached = new Promise((resolve) => {
-    const check = () => (err.includes('attached') ? resolve() : setTimeout(check, 20));
+    const check = () => {
+      if (err.includes('attached')) {
+        wasAttached = true;
+        resolve();
+      } else setTimeout(check, 20);
+    };
     check();
     setTimeout(resolve, 3000);
   });
@@ -99,6 +111,8 @@ export function straceCount(pid, syscalls, outFile) {
     async stop() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
       await Promise.race([exited, sleep(10_000)]);
+      // Never attached: no count at all, rather than zeros that read as "no syncs".
+      if (!wasAttached && !err.includes('attached')) return null;
       const counts = {};
       try {
         for (const line of readFileSync(outFile, 'utf8').split('\n')) {

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { sleep } from '../lib.mjs';
-import { cmdOutput, freePort, spawnServer, stopChild } from './proc.mjs';
+import { LISTEN_BACKLOG, cmdOutput, freePort, spawnServer, stopChild } from './proc.mjs';
 
 const DOMAIN = 'localhost';
 const PASSWORD = 'benchpw';
@@ -389,7 +389,7 @@ http_ports = { }
 https_ports = { }
 c2s_direct_tls_ports = { }
 network_backend = "epoll"
-network_settings = { tcp_backlog = 1024 }
+network_settings = { tcp_backlog = ${LISTEN_BACKLOG} }
 c2s_require_encryption = false
 s2s_require_encryption = false
 allow_unencrypted_plain_auth = true
@@ -420,7 +420,7 @@ listen:
     module: ejabberd_c2s
     starttls: false
     starttls_required: false
-    backlog: 1024
+    backlog: ${LISTEN_BACKLOG}
     max_stanza_size: 262144
     shaper: none
     access: all
@@ -592,6 +592,9 @@ export const ejabberd = xmppServer('ejabberd', {
         '-sname', 'murmurebench@localhost',
         '-noinput',
         '+P', '250000',
+        // Idle schedulers sleep instead of spinning, so ejabberd's CPU time is work, as the
+        // other servers' is, and a spinning scheduler takes no CPU from the driver.
+        '+sbwt', 'none', '+sbwtdcpu', 'none', '+sbwtdio', 'none',
         '-kernel', 'inet_dist_use_interface', '{127,0,0,1}',
         '-mnesia', 'dir', `"${join(dir, 'db')}"`,
         '-s', 'ejabberd',
