@@ -75,6 +75,9 @@ process.on('message', async (m) => {
   }
 });
 
+// Loaded and listening: the parent opens its measuring window from here.
+process.send({ type: 'booted' });
+
 process.on('disconnect', () => {
   for (const s of sessions) s?.terminate();
   process.exit(0);
