@@ -72,8 +72,10 @@ export abstract class TargetQueueStore implements QueueStore {
   /** What becomes of the `added`-th message added to the target (counted already). */
   protected abstract addToTarget(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'>;
 
-  async addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number): Promise<'ok' | 'quota' | 'gone'> {
-    if (!this.isTarget(rcvId)) return this.inner.addMessage(rcvId, msg, quota, now);
+  async addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number, committed?: (r: 'ok' | 'quota' | 'gone') => void): Promise<'ok' | 'quota' | 'gone'> {
+    // Other queues behave as on a real relay, pushed at commit; the target's messages are
+    // handed out by rank, after the SEND's OK.
+    if (!this.isTarget(rcvId)) return this.inner.addMessage(rcvId, msg, quota, now, committed);
     this.added++;
     return this.addToTarget(rcvId, msg, quota, now);
   }
