@@ -62,6 +62,8 @@ type Subscription = {
   again: boolean;
   /** The day (`dayOf`) this subscription last marked its queue used. */
   markedDay: number;
+  /** The pending retry of a failed message read: at most one per subscription. */
+  retry: NodeJS.Timeout | null;
 };
 
 /** A SUB reading its queue: whether a message was committed to the queue meanwhile. */
@@ -369,8 +371,9 @@ export class RelayHandlers implements CommandHandler {
       old.conn.end(rcvId);
     }
     if (old === undefined) this.metrics.subscriptions++;
+    else if (old.retry !== null) clearTimeout(old.retry);
     // A new SUB re-delivers the message held unacknowledged, if any.
-    this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], busy: false, again: false, markedDay: dayOf(this.now()) });
+    this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], busy: false, again: false, markedDay: dayOf(this.now()), retry: null });
     conn.subscriptions.add(key);
   }
 
@@ -379,6 +382,7 @@ export class RelayHandlers implements CommandHandler {
     if (sub !== undefined && sub.conn === conn) {
       this.subs.delete(key);
       this.metrics.subscriptions--;
+      if (sub.retry !== null) clearTimeout(sub.retry);
     }
     conn.subscriptions.delete(key);
   }
@@ -435,10 +439,15 @@ export class RelayHandlers implements CommandHandler {
         sub.conn.respond(EMPTY, sub.rcvId, { type: 'MSG', msgId: m.msgId, body: m.sealed });
       } while (sub.again && sub.delivered === null);
     } catch (e) {
-      this.logger.log('error', 'store read failed', { code: e instanceof StoreError ? e.code : 'INTERNAL' });
-      setTimeout(() => {
-        if (this.subs.get(key) === sub) void this.deliverNext(key);
-      }, DELIVERY_RETRY_MS).unref();
+      // One retry per subscription, however many SENDs and ACKs meet the failing read meanwhile.
+      if (sub.retry === null) {
+        this.logger.log('error', 'store read failed', { code: e instanceof StoreError ? e.code : 'INTERNAL' });
+        sub.retry = setTimeout(() => {
+          sub.retry = null;
+          if (this.subs.get(key) === sub) void this.deliverNext(key);
+        }, DELIVERY_RETRY_MS);
+        sub.retry.unref();
+      }
     } finally {
       sub.busy = false;
     }

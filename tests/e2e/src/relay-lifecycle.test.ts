@@ -390,15 +390,26 @@ test('expiry (injected clock): messages go after messageTtlMs, unused queues aft
  * reads are asynchronous) until the test lets them go, and its message reads counted.
  */
 function gatedStore(inner: SqliteQueueStore) {
-  const ctl = { gate: null as Uint8Array | null, release: (): void => undefined, held: Promise.resolve(), messageReads: 0, failReads: 0 };
+  let onHeld = (): void => undefined;
+  const ctl = {
+    gate: null as Uint8Array | null,
+    release: (): void => undefined,
+    held: Promise.resolve(),
+    messageReads: 0,
+    failReads: 0,
+    /** Holds the next read of `rcvId`; `held` resolves once that read has been taken. */
+    arm(rcvId: Uint8Array): void {
+      ctl.gate = rcvId;
+      ctl.held = new Promise((r) => (onHeld = r));
+    },
+  };
   const gated = (rcvId: Uint8Array): Promise<Awaited<ReturnType<QueueStore['queueByRecipient']>>> => {
     const read = inner.queueByRecipient(rcvId); // the read is taken now, its answer given later
     if (ctl.gate === null || !Buffer.from(ctl.gate).equals(Buffer.from(rcvId))) return read;
-    let heldResolve!: () => void;
-    ctl.held = new Promise((r) => (heldResolve = r));
+    ctl.gate = null;
     return new Promise((resolve) => {
       ctl.release = () => resolve(read);
-      heldResolve();
+      onHeld();
     });
   };
   const store = new Proxy(inner, {
@@ -451,12 +462,10 @@ test('SUB on an empty queue reads no message; a message committed while the SUB 
     // The race: the SUB reads the queue empty, a SEND commits, then the SUB's read is answered.
     const alice3 = await RelayClient.connect(server.address);
     const inbox3 = new Inbox(alice3);
-    ctl.gate = q.rcvId;
+    ctl.arm(q.rcvId);
     const subscribed = alice3.subscribe(q);
-    await ctl.held;
-    await bob.send(q.sndId, null, utf8('raced'));
-    await sleep(50);
-    ctl.gate = null;
+    await ctl.held; // the SUB's read is taken (the queue is empty) and held
+    await bob.send(q.sndId, null, utf8('raced')); // committed before the read is answered
     ctl.release();
     await subscribed;
     await inbox3.waitFor(1, 5_000);
