@@ -134,7 +134,15 @@ const METRICS = {
 
 /** Whether a run had errors, failed logins or undelivered messages: its figures cover less. */
 function incomplete(r) {
-  return (r.errors ?? 0) > 0 || (r.undelivered ?? 0) > 0 || (r.failed ?? 0) > 0 || (r.loginFailures ?? 0) > 0 || (r.workload === 'W5' && r.received < r.messages);
+  return (
+    (r.errors ?? 0) > 0 ||
+    (r.undelivered ?? 0) > 0 ||
+    (r.failed ?? 0) > 0 ||
+    (r.loginFailures ?? 0) > 0 ||
+    (r.workload === 'W5' && r.received < r.messages) ||
+    (r.workload === 'W6' && r.acked < r.messages) ||
+    (r.workload === 'W7' && (r.probeDelivered === false || r.lost > 0))
+  );
 }
 
 function median(xs) {
@@ -219,12 +227,15 @@ function printTargets(cfg, results) {
     checks.push([`W4 ${w4.label}: KB/session ≤ 17`, a === null ? null : a <= 17, a === null ? 'not measured' : num(a, 1)]);
   }
   cmp('W5 store msgs/s ≥ 3× Prosody (fsync-durable)', 'W5', undefined, 'storeMsgsPerS', 'prosody', (x) => x >= 3);
+  // A repeat that ended in an error fails W6 and W7 instead of dropping out of them.
+  const errored = (w) => results.filter((r) => r.pin === pin && r.server === 'murmure' && r.workload === w && r.error !== undefined).length;
+  const erroredNote = (w) => (errored(w) > 0 ? `; ${errored(w)} repeat(s) failed with an error` : '');
   // Every message must have been acknowledged too: a run whose SENDs failed loses nothing acked.
   const w6 = runs('murmure', 'W6');
   checks.push([
     'W6 0 acknowledged messages lost (all acknowledged)',
-    w6.length === 0 ? null : w6.every((r) => r.lost === 0 && r.acked === r.messages),
-    w6.length === 0 ? 'not measured' : w6.map((r) => (r.acked === r.messages ? `${r.lost}` : `${r.lost} (only ${r.acked} of ${r.messages} acked)`)).join(', '),
+    w6.length === 0 && errored('W6') === 0 ? null : errored('W6') === 0 && w6.every((r) => r.lost === 0 && r.acked === r.messages),
+    (w6.length === 0 ? 'no run' : w6.map((r) => (r.acked === r.messages ? `${r.lost}` : `${r.lost} (only ${r.acked} of ${r.messages} acked)`)).join(', ')) + erroredNote('W6'),
   ]);
   // A repeat whose probe was not delivered has no time: it fails the target, it is not skipped.
   const w7 = runs('murmure', 'W7');
@@ -232,8 +243,8 @@ function printTargets(cfg, results) {
   const w7failed = w7.filter((r) => r.allServedS === null || r.lost !== 0);
   checks.push([
     `W7 ${cfg.w7Sessions.toLocaleString('en-US')} resubscribed within 5 s${cfg.w7Sessions < 10000 ? ' (target is for 10,000)' : ''}`,
-    w7.length === 0 ? null : w7s !== null && w7s <= 5 && w7failed.length === 0,
-    w7.length === 0 ? 'not measured' : `${w7s === null ? 'no time' : `${num(w7s, 2)} s`}${w7failed.length > 0 ? `; ${w7failed.length} repeat(s) with sessions not back or the probe not delivered` : ''}`,
+    w7.length === 0 && errored('W7') === 0 ? null : errored('W7') === 0 && w7s !== null && w7s <= 5 && w7failed.length === 0,
+    `${w7s === null ? 'no time' : `${num(w7s, 2)} s`}${w7failed.length > 0 ? `; ${w7failed.length} repeat(s) with sessions not back or the probe not delivered` : ''}${erroredNote('W7')}`,
   ]);
   console.log(`\nTargets of the issue (${pin}, Murmure = plain WebSocket row):`);
   for (const [what, ok, got] of checks) console.log(`  ${ok === null ? '  -   ' : ok ? 'met   ' : 'MISSED'}  ${what}: ${got}`);
