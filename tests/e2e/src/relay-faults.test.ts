@@ -107,18 +107,26 @@ function sendOutcome(e: unknown): string {
   throw e;
 }
 
-test('disk full: ERR STORE and never OK for what was not stored; the relay stays up and resumes when space is freed (F4)', { timeout: 60_000 }, async (t) => {
+/**
+ * A relay whose data folder is on a 3 MiB tmpfs, two thirds of it taken by `filler`, which the
+ * test removes to give space back (with secure_delete an ACK of a 16 KB message writes more to the
+ * WAL, about 45 KB, than its SEND did, about 33 KB); a secured queue and 16 KB numbered bodies.
+ */
+async function relayOnSmallDisk() {
   const mnt = tempDir('murmure-tmpfs-');
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', mnt]);
   mounts.push(mnt);
-  // Space the test gives back later: two thirds of the file system, since with secure_delete an
-  // ACK of a 16 KB message writes more to the WAL (about 45 KB) than its SEND did (about 33 KB).
   const filler = join(mnt, 'filler');
   writeFileSync(filler, Buffer.alloc(2 * 1024 * 1024, 1));
-  const relay = await launch({ dataDir: join(mnt, 'relay'), args: ['--quota', '100000'] });
+  const dataDir = join(mnt, 'relay');
+  const relay = await launch({ dataDir, args: ['--quota', '100000'] });
   const c = await RelayClient.connect(relay.address);
   const { q, senderKey } = await securedQueue(c);
-  const { body, seqOf } = numberedBodies(16_000);
+  return { filler, dataDir, relay, c, q, senderKey, ...numberedBodies(16_000) };
+}
+
+test('disk full: ERR STORE and never OK for what was not stored; the relay stays up and resumes when space is freed (F4)', { timeout: 60_000 }, async (t) => {
+  const { filler, relay, c, q, senderKey, body, seqOf } = await relayOnSmallDisk();
 
   const ok = new Set<number>();
   const outcomes: string[] = [];
@@ -185,15 +193,7 @@ test('disk full: ERR STORE and never OK for what was not stored; the relay stays
 });
 
 test('disk full: an ACK that cannot be stored gets ERR STORE, delivery moves on, and the message never comes back (F4)', { timeout: 60_000 }, async (t) => {
-  const mnt = tempDir('murmure-tmpfs-');
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', mnt]);
-  mounts.push(mnt);
-  const filler = join(mnt, 'filler');
-  writeFileSync(filler, Buffer.alloc(2 * 1024 * 1024, 1));
-  const relay = await launch({ dataDir: join(mnt, 'relay'), args: ['--quota', '100000'] });
-  const c = await RelayClient.connect(relay.address);
-  const { q, senderKey } = await securedQueue(c);
-  const { body, seqOf } = numberedBodies(16_000);
+  const { filler, dataDir, relay, c, q, senderKey, body, seqOf } = await relayOnSmallDisk();
   const ok: number[] = [];
   for (let seq = 0; seq < 1000; seq++) {
     try {
@@ -241,7 +241,7 @@ test('disk full: an ACK that cannot be stored gets ERR STORE, delivery moves on,
   assert.equal(await signalRelay(relay, 'SIGTERM'), 0, 'the relay stops cleanly');
   // A restarted relay knows nothing of deletions still pending: an empty queue there shows that
   // every retried deletion was stored.
-  const again = await launch({ dataDir: join(mnt, 'relay'), args: ['--quota', '100000'] });
+  const again = await launch({ dataDir, args: ['--quota', '100000'] });
   const check = await RelayClient.connect(again.address);
   assert.equal(await check.get(q), null, 'the queue is empty after a restart: every acknowledged message was deleted');
   check.close();
