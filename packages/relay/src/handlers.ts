@@ -206,11 +206,18 @@ export class RelayHandlers implements CommandHandler {
     if (secret === null) throw new Refusal('CMD');
     const rcvId = randomId();
     const sndId = randomId();
-    await this.store.createQueue(
-      { rcvId, sndId, rcvSigKey: cmd.rcvSigKey, rcvAuthKey: cmd.rcvAuthKey, boxKey: recipientBoxKey(secret) },
-      this.now(),
-    );
+    // The slot is taken before the write: the NEWs of one block, and those arriving while a
+    // write waits for its sync, are checked against the count of every NEW still in flight.
     conn.queuesCreated++;
+    try {
+      await this.store.createQueue(
+        { rcvId, sndId, rcvSigKey: cmd.rcvSigKey, rcvAuthKey: cmd.rcvAuthKey, boxKey: recipientBoxKey(secret) },
+        this.now(),
+      );
+    } catch (e) {
+      conn.queuesCreated--;
+      throw e;
+    }
     this.metrics.queuesCreated++;
     return { type: 'IDS' as const, rcvId, sndId, srvDhKey: server.publicKey };
   }

@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 
 import { RelayClient, RelayClientError, openDelivered, type PushedMessage } from '@murmure/agent';
-import { generateDhKeyPair } from '@murmure/queue-crypto';
+import { generateDhKeyPair, generateSigningKeyPair } from '@murmure/queue-crypto';
 
 import { cleanup, sleep, startRelay, stopRelay, utf8, type RelayProcess } from './harness.js';
 import { NO_ENTITY, RawClient, codeOf, rssKiB, withTimeout } from './wire.js';
@@ -75,6 +75,22 @@ test('queues per connection: the next NEW gets ERR LIMIT; a new connection may c
     await d.createQueue();
     c.close();
     d.close();
+  });
+});
+
+test('queues per connection: NEWs sent together in one block cannot pass the limit before their writes land', async () => {
+  await withRelay(['--queues-per-connection', '3'], async (relay) => {
+    const c = await RawClient.open(relay.port);
+    const news = Array.from({ length: 8 }, () => {
+      const sig = generateSigningKeyPair();
+      const cmd = { type: 'NEW' as const, rcvSigKey: sig.publicKey, rcvAuthKey: generateDhKeyPair().publicKey, rcvDhKey: generateDhKeyPair().publicKey };
+      return c.build(NO_ENTITY, cmd, { kind: 'signature', key: sig.privateKey });
+    });
+    const replies = Promise.all(news.map((n) => c.reply(n.corrId)));
+    c.sendTransmissions(news.map((n) => n.bytes));
+    const codes = (await replies).map(codeOf);
+    assert.deepEqual(codes, [...Array(3).fill('IDS'), ...Array(5).fill('LIMIT')], codes.join(' '));
+    c.close();
   });
 });
 
