@@ -1,12 +1,19 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // The shortest complete use of a relay: create, secure, send, receive, acknowledge, stop.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
+import { connect as tlsConnect } from 'node:tls';
 
 import { RelayClient, RelayClientError, openDelivered } from '@murmure/agent';
+import { formatRelayAddress } from '@murmure/protocol';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
+import { createIdentity } from '@murmure/relay';
+import { WebSocketServer } from 'ws';
 
-import { Inbox, cleanup, startRelay, stopRelay, utf8, type RelayProcess } from './harness.js';
+import { Inbox, cleanup, startRelay, stopRelay, tempDir, utf8, type RelayProcess } from './harness.js';
 
 let relay: RelayProcess;
 before(async () => {
@@ -44,4 +51,39 @@ test('a relay whose certificate does not match the address is refused before any
   const other = fp[0] === 'A' ? `B${fp.slice(1)}` : `A${fp.slice(1)}`;
   const wrong = relay.address.replace(fp, other);
   await assert.rejects(RelayClient.connect(wrong), (e) => RelayClientError.is(e, 'PINNING'));
+});
+
+test('the relay refuses a TLS 1.2 handshake', async () => {
+  const socket = tlsConnect({ host: '127.0.0.1', port: relay.port, maxVersion: 'TLSv1.2', rejectUnauthorized: false });
+  let secured = false;
+  socket.once('secureConnect', () => (secured = true));
+  const [e] = (await once(socket, 'error')) as [NodeJS.ErrnoException];
+  socket.destroy();
+  assert.equal(secured, false, 'no TLS 1.2 session was established');
+  assert.match(String(e.code), /PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL/, String(e));
+  // The relay is unharmed: a TLS 1.3 client still gets in.
+  const c = await RelayClient.connect(relay.address);
+  c.close();
+});
+
+test('the client refuses a server that offers only TLS 1.2, even with the pinned certificate', async () => {
+  const dir = tempDir();
+  const identity = await createIdentity(dir);
+  const server = createServer({ key: identity.keyPem, cert: identity.certPem, maxVersion: 'TLSv1.2' });
+  let secured = 0;
+  server.on('secureConnection', () => secured++);
+  const wss = new WebSocketServer({ server });
+  wss.on('connection', (ws) => ws.close());
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  try {
+    const address = formatRelayAddress({ fingerprint: identity.fingerprint, host: '127.0.0.1', port: (server.address() as AddressInfo).port });
+    await assert.rejects(RelayClient.connect(address, { timeoutMs: 5_000 }), (e) => RelayClientError.is(e, 'CLOSED'));
+    assert.equal(secured, 0, 'the handshake failed on the version, before any TLS 1.2 session');
+  } finally {
+    wss.close();
+    server.closeAllConnections();
+    server.close();
+    cleanup(dir);
+  }
 });

@@ -208,6 +208,8 @@ export class RelayClient extends EventEmitter {
             handshakeTimeout: opts.timeoutMs ?? CONNECT_TIMEOUT_MS,
           })
         : new WebSocket(`wss://${host}:${addr.port}/`, {
+            // The relay speaks TLS 1.3 only; a server that offers less is not a Murmure relay.
+            minVersion: 'TLSv1.3',
             rejectUnauthorized: false,
             maxPayload: BLOCK_SIZE,
             perMessageDeflate: false,
