@@ -9,7 +9,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { ProtocolError, formatRelayAddress, isLoopbackHost } from '@murmure/protocol';
+import { ProtocolError, formatRelayAddress, isLoopbackHost, isRelayHost } from '@murmure/protocol';
 import { describeError, runMessenger } from './messenger.js';
 import { DEFAULTS, RelayServer, StoreError, createIdentity, jsonLogger, loadIdentity, relayConfig, type RelayConfig } from '@murmure/relay';
 
@@ -176,11 +176,14 @@ function hostPort(dataDir: string, values: Values): Settings {
   const saved = readSettings(dataDir);
   const host = typeof values.host === 'string' ? values.host : (saved.host ?? DEFAULTS.host);
   const port = intOption(values.port, '--port', 0, 65_535) ?? saved.port ?? DEFAULTS.port;
+  // The address printed must be one clients can parse.
+  if (!isRelayHost(host)) throw new UsageError(`the relay host must be a host name or an IP address, not '${host.slice(0, 64)}'`);
   return { host, port };
 }
 
 async function relayInit(dataDir: string, values: Values, out: Out): Promise<number> {
   const { host, port } = hostPort(dataDir, values);
+  if (port === 0) throw new UsageError("relay init records the port clients will use: give one from 1 to 65535 (port 0, a free port, is for 'relay start')");
   if (loadIdentity(dataDir) !== null) throw new UsageError(`${dataDir} already holds a relay; use 'murmure relay start --data ${dataDir}'`);
   const identity = await createIdentity(dataDir);
   writeFileSync(join(dataDir, SETTINGS_FILE), `${JSON.stringify({ host, port })}\n`);
@@ -230,14 +233,20 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
     ...(relay.config.plainLoopback ? { plain: true } : {}),
   };
   out.write(values.json === true ? `${JSON.stringify({ address: relay.address, ...metrics })}\n` : `${relay.address}\n`);
-  await new Promise<void>((resolveStop) => {
+  // Exit 0 only once every in-flight command has finished and the store has closed cleanly.
+  return new Promise<number>((resolveStop) => {
     const stop = () => {
       process.off('SIGTERM', stop);
       process.off('SIGINT', stop);
-      relay.stop().then(resolveStop, resolveStop);
+      relay.stop().then(
+        () => resolveStop(0),
+        (e: unknown) => {
+          logger.log('error', 'relay did not stop cleanly', { code: e instanceof StoreError ? e.code : 'INTERNAL' });
+          resolveStop(1);
+        },
+      );
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
   });
-  return 0;
 }

@@ -3,14 +3,17 @@
 // prints the address clients pin, `relay start` on the same folder serves that identity, a
 // second init and options of `start` given to `init` are usage errors that change nothing.
 import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { test } from 'node:test';
 
 import { RelayClient } from '@murmure/agent';
 import { parseRelayAddress } from '@murmure/protocol';
 
-import { cleanup, runMurmure, startRelay, stopRelay, tempDir } from './harness.js';
+import { MURMURE_BIN, cleanup, runMurmure, startRelay, stopRelay, tempDir } from './harness.js';
 
 test('relay init prints the address; relay start on the same folder serves the same fingerprint', async () => {
   const dir = join(tempDir(), 'relay');
@@ -62,7 +65,44 @@ test('relay init on a folder that holds a relay, or with an option of start, is 
     assert.match(quota.stderr, /--quota is an option of 'murmure relay start'/);
     assert.doesNotMatch(quota.stderr, /\n\s+at /, 'no stack trace');
     assert.equal(existsSync(other), false, 'nothing was created');
+
+    // An address clients could not use is refused too: port 0 or a host that is not one.
+    for (const args of [['--port', '0'], ['--host', 'my_host'], ['--host', 'a b']]) {
+      const bad = await runMurmure(['relay', 'init', '--data', other, ...args]);
+      assert.equal(bad.code, 2, args.join(' '));
+      assert.match(bad.stderr, args[0] === '--port' ? /port 0, a free port, is for 'relay start'/ : /relay host must be a host name or an IP address/);
+      assert.equal(existsSync(other), false, `${args.join(' ')}: nothing was created`);
+    }
   } finally {
     cleanup(root);
+  }
+});
+
+test('murmure --help names the relay commands; relay start without --json prints the bare address first', async () => {
+  const help = await runMurmure(['--help']);
+  assert.equal(help.code, 0, help.stderr);
+  assert.match(help.stdout, /murmure relay init/);
+  assert.match(help.stdout, /murmure relay start/);
+
+  const dir = join(tempDir(), 'relay');
+  let proc: ChildProcess | null = null;
+  try {
+    const init = await runMurmure(['relay', 'init', '--data', dir, '--json']);
+    assert.equal(init.code, 0, init.stderr);
+    const made = parseRelayAddress(init.json[0]?.['address'] as string);
+    proc = spawn(process.execPath, [MURMURE_BIN, 'relay', 'start', '--data', dir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = once(proc, 'exit');
+    const [first] = (await once(createInterface({ input: proc.stdout! }), 'line')) as [string];
+    const served = parseRelayAddress(first); // the whole first line is the address, nothing else
+    assert.deepEqual(Buffer.from(served.fingerprint), Buffer.from(made.fingerprint));
+    assert.notEqual(served.port, 0, 'port 0 prints the real port');
+    const c = await RelayClient.connect(first);
+    await c.ping();
+    c.close();
+    proc.kill('SIGTERM');
+    assert.deepEqual(await exited, [0, null], 'SIGTERM: a clean stop, exit code 0');
+  } finally {
+    if (proc !== null && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    cleanup(join(dir, '..'));
   }
 });

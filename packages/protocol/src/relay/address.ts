@@ -18,6 +18,11 @@ const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?
 // A colon is required: formatRelayAddress brackets only hosts with one, so `[1.2.3.4]` or `[..]` would not survive a round trip.
 const IPV6 = /^(?=.*:)[0-9A-Fa-f:.]{2,45}$/;
 
+/** Whether `host` can stand in an address: a host name, an IPv4 address or an IPv6 address. */
+export function isRelayHost(host: string): boolean {
+  return host.includes(':') ? IPV6.test(host) : HOST_NAME.test(host);
+}
+
 /** Formats an address. */
 export function formatRelayAddress(a: RelayAddress): string {
   const host = a.host.includes(':') ? `[${a.host}]` : a.host;
