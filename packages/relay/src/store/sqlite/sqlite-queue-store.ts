@@ -164,6 +164,9 @@ export class SqliteQueueStore implements QueueStore {
       db.pragma('synchronous = NORMAL');
       db.pragma('foreign_keys = ON');
       db.pragma('busy_timeout = 5000');
+      // Deleted messages and queues are overwritten with zeros, not left in free pages. The
+      // SQLCipher build has this on already; set here so the store does not depend on the build.
+      db.pragma('secure_delete = ON');
       const check = db.pragma('quick_check', { simple: true });
       if (check !== 'ok') throw new StoreError('CORRUPT', 'the relay store failed its integrity check');
       migrate(db);
