@@ -367,18 +367,26 @@ test('fsync failing after a commit: a DEL that was committed but not synced stil
   await signalRelay(relay, 'SIGTERM');
 });
 
+/** How much longer each sync of the WAL takes in the slow-sync test. */
+const SLOW_SYNC_MS = 300;
+
 test('a slow sync delays the sender\'s OK, not the subscriber\'s MSG; ACKs of a drain wait for no sync of their own, and are synced soon after', { timeout: 60_000 }, async (t) => {
   assert.ok(existsSync(STRACE), 'strace is installed');
   // Every sync of the WAL takes 300 ms longer (strace delays it on the way out) and is logged.
   const dataDir = scratch('murmure-slowsync-');
   const traceFile = join(scratch('murmure-strace-'), 'trace');
   const wal = join(dataDir, 'relay.sqlite-wal');
-  const relay = await launch({ dataDir, wrapper: [STRACE, '-f', '-ttt', '-y', '-P', wal, '-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_exit=300000', '-o', traceFile] });
+  const relay = await launch({ dataDir, wrapper: [STRACE, '-f', '-ttt', '-y', '-P', wal, '-e', 'trace=fsync,fdatasync', '-e', `inject=fsync,fdatasync:delay_exit=${SLOW_SYNC_MS * 1000}`, '-o', traceFile] });
   const sender = await RelayClient.connect(relay.address);
+  // NEW and KEY are durable writes too: each OK waits out its (slow) sync.
+  const setupStart = performance.now();
   const { q, senderKey } = await securedQueue(sender);
+  const setupMs = performance.now() - setupStart;
+  assert.ok(setupMs >= 2 * SLOW_SYNC_MS, `NEW and KEY were answered after their syncs (${setupMs.toFixed(0)} ms)`);
   const { body, seqOf } = numberedBodies(200);
 
-  // 1. Subscribed: the MSG comes once the message is committed, before the sender's OK.
+  // 1. Subscribed: the MSG comes once the message is committed, before the sender's OK, which
+  // comes only once the sync has returned.
   const sub = await RelayClient.connect(relay.address);
   const order: string[] = [];
   sub.on('message', (m: PushedMessage) => {
@@ -386,8 +394,11 @@ test('a slow sync delays the sender\'s OK, not the subscriber\'s MSG; ACKs of a 
     void sub.ack(q, m.msgId).catch(() => undefined);
   });
   await sub.subscribe(q);
+  const sendStart = performance.now();
   await sender.send(q.sndId, senderKey.privateKey, body(0)).then(() => order.push('OK 0'));
+  const sendMs = performance.now() - sendStart;
   assert.deepEqual(order, ['MSG 0', 'OK 0'], 'the subscriber had the message before the sender was answered');
+  assert.ok(sendMs >= SLOW_SYNC_MS, `the OK came after the sync returned (${sendMs.toFixed(0)} ms)`);
   sub.close();
 
   // 2. Held messages drained by GET and ACK: no sync of the WAL while the ACKs are answered.

@@ -8,8 +8,10 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 
 import { RelayClient, RelayClientError, openDelivered, type PushedMessage } from '@murmure/agent';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
@@ -98,9 +100,9 @@ async function session(address: string, seed: number): Promise<Session> {
     return sealed;
   };
 
-  const alice = await RelayClient.connect(address);
-  const bob = await RelayClient.connect(address);
-  const carol = await RelayClient.connect(address);
+  const alice = await RelayClient.connect(address, fromClient);
+  const bob = await RelayClient.connect(address, fromClient);
+  const carol = await RelayClient.connect(address, fromClient);
   const drained = await alice.createQueue();
   const kept = await alice.createQueue();
   const unsecured = await carol.createQueue();
@@ -140,7 +142,7 @@ async function session(address: string, seed: number): Promise<Session> {
   await assert.rejects(alice.ack(kept, randomBytes(24)), (e) => RelayClientError.is(e));
 
   // A second reader of the kept queue sees its oldest stored message (sealed as it is at rest).
-  const reader = await RelayClient.connect(address);
+  const reader = await RelayClient.connect(address, fromClient);
   const oldest = await reader.get(kept);
   assert.ok(oldest !== null, 'the kept queue holds messages');
   s.ids.push(oldest.msgId);
@@ -155,11 +157,27 @@ async function session(address: string, seed: number): Promise<Session> {
   return s;
 }
 
+/**
+ * The clients connect from 127.0.0.2 while the relay listens on 127.0.0.1, so finding the
+ * client's address cannot be confused with the relay's own.
+ */
+const CLIENT_ADDRESS = '127.0.0.2';
+/** The local address of each client connection, as it connected. */
+const clientAddresses: (string | undefined)[] = [];
+const fromClient = {
+  createConnection: (o: ConnectionOptions): TLSSocket => {
+    const tcp = netConnect({ host: o.host ?? '127.0.0.1', port: o.port ?? 0, localAddress: CLIENT_ADDRESS });
+    tcp.once('connect', () => clientAddresses.push(tcp.localAddress));
+    return tlsConnect({ ...o, socket: tcp });
+  },
+};
+
 async function runAndInspect(stop: 'SIGTERM' | 'SIGKILL', seed: number): Promise<{ files: Map<string, Buffer>; log: Buffer; s: Session }> {
   const dataDir = tempDir('murmure-privacy-');
   try {
     const relay = await launchRelay({ dataDir, args: ['--log-level', 'debug'] });
     const s = await session(relay.address, seed);
+    assert.deepEqual(clientAddresses.splice(0), Array(4).fill(CLIENT_ADDRESS), 'the four clients connected from their own address');
     await sleep(50);
     const code = await signalRelay(relay, stop);
     assert.equal(code, stop === 'SIGTERM' ? 0 : 'SIGKILL', `the relay stopped by ${stop}`);
@@ -182,14 +200,15 @@ function checkNothingLeaks(files: Map<string, Buffer>, log: Buffer, s: Session):
   for (const [name, bytes] of files) {
     assert.equal(findAny(bytes, markers)?.toString() ?? null, null, `${name} holds no plaintext marker`);
     assert.equal(findAny(bytes, bodySlices) === null, true, `${name} holds no part of any SEND body as sent`);
-    assert.equal(bytes.includes('127.0.0.1'), false, `${name} holds no client address`);
+    assert.equal(bytes.includes(CLIENT_ADDRESS), false, `${name} holds no client address`);
   }
 
   const text = log.toString('utf8');
   assert.match(text, /relay started/, 'the log was captured');
   assert.equal(findAny(log, markers)?.toString() ?? null, null, 'the log holds no marker');
   assert.equal(findAny(log, bodySlices) === null, true, 'the log holds no part of any body');
-  assert.equal(text.includes('127.0.0.1'), false, 'the log holds no client address');
+  assert.equal(text.includes(CLIENT_ADDRESS), false, 'the log holds no client address');
+  assert.equal(log.includes(Buffer.from([127, 0, 0, 2])), false, 'the log holds no client address in binary form');
   const idNeedles = s.ids.flatMap(idForms);
   const found = findAny(log, idNeedles);
   assert.equal(found === null, true, `the log holds no queue or message id (found ${found?.toString('hex')})`);
