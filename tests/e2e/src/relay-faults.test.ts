@@ -18,6 +18,7 @@ import { after, test } from 'node:test';
 
 import { RelayClient, RelayClientError, openDelivered, type PushedMessage, type RecipientQueue } from '@murmure/agent';
 import { generateDhKeyPair, type KeyPair } from '@murmure/queue-crypto';
+import Database from '@signalapp/sqlcipher';
 
 import {
   MURMURE_BIN,
@@ -437,7 +438,7 @@ async function storeWithMessages(): Promise<string> {
 }
 
 /** Runs `murmure relay start` on a damaged store: it must fail fast, in one line, without touching the file. */
-function assertRefusesToStart(dataDir: string): void {
+function assertRefusesToStart(dataDir: string, says: RegExp = /corrupt|integrity/i): void {
   const db = join(dataDir, 'relay.sqlite');
   const hash = (): string => createHash('sha256').update(readFileSync(db)).digest('hex');
   const before = hash();
@@ -448,7 +449,7 @@ function assertRefusesToStart(dataDir: string): void {
   const lines = r.stderr.split('\n').filter((l) => l !== '');
   assert.equal(lines.length, 1, `one line on stderr: ${JSON.stringify(r.stderr)}`);
   assert.ok(!r.stderr.split('\n').some((l) => l.startsWith('    at ')), 'no stack trace');
-  assert.match(lines[0]!, /^murmure: .*(corrupt|integrity)/i, 'the line says the store is damaged');
+  assert.match(lines[0]!, new RegExp(`^murmure: .*(${says.source})`, says.flags), 'the line says what is wrong with the store');
   assert.equal(hash(), before, 'the store file is unchanged');
 
   const j = spawnSync(process.execPath, [MURMURE_BIN, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', '0', '--json'], { encoding: 'utf8', timeout: 15_000 });
@@ -483,4 +484,13 @@ test('a store cut short is refused at start with one clear line, and left as it 
   const pageSize = raw === 1 ? 65_536 : raw;
   truncateSync(db, Math.floor(bytes.length / pageSize / 2) * pageSize);
   assertRefusesToStart(dataDir);
+});
+
+test('a store written by a newer relay (a schema this relay does not know) is refused at start, and left as it was (F9)', { timeout: 60_000 }, async () => {
+  const dataDir = await storeWithMessages();
+  const db = new Database(join(dataDir, 'relay.sqlite'));
+  const known = Number(db.pragma('user_version', { simple: true }));
+  db.pragma(`user_version = ${known + 1}`);
+  db.close();
+  assertRefusesToStart(dataDir, /newer version/);
 });

@@ -471,8 +471,6 @@ function syncDirectory(dir: string): void {
   }
 }
 
-
-
 function migrate(db: Database): void {
   const current = Number(db.pragma('user_version', { simple: true }));
   if (current > SCHEMA_VERSION) {
