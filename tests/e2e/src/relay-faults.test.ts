@@ -188,6 +188,10 @@ test('disk full: ERR STORE and never OK for what was not stored; the relay stays
   await drained.finally(() => clearTimeout(timer));
   assert.ok(seen.every((s) => s >= 0 && s <= seq), 'only messages that were sent are delivered');
   assert.equal(new Set(seen).size, seen.length, 'each message once');
+  // A SEND answered ERR STORE was not stored: it would have come before the last OK'd ones.
+  const byNumber = (a: number, b: number): number => a - b;
+  assert.deepEqual([...seen].sort(byNumber), [...ok].sort(byNumber), 'exactly the OK\'d messages are delivered');
+  assert.equal(await c.get(q), null, 'nothing else is left in the queue');
   sub.close();
   c.close();
   assert.equal(await signalRelay(relay, 'SIGTERM'), 0, 'the relay stops cleanly');
