@@ -278,7 +278,7 @@ async function giantFrame(c: RawClient, length: bigint, stream: number): Promise
   }
 }
 
-test('S3: WebSocket frames declaring 200 MiB, 2^31 and 2^63 bytes are refused from the header (1009); RSS grows < 10 MB', async () => {
+test('S3: WebSocket frames declaring 200 MiB, 2^31 and 2^63 bytes are refused from the header (1009); RSS and its peak grow < 10 MB', async () => {
   await withRelay([], async (relay) => {
     const pid = relay.proc.pid!;
     // Warm up: ordinary traffic and one oversized (1 MiB) frame.
@@ -290,6 +290,7 @@ test('S3: WebSocket frames declaring 200 MiB, 2^31 and 2^63 bytes are refused fr
     assert.equal((await w.waitClosed(5000)).code, 1009);
     await sleep(300);
     const before = rssKiB(pid);
+    const peakBefore = rssKiB(pid, 'VmHWM');
 
     for (const [length, stream] of [
       [200n * 1024n * 1024n, 24 << 20],
@@ -304,6 +305,9 @@ test('S3: WebSocket frames declaring 200 MiB, 2^31 and 2^63 bytes are refused fr
     await sleep(300);
     const after = rssKiB(pid);
     assert.ok(after - before < 10 * 1024, `RSS grew by ${after - before} KiB`);
+    // The peak too: the streamed bytes were never held, not merely freed by the time of reading.
+    const peakAfter = rssKiB(pid, 'VmHWM');
+    assert.ok(peakAfter - peakBefore < 10 * 1024, `peak RSS grew by ${peakAfter - peakBefore} KiB`);
 
     await warm.ping();
     const m = await warm.get(q);

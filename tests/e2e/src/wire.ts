@@ -278,10 +278,10 @@ export function codeOf(r: Reply): string {
 /** An entity id for commands that take none. */
 export const NO_ENTITY = EMPTY;
 
-/** Resident memory of a process in KiB, from /proc/PID/status. */
-export function rssKiB(pid: number): number {
-  const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (m === null) throw new Error(`no VmRSS for process ${pid}`);
+/** Resident memory of a process in KiB (`VmRSS`, or its peak so far, `VmHWM`), from /proc/PID/status. */
+export function rssKiB(pid: number, field: 'VmRSS' | 'VmHWM' = 'VmRSS'): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (m === null) throw new Error(`no ${field} for process ${pid}`);
   return Number(m[1]);
 }
 
