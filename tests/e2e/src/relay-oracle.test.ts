@@ -192,6 +192,12 @@ test('R8: the time of ERR AUTH does not tell a missing queue from a wrong key (W
   p.close();
 });
 
+let trafficRun: Promise<void> | undefined;
+/** `traffic`, once for the whole file: the metrics and R7 tests both inspect what it left. */
+function trafficOnce(): Promise<void> {
+  return (trafficRun ??= traffic());
+}
+
 /** A session of ordinary traffic: queue pairs, confirmations, messages (some left unread), links, a deleted queue. */
 async function traffic(): Promise<void> {
   const bob = await RelayClient.connect(relay.address);
@@ -240,7 +246,7 @@ async function traffic(): Promise<void> {
 }
 
 test('metrics: the first line gives metricsPort; /metrics is Prometheus text with counts and no id or address', async () => {
-  await traffic();
+  await trafficOnce();
   assert.equal(typeof relay.metricsPort, 'number');
   assert.ok(relay.metricsPort! > 0);
   const res = await fetch(`http://127.0.0.1:${relay.metricsPort}/metrics`);
@@ -305,6 +311,7 @@ function occurrences(tables: Map<string, Record<string, unknown>[]>, id: Uint8Ar
 }
 
 test('R7: the database ties a sender id to its recipient id only in its queue row; the log holds no id', async () => {
+  await trafficOnce(); // run by the metrics test already, unless only this test is run
   assert.equal(await stopRelay(relay), 0);
   const db = new Database(join(relay.dataDir, STORE_FILE));
   const tables = new Map<string, Record<string, unknown>[]>();
