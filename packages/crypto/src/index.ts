@@ -10,8 +10,7 @@
 
 import { randomInt, randomUUID } from 'node:crypto';
 
-import type {
-  Direction} from '@signalapp/libsignal-client';
+import type { Direction } from '@signalapp/libsignal-client';
 import {
   Aci,
   CiphertextMessageType,
