@@ -240,7 +240,7 @@ test('kill -9 at random moments loses no OK\'d message and delivers exactly the 
   assert.equal(o.foreign, 0, 'nothing that was never sent was delivered');
   assert.equal(r.residualForeign, 0, 'nothing that was never sent is left in the queue');
   const lost = [...o.oks.keys()].filter((seq) => o.oks[seq]! > 0 && o.deliveries[seq] === 0);
-  assert.deepEqual(lost, [], "every message that got OK was delivered");
+  assert.deepEqual(lost, [], 'every message that got OK was delivered');
   assert.ok(o.oks.every((k) => k >= 1), 'every message got OK in the end');
   assert.equal(o.deliveries.filter((d) => d > 0).length, n, 'exactly 2,000 distinct messages delivered');
   assert.ok(o.oks.every((k) => k === 1), 'no message was sent again after its OK');
@@ -256,7 +256,7 @@ test('SIGTERM during traffic exits 0, answers what it took, and loses nothing ac
   assert.equal(o.foreign, 0, 'nothing that was never sent was delivered');
   assert.equal(o.deliveries.filter((d) => d > 0).length, n, 'every message delivered');
   const lost = [...o.oks.keys()].filter((seq) => o.oks[seq]! > 0 && o.deliveries[seq] === 0);
-  assert.deepEqual(lost, [], "every message that got OK was delivered");
+  assert.deepEqual(lost, [], 'every message that got OK was delivered');
   // A graceful stop answers every command it carried out: a SEND that failed was not stored
   // (so no seq was stored twice), and an ACK that failed did not delete (so the message came
   // back and its later ACK got OK).
