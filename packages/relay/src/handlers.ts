@@ -207,17 +207,13 @@ export class RelayHandlers implements CommandHandler {
     const rcvId = randomId();
     const sndId = randomId();
     // The slot is taken before the write: the NEWs of one block, and those arriving while a
-    // write waits for its sync, are checked against the count of every NEW still in flight.
+    // write waits for its sync, are checked against the count of every NEW still in flight. A
+    // failed write keeps its slot: after a failed sync the queue may exist all the same.
     conn.queuesCreated++;
-    try {
-      await this.store.createQueue(
-        { rcvId, sndId, rcvSigKey: cmd.rcvSigKey, rcvAuthKey: cmd.rcvAuthKey, boxKey: recipientBoxKey(secret) },
-        this.now(),
-      );
-    } catch (e) {
-      conn.queuesCreated--;
-      throw e;
-    }
+    await this.store.createQueue(
+      { rcvId, sndId, rcvSigKey: cmd.rcvSigKey, rcvAuthKey: cmd.rcvAuthKey, boxKey: recipientBoxKey(secret) },
+      this.now(),
+    );
     this.metrics.queuesCreated++;
     return { type: 'IDS' as const, rcvId, sndId, srvDhKey: server.publicKey };
   }
