@@ -241,7 +241,7 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
       relay.stop().then(
         () => resolveStop(0),
         (e: unknown) => {
-          logger.log('error', 'relay did not stop cleanly', { code: e instanceof StoreError ? e.code : 'INTERNAL' });
+          logger.log('error', 'relay did not stop cleanly', { code: StoreError.is(e) ? e.code : 'INTERNAL' });
           resolveStop(1);
         },
       );

@@ -456,8 +456,15 @@ export class SqliteQueueStore implements QueueStore {
     } catch {
       // the WAL is still durable; it is checkpointed on the next open
     }
-    closeSync(this.walFd);
+    // The database is closed even if the WAL descriptor's close fails; the failure is reported.
+    let failure: unknown = null;
+    try {
+      closeSync(this.walFd);
+    } catch (e) {
+      failure = e;
+    }
     this.db.close();
+    if (failure !== null) throw new StoreError('IO', 'the relay store could not be closed cleanly', { cause: failure });
   }
 }
 
