@@ -92,7 +92,10 @@ test('murmure --help names the relay commands; relay start without --json prints
     const made = parseRelayAddress(init.json[0]?.['address'] as string);
     proc = spawn(process.execPath, [MURMURE_BIN, 'relay', 'start', '--data', dir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     const exited = once(proc, 'exit');
-    const [first] = (await once(createInterface({ input: proc.stdout! }), 'line')) as [string];
+    const first = await Promise.race([
+      once(createInterface({ input: proc.stdout! }), 'line').then(([line]) => line as string),
+      exited.then(([code]) => assert.fail(`relay start exited (${String(code)}) before printing its address`)),
+    ]);
     const served = parseRelayAddress(first); // the whole first line is the address, nothing else
     assert.deepEqual(Buffer.from(served.fingerprint), Buffer.from(made.fingerprint));
     assert.notEqual(served.port, 0, 'port 0 prints the real port');
