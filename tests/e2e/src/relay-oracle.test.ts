@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // What a relay's answers, metrics, log and database give away, on a real relay process.
 // R8: a command on a queue that does not exist and one with a wrong key get byte-identical
-// answers in indistinguishable time (Welch's t over interleaved probes). Metrics: Prometheus text
+// answers in indistinguishable time (Welch's t over interleaved probes), both when repeated on
+// one connection and as the first probe of an id on a fresh connection. Metrics: Prometheus text
 // with counts only, no id and no address. R7: after a session of traffic the database links a
 // sender id to its recipient id only in the queue's own row, and the log holds no id at all.
 import assert from 'node:assert/strict';
@@ -16,7 +17,7 @@ import { STORE_FILE } from '@murmure/relay';
 import Database from '@signalapp/sqlcipher';
 
 import { Inbox, cleanup, startRelay, stopRelay, utf8, type RelayProcess } from './harness.js';
-import { RawClient, codeOf, idSpellings, type Built, type RawAuth, type Reply } from './wire.js';
+import { NO_ENTITY, RawClient, codeOf, idSpellings, type Built, type RawAuth, type Reply } from './wire.js';
 
 let relay: RelayProcess;
 let owner: RelayClient;
@@ -196,6 +197,55 @@ let trafficRun: Promise<void> | undefined;
 /** `traffic`, once for the whole file: the metrics and R7 tests both inspect what it left. */
 function trafficOnce(): Promise<void> {
   return (trafficRun ??= traffic());
+}
+
+test('R8: the first ERR AUTH on a fresh connection does not tell a missing queue from a wrong key either (Welch |t| < 4.5)', async (t) => {
+  // The relay keeps derived keys per connection, so repeated probes (above) compare cached
+  // work. What a prober learns from one probe per id and connection is the cold path: a key
+  // agreement with the queue's key, or with the dummy key for a queue that does not exist.
+  const { q } = secured;
+  const authn: RawAuth = { kind: 'authenticator', key: generateDhKeyPair().privateKey };
+  // Every order of the four probes equally often, so no kind is more often first.
+  const orders = permutations<['SUB' | 'SEND', boolean]>([['SUB', true], ['SUB', false], ['SEND', true], ['SEND', false]]);
+  const WARMUP = 30;
+  const CONNECTIONS = WARMUP + orders.length * 13;
+  const times = { SUB: { missing: [] as number[], wrong: [] as number[] }, SEND: { missing: [] as number[], wrong: [] as number[] } };
+  for (let i = 0; i < CONNECTIONS; i++) {
+    const p = await RawClient.open(relay.port);
+    try {
+      assert.equal(codeOf(await p.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG');
+      for (const [kind, missing] of orders[i % orders.length]!) {
+        const entity = missing ? randomId() : kind === 'SUB' ? q.rcvId : q.sndId;
+        const cmd: Command = kind === 'SUB' ? { type: 'SUB' } : { type: 'SEND', flags: 0, body: utf8('timing probe') };
+        const b = p.build(entity, cmd, authn);
+        const start = process.hrtime.bigint();
+        const r = await p.send(b);
+        const us = Number(process.hrtime.bigint() - start) / 1000;
+        if (r.r.type !== 'ERR' || r.r.code !== 'AUTH') assert.fail(`${kind} probe answered ${codeOf(r)}`);
+        if (i >= WARMUP) times[kind][missing ? 'missing' : 'wrong'].push(us);
+      }
+    } finally {
+      p.close();
+    }
+    await p.closed; // the relay's work for this close is not left to land in the next sample
+  }
+  const report: string[] = [];
+  const ts: number[] = [];
+  for (const kind of ['SUB', 'SEND'] as const) {
+    const a = sample(trimmed(times[kind].missing));
+    const b = sample(trimmed(times[kind].wrong));
+    const tw = welch(a, b);
+    ts.push(tw);
+    report.push(`${kind}, first probe: missing ${a.mean.toFixed(1)} µs (median ${median(times[kind].missing).toFixed(1)}), wrong key ${b.mean.toFixed(1)} µs (median ${median(times[kind].wrong).toFixed(1)}), t = ${tw.toFixed(2)}`);
+  }
+  for (const line of report) t.diagnostic(line);
+  for (const tw of ts) assert.ok(Math.abs(tw) < 4.5, report.join('\n'));
+});
+
+/** Every ordering of `xs`. */
+function permutations<T>(xs: readonly T[]): T[][] {
+  if (xs.length <= 1) return [[...xs]];
+  return xs.flatMap((x, i) => permutations([...xs.slice(0, i), ...xs.slice(i + 1)]).map((rest) => [x, ...rest]));
 }
 
 /** A session of ordinary traffic: queue pairs, confirmations, messages (some left unread), links, a deleted queue. */
