@@ -53,6 +53,5 @@ export function decodeContent(bytes: Uint8Array): ChatContent {
 
 /** A display name without control, bidi-control (U+061C too) or zero-width characters, trimmed. */
 export function cleanName(name: string): string {
-
   return name.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069]/g, '').trim();
 }
