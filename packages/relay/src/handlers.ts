@@ -445,6 +445,7 @@ export class RelayHandlers implements CommandHandler {
       // One retry per subscription, however many SENDs and ACKs meet the failing read meanwhile.
       if (sub.retry === null) {
         this.logger.log('error', 'store read failed', { code: e instanceof StoreError ? e.code : 'INTERNAL' });
+        this.metrics.storeRetries++;
         sub.retry = setTimeout(() => {
           sub.retry = null;
           if (this.subs.get(key) === sub) void this.deliverNext(key);

@@ -21,6 +21,9 @@ export class RelayMetrics {
   queuesExpired = 0;
   subscriptions = 0;
   storeCommits = 0;
+  storeSyncFailures = 0;
+  storeRecoveries = 0;
+  storeRetries = 0;
   readonly commands = new Map<string, number>();
   readonly errors = new Map<string, number>();
 
@@ -57,6 +60,9 @@ export class RelayMetrics {
     metric('murmure_queues_expired_total', 'counter', 'Unused queues deleted by expiry.', this.queuesExpired);
     metric('murmure_subscriptions', 'gauge', 'Queues with a subscriber.', this.subscriptions);
     metric('murmure_store_commits_total', 'counter', 'Group commits of the store.', this.storeCommits);
+    metric('murmure_store_sync_failures_total', 'counter', 'Failed syncs of the store; writes are refused until a checkpoint succeeds.', this.storeSyncFailures);
+    metric('murmure_store_recoveries_total', 'counter', 'Checkpoints that made the store take writes again after a failed sync.', this.storeRecoveries);
+    metric('murmure_store_retries_total', 'counter', 'Store operations tried again after a failure (message reads for delivery, deletions after ACK).', this.storeRetries);
     metric('murmure_queues', 'gauge', 'Queues in the store.', extra.queues);
     metric('murmure_messages', 'gauge', 'Undelivered messages in the store.', extra.messages);
     metric('murmure_process_rss_bytes', 'gauge', 'Resident memory of the relay process.', extra.rssBytes);

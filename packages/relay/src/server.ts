@@ -22,7 +22,7 @@ import { silentLogger, type Logger } from './log.js';
 import { RelayMetrics } from './metrics.js';
 import { SessionKeys } from './session-keys.js';
 import type { QueueStore } from './store/queue-store.js';
-import { SqliteQueueStore } from './store/sqlite/sqlite-queue-store.js';
+import { SqliteQueueStore, type StoreEvent } from './store/sqlite/sqlite-queue-store.js';
 
 /** Name of the store file inside the data folder. */
 export const STORE_FILE = 'relay.sqlite';
@@ -32,6 +32,25 @@ export type StartOptions = Readonly<{ logger?: Logger; store?: QueueStore; now?:
 
 /** The relay cannot start with these settings. */
 export class RelayStartError extends Error {}
+
+/** Counts and logs what the store reports; a failing disk is logged once, not at every retry. */
+function storeEvent(event: StoreEvent, metrics: RelayMetrics, logger: Logger): void {
+  switch (event) {
+    case 'sync-failed':
+      metrics.storeSyncFailures++;
+      logger.log('error', 'store sync failed: writes refused until a checkpoint succeeds');
+      break;
+    case 'recovered':
+      metrics.storeRecoveries++;
+      logger.log('info', 'store recovered: checkpoint done, writes taken again');
+      break;
+    case 'delete-retry':
+      metrics.storeRetries++;
+      break;
+    case 'recovery-failed':
+      break;
+  }
+}
 
 /** A running relay. */
 export class RelayServer {
@@ -74,7 +93,11 @@ export class RelayServer {
     const logger = opts.logger ?? silentLogger;
     const identity = await loadOrCreateIdentity(config.dataDir);
     const metrics = new RelayMetrics();
-    const store = opts.store ?? SqliteQueueStore.open({ path: join(config.dataDir, STORE_FILE), onCommit: () => metrics.storeCommits++ });
+    const store = opts.store ?? SqliteQueueStore.open({
+      path: join(config.dataDir, STORE_FILE),
+      onCommit: () => metrics.storeCommits++,
+      onEvent: (event) => storeEvent(event, metrics, logger),
+    });
     const handlers = new RelayHandlers(store, config, metrics, logger, opts.now);
     if (config.plainLoopback && !isLoopbackHost(config.host)) {
       throw new RelayStartError('plain WebSocket without TLS is only served on a loopback host');

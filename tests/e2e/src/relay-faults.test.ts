@@ -6,7 +6,8 @@
 // moves on, and no acknowledged message is delivered again once space returns.
 // F5: the relay runs under strace. Traced, every OK to a SEND comes after an fsync of the WAL;
 // with fsync failing (EIO injected from a known point on), SENDs get ERR STORE, never OK, and
-// the relay stays up; after a restart every OK'd message is there.
+// the relay stays up; after a restart every OK'd message is there. With one failed sync, no write
+// is taken until a checkpoint has emptied the WAL, then SENDs get OK again.
 // F9: a store with a damaged page in the middle makes `murmure relay start` exit non-zero with
 // one clear line on stderr and no stack trace, and the attempt leaves the file as it was.
 import assert from 'node:assert/strict';
@@ -370,6 +371,81 @@ test('fsync failing after a commit: a DEL that was committed but not synced stil
   owner.close();
   watcher.close();
   await signalRelay(relay, 'SIGTERM');
+});
+
+test('fsync failing once: the writes it covered get ERR STORE, none is taken until a checkpoint succeeds, then SENDs get OK again (F5)', { timeout: 60_000 }, async (t) => {
+  assert.ok(existsSync(STRACE), 'strace is installed');
+  // The first fdatasync of the WAL in each thread fails with EIO (strace counts per thread, and
+  // the syncs run on libuv's pool of 4), every later one works: a disk with a passing fault.
+  const dataDir = scratch('murmure-fsync-once-');
+  const first = await launch({ dataDir });
+  const c1 = await RelayClient.connect(first.address);
+  const { q, senderKey } = await securedQueue(c1);
+  c1.close();
+  assert.equal(await signalRelay(first, 'SIGTERM'), 0);
+  const traceFile = join(scratch('murmure-strace-'), 'trace');
+  const wal = join(dataDir, 'relay.sqlite-wal');
+  const relay = await launch({
+    dataDir,
+    args: ['--metrics-port', '0'],
+    wrapper: [STRACE, '-f', '-ttt', '-y', '-P', wal, '-e', 'trace=fsync,fdatasync,ftruncate', '-e', 'inject=fdatasync:error=EIO:when=1', '-o', traceFile],
+  });
+  const c = await RelayClient.connect(relay.address);
+  const bodies = numberedBodies(200);
+  const ok = new Set<number>();
+  const outcomes: string[] = [];
+  const total = 40;
+  for (let seq = 0; seq < total; seq++) {
+    try {
+      await c.send(q.sndId, senderKey.privateKey, bodies.body(seq));
+      ok.add(seq);
+      outcomes.push('OK');
+    } catch (e) {
+      outcomes.push(sendOutcome(e));
+    }
+    if (seq % 8 === 7) await sleep(50);
+  }
+  t.diagnostic(`outcomes: ${outcomes.join(' ')}`);
+  assert.ok(outcomes.includes('STORE'), 'a SEND whose sync failed gets ERR STORE');
+  assert.ok(outcomes.every((o) => o === 'OK' || o === 'STORE'), 'only OK or ERR STORE');
+  assert.deepEqual(outcomes.slice(-10), Array(10).fill('OK'), 'once the checkpoint is done, SENDs get OK again');
+  const log = relay.log.join('');
+  assert.match(log, /"event":"store sync failed: writes refused until a checkpoint succeeds"/, 'the failure is logged');
+  assert.match(log, /"event":"store recovered: checkpoint done, writes taken again"/, 'the recovery is logged');
+  const metrics = await (await fetch(`http://127.0.0.1:${relay.metricsPort}/metrics`)).text();
+  const counter = (name: string): number => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(metrics)?.[1] ?? NaN);
+  assert.ok(counter('murmure_store_sync_failures_total') >= 1, 'the failed syncs are counted');
+  assert.equal(counter('murmure_store_recoveries_total'), counter('murmure_store_sync_failures_total'), 'each failure ended in a recovery');
+  c.close();
+  assert.equal(await signalRelay(relay, 'SIGTERM'), 0);
+
+  // In the trace, after every failed sync the WAL is checkpointed (emptied with ftruncate, and
+  // synced by SQLite) before any sync of it succeeds: nothing committed after the failure is
+  // answered OK on the strength of a WAL with a hole.
+  const calls: { at: number; name: string; failed: boolean }[] = [];
+  for (const line of readFileSync(traceFile, 'utf8').split('\n')) {
+    const m = /^\d+\s+(\d+\.\d+)\s+(fsync|fdatasync|ftruncate)\(\d+<[^>]*>(?:, (\d+))?\)\s+=\s+(-?\d+)/.exec(line);
+    if (m !== null) calls.push({ at: Number(m[1]), name: m[2]!, failed: m[4] !== '0' });
+  }
+  calls.sort((a, b) => a.at - b.at);
+  const failures = calls.filter((x) => x.failed);
+  assert.ok(failures.length >= 1 && failures.every((f) => f.name === 'fdatasync'), `the injected failures are in the trace (${failures.length})`);
+  for (const f of failures) {
+    const later = calls.filter((x) => x.at > f.at);
+    const nextOk = later.find((x) => x.name === 'fdatasync' && !x.failed);
+    const truncate = later.find((x) => x.name === 'ftruncate' && !x.failed);
+    if (nextOk === undefined) continue;
+    assert.ok(truncate !== undefined && truncate.at < nextOk.at, 'the WAL was checkpointed between a failed sync and the next good one');
+  }
+
+  // Restarted without faults: every OK'd message is there, in order, and nothing never sent.
+  const again = await launch({ dataDir });
+  const c2 = await RelayClient.connect(again.address);
+  const seqs = await drain(c2, q, bodies.seqOf);
+  c2.close();
+  assert.equal(await signalRelay(again, 'SIGTERM'), 0);
+  assert.deepEqual(seqs.filter((s) => ok.has(s)), [...ok].sort((a, b) => a - b), 'every OK\'d message survives, in order');
+  assert.ok(seqs.every((s) => s >= 0 && s < total), 'nothing that was never sent appears');
 });
 
 test('a store that cannot be closed cleanly: SIGTERM logs it and exits 1, and what was stored is kept', { timeout: 60_000 }, async () => {

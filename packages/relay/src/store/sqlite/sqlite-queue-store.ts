@@ -10,6 +10,12 @@
  * committed before it started. A failed commit (disk full, I/O error) rolls the
  * whole batch back, and a failed sync rejects it, each caller with `StoreError`; the store stays
  * usable.
+ *
+ * A failed sync makes the WAL untrustworthy: Linux may have dropped the pages it could not write
+ * and marked them clean, so a later sync that succeeds says nothing of them, and a WAL with a hole
+ * loses every commit after the hole at recovery. So after a failed sync the store refuses writes,
+ * and rejects every commit not yet synced, until a checkpoint (TRUNCATE) has copied the WAL into
+ * the database file and synced it; it tries that at once and then every RECOVERY_RETRY_MS.
  * @module
  */
 
@@ -50,6 +56,15 @@ export const MAX_WRITES_PER_COMMIT = 4096;
 export const DEFERRED_SYNC_MS = 200;
 /** Wait before a deletion whose commit failed (a full disk) is tried again. */
 export const DELETE_RETRY_MS = 1000;
+/** Wait between attempts to checkpoint the store after a failed sync, writes refused meanwhile. */
+export const RECOVERY_RETRY_MS = 1000;
+
+/**
+ * What the store reports besides commits: a sync failed and writes are refused (`sync-failed`),
+ * an attempt to checkpoint failed (`recovery-failed`), the checkpoint succeeded and writes are
+ * taken again (`recovered`), a deletion is tried again (`delete-retry`).
+ */
+export type StoreEvent = 'sync-failed' | 'recovery-failed' | 'recovered' | 'delete-retry';
 
 function bytes(v: unknown): Uint8Array {
   if (v instanceof Uint8Array) return v;
@@ -81,7 +96,7 @@ function storeErrorOf(e: unknown): StoreError {
 }
 
 /** Options of the SQLite store. */
-export type SqliteStoreOptions = Readonly<{ path: string; onCommit?: (writes: number) => void }>;
+export type SqliteStoreOptions = Readonly<{ path: string; onCommit?: (writes: number) => void; onEvent?: (event: StoreEvent) => void }>;
 
 /** Queue store on embedded SQLite. */
 export class SqliteQueueStore implements QueueStore {
@@ -97,12 +112,16 @@ export class SqliteQueueStore implements QueueStore {
   /** Whether a commit that nobody waits for (see PendingWrite) is not synced yet, and the timer that syncs it. */
   private unsyncedCommit = false;
   private deferredSync: NodeJS.Timeout | null = null;
+  /** Set by a failed sync until a checkpoint succeeds: writes are refused meanwhile. */
+  private untrusted = false;
+  private recovery: NodeJS.Timeout | null = null;
   private readonly st;
 
   private constructor(
     db: Database,
     private readonly walFd: number,
     private readonly onCommit: (writes: number) => void,
+    private readonly onEvent: (event: StoreEvent) => void,
   ) {
     this.db = db;
     this.st = {
@@ -174,7 +193,7 @@ export class SqliteQueueStore implements QueueStore {
       // to sync it, and a new WAL's directory entry is made durable once here.
       walFd = openSync(`${opts.path}-wal`, constants.O_RDONLY | constants.O_CREAT, 0o600);
       syncDirectory(dirname(opts.path));
-      return new SqliteQueueStore(db, walFd, opts.onCommit ?? (() => undefined));
+      return new SqliteQueueStore(db, walFd, opts.onCommit ?? (() => undefined), opts.onEvent ?? (() => undefined));
     } catch (e) {
       try {
         if (walFd !== undefined) closeSync(walFd);
@@ -188,6 +207,7 @@ export class SqliteQueueStore implements QueueStore {
 
   private write<T>(run: () => T, durable = true, committed?: (v: T) => void): Promise<T> {
     if (this.closed) return Promise.reject(new StoreError('CLOSED', 'the relay store is closed'));
+    if (this.untrusted) return Promise.reject(untrustedError());
     return new Promise<T>((resolve, reject) => {
       this.pending.push({ run, durable, committed: committed as ((v: unknown) => void) | undefined, resolve: resolve as (v: unknown) => void, reject });
       if (!this.flushScheduled) {
@@ -205,6 +225,12 @@ export class SqliteQueueStore implements QueueStore {
       setImmediate(() => this.flush());
     }
     if (batch.length === 0) return;
+    if (this.untrusted) {
+      // A sync failed after these writes were asked for: nothing more goes into the WAL.
+      const err = untrustedError();
+      for (const w of batch) w.reject(err);
+      return;
+    }
     const results: unknown[] = [];
     try {
       this.db.exec('BEGIN IMMEDIATE');
@@ -253,7 +279,7 @@ export class SqliteQueueStore implements QueueStore {
   }
 
   private startSync(): void {
-    if (this.syncInFlight || (this.unsynced.length === 0 && !this.unsyncedCommit)) return;
+    if (this.syncInFlight || this.untrusted || (this.unsynced.length === 0 && !this.unsyncedCommit)) return;
     const batches = this.unsynced.splice(0);
     // This sync covers every commit made so far, those nobody waits for included.
     this.unsyncedCommit = false;
@@ -263,12 +289,45 @@ export class SqliteQueueStore implements QueueStore {
       if (e === null) {
         for (const { batch, results } of batches) batch.forEach((w, i) => w.resolve(results[i]));
       } else {
+        // Commits made while this sync ran sit behind the pages it could not write: they are
+        // rejected too, and no write is taken until a checkpoint succeeds.
         const err = new StoreError('IO', 'the relay store could not write to disk', { cause: e });
-        for (const { batch } of batches) for (const w of batch) w.reject(err);
+        for (const { batch } of [...batches, ...this.unsynced.splice(0)]) for (const w of batch) w.reject(err);
+        if (!this.untrusted) {
+          this.untrusted = true;
+          this.onEvent('sync-failed');
+          setImmediate(() => this.recover());
+        }
       }
       this.startSync();
       if (!this.syncInFlight) for (const w of this.syncWaiters.splice(0)) w();
     });
+  }
+
+  /**
+   * Makes the store trustworthy again after a failed sync: a TRUNCATE checkpoint syncs the WAL,
+   * copies it into the database file, syncs that and empties the WAL. Until it succeeds (tried
+   * every RECOVERY_RETRY_MS) writes are refused. What the checkpoint copies is what the page cache
+   * holds, the pages the failed sync could not write included.
+   */
+  private recover(): void {
+    this.recovery = null;
+    if (this.closed || !this.untrusted) return;
+    let done = false;
+    try {
+      const r = this.db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
+      done = r[0]?.busy === 0;
+    } catch {
+      // the disk still fails; tried again below
+    }
+    if (done) {
+      this.untrusted = false;
+      this.unsyncedCommit = false;
+      this.onEvent('recovered');
+      return;
+    }
+    this.onEvent('recovery-failed');
+    this.recovery = setTimeout(() => this.recover(), RECOVERY_RETRY_MS).unref();
   }
 
   private read<T>(f: () => T): Promise<T> {
@@ -392,6 +451,7 @@ export class SqliteQueueStore implements QueueStore {
     // (unless the relay stops first: then it is delivered again, as after a crash).
     const retry = (): void => {
       if (this.closed) return done();
+      this.onEvent('delete-retry');
       setTimeout(() => attempt().then(done, retry), DELETE_RETRY_MS).unref();
     };
     const p = attempt();
@@ -450,6 +510,8 @@ export class SqliteQueueStore implements QueueStore {
     // The checkpoint below syncs what the deferred sync would have.
     if (this.deferredSync !== null) clearTimeout(this.deferredSync);
     this.deferredSync = null;
+    if (this.recovery !== null) clearTimeout(this.recovery);
+    this.recovery = null;
     if (this.syncInFlight) await new Promise<void>((resolve) => this.syncWaiters.push(resolve));
     try {
       this.db.pragma('wal_checkpoint(TRUNCATE)');
@@ -466,6 +528,10 @@ export class SqliteQueueStore implements QueueStore {
     this.db.close();
     if (failure !== null) throw new StoreError('IO', 'the relay store could not be closed cleanly', { cause: failure });
   }
+}
+
+function untrustedError(): StoreError {
+  return new StoreError('IO', 'the relay store refuses writes until it recovers from a failed sync');
 }
 
 /** Makes a directory's entries (a new file in it) durable. */
