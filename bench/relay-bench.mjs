@@ -106,9 +106,26 @@ async function startRelay(cfg, label) {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
+  // Warnings and errors the relay logs (store failures, retries), counted by event: a figure
+  // disturbed by a failing disk says so in its result line.
+  const events = {};
+  let partial = '';
   child.stderr.setEncoding('utf8');
   child.stderr.on('data', (d) => {
     stderr = (stderr + d).slice(-4000);
+    const lines = (partial + d).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      try {
+        const j = JSON.parse(line);
+        if (j.level === 'warn' || j.level === 'error') {
+          const key = j.code === undefined ? j.event : `${j.event} (${j.code})`;
+          events[key] = (events[key] ?? 0) + 1;
+        }
+      } catch {
+        // not a log line
+      }
+    }
   });
   const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
   liveRelays.set(child, dataDir);
@@ -167,7 +184,7 @@ async function startRelay(cfg, label) {
     const r = await exited;
     return { ...r, stderr };
   };
-  return { pid: child.pid, address: parsed.address, metricsPort: parsed.metricsPort ?? null, stop, dataDir };
+  return { pid: child.pid, address: parsed.address, metricsPort: parsed.metricsPort ?? null, stop, dataDir, events };
 }
 
 /** Counters from the relay's /metrics endpoint (null when it is off or does not answer). */
@@ -177,10 +194,15 @@ async function scrapeMetrics(relay) {
     const res = await fetch(`http://127.0.0.1:${relay.metricsPort}/metrics`);
     const text = await res.text();
     const get = (name) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+    const errors = (code) => Number(new RegExp(`^murmure_errors_total\\{code="${code}"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
     return {
       commits: get('murmure_store_commits_total'),
       blocksIn: get('murmure_blocks_in_total'),
       blocksOut: get('murmure_blocks_out_total'),
+      storeRetries: get('murmure_store_retries_total'),
+      syncFailures: get('murmure_store_sync_failures_total'),
+      errStore: errors('STORE'),
+      errQuota: errors('QUOTA'),
     };
   } catch {
     return null;
@@ -305,6 +327,7 @@ async function measureWindow(relay, st, cfg) {
   const d1 = driverCpuUs();
   const m1 = machineBusyUs();
   const wallUs = (t1 - t0) * 1000;
+  const events = relay.events;
   const relayCpuUs = r1.user + r1.sys - r0.user - r0.sys;
   // CPU used by everything else on the machine (other processes, kernel threads): if high, the
   // figures of this run are disturbed.
@@ -316,7 +339,8 @@ async function measureWindow(relay, st, cfg) {
     relaySysShare: relayCpuUs > 0 ? (r1.sys - r0.sys) / relayCpuUs : 0,
     driverCores: (d1 - d0) / wallUs,
     otherCores,
-    counters: c0 === null || c1 === null ? null : { commits: c1.commits - c0.commits, blocksIn: c1.blocksIn - c0.blocksIn, blocksOut: c1.blocksOut - c0.blocksOut },
+    events,
+    counters: c0 === null || c1 === null ? null : Object.fromEntries(Object.keys(c0).map((k) => [k, c1[k] - c0[k]])),
   };
 }
 
@@ -350,6 +374,11 @@ function summarise(kind, extra, st, w) {
     commitsPerMsg: w.counters === null ? null : round(w.counters.commits / Math.max(1, st.measured), 3),
     blocksInPerMsg: w.counters === null ? null : round(w.counters.blocksIn / Math.max(1, st.measured), 2),
     blocksOutPerMsg: w.counters === null ? null : round(w.counters.blocksOut / Math.max(1, st.measured), 2),
+    storeRetries: w.counters?.storeRetries ?? null,
+    storeSyncFailures: w.counters?.syncFailures ?? null,
+    relayErrStore: w.counters?.errStore ?? null,
+    relayErrQuota: w.counters?.errQuota ?? null,
+    relayEvents: { ...w.events },
     outOfOrder: st.outOfOrder,
     errors: st.errors.length,
     errorsByKind,
@@ -536,7 +565,10 @@ function printTable(results) {
   for (const r of results) {
     if (r.kind === 'throughput' || r.kind === 'latency') {
       const name = r.kind === 'throughput' ? `throughput ${r.pairs} pair(s) × window ${r.window}` : `latency ${r.offeredPerS}/s open loop, ${r.pairs} pairs`;
-      const notes = [r.driverBound ? 'DRIVER-BOUND' : '', r.noisy ? `NOISY (others ${r.otherCores} cores)` : '', r.errors > 0 ? `${r.errors} errors` : '', r.outOfOrder > 0 ? `${r.outOfOrder} out of order` : '']
+      const notes = [r.driverBound ? 'DRIVER-BOUND' : '', r.noisy ? `NOISY (others ${r.otherCores} cores)` : '', r.errors > 0 ? `${r.errors} errors` : '', r.outOfOrder > 0 ? `${r.outOfOrder} out of order` : '',
+        r.storeRetries > 0 ? `${r.storeRetries} store retries` : '',
+        r.storeSyncFailures > 0 ? `${r.storeSyncFailures} failed syncs` : '',
+        ...Object.entries(r.relayEvents ?? {}).map(([e, n]) => `relay logged ${n}× ${e}`)]
         .filter(Boolean)
         .join(', ');
       rows.push([name, fmt(r.msgsPerS), fmt(r.p50Ms), fmt(r.p99Ms), fmt(r.maxMs), fmt(r.relayCpuUsPerMsg), fmt(r.relayCores), fmt(r.driverCores), notes]);
