@@ -11,7 +11,18 @@ import { parseArgs } from 'node:util';
 
 import { ProtocolError, formatRelayAddress, isLoopbackHost, isRelayHost } from '@murmure/protocol';
 import { describeError, runMessenger } from './messenger.js';
-import { DEFAULTS, RelayServer, StoreError, createIdentity, jsonLogger, loadIdentity, relayConfig, type RelayConfig } from '@murmure/relay';
+import {
+  DEFAULTS,
+  RelayServer,
+  SourceBlockError,
+  StoreError,
+  createIdentity,
+  jsonLogger,
+  loadIdentity,
+  relayConfig,
+  sourceBlocks,
+  type RelayConfig,
+} from '@murmure/relay';
 
 const USAGE = `murmure: a private messenger with no user ids
 
@@ -47,6 +58,12 @@ Relay options (start):
   --queue-ttl-days N         delete queues unused for N days (default 90)
   --quota N                  most undelivered messages per queue (default 128)
   --max-connections N        most open connections (default 16000)
+  --max-connections-per-source N
+                             most open connections from one IPv4 address or IPv6 /64
+                             (default 1000)
+  --unlimited-sources LIST   address blocks not limited per source, comma-separated, or
+                             'none' (default 127.0.0.0/8,::1/128: a local proxy or onion
+                             service brings every client from there)
   --listen-backlog N         connections waiting to be accepted (default 4096)
   --commands-per-second N    commands one connection may send per second (default 20000)
   --command-burst N          commands one connection may send in a burst (default 40000)
@@ -131,6 +148,8 @@ function parseOptions(args: string[]) {
         'queue-ttl-days': { type: 'string' },
         quota: { type: 'string' },
         'max-connections': { type: 'string' },
+        'max-connections-per-source': { type: 'string' },
+        'unlimited-sources': { type: 'string' },
         'listen-backlog': { type: 'string' },
         'commands-per-second': { type: 'string' },
         'command-burst': { type: 'string' },
@@ -154,6 +173,19 @@ function intOption(v: string | boolean | undefined, name: string, min: number, m
   const n = Number(v);
   if (n < min || n > max) throw new UsageError(`${name} must be between ${min} and ${max}`);
   return n;
+}
+
+/** `--unlimited-sources`: comma-separated address blocks, or 'none'. */
+function unlimitedSources(v: string): string[] {
+  if (v.trim() === 'none') return [];
+  const list = v.split(',').map((b) => b.trim());
+  try {
+    sourceBlocks(list);
+  } catch (e) {
+    if (e instanceof SourceBlockError) throw new UsageError(`--unlimited-sources: ${e.message}, or 'none'`);
+    throw e;
+  }
+  return list;
 }
 
 type Settings = { host: string; port: number };
@@ -210,6 +242,10 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
   if (queueTtlMs !== undefined) overrides.queueTtlMs = queueTtlMs;
   if (queueQuota !== undefined) overrides.queueQuota = queueQuota;
   if (maxConnections !== undefined) overrides.maxConnections = maxConnections;
+  const perSource = intOption(values['max-connections-per-source'], '--max-connections-per-source', 1, 1_000_000);
+  if (perSource !== undefined) overrides.maxConnectionsPerSource = perSource;
+  const unlimited = values['unlimited-sources'];
+  if (typeof unlimited === 'string') overrides.unlimitedSources = unlimitedSources(unlimited);
   const listenBacklog = intOption(values['listen-backlog'], '--listen-backlog', 1, 65_535);
   if (listenBacklog !== undefined) overrides.listenBacklog = listenBacklog;
   const commandsPerSecond = intOption(values['commands-per-second'], '--commands-per-second', 1, 1_000_000);

@@ -28,6 +28,16 @@ export type RelayConfig = Readonly<{
   /** Most connections open at once; more are closed before any TLS work. */
   maxConnections: number;
   /**
+   * Most connections open at once from one source (an IPv4 address, or an IPv6 /64); more are
+   * closed before any TLS work. Sources in `unlimitedSources` are not limited this way.
+   */
+  maxConnectionsPerSource: number;
+  /**
+   * Address blocks (`10.0.0.0/8`, `::1/128`, a bare address) whose connections are not limited
+   * per source: a local reverse proxy or onion service brings every client from one address.
+   */
+  unlimitedSources: readonly string[];
+  /**
    * Connections the kernel may hold waiting to be accepted (the `listen` backlog; Linux caps it
    * at net.core.somaxconn). A small one makes a reconnect storm wait for SYN retransmissions.
    */
@@ -64,6 +74,8 @@ export const DEFAULTS = {
   expiryIntervalMs: 3_600_000,
   queueQuota: 128,
   maxConnections: 16_000,
+  maxConnectionsPerSource: 1_000,
+  unlimitedSources: ['127.0.0.0/8', '::1/128'],
   listenBacklog: 4_096,
   commandsPerSecond: 20_000,
   commandBurst: 40_000,

@@ -21,6 +21,7 @@ import { loadOrCreateIdentity, type RelayIdentity } from './identity.js';
 import { silentLogger, type Logger } from './log.js';
 import { RelayMetrics } from './metrics.js';
 import { SessionKeys } from './session-keys.js';
+import { SourceBlockError, SourceLimiter, sourceBlocks } from './sources.js';
 import type { QueueStore } from './store/queue-store.js';
 import { SqliteQueueStore, type StoreEvent } from './store/sqlite/sqlite-queue-store.js';
 
@@ -58,6 +59,7 @@ export class RelayServer {
   private readonly handshakeTimers = new WeakMap<object, NodeJS.Timeout>();
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly sessionKeys = new SessionKeys();
+  private readonly sources: SourceLimiter;
   private metricsServer: HttpServer | null = null;
   private stopping: Promise<void> | null = null;
 
@@ -71,7 +73,9 @@ export class RelayServer {
     readonly metrics: RelayMetrics,
     private readonly logger: Logger,
     private readonly now: () => number,
-  ) {}
+  ) {
+    this.sources = new SourceLimiter(config.maxConnectionsPerSource, sourceBlocks(config.unlimitedSources));
+  }
 
   /** The port the relay listens on. */
   get port(): number {
@@ -90,6 +94,16 @@ export class RelayServer {
 
   /** Loads (or makes) the identity, opens the store and starts listening. */
   static async start(config: RelayConfig, opts: StartOptions = {}): Promise<RelayServer> {
+    // Settings are checked before anything is opened or created.
+    if (config.plainLoopback && !isLoopbackHost(config.host)) {
+      throw new RelayStartError('plain WebSocket without TLS is only served on a loopback host');
+    }
+    try {
+      sourceBlocks(config.unlimitedSources);
+    } catch (e) {
+      if (e instanceof SourceBlockError) throw new RelayStartError(`unlimited sources: ${e.message}`);
+      throw e;
+    }
     const logger = opts.logger ?? silentLogger;
     const identity = await loadOrCreateIdentity(config.dataDir);
     const metrics = new RelayMetrics();
@@ -99,9 +113,6 @@ export class RelayServer {
       onEvent: (event) => storeEvent(event, metrics, logger),
     });
     const handlers = new RelayHandlers(store, config, metrics, logger, opts.now);
-    if (config.plainLoopback && !isLoopbackHost(config.host)) {
-      throw new RelayStartError('plain WebSocket without TLS is only served on a loopback host');
-    }
     const http = {
       requestTimeout: config.handshakeTimeoutMs,
       headersTimeout: config.handshakeTimeoutMs,
@@ -146,6 +157,16 @@ export class RelayServer {
   private wire(): void {
     const { https, wss, config, metrics } = this;
     https.on('drop', () => metrics.connectionsRejected++);
+    // Before any TLS work: a source at its limit is cut as soon as its TCP connection is accepted.
+    https.on('connection', (socket: Socket) => {
+      const release = this.sources.admit(socket.remoteAddress);
+      if (release === null) {
+        metrics.connectionsRejectedPerSource++;
+        socket.destroy();
+        return;
+      }
+      socket.once('close', release);
+    });
     https.on(config.plainLoopback ? 'connection' : 'secureConnection', (socket: Socket) => {
       const timer = setTimeout(() => {
         metrics.handshakeFailures++;

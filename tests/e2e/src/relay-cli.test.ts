@@ -109,3 +109,19 @@ test('murmure --help names the relay commands; relay start without --json prints
     cleanup(join(dir, '..'));
   }
 });
+
+test('relay start with unlimited sources that are not address blocks is a usage error that creates nothing', async () => {
+  const root = tempDir();
+  try {
+    const dir = join(root, 'relay');
+    for (const list of ['10.0.0.0/33', 'localhost', '127.0.0.0/8,,::1', '']) {
+      const bad = await runMurmure(['relay', 'start', '--data', dir, '--port', '0', '--unlimited-sources', list]);
+      assert.equal(bad.code, 2, `'${list}': ${bad.stderr}`);
+      assert.match(bad.stderr, /--unlimited-sources: '.*' is not an address block/);
+      assert.doesNotMatch(bad.stderr, /\n\s+at /, 'no stack trace');
+      assert.equal(existsSync(dir), false, `'${list}': nothing was created`);
+    }
+  } finally {
+    cleanup(root);
+  }
+});

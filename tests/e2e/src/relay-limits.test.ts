@@ -2,14 +2,14 @@
 // The relay's limits, set small with command-line flags on real relay processes: commands per
 // second (ERR LIMIT), queues per connection (ERR LIMIT), total connections (extra ones refused,
 // existing ones served), the handshake deadline, the idle timeout (a PINGing client stays), the
-// per-queue quota (ERR QUOTA until drained), the listen backlog, and giant WebSocket frames refused
-// from their header with bounded memory (S3).
+// per-queue quota (ERR QUOTA until drained), the listen backlog, connections per source (S2), and
+// giant WebSocket frames refused from their header with bounded memory (S3).
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { test } from 'node:test';
-import { connect as tlsConnect } from 'node:tls';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 
 import { RelayClient, RelayClientError, openDelivered, type PushedMessage } from '@murmure/agent';
 import { generateDhKeyPair, generateSigningKeyPair } from '@murmure/queue-crypto';
@@ -184,6 +184,55 @@ test('max connections: extra connections are refused before TLS while existing o
     assert.ok(again !== null, 'a slot freed by a close is usable again');
     await again.ping();
     for (const c of [a, b, again]) c.close();
+  });
+});
+
+/** Connection options that make a client connect from `local` (any 127.0.0.0/8 address). */
+function from(local: string) {
+  return {
+    timeoutMs: 5000,
+    createConnection: (o: ConnectionOptions): TLSSocket => tlsConnect({ ...o, socket: netConnect({ host: o.host ?? '127.0.0.1', port: o.port ?? 0, localAddress: local }) }),
+  };
+}
+
+test('connections per source: a source at its limit is refused before TLS, other sources are served; loopback is unlimited unless the operator says so (S2)', async () => {
+  await withRelay(['--max-connections-per-source', '3', '--unlimited-sources', 'none', '--metrics-port', '0'], async (relay) => {
+    const held = [];
+    for (let i = 0; i < 3; i++) held.push(await RelayClient.connect(relay.address, from('127.0.0.3')));
+    for (let i = 0; i < 3; i++) {
+      await assert.rejects(RelayClient.connect(relay.address, from('127.0.0.3')), isCode('CLOSED'), 'a fourth connection from the same source');
+    }
+    // The refused connection never got a TLS answer.
+    const tlsAnswered = await new Promise<boolean>((resolve) => {
+      const s = tlsConnect({ socket: netConnect({ host: '127.0.0.1', port: relay.port, localAddress: '127.0.0.3' }), rejectUnauthorized: false }, () => resolve(true));
+      s.on('error', () => resolve(false));
+      s.on('close', () => resolve(false));
+    });
+    assert.equal(tlsAnswered, false, 'refused before the TLS handshake');
+    assert.equal(await metric(relay.metricsPort!, 'murmure_connections_rejected_per_source_total'), 4);
+    // Other sources are served meanwhile, and so are the connections held.
+    const other = await RelayClient.connect(relay.address, from('127.0.0.4'));
+    const q = await other.createQueue();
+    await held[0]!.send(q.sndId, null, utf8('from the full source'));
+    assert.ok((await other.get(q)) !== null);
+    // A slot given back is usable again.
+    held.pop()!.close();
+    let again: RelayClient | null = null;
+    for (let i = 0; i < 50 && again === null; i++) {
+      again = await RelayClient.connect(relay.address, from('127.0.0.3')).catch(() => null);
+      if (again === null) await sleep(50);
+    }
+    assert.ok(again !== null, 'a slot freed by a close is usable again');
+    await again.ping();
+    for (const c of [...held, other, again]) c.close();
+  });
+  // By default loopback sources (a local proxy, an onion service) are not limited per source.
+  await withRelay(['--max-connections-per-source', '3', '--metrics-port', '0'], async (relay) => {
+    const held = [];
+    for (let i = 0; i < 6; i++) held.push(await RelayClient.connect(relay.address, from('127.0.0.3')));
+    for (const c of held) await c.ping();
+    assert.equal(await metric(relay.metricsPort!, 'murmure_connections_rejected_per_source_total'), 0);
+    for (const c of held) c.close();
   });
 });
 

@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * The per-source connection limit (THREATS.md S2): one source, an IPv4 address or an IPv6 /64
+ * (what one host or one customer line usually holds), may keep at most so many connections open,
+ * so that a flood from one place cannot take every slot of `maxConnections`. Sources in the
+ * unlimited blocks (by default the loopback addresses, through which a local reverse proxy or an
+ * onion service brings every client) are not limited per source. Counts are kept in memory only,
+ * for the life of the connections, and never logged.
+ * @module
+ */
+
+import { BlockList, isIPv4, isIPv6 } from 'node:net';
+
+/** The loopback blocks: not limited per source unless the operator says otherwise. */
+export const LOOPBACK_BLOCKS: readonly string[] = ['127.0.0.0/8', '::1/128'];
+
+/** A list of unlimited sources that is not valid. */
+export class SourceBlockError extends Error {}
+
+const MAPPED_V4 = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i;
+
+/**
+ * The source a remote address counts against: an IPv4 address as it is (an IPv4-mapped IPv6
+ * address as its IPv4 address), an IPv6 address as its /64 prefix. Undefined for what is not an
+ * IP address.
+ */
+export function sourceKey(address: string): string | undefined {
+  const mapped = MAPPED_V4.exec(address);
+  if (mapped !== null && isIPv4(mapped[1]!)) return mapped[1];
+  if (isIPv4(address)) return address;
+  const bare = address.split('%')[0]!;
+  if (!isIPv6(bare)) return undefined;
+  return `${ipv6Groups(bare).slice(0, 4).join(':')}::/64`;
+}
+
+/** The eight 16-bit groups of a valid IPv6 address, in lower-case hex without leading zeros. */
+function ipv6Groups(address: string): string[] {
+  let text = address;
+  const dot = text.indexOf('.');
+  if (dot >= 0) {
+    // An IPv4 tail (::ffff:1.2.3.4, 64:ff9b::1.2.3.4) is two groups.
+    const cut = text.lastIndexOf(':') + 1;
+    const v4 = text.slice(cut).split('.').map(Number) as [number, number, number, number];
+    text = `${text.slice(0, cut)}${((v4[0] << 8) | v4[1]).toString(16)}:${((v4[2] << 8) | v4[3]).toString(16)}`;
+  }
+  const [left, right] = text.split('::') as [string, string | undefined];
+  const head = left === '' ? [] : left.split(':');
+  const tail = right === undefined || right === '' ? [] : right.split(':');
+  const groups = right === undefined ? head : [...head, ...Array<string>(8 - head.length - tail.length).fill('0'), ...tail];
+  return groups.map((g) => Number.parseInt(g, 16).toString(16));
+}
+
+/**
+ * Parses unlimited source blocks: each an IPv4 or IPv6 address, with an optional `/prefix`.
+ * Throws SourceBlockError naming the first one that is not valid.
+ */
+export function sourceBlocks(list: readonly string[]): BlockList {
+  const blocks = new BlockList();
+  for (const item of list) {
+    const [address = '', prefix, extra] = item.split('/');
+    const family = isIPv4(address) ? 'ipv4' : isIPv6(address) ? 'ipv6' : null;
+    const max = family === 'ipv4' ? 32 : 128;
+    const bits = prefix === undefined ? max : /^\d{1,3}$/.test(prefix) ? Number(prefix) : NaN;
+    if (family === null || extra !== undefined || !(bits >= 0 && bits <= max)) {
+      throw new SourceBlockError(`'${item.slice(0, 64)}' is not an address block (like 10.0.0.0/8 or fd00::/8)`);
+    }
+    blocks.addSubnet(address, bits, family);
+  }
+  return blocks;
+}
+
+/** Counts open connections per source and says whether one more may open. */
+export class SourceLimiter {
+  private readonly open = new Map<string, number>();
+
+  constructor(
+    private readonly max: number,
+    private readonly unlimited: BlockList,
+  ) {}
+
+  /** Sources with at least one connection open. */
+  get sources(): number {
+    return this.open.size;
+  }
+
+  /**
+   * Takes a slot for a new connection from `address`: returns the function that gives it back
+   * when the connection closes, or null if the source is at its limit.
+   */
+  admit(address: string | undefined): (() => void) | null {
+    const key = address === undefined ? undefined : sourceKey(address);
+    if (key === undefined || this.isUnlimited(address!)) return () => undefined;
+    const n = this.open.get(key) ?? 0;
+    if (n >= this.max) return null;
+    this.open.set(key, n + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.open.get(key) ?? 1) - 1;
+      if (left === 0) this.open.delete(key);
+      else this.open.set(key, left);
+    };
+  }
+
+  private isUnlimited(address: string): boolean {
+    const mapped = MAPPED_V4.exec(address);
+    if (mapped !== null) return this.unlimited.check(mapped[1]!, 'ipv4');
+    return isIPv4(address) ? this.unlimited.check(address, 'ipv4') : this.unlimited.check(address.split('%')[0]!, 'ipv6');
+  }
+}
