@@ -2,12 +2,14 @@
 // The relay's limits, set small with command-line flags on real relay processes: commands per
 // second (ERR LIMIT), queues per connection (ERR LIMIT), total connections (extra ones refused,
 // existing ones served), the handshake deadline, the idle timeout (a PINGing client stays), the
-// per-queue quota (ERR QUOTA until drained), the listen backlog, connections per source (S2), and
-// giant WebSocket frames refused from their header with bounded memory (S3).
+// per-queue quota (ERR QUOTA until drained), the listen backlog, connections per source (S2),
+// giant WebSocket frames refused from their header with bounded memory (S3), and connections that
+// trickle bytes to stay open (S4).
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 
@@ -255,6 +257,78 @@ test('handshake deadline: connections that stall before TLS, before the upgrade 
   });
 });
 
+/** Writes `bytes` one at a time, one every `everyMs`, until the socket closes; resolves with the close time. */
+function drip(socket: Socket, bytes: Uint8Array, everyMs: number): Promise<number> {
+  socket.on('error', () => undefined);
+  let i = 0;
+  const timer = setInterval(() => {
+    if (!socket.destroyed && i < bytes.length) socket.write(bytes.subarray(i, i + 1));
+    i++;
+  }, everyMs);
+  return new Promise<number>((resolve) =>
+    socket.once('close', () => {
+      clearInterval(timer);
+      resolve(performance.now());
+    }),
+  );
+}
+
+test('slow drip (S4): a byte every 200 ms through the TLS handshake, the upgrade or the WebSocket hello does not extend the deadline; an honest client is served meanwhile', { timeout: 60_000 }, async (t) => {
+  const deadlineMs = 1500;
+  const perPhase = 100;
+  const everyMs = 200;
+  await withRelay(['--handshake-timeout-ms', String(deadlineMs)], async (relay) => {
+    // 1. Before TLS: a ClientHello record header announcing 512 bytes, then its body a byte at a time.
+    const tlsHello = Buffer.concat([Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]), Buffer.alloc(500, 7)]);
+    // 2. After TLS: an upgrade request a byte at a time.
+    const upgrade = Buffer.from(`GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${'A'.repeat(22)}==\r\n\r\n`);
+    // 3. After the upgrade: a masked binary frame of one block, its header and body a byte at a time.
+    const frame = Buffer.concat([Buffer.from([0x82, 0xfe, 0x40, 0x00, 1, 2, 3, 4]), Buffer.alloc(2048, 9)]);
+    const started = performance.now();
+    const phases = await Promise.all([
+      ...Array.from({ length: perPhase }, async () => {
+        const s = netConnect(relay.port, '127.0.0.1');
+        await new Promise<void>((r) => s.once('connect', () => r()));
+        const from = performance.now();
+        return { phase: 'TLS handshake', ms: (await drip(s, tlsHello, everyMs)) - from };
+      }),
+      ...Array.from({ length: perPhase }, async () => {
+        const s = tlsConnect({ host: '127.0.0.1', port: relay.port, rejectUnauthorized: false });
+        s.on('error', () => undefined);
+        await new Promise<void>((r) => s.once('secureConnect', () => r()));
+        const from = performance.now();
+        return { phase: 'upgrade', ms: (await drip(s, upgrade, everyMs)) - from };
+      }),
+      ...Array.from({ length: perPhase }, async () => {
+        const raw = await RawClient.open(relay.port, { hello: false });
+        const from = performance.now();
+        return { phase: 'hello', ms: (await drip(raw.socket, frame, everyMs)) - from };
+      }),
+      (async () => {
+        // The honest client, connected while the others drip, is served throughout.
+        const honest = await RelayClient.connect(relay.address, { timeoutMs: 5000 });
+        let pings = 0;
+        while (performance.now() - started < deadlineMs + 1000) {
+          await honest.ping();
+          pings++;
+          await sleep(50);
+        }
+        honest.close();
+        return { phase: 'honest', ms: pings };
+      })(),
+    ]);
+    for (const name of ['TLS handshake', 'upgrade', 'hello']) {
+      const ms = phases.filter((p) => p.phase === name).map((p) => p.ms);
+      const longest = Math.max(...ms);
+      t.diagnostic(`${name}: ${ms.length} dripping connections closed after ${Math.round(Math.min(...ms))}–${Math.round(longest)} ms (deadline ${deadlineMs} ms)`);
+      // Each was still dripping when it was closed: without a fixed deadline the drip would keep
+      // it open (a byte every 200 ms, far below any idle timer) for 30 s or more.
+      assert.ok(longest < deadlineMs + 2000, `${name}: every dripping connection is closed by the deadline (longest ${Math.round(longest)} ms)`);
+    }
+    assert.ok(phases.find((p) => p.phase === 'honest')!.ms >= 10, 'the honest client was answered throughout');
+  });
+});
+
 test('idle timeout: a silent connection is closed, one that PINGs stays', async () => {
   await withRelay(['--idle-timeout-ms', '800'], async (relay) => {
     const idle = await RelayClient.connect(relay.address);
@@ -308,6 +382,68 @@ test('quota: the 6th SEND to a queue holding 5 gets ERR QUOTA; after draining, S
     await assert.rejects(bob.send(q.sndId, key.privateKey, utf8('11')), isCode('QUOTA'));
     alice.close();
     bob.close();
+  });
+});
+
+test('quota flood (S5): 10,000 SENDs to a full queue all get ERR QUOTA, store nothing, and leave memory where the warm-up left it', { timeout: 120_000 }, async (t) => {
+  await withRelay(['--quota', '5'], async (relay) => {
+    const pid = relay.proc.pid!;
+    const alice = await RelayClient.connect(relay.address);
+    const q = await alice.createQueue();
+    const key = generateDhKeyPair();
+    await alice.secure(q, key.publicKey);
+    const senders = await Promise.all(Array.from({ length: 5 }, () => RelayClient.connect(relay.address)));
+    for (let i = 0; i < 5; i++) await senders[0]!.send(q.sndId, key.privateKey, utf8(`kept ${i}`));
+    const body = new Uint8Array(16_000).fill(0x42);
+    /** `n` SENDs from each sender, 50 in flight on each; returns how each was answered. */
+    const flood = async (n: number): Promise<Map<string, number>> => {
+      const outcomes = new Map<string, number>();
+      await Promise.all(
+        senders.map(async (c) => {
+          for (let done = 0; done < n; done += 50) {
+            const answers = await Promise.all(
+              Array.from({ length: Math.min(50, n - done) }, () =>
+                c.send(q.sndId, key.privateKey, body).then(
+                  () => 'OK',
+                  (e: unknown) => (RelayClientError.is(e) ? e.code : 'other'),
+                ),
+              ),
+            );
+            for (const a of answers) outcomes.set(a, (outcomes.get(a) ?? 0) + 1);
+          }
+        }),
+      );
+      return outcomes;
+    };
+    const storeBytes = (): number => ['relay.sqlite', 'relay.sqlite-wal'].reduce((n, f) => n + (existsSync(join(relay.dataDir, f)) ? statSync(join(relay.dataDir, f)).size : 0), 0);
+    // Warm-up: 10,000 refused SENDs bring the heap and Node's buffers to their working size (about
+    // 25-35 MB above an idle relay); a leak would show as growth over the 10,000 that follow.
+    await flood(2000);
+    await sleep(300);
+    const before = rssKiB(pid);
+    writeFileSync(`/proc/${pid}/clear_refs`, '5');
+    const peakBefore = rssKiB(pid, 'VmHWM');
+    const diskBefore = storeBytes();
+    const outcomes = await flood(2000);
+    await sleep(300);
+    const after = rssKiB(pid);
+    const peakAfter = rssKiB(pid, 'VmHWM');
+    t.diagnostic(`answers: ${JSON.stringify(Object.fromEntries(outcomes))}; RSS ${before} → ${after} KiB, peak +${peakAfter - peakBefore} KiB; store ${diskBefore} → ${storeBytes()} bytes`);
+    assert.deepEqual(Object.fromEntries(outcomes), { QUOTA: 10_000 }, 'every SEND to the full queue gets ERR QUOTA');
+    // 160 MB of bodies were sent: keeping any part of each (a body is 16 KB) would show. The
+    // margins leave room for the heap's own growth between collections (up to 12 MB seen).
+    assert.ok(after - before < 24 * 1024, `RSS grew by ${after - before} KiB`);
+    assert.ok(peakAfter - peakBefore < 40 * 1024, `peak RSS grew by ${peakAfter - peakBefore} KiB`);
+    assert.ok(storeBytes() - diskBefore < 64 * 1024, 'nothing of the refused messages reached the store');
+    // The queue holds the five it had, and takes messages again once drained.
+    const kept: string[] = [];
+    for (let m = await alice.get(q); m !== null; m = await alice.get(q)) {
+      kept.push(Buffer.from(openDelivered(q, m.msgId, m.body).body).toString());
+      await alice.ack(q, m.msgId);
+    }
+    assert.deepEqual(kept, ['kept 0', 'kept 1', 'kept 2', 'kept 3', 'kept 4']);
+    await senders[1]!.send(q.sndId, key.privateKey, utf8('after the flood'));
+    for (const c of [alice, ...senders]) c.close();
   });
 });
 
