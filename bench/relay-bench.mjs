@@ -327,7 +327,7 @@ async function measureWindow(relay, st, cfg) {
   const d1 = driverCpuUs();
   const m1 = machineBusyUs();
   const wallUs = (t1 - t0) * 1000;
-  const events = relay.events;
+  const events = { ...relay.events };
   const relayCpuUs = r1.user + r1.sys - r0.user - r0.sys;
   // CPU used by everything else on the machine (other processes, kernel threads): if high, the
   // figures of this run are disturbed.

@@ -22,6 +22,8 @@ export class RelayMetrics {
   queuesExpired = 0;
   subscriptions = 0;
   storeCommits = 0;
+  /** 1 while the store takes writes, 0 from a failed sync until a checkpoint succeeds. */
+  storeWritable = 1;
   storeSyncFailures = 0;
   storeRecoveries = 0;
   storeRetries = 0;
@@ -62,6 +64,7 @@ export class RelayMetrics {
     metric('murmure_queues_expired_total', 'counter', 'Unused queues deleted by expiry.', this.queuesExpired);
     metric('murmure_subscriptions', 'gauge', 'Queues with a subscriber.', this.subscriptions);
     metric('murmure_store_commits_total', 'counter', 'Group commits of the store.', this.storeCommits);
+    metric('murmure_store_writable', 'gauge', '1 while the store takes writes; 0 from a failed sync until a checkpoint succeeds.', this.storeWritable);
     metric('murmure_store_sync_failures_total', 'counter', 'Failed syncs of the store; writes are refused until a checkpoint succeeds.', this.storeSyncFailures);
     metric('murmure_store_recoveries_total', 'counter', 'Checkpoints that made the store take writes again after a failed sync.', this.storeRecoveries);
     metric('murmure_store_retries_total', 'counter', 'Store operations tried again after a failure (message reads for delivery, deletions after ACK).', this.storeRetries);

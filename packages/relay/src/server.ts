@@ -39,16 +39,19 @@ function storeEvent(event: StoreEvent, metrics: RelayMetrics, logger: Logger): v
   switch (event) {
     case 'sync-failed':
       metrics.storeSyncFailures++;
+      metrics.storeWritable = 0;
       logger.log('error', 'store sync failed: writes refused until a checkpoint succeeds');
       break;
     case 'recovered':
       metrics.storeRecoveries++;
+      metrics.storeWritable = 1;
       logger.log('info', 'store recovered: checkpoint done, writes taken again');
       break;
     case 'delete-retry':
       metrics.storeRetries++;
       break;
     case 'recovery-failed':
+      logger.log('warn', 'store recovery failed: checkpoint not possible yet, writes still refused');
       break;
   }
 }
@@ -60,6 +63,8 @@ export class RelayServer {
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly sessionKeys = new SessionKeys();
   private readonly sources: SourceLimiter;
+  /** TCP connections closed at the per-source limit. */
+  private readonly refused = new WeakSet<object>();
   private metricsServer: HttpServer | null = null;
   private stopping: Promise<void> | null = null;
 
@@ -97,6 +102,9 @@ export class RelayServer {
     // Settings are checked before anything is opened or created.
     if (config.plainLoopback && !isLoopbackHost(config.host)) {
       throw new RelayStartError('plain WebSocket without TLS is only served on a loopback host');
+    }
+    if (!Number.isSafeInteger(config.maxConnectionsPerSource) || config.maxConnectionsPerSource < 1) {
+      throw new RelayStartError('the connection limit per source must be a whole number of at least 1');
     }
     try {
       sourceBlocks(config.unlimitedSources);
@@ -157,11 +165,13 @@ export class RelayServer {
   private wire(): void {
     const { https, wss, config, metrics } = this;
     https.on('drop', () => metrics.connectionsRejected++);
-    // Before any TLS work: a source at its limit is cut as soon as its TCP connection is accepted.
+    // Before any TLS handshake: a source at its limit is cut as soon as its TCP connection is
+    // accepted (Node has wrapped it in a TLS socket by then, but has read nothing from it).
     https.on('connection', (socket: Socket) => {
       const release = this.sources.admit(socket.remoteAddress);
       if (release === null) {
         metrics.connectionsRejectedPerSource++;
+        this.refused.add(socket);
         socket.destroy();
         return;
       }
@@ -176,7 +186,11 @@ export class RelayServer {
       this.handshakeTimers.set(socket, timer);
       socket.once('close', () => clearTimeout(timer));
     });
-    https.on('tlsClientError', () => metrics.handshakeFailures++);
+    // A connection refused per source ends its TLS socket before any handshake; that is not a
+    // handshake failure (the TLS socket's `_parent` is the TCP socket it wraps).
+    https.on('tlsClientError', (_e, tls) => {
+      if (!this.refused.has((tls as unknown as { _parent?: object })._parent ?? tls)) metrics.handshakeFailures++;
+    });
     https.on('request', (_req, res) => {
       res.writeHead(426, { connection: 'close', 'content-type': 'text/plain' });
       res.end('murmure relay: WebSocket only\n');
@@ -236,6 +250,7 @@ export class RelayServer {
       messagesStored: m.messagesStored,
       messagesDelivered: m.messagesDelivered,
       connectionsRejected: m.connectionsRejected,
+      connectionsRejectedPerSource: m.connectionsRejectedPerSource,
       handshakeFailures: m.handshakeFailures,
     });
   }

@@ -10,6 +10,8 @@ import fc from 'fast-check';
 
 import { LOOPBACK_BLOCKS, SourceBlockError, SourceLimiter, sourceBlocks, sourceKey } from './sources.js';
 
+const notMapped = (a: string): boolean => !/^::ffff:\d/i.test(a);
+
 describe('sourceKey', () => {
   test('IPv4 as it is, IPv4-mapped IPv6 as IPv4, IPv6 as its /64, anything else undefined', () => {
     assert.equal(sourceKey('192.0.2.7'), '192.0.2.7');
@@ -26,7 +28,8 @@ describe('sourceKey', () => {
 
   test('two IPv6 addresses share a source exactly when they share their first 64 bits', () => {
     fc.assert(
-      fc.property(fc.ipV6(), fc.ipV6(), (a, b) => {
+      // IPv4-mapped addresses count as their IPv4 address, not as a /64 (the unit test above).
+      fc.property(fc.ipV6().filter(notMapped), fc.ipV6().filter(notMapped), (a, b) => {
         const ka = sourceKey(a);
         const kb = sourceKey(b);
         assert.ok(ka !== undefined && kb !== undefined);
@@ -41,7 +44,7 @@ describe('sourceKey', () => {
 
   test('an address in the same /64 as a random one shares its source', () => {
     fc.assert(
-      fc.property(fc.ipV6(), fc.array(fc.integer({ min: 0, max: 0xffff }), { minLength: 4, maxLength: 4 }), (a, tail) => {
+      fc.property(fc.ipV6().filter(notMapped), fc.array(fc.integer({ min: 0, max: 0xffff }), { minLength: 4, maxLength: 4 }), (a, tail) => {
         const head = sourceKey(a)!.slice(0, -'::/64'.length);
         assert.equal(sourceKey(`${head}:${tail.map((g) => g.toString(16)).join(':')}`), sourceKey(a));
       }),

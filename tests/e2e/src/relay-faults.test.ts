@@ -375,8 +375,11 @@ test('fsync failing after a commit: a DEL that was committed but not synced stil
 
 test('fsync failing once: the writes it covered get ERR STORE, none is taken until a checkpoint succeeds, then SENDs get OK again (F5)', { timeout: 60_000 }, async (t) => {
   assert.ok(existsSync(STRACE), 'strace is installed');
-  // The first fdatasync of the WAL in each thread fails with EIO (strace counts per thread, and
-  // the syncs run on libuv's pool of 4), every later one works: a disk with a passing fault.
+  // A disk with a passing fault. strace counts calls per thread, so libuv's pool has one thread
+  // here. The relay's syncs of the WAL are fdatasync on that thread: the first is the sync of
+  // the expiry run at start, the second that of the first SEND, which fails with EIO. SQLite's
+  // are fsync on the main thread: the first syncs the new WAL header at the first commit, the
+  // second is in the checkpoint that tries to recover, which fails with EIO. Every later one works.
   const dataDir = scratch('murmure-fsync-once-');
   const first = await launch({ dataDir });
   const c1 = await RelayClient.connect(first.address);
@@ -388,14 +391,19 @@ test('fsync failing once: the writes it covered get ERR STORE, none is taken unt
   const relay = await launch({
     dataDir,
     args: ['--metrics-port', '0'],
-    wrapper: [STRACE, '-f', '-ttt', '-y', '-P', wal, '-e', 'trace=fsync,fdatasync,ftruncate', '-e', 'inject=fdatasync:error=EIO:when=1', '-o', traceFile],
+    env: { UV_THREADPOOL_SIZE: '1' },
+    wrapper: [STRACE, '-f', '-ttt', '-y', '-P', wal, '-e', 'trace=fsync,fdatasync,ftruncate', '-e', 'inject=fdatasync:error=EIO:when=2', '-e', 'inject=fsync:error=EIO:when=2', '-o', traceFile],
   });
   const c = await RelayClient.connect(relay.address);
+  await sleep(500); // the expiry at start has been synced
   const bodies = numberedBodies(200);
   const ok = new Set<number>();
   const outcomes: string[] = [];
-  const total = 40;
-  for (let seq = 0; seq < total; seq++) {
+  // SENDs 50 ms apart until 10 in a row after the last ERR STORE got OK (the checkpoint is
+  // tried again 1 s after the failed one), at most 20 s.
+  const until = Date.now() + 20_000;
+  let seq = 0;
+  for (; Date.now() < until; seq++) {
     try {
       await c.send(q.sndId, senderKey.privateKey, bodies.body(seq));
       ok.add(seq);
@@ -403,19 +411,27 @@ test('fsync failing once: the writes it covered get ERR STORE, none is taken unt
     } catch (e) {
       outcomes.push(sendOutcome(e));
     }
-    if (seq % 8 === 7) await sleep(50);
+    const lastStore = outcomes.lastIndexOf('STORE');
+    if (lastStore >= 0 && outcomes.length - lastStore > 10) break;
+    await sleep(50);
   }
-  t.diagnostic(`outcomes: ${outcomes.join(' ')}`);
-  assert.ok(outcomes.includes('STORE'), 'a SEND whose sync failed gets ERR STORE');
+  const total = seq + 1;
+  const runs = outcomes.join(' ').replace(/(\w+)( \1)*/g, (m, o: string) => `${o}×${m.split(' ').length}`);
+  t.diagnostic(`outcomes: ${runs}`);
+  assert.equal(outcomes[0], 'STORE', 'the SEND whose sync failed gets ERR STORE');
   assert.ok(outcomes.every((o) => o === 'OK' || o === 'STORE'), 'only OK or ERR STORE');
-  assert.deepEqual(outcomes.slice(-10), Array(10).fill('OK'), 'once the checkpoint is done, SENDs get OK again');
+  const firstOk = outcomes.indexOf('OK');
+  assert.ok(firstOk > 1, 'the SENDs after it are refused while the checkpoint fails');
+  assert.ok(firstOk >= 0 && outcomes.slice(firstOk).every((o) => o === 'OK'), 'once the checkpoint is done, every SEND gets OK');
   const log = relay.log.join('');
   assert.match(log, /"event":"store sync failed: writes refused until a checkpoint succeeds"/, 'the failure is logged');
+  assert.match(log, /"event":"store recovery failed: checkpoint not possible yet, writes still refused"/, 'the failed checkpoint is logged');
   assert.match(log, /"event":"store recovered: checkpoint done, writes taken again"/, 'the recovery is logged');
   const metrics = await (await fetch(`http://127.0.0.1:${relay.metricsPort}/metrics`)).text();
   const counter = (name: string): number => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(metrics)?.[1] ?? NaN);
-  assert.ok(counter('murmure_store_sync_failures_total') >= 1, 'the failed syncs are counted');
-  assert.equal(counter('murmure_store_recoveries_total'), counter('murmure_store_sync_failures_total'), 'each failure ended in a recovery');
+  assert.equal(counter('murmure_store_sync_failures_total'), 1, 'the failed sync is counted');
+  assert.equal(counter('murmure_store_recoveries_total'), 1, 'and the recovery');
+  assert.equal(counter('murmure_store_writable'), 1, 'the store takes writes again');
   c.close();
   assert.equal(await signalRelay(relay, 'SIGTERM'), 0);
 
@@ -429,7 +445,7 @@ test('fsync failing once: the writes it covered get ERR STORE, none is taken unt
   }
   calls.sort((a, b) => a.at - b.at);
   const failures = calls.filter((x) => x.failed);
-  assert.ok(failures.length >= 1 && failures.every((f) => f.name === 'fdatasync'), `the injected failures are in the trace (${failures.length})`);
+  assert.deepEqual(failures.map((f) => f.name).sort(), ['fdatasync', 'fsync'], 'the two injected failures are in the trace');
   for (const f of failures) {
     const later = calls.filter((x) => x.at > f.at);
     const nextOk = later.find((x) => x.name === 'fdatasync' && !x.failed);
@@ -446,6 +462,38 @@ test('fsync failing once: the writes it covered get ERR STORE, none is taken unt
   assert.equal(await signalRelay(again, 'SIGTERM'), 0);
   assert.deepEqual(seqs.filter((s) => ok.has(s)), [...ok].sort((a, b) => a - b), 'every OK\'d message survives, in order');
   assert.ok(seqs.every((s) => s >= 0 && s < total), 'nothing that was never sent appears');
+});
+
+test('fsync failing for good after a commit: writes stay refused, and SIGTERM exits 1 because the store could not be made durable (F5)', { timeout: 60_000 }, async () => {
+  assert.ok(existsSync(STRACE), 'strace is installed');
+  const dataDir = scratch('murmure-fsync-never-');
+  const first = await launch({ dataDir });
+  const c1 = await RelayClient.connect(first.address);
+  const { q, senderKey } = await securedQueue(c1);
+  c1.close();
+  assert.equal(await signalRelay(first, 'SIGTERM'), 0);
+  // As in the test above, but from the first SEND's sync on, every sync of the WAL fails: the
+  // commit lands (SQLite's sync of the new WAL header works), its sync does not, and no
+  // checkpoint ever succeeds.
+  const wal = join(dataDir, 'relay.sqlite-wal');
+  const relay = await launch({
+    dataDir,
+    env: { UV_THREADPOOL_SIZE: '1' },
+    wrapper: [STRACE, '-f', '-P', wal, '-e', 'trace=fsync,fdatasync', '-e', 'inject=fdatasync:error=EIO:when=2+', '-e', 'inject=fsync:error=EIO:when=2+', '-o', '/dev/null'],
+  });
+  const c = await RelayClient.connect(relay.address);
+  await sleep(500); // the expiry at start has been synced
+  const bodies = numberedBodies(200);
+  for (let seq = 0; seq < 5; seq++) {
+    await assert.rejects(c.send(q.sndId, senderKey.privateKey, bodies.body(seq)), (e) => RelayClientError.is(e, 'STORE'), `SEND #${seq} gets ERR STORE`);
+  }
+  await c.ping();
+  c.close();
+  assert.equal(await signalRelay(relay, 'SIGTERM'), 1, 'a relay whose store never recovered does not stop cleanly');
+  const log = relay.log.join('');
+  assert.match(log, /"event":"store recovery failed: checkpoint not possible yet, writes still refused"/);
+  assert.match(log, /"event":"relay did not stop cleanly","code":"IO"/);
+  assert.doesNotMatch(log, /\n\s+at /, 'no stack trace');
 });
 
 test('a store that cannot be closed cleanly: SIGTERM logs it and exits 1, and what was stored is kept', { timeout: 60_000 }, async () => {

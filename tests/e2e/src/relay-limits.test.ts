@@ -257,6 +257,14 @@ test('handshake deadline: connections that stall before TLS, before the upgrade 
   });
 });
 
+/** Waits for `event` on a new socket; fails (rather than hangs) if it closes first. */
+function opened(s: Socket, event: 'connect' | 'secureConnect'): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    s.once(event, () => resolve());
+    s.once('close', () => reject(new Error(`the connection closed before ${event} (a machine too slow for the deadline?)`)));
+  });
+}
+
 /** Writes `bytes` one at a time, one every `everyMs`, until the socket closes; resolves with the close time. */
 function drip(socket: Socket, bytes: Uint8Array, everyMs: number): Promise<number> {
   socket.on('error', () => undefined);
@@ -288,14 +296,14 @@ test('slow drip (S4): a byte every 200 ms through the TLS handshake, the upgrade
     const phases = await Promise.all([
       ...Array.from({ length: perPhase }, async () => {
         const s = netConnect(relay.port, '127.0.0.1');
-        await new Promise<void>((r) => s.once('connect', () => r()));
+        await opened(s, 'connect');
         const from = performance.now();
         return { phase: 'TLS handshake', ms: (await drip(s, tlsHello, everyMs)) - from };
       }),
       ...Array.from({ length: perPhase }, async () => {
         const s = tlsConnect({ host: '127.0.0.1', port: relay.port, rejectUnauthorized: false });
         s.on('error', () => undefined);
-        await new Promise<void>((r) => s.once('secureConnect', () => r()));
+        await opened(s, 'secureConnect');
         const from = performance.now();
         return { phase: 'upgrade', ms: (await drip(s, upgrade, everyMs)) - from };
       }),

@@ -15,7 +15,8 @@
  * and marked them clean, so a later sync that succeeds says nothing of them, and a WAL with a hole
  * loses every commit after the hole at recovery. So after a failed sync the store refuses writes,
  * and rejects every commit not yet synced, until a checkpoint (TRUNCATE) has copied the WAL into
- * the database file and synced it; it tries that at once and then every RECOVERY_RETRY_MS.
+ * the database file and synced it; it tries that at once and then again after RECOVERY_RETRY_MS,
+ * doubling up to RECOVERY_RETRY_MAX_MS.
  * @module
  */
 
@@ -56,8 +57,14 @@ export const MAX_WRITES_PER_COMMIT = 4096;
 export const DEFERRED_SYNC_MS = 200;
 /** Wait before a deletion whose commit failed (a full disk) is tried again. */
 export const DELETE_RETRY_MS = 1000;
-/** Wait between attempts to checkpoint the store after a failed sync, writes refused meanwhile. */
+/**
+ * Wait before the second attempt to checkpoint the store after a failed sync (writes refused
+ * meanwhile); it doubles after each failed attempt up to RECOVERY_RETRY_MAX_MS. An attempt
+ * syncs on the event loop, so a disk that hangs rather than fails stalls the relay for as long.
+ */
 export const RECOVERY_RETRY_MS = 1000;
+/** Longest wait between two attempts to checkpoint the store after a failed sync. */
+export const RECOVERY_RETRY_MAX_MS = 30_000;
 
 /**
  * What the store reports besides commits: a sync failed and writes are refused (`sync-failed`),
@@ -115,6 +122,7 @@ export class SqliteQueueStore implements QueueStore {
   /** Set by a failed sync until a checkpoint succeeds: writes are refused meanwhile. */
   private untrusted = false;
   private recovery: NodeJS.Timeout | null = null;
+  private recoveryWaitMs = RECOVERY_RETRY_MS;
   private readonly st;
 
   private constructor(
@@ -295,6 +303,7 @@ export class SqliteQueueStore implements QueueStore {
         for (const { batch } of [...batches, ...this.unsynced.splice(0)]) for (const w of batch) w.reject(err);
         if (!this.untrusted) {
           this.untrusted = true;
+          this.recoveryWaitMs = RECOVERY_RETRY_MS;
           this.onEvent('sync-failed');
           setImmediate(() => this.recover());
         }
@@ -304,11 +313,17 @@ export class SqliteQueueStore implements QueueStore {
     });
   }
 
+  /** Whether the store takes writes (false from a failed sync until a checkpoint succeeds). */
+  get writable(): boolean {
+    return !this.closed && !this.untrusted;
+  }
+
   /**
    * Makes the store trustworthy again after a failed sync: a TRUNCATE checkpoint syncs the WAL,
    * copies it into the database file, syncs that and empties the WAL. Until it succeeds (tried
-   * every RECOVERY_RETRY_MS) writes are refused. What the checkpoint copies is what the page cache
-   * holds, the pages the failed sync could not write included.
+   * again after RECOVERY_RETRY_MS, doubling up to RECOVERY_RETRY_MAX_MS) writes are refused.
+   * What the checkpoint copies is what the page cache holds, the pages the failed sync could not
+   * write included.
    */
   private recover(): void {
     this.recovery = null;
@@ -327,7 +342,8 @@ export class SqliteQueueStore implements QueueStore {
       return;
     }
     this.onEvent('recovery-failed');
-    this.recovery = setTimeout(() => this.recover(), RECOVERY_RETRY_MS).unref();
+    this.recovery = setTimeout(() => this.recover(), this.recoveryWaitMs).unref();
+    this.recoveryWaitMs = Math.min(RECOVERY_RETRY_MAX_MS, this.recoveryWaitMs * 2);
   }
 
   private read<T>(f: () => T): Promise<T> {
@@ -513,17 +529,21 @@ export class SqliteQueueStore implements QueueStore {
     if (this.recovery !== null) clearTimeout(this.recovery);
     this.recovery = null;
     if (this.syncInFlight) await new Promise<void>((resolve) => this.syncWaiters.push(resolve));
-    try {
-      this.db.pragma('wal_checkpoint(TRUNCATE)');
-    } catch {
-      // the WAL is still durable; it is checkpointed on the next open
-    }
-    // The database is closed even if the WAL descriptor's close fails; the failure is reported.
+    // The database is closed even if the checkpoint or the WAL descriptor's close fails; the
+    // failure is reported.
     let failure: unknown = null;
+    try {
+      const r = this.db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
+      if (this.untrusted && r[0]?.busy !== 0) failure = new Error('checkpoint busy');
+    } catch (e) {
+      // After good syncs the WAL is durable and is checkpointed on the next open; after a failed
+      // one this checkpoint was the last chance to make it so.
+      if (this.untrusted) failure = e;
+    }
     try {
       closeSync(this.walFd);
     } catch (e) {
-      failure = e;
+      failure ??= e;
     }
     this.db.close();
     if (failure !== null) throw new StoreError('IO', 'the relay store could not be closed cleanly', { cause: failure });
