@@ -67,6 +67,8 @@ export class RelayServer {
   private readonly refused = new WeakSet<object>();
   private metricsServer: HttpServer | null = null;
   private stopping: Promise<void> | null = null;
+  /** The expiry run going on, if any: a long one is not overlapped by the next. */
+  private expiring: Promise<void> | null = null;
 
   private constructor(
     readonly config: RelayConfig,
@@ -255,8 +257,15 @@ export class RelayServer {
     });
   }
 
-  /** Deletes expired messages and unused queues now. */
-  async expire(): Promise<void> {
+  /** Deletes expired messages and unused queues now (joins a run already going). */
+  expire(): Promise<void> {
+    this.expiring ??= this.runExpiry().finally(() => {
+      this.expiring = null;
+    });
+    return this.expiring;
+  }
+
+  private async runExpiry(): Promise<void> {
     const now = this.now();
     try {
       // A queue its recipient is subscribed to is in use, however long ago the SUB was.

@@ -376,10 +376,11 @@ test('fsync failing after a commit: a DEL that was committed but not synced stil
 test('fsync failing once: the writes it covered get ERR STORE, none is taken until a checkpoint succeeds, then SENDs get OK again (F5)', { timeout: 60_000 }, async (t) => {
   assert.ok(existsSync(STRACE), 'strace is installed');
   // A disk with a passing fault. strace counts calls per thread, so libuv's pool has one thread
-  // here. The relay's syncs of the WAL are fdatasync on that thread: the first is the sync of
-  // the expiry run at start, the second that of the first SEND, which fails with EIO. SQLite's
-  // are fsync on the main thread: the first syncs the new WAL header at the first commit, the
-  // second is in the checkpoint that tries to recover, which fails with EIO. Every later one works.
+  // here. The relay's syncs of the WAL are fdatasync on that thread, and the first is that of
+  // the first SEND (expiry at start finds nothing and writes nothing): it fails with EIO.
+  // SQLite's are fsync on the main thread: the first syncs the new WAL header at the first
+  // commit, the second is in the checkpoint that tries to recover, which fails with EIO. Every
+  // later one works.
   const dataDir = scratch('murmure-fsync-once-');
   const first = await launch({ dataDir });
   const c1 = await RelayClient.connect(first.address);
@@ -392,10 +393,9 @@ test('fsync failing once: the writes it covered get ERR STORE, none is taken unt
     dataDir,
     args: ['--metrics-port', '0'],
     env: { UV_THREADPOOL_SIZE: '1' },
-    wrapper: [STRACE, '-f', '-ttt', '-y', '-P', wal, '-e', 'trace=fsync,fdatasync,ftruncate', '-e', 'inject=fdatasync:error=EIO:when=2', '-e', 'inject=fsync:error=EIO:when=2', '-o', traceFile],
+    wrapper: [STRACE, '-f', '-ttt', '-y', '-P', wal, '-e', 'trace=fsync,fdatasync,ftruncate', '-e', 'inject=fdatasync:error=EIO:when=1', '-e', 'inject=fsync:error=EIO:when=2', '-o', traceFile],
   });
   const c = await RelayClient.connect(relay.address);
-  await sleep(500); // the expiry at start has been synced
   const bodies = numberedBodies(200);
   const ok = new Set<number>();
   const outcomes: string[] = [];
@@ -472,17 +472,16 @@ test('fsync failing for good after a commit: writes stay refused, and SIGTERM ex
   const { q, senderKey } = await securedQueue(c1);
   c1.close();
   assert.equal(await signalRelay(first, 'SIGTERM'), 0);
-  // As in the test above, but from the first SEND's sync on, every sync of the WAL fails: the
-  // commit lands (SQLite's sync of the new WAL header works), its sync does not, and no
-  // checkpoint ever succeeds.
+  // As in the test above, but every sync of the WAL from the first SEND's on fails: the commit
+  // lands (SQLite's sync of the new WAL header works), its sync does not, and no checkpoint
+  // ever succeeds.
   const wal = join(dataDir, 'relay.sqlite-wal');
   const relay = await launch({
     dataDir,
     env: { UV_THREADPOOL_SIZE: '1' },
-    wrapper: [STRACE, '-f', '-P', wal, '-e', 'trace=fsync,fdatasync', '-e', 'inject=fdatasync:error=EIO:when=2+', '-e', 'inject=fsync:error=EIO:when=2+', '-o', '/dev/null'],
+    wrapper: [STRACE, '-f', '-P', wal, '-e', 'trace=fsync,fdatasync', '-e', 'inject=fdatasync:error=EIO:when=1+', '-e', 'inject=fsync:error=EIO:when=2+', '-o', '/dev/null'],
   });
   const c = await RelayClient.connect(relay.address);
-  await sleep(500); // the expiry at start has been synced
   const bodies = numberedBodies(200);
   for (let seq = 0; seq < 5; seq++) {
     await assert.rejects(c.send(q.sndId, senderKey.privateKey, bodies.body(seq)), (e) => RelayClientError.is(e, 'STORE'), `SEND #${seq} gets ERR STORE`);

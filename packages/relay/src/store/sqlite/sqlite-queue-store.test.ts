@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 
 import { DAY_MS, dayOf } from '../queue-store.js';
-import { SqliteQueueStore } from './sqlite-queue-store.js';
+import { EXPIRY_MESSAGES_PER_COMMIT, SqliteQueueStore } from './sqlite-queue-store.js';
 
 const id = (): Uint8Array => new Uint8Array(randomBytes(24));
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
@@ -79,4 +79,50 @@ test('a queue record carries the day of its last activity: set at creation, move
     await store.addMessage(rcvId, { msgId, receivedAt: later, sealed: msgId }, 10, Date.now() + 5 * DAY_MS);
     assert.equal((await store.queueByRecipient(rcvId))?.activeDay, today + 5);
   });
+});
+
+test('expiry deletes exactly the messages received before the cutoff, in rounds that let the event loop serve, and frees their quota', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
+  let commits = 0;
+  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db'), onCommit: () => commits++ });
+  try {
+    const now = Date.now();
+    const queues = Array.from({ length: 5 }, id);
+    for (const rcvId of queues) await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, now);
+    // 2.5 commits' worth of old messages and as many new ones, arrival times shuffled over the
+    // queues and out of insertion order.
+    const total = 5 * EXPIRY_MESSAGES_PER_COMMIT;
+    const cutoff = now - DAY_MS;
+    const kept = new Map<string, string[]>(queues.map((q) => [hex(q), []]));
+    const writes = [];
+    for (let i = 0; i < total; i++) {
+      const rcvId = queues[(i * 7) % queues.length]!;
+      const old = (i * 13) % 2 === 0;
+      const receivedAt = old ? cutoff - 1 - ((i * 31) % 10_000) : cutoff + ((i * 17) % 10_000);
+      const msgId = id();
+      if (!old) kept.get(hex(rcvId))!.push(hex(msgId));
+      writes.push(store.addMessage(rcvId, { msgId, receivedAt, sealed: msgId }, total, now));
+    }
+    await Promise.all(writes);
+    const expected = total - [...kept.values()].reduce((n, ids) => n + ids.length, 0);
+    // Each round is a commit of its own, and timers run between them.
+    let turns = 0;
+    const ticker = setInterval(() => turns++, 0);
+    const before = commits;
+    const r = await store.expire(cutoff, now - 90 * DAY_MS);
+    clearInterval(ticker);
+    assert.deepEqual(r, { messages: expected, queues: 0 });
+    const rounds = commits - before;
+    assert.ok(rounds >= Math.ceil(expected / EXPIRY_MESSAGES_PER_COMMIT), `${expected} messages took ${rounds} commits, at most ${EXPIRY_MESSAGES_PER_COMMIT} each`);
+    assert.ok(turns >= rounds - 1, `the event loop served between rounds (${turns} timer turns)`);
+    for (const rcvId of queues) {
+      const left = (await store.oldestMessages(rcvId, total)).map((m) => hex(m.msgId));
+      assert.deepEqual(left, kept.get(hex(rcvId)), 'only the newer messages are left, in order');
+      assert.equal((await store.queueByRecipient(rcvId))?.msgCount, left.length, 'the quota count follows');
+    }
+    assert.deepEqual(await store.expire(cutoff, now - 90 * DAY_MS), { messages: 0, queues: 0 }, 'a second run finds nothing');
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
