@@ -9,9 +9,10 @@
 // the relay stays up; after a restart every OK'd message is there. With one failed sync, no write
 // is taken until a checkpoint has emptied the WAL, then SENDs get OK again.
 // F9: a store with a damaged page in the middle makes `murmure relay start` exit non-zero with
-// one clear line on stderr and no stack trace, and the attempt leaves the file as it was.
+// one clear line on stderr and no stack trace, and the attempt leaves the file as it was. A kill
+// at any point of a migration leaves the old schema or the new, never a mix, and loses nothing.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, rmdirSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -619,6 +620,113 @@ function assertRefusesToStart(dataDir: string, says: RegExp = /corrupt|integrity
   assert.ok(!j.stderr.split('\n').some((l) => l.startsWith('    at ')), 'no stack trace with --json');
   assert.equal(hash(), before, 'the store file is unchanged');
 }
+
+/** Messages put into the store before the migration test: enough for an index of ~1,000 pages. */
+const MIGRATION_MESSAGES = 200_000;
+
+/** Takes a store back to schema 1 (before the index of arrival times), as an older relay left it. */
+function toSchema1(dbPath: string): void {
+  const db = new Database(dbPath);
+  try {
+    db.exec('DROP INDEX IF EXISTS messages_received');
+    db.pragma('user_version = 1');
+    db.pragma('wal_checkpoint(TRUNCATE)');
+  } finally {
+    db.close();
+  }
+}
+
+/** Schema version, whether the index exists, the integrity check and the message count. */
+function storeState(dbPath: string): { version: number; index: boolean; check: unknown; messages: number } {
+  const db = new Database(dbPath);
+  try {
+    return {
+      version: Number(db.pragma('user_version', { simple: true })),
+      index: db.prepare("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'messages_received'", { pluck: true }).get() === 1,
+      check: db.pragma('quick_check', { simple: true }),
+      messages: Number(db.prepare('SELECT count(*) FROM messages', { pluck: true }).get()),
+    };
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * Runs `murmure relay start` under strace, which is to kill it; resolves with how strace (which
+ * ends as its tracee did) exited. A relay that survives to print its address is killed with its
+ * process group, and the exit then says `survived`.
+ */
+function killedRelay(dataDir: string, strace: readonly string[]): Promise<NodeJS.Signals | number | 'survived' | null> {
+  const p = spawn(STRACE, [...strace, process.execPath, MURMURE_BIN, 'relay', 'start', '--data', dataDir, '--port', '0', '--json'], { stdio: ['ignore', 'pipe', 'ignore'], detached: true });
+  let survived = false;
+  p.stdout.once('data', () => {
+    survived = true;
+    process.kill(-p.pid!, 'SIGKILL');
+  });
+  return new Promise((resolve) => p.once('exit', (code, signal) => resolve(survived ? 'survived' : (signal ?? code))));
+}
+
+test('kill -9 in the middle of a migration leaves the store at the old schema or the new, whole; the next start migrates it (F9)', { timeout: 120_000 }, async (t) => {
+  assert.ok(existsSync(STRACE), 'strace is installed');
+  const dataDir = scratch('murmure-migrate-');
+  const first = await launch({ dataDir });
+  const c1 = await RelayClient.connect(first.address);
+  const { q, senderKey } = await securedQueue(c1);
+  await c1.send(q.sndId, senderKey.privateKey, utf8('the first message'));
+  c1.close();
+  assert.equal(await signalRelay(first, 'SIGTERM'), 0);
+  const dbPath = join(dataDir, 'relay.sqlite');
+  const wal = `${dbPath}-wal`;
+  // 200,000 more messages, newer than the first, so that building the index takes ~1,000 pages.
+  const fill = new Database(dbPath);
+  fill.prepare(
+    'WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) ' +
+      'INSERT INTO messages (rcv_id, msg_id, received_at, body) SELECT ?, randomblob(24), ? + i, randomblob(100) FROM n',
+  ).run([MIGRATION_MESSAGES, q.rcvId, Date.now()] as never);
+  fill.prepare('UPDATE queues SET msg_count = msg_count + ? WHERE rcv_id = ?').run([MIGRATION_MESSAGES, q.rcvId] as never);
+  fill.close();
+
+  // How many writes to the WAL the migration makes (nothing else writes before the relay serves).
+  toSchema1(dbPath);
+  const countFile = join(scratch('murmure-strace-'), 'writes');
+  const counted = await launch({ dataDir, wrapper: [STRACE, '-f', '-P', wal, '-e', 'trace=pwrite64', '-o', countFile] });
+  const probe = await RelayClient.connect(counted.address);
+  await probe.ping();
+  probe.close();
+  assert.equal(await signalRelay(counted, 'SIGTERM'), 0, 'a full migration and a clean stop');
+  const writes = readFileSync(countFile, 'utf8').split('\n').filter((l) => /pwrite64\(/.test(l)).length;
+  assert.ok(writes > 100, `the migration writes many pages to the WAL (${writes})`);
+
+  // Killed as it starts its first write, a third of them, two thirds, its last (the commit), and
+  // once the migration is done, as the relay starts to listen.
+  const expected = MIGRATION_MESSAGES + 1;
+  const outcomes: string[] = [];
+  const kills = [1, Math.ceil(writes / 3), Math.ceil((2 * writes) / 3), writes].map((at) => ({ at: `write ${at}`, strace: ['-P', wal, '-e', `inject=pwrite64:signal=SIGKILL:when=${at}`] }));
+  kills.push({ at: 'listen', strace: ['-e', 'inject=listen:signal=SIGKILL'] });
+  for (const { at, strace } of kills) {
+    toSchema1(dbPath);
+    const killed = await killedRelay(dataDir, ['-f', ...strace, '-o', '/dev/null']);
+    assert.equal(killed, 'SIGKILL', `killed at ${at} (of ${writes} writes)`);
+    const s = storeState(dbPath);
+    outcomes.push(`${at}: schema ${s.version}`);
+    assert.equal(s.check, 'ok', `after a kill at ${at}: the store is whole`);
+    assert.ok(s.version === 1 || s.version === 2, `after a kill at ${at}: schema 1 or 2, not ${s.version}`);
+    assert.equal(s.index, s.version === 2, 'the index exists exactly when the schema says so');
+    assert.equal(s.messages, expected, 'no message lost');
+    // The next start finishes the migration and serves the queue.
+    const again = await launch({ dataDir });
+    const c = await RelayClient.connect(again.address);
+    const m = await c.get(q);
+    assert.ok(m !== null && Buffer.from(openDelivered(q, m.msgId, m.body).body).toString() === 'the first message', 'the queue is served, oldest first');
+    c.close();
+    assert.equal(await signalRelay(again, 'SIGTERM'), 0);
+    const after = storeState(dbPath);
+    assert.deepEqual([after.version, after.index, after.messages], [2, true, expected], 'migrated on the next start');
+  }
+  t.diagnostic(`the migration wrote ${writes} times to the WAL; killed at ${outcomes.join(', ')}`);
+  assert.ok(outcomes.slice(0, 4).every((o) => o.endsWith('schema 1')), 'a kill before the commit leaves schema 1');
+  assert.ok(outcomes[4]!.endsWith('schema 2'), 'a kill after it leaves schema 2');
+});
 
 test('a store with flipped bytes in the middle is refused at start with one clear line, and left as it was (F9)', { timeout: 60_000 }, async (t) => {
   const dataDir = await storeWithMessages();
