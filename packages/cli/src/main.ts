@@ -268,9 +268,10 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
     ...(relay.metricsPort === null ? {} : { metricsPort: relay.metricsPort }),
     ...(relay.config.plainLoopback ? { plain: true } : {}),
   };
-  out.write(values.json === true ? `${JSON.stringify({ address: relay.address, ...metrics })}\n` : `${relay.address}\n`);
-  // Exit 0 only once every in-flight command has finished and the store has closed cleanly.
-  return new Promise<number>((resolveStop) => {
+  // Exit 0 only once every in-flight command has finished and the store has closed cleanly. The
+  // handlers are in place before the address is printed: whoever reads it may stop the relay
+  // at once, and a SIGTERM must not find the default action (an exit without closing the store).
+  const stopped = new Promise<number>((resolveStop) => {
     const stop = () => {
       process.off('SIGTERM', stop);
       process.off('SIGINT', stop);
@@ -285,4 +286,6 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
   });
+  out.write(values.json === true ? `${JSON.stringify({ address: relay.address, ...metrics })}\n` : `${relay.address}\n`);
+  return stopped;
 }

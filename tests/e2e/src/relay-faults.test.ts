@@ -496,6 +496,18 @@ test('fsync failing for good after a commit: writes stay refused, and SIGTERM ex
   assert.doesNotMatch(log, /\n\s+at /, 'no stack trace');
 });
 
+test('SIGTERM the moment the address is printed is a clean stop, even on a relay slowed down by strace', { timeout: 60_000 }, async () => {
+  assert.ok(existsSync(STRACE), 'strace is installed');
+  // Under strace every system call stops the relay, which widens the moment between printing
+  // the address and being ready for a signal; the handlers must be in place before the print.
+  const dataDir = scratch('murmure-early-term-');
+  for (let i = 0; i < 5; i++) {
+    const relay = await launch({ dataDir, wrapper: [STRACE, '-f', '-e', 'trace=pwrite64', '-o', '/dev/null'] });
+    assert.equal(await signalRelay(relay, 'SIGTERM'), 0, `run ${i + 1}: exit code 0, not death by signal`);
+    assert.match(relay.log.join(''), /"event":"relay stopped"/);
+  }
+});
+
 test('a store that cannot be closed cleanly: SIGTERM logs it and exits 1, and what was stored is kept', { timeout: 60_000 }, async () => {
   assert.ok(existsSync(STRACE), 'strace is installed');
   const dataDir = scratch('murmure-badclose-');
