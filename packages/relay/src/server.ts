@@ -257,7 +257,7 @@ export class RelayServer {
     });
   }
 
-  /** Deletes expired messages and unused queues now (joins a run already going). */
+  /** Deletes expired messages and unused queues now, or joins the run going on (and its clock). */
   expire(): Promise<void> {
     this.expiring ??= this.runExpiry().finally(() => {
       this.expiring = null;
@@ -267,16 +267,22 @@ export class RelayServer {
 
   private async runExpiry(): Promise<void> {
     const now = this.now();
+    // Counted round by round, so that a run that fails part way still counts what it deleted.
+    const done = { messages: 0, queues: 0 };
     try {
       // A queue its recipient is subscribed to is in use, however long ago the SUB was.
       this.handlers.markSubscribed(now);
-      const r = await this.store.expire(now - this.config.messageTtlMs, now - this.config.queueTtlMs);
-      this.metrics.messagesExpired += r.messages;
-      this.metrics.queuesExpired += r.queues;
-      if (r.messages > 0 || r.queues > 0) this.logger.log('info', 'expired', r);
+      await this.store.expire(now - this.config.messageTtlMs, now - this.config.queueTtlMs, (r) => {
+        done.messages += r.messages;
+        done.queues += r.queues;
+        this.metrics.messagesExpired += r.messages;
+        this.metrics.queuesExpired += r.queues;
+      });
     } catch (e) {
-      this.logger.log('warn', 'expiry failed', { code: (e as { code?: string }).code ?? 'unknown' });
+      // A stop closes the store under a run: that is no failure.
+      if (this.stopping === null) this.logger.log('warn', 'expiry failed', { code: (e as { code?: string }).code ?? 'unknown' });
     }
+    if (done.messages > 0 || done.queues > 0) this.logger.log('info', 'expired', done);
   }
 
   private async startMetrics(port: number): Promise<void> {

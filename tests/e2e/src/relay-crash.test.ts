@@ -205,10 +205,22 @@ async function trafficWithRestarts(opts: Readonly<{ n: number; seed: number; sto
 
     const total = 2 * n;
     const points = Array.from({ length: opts.stops }, () => Math.floor((0.05 + rng() * 0.85) * total)).sort((a, b) => a - b);
+    // A held message stalls its queue until the next stop, which may keep progress short of the
+    // stop's point: then the stop comes once progress has stood still for 500 ms.
+    let lastProgress = -1;
+    let lastChange = Date.now();
+    const stalledOnHold = (): boolean => {
+      const p = okDistinct + deliveredDistinct;
+      if (p !== lastProgress) {
+        lastProgress = p;
+        lastChange = Date.now();
+      }
+      return (heldInEpoch.get(exits.length) ?? 0) > 0 && Date.now() - lastChange > 500;
+    };
     const controller = async (): Promise<void> => {
       for (const point of points) {
         if (stopping) return;
-        await until(() => stopping || okDistinct + deliveredDistinct >= point, 40_000, () => `progress ${okDistinct}+${deliveredDistinct} < ${point}`);
+        await until(() => stopping || okDistinct + deliveredDistinct >= point || stalledOnHold(), 40_000, () => `progress ${okDistinct}+${deliveredDistinct} < ${point}`);
         await sleep(rng() * 8);
         exits.push(await signalRelay(relay, signal));
         await sleep(rng() * 60);

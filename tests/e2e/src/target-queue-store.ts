@@ -132,8 +132,8 @@ export abstract class TargetQueueStore implements QueueStore {
   linkData(linkId: Uint8Array): Promise<{ sndId: Uint8Array; data: Uint8Array } | undefined> {
     return this.inner.linkData(linkId);
   }
-  expire(messagesBefore: number, queuesUnusedSince: number): Promise<{ messages: number; queues: number }> {
-    return this.inner.expire(messagesBefore, queuesUnusedSince);
+  expire(messagesBefore: number, queuesUnusedSince: number, onRound?: (r: { messages: number; queues: number }) => void): Promise<{ messages: number; queues: number }> {
+    return this.inner.expire(messagesBefore, queuesUnusedSince, onRound);
   }
   stats(): Promise<{ queues: number; messages: number }> {
     return this.inner.stats();

@@ -94,8 +94,11 @@ export interface QueueStore {
   setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken'>;
   /** The link data under `linkId`, with its queue's sender id. */
   linkData(linkId: Uint8Array): Promise<{ sndId: Uint8Array; data: Uint8Array } | undefined>;
-  /** Removes messages received before `messagesBefore` and queues unused since `queuesUnusedSince`. */
-  expire(messagesBefore: number, queuesUnusedSince: number): Promise<ExpiryResult>;
+  /**
+   * Removes messages received before `messagesBefore` and queues unused since `queuesUnusedSince`,
+   * telling `onRound` what each step deleted (a run that fails part way has done those steps).
+   */
+  expire(messagesBefore: number, queuesUnusedSince: number, onRound?: (r: ExpiryResult) => void): Promise<ExpiryResult>;
   /** Counts, for metrics. */
   stats(): Promise<{ queues: number; messages: number }>;
   /** Finishes pending writes and closes. */

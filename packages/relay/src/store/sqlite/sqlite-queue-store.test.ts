@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 
 import { DAY_MS, dayOf } from '../queue-store.js';
-import { EXPIRY_MESSAGES_PER_COMMIT, SqliteQueueStore } from './sqlite-queue-store.js';
+import { EXPIRY_MESSAGES_PER_COMMIT, EXPIRY_QUEUES_PER_COMMIT, SqliteQueueStore } from './sqlite-queue-store.js';
 
 const id = (): Uint8Array => new Uint8Array(randomBytes(24));
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
@@ -105,22 +105,66 @@ test('expiry deletes exactly the messages received before the cutoff, in rounds 
     }
     await Promise.all(writes);
     const expected = total - [...kept.values()].reduce((n, ids) => n + ids.length, 0);
-    // Each round is a commit of its own, and timers run between them.
-    let turns = 0;
-    const ticker = setInterval(() => turns++, 0);
+    // Each round is a commit of its own, and other writes get in between: a message sent once the
+    // first round has committed is committed before the last round.
     const before = commits;
-    const r = await store.expire(cutoff, now - 90 * DAY_MS);
-    clearInterval(ticker);
+    const rounds: number[] = [];
+    let sentAfterFirst: Promise<number> | null = null;
+    const other = queues[0]!;
+    const r = await store.expire(cutoff, now - 90 * DAY_MS, (round) => {
+      rounds.push(round.messages);
+      if (sentAfterFirst === null) {
+        const msgId = id();
+        kept.get(hex(other))!.push(hex(msgId));
+        sentAfterFirst = new Promise<number>((committed) => void store.addMessage(other, { msgId, receivedAt: now, sealed: msgId }, total * 2, now, () => committed(rounds.length)));
+      }
+    });
     assert.deepEqual(r, { messages: expected, queues: 0 });
-    const rounds = commits - before;
-    assert.ok(rounds >= Math.ceil(expected / EXPIRY_MESSAGES_PER_COMMIT), `${expected} messages took ${rounds} commits, at most ${EXPIRY_MESSAGES_PER_COMMIT} each`);
-    assert.ok(turns >= rounds - 1, `the event loop served between rounds (${turns} timer turns)`);
+    assert.ok(rounds.every((n) => n <= EXPIRY_MESSAGES_PER_COMMIT) && rounds.length >= Math.ceil(expected / EXPIRY_MESSAGES_PER_COMMIT), `rounds of at most ${EXPIRY_MESSAGES_PER_COMMIT}: ${rounds.join(', ')}`);
+    assert.ok(commits - before >= rounds.length, 'a commit per round');
+    assert.ok((await sentAfterFirst!) < rounds.length, 'a write asked for after the first round was committed before the last');
     for (const rcvId of queues) {
       const left = (await store.oldestMessages(rcvId, total)).map((m) => hex(m.msgId));
       assert.deepEqual(left, kept.get(hex(rcvId)), 'only the newer messages are left, in order');
       assert.equal((await store.queueByRecipient(rcvId))?.msgCount, left.length, 'the quota count follows');
     }
+    const quiet = commits;
     assert.deepEqual(await store.expire(cutoff, now - 90 * DAY_MS), { messages: 0, queues: 0 }, 'a second run finds nothing');
+    assert.equal(commits, quiet, 'and writes nothing');
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('unused queues go with their messages, in rounds of at most EXPIRY_MESSAGES_PER_COMMIT messages, whatever the message TTL', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
+  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db') });
+  try {
+    const now = Date.now();
+    const old = now - 100 * DAY_MS;
+    // 300 queues unused for 100 days, three of them holding 400 fresh messages in all; one queue in use.
+    const unused = Array.from({ length: EXPIRY_QUEUES_PER_COMMIT + 44 }, id);
+    const live = id();
+    for (const rcvId of unused) await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, old);
+    await store.createQueue({ rcvId: live, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, now);
+    const writes = [];
+    for (let i = 0; i < 400; i++) {
+      const msgId = id();
+      // The message's own arrival does not count as activity here: `now` of the write is `old`.
+      writes.push(store.addMessage(unused[i % 3]!, { msgId, receivedAt: now, sealed: msgId }, 1000, old));
+    }
+    const liveMsg = id();
+    writes.push(store.addMessage(live, { msgId: liveMsg, receivedAt: now, sealed: liveMsg }, 1000, now));
+    await Promise.all(writes);
+    const rounds: { messages: number; queues: number }[] = [];
+    const r = await store.expire(now - 365 * DAY_MS, now - 90 * DAY_MS, (round) => rounds.push(round));
+    assert.deepEqual(r, { messages: 400, queues: unused.length });
+    assert.ok(rounds.every((x) => x.messages <= EXPIRY_MESSAGES_PER_COMMIT && x.queues <= EXPIRY_QUEUES_PER_COMMIT), JSON.stringify(rounds));
+    assert.ok(rounds.every((x) => x.messages === 0 || x.queues === 0), 'a round deletes messages or queues, not both');
+    for (const rcvId of unused) assert.equal(await store.queueByRecipient(rcvId), undefined);
+    assert.deepEqual((await store.oldestMessages(live, 10)).map((m) => hex(m.msgId)), [hex(liveMsg)], 'the queue in use keeps its message');
+    assert.equal((await store.stats()).messages, 1);
   } finally {
     await store.close();
     rmSync(dir, { recursive: true, force: true });

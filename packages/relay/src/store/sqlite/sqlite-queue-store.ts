@@ -173,6 +173,9 @@ export class SqliteQueueStore implements QueueStore {
       expired: db.prepare('SELECT seq, rcv_id FROM messages WHERE received_at < ? ORDER BY received_at LIMIT ?'),
       anyExpired: db.prepare('SELECT 1 FROM messages WHERE received_at < ? LIMIT 1', { pluck: true }),
       anyUnused: db.prepare('SELECT 1 FROM queues WHERE active_day < ? LIMIT 1', { pluck: true }),
+      unusedQueueMessages: db.prepare(
+        'SELECT m.seq, m.rcv_id FROM queues q JOIN messages m ON m.rcv_id = q.rcv_id WHERE q.active_day < ? LIMIT ?',
+      ),
       deleteSeq: db.prepare('DELETE FROM messages WHERE seq = ?'),
       unused: db.prepare('SELECT rcv_id FROM queues WHERE active_day < ? LIMIT ?', { pluck: true }),
       countQueues: db.prepare('SELECT count(*) FROM queues', { pluck: true }),
@@ -500,46 +503,57 @@ export class SqliteQueueStore implements QueueStore {
   }
 
   /**
-   * Deletes in rounds of at most EXPIRY_MESSAGES_PER_COMMIT messages and EXPIRY_QUEUES_PER_COMMIT
+   * Deletes in rounds of at most EXPIRY_MESSAGES_PER_COMMIT messages or EXPIRY_QUEUES_PER_COMMIT
    * queues, each round a commit of its own: the event loop serves between rounds, however much
-   * has expired (50,000 messages of 16 KB in one transaction held it for 6 s). With nothing to
-   * delete it reads two index entries and writes nothing.
+   * has expired (50,000 messages of 16 KB in one transaction held it for 6 s). Messages of unused
+   * queues go first, in rounds of messages, then the queues, empty by then. A round does not wait
+   * for its sync (an expiry lost in a power cut is done again by the next run). With nothing to
+   * delete it reads two index entries and writes nothing. `onRound` hears what each round
+   * deleted; a store closed meanwhile ends the run after the round under way.
    */
-  async expire(messagesBefore: number, queuesUnusedSince: number): Promise<ExpiryResult> {
-    let messages = 0;
-    while (await this.read(() => this.st.anyExpired.get([messagesBefore] as never) !== undefined)) {
-      const n = await this.write(() => {
-        const counts = new Map<string, { rcvId: Uint8Array; n: number }>();
-        const rows = this.st.expired.all([messagesBefore, EXPIRY_MESSAGES_PER_COMMIT] as never);
-        for (const r of rows) {
-          this.st.deleteSeq.run([r['seq']] as never);
-          const rcvId = bytes(r['rcv_id']);
-          const c = counts.get(idKey(rcvId));
-          if (c === undefined) counts.set(idKey(rcvId), { rcvId, n: 1 });
-          else c.n++;
-        }
-        for (const c of counts.values()) this.st.decCount.run([c.n, c.rcvId] as never);
-        return rows.length;
-      });
-      messages += n;
-      if (n < EXPIRY_MESSAGES_PER_COMMIT) break;
+  async expire(messagesBefore: number, queuesUnusedSince: number, onRound?: (r: ExpiryResult) => void): Promise<ExpiryResult> {
+    const total = { messages: 0, queues: 0 };
+    const round = async (run: () => ExpiryResult): Promise<ExpiryResult> => {
+      const r = await this.write(run, false);
+      total.messages += r.messages;
+      total.queues += r.queues;
+      onRound?.(r);
+      return r;
+    };
+    const unusedDay = dayOf(queuesUnusedSince);
+    while (!this.closed && (await this.read(() => this.st.anyExpired.get([messagesBefore] as never) !== undefined))) {
+      const r = await round(() => ({ messages: this.deleteMessageRows(this.st.expired.all([messagesBefore, EXPIRY_MESSAGES_PER_COMMIT] as never)), queues: 0 }));
+      if (r.messages < EXPIRY_MESSAGES_PER_COMMIT) break;
     }
-    let queues = 0;
-    while (await this.read(() => this.st.anyUnused.get([dayOf(queuesUnusedSince)] as never) !== undefined)) {
-      const r = await this.write(() => {
-        const ids = this.st.unused.all([dayOf(queuesUnusedSince), EXPIRY_QUEUES_PER_COMMIT] as never);
-        let deleted = 0;
-        for (const rcvId of ids) {
-          deleted += this.st.deleteQueueMessages.run([rcvId] as never).changes;
-          this.st.deleteQueue.run([rcvId] as never);
-        }
-        return { queues: ids.length, messages: deleted };
+    while (!this.closed && (await this.read(() => this.st.anyUnused.get([unusedDay] as never) !== undefined))) {
+      const r = await round(() => {
+        const messages = this.deleteMessageRows(this.st.unusedQueueMessages.all([unusedDay, EXPIRY_MESSAGES_PER_COMMIT] as never));
+        if (messages > 0) return { messages, queues: 0 };
+        const ids = this.st.unused.all([unusedDay, EXPIRY_QUEUES_PER_COMMIT] as never);
+        for (const rcvId of ids) this.st.deleteQueue.run([rcvId] as never);
+        return { messages: 0, queues: ids.length };
       });
-      queues += r.queues;
-      messages += r.messages;
-      if (r.queues < EXPIRY_QUEUES_PER_COMMIT) break;
+      if (r.messages === 0 && r.queues < EXPIRY_QUEUES_PER_COMMIT) break;
     }
-    return { messages, queues };
+    return total;
+  }
+
+  /** Deletes messages by `seq` and lowers their queues' counts; returns how many were deleted. */
+  private deleteMessageRows(rows: Row[]): number {
+    const counts = new Map<string, { rcvId: Uint8Array; n: number }>();
+    for (const r of rows) {
+      if (this.st.deleteSeq.run([r['seq']] as never).changes === 0) continue;
+      const rcvId = bytes(r['rcv_id']);
+      const c = counts.get(idKey(rcvId));
+      if (c === undefined) counts.set(idKey(rcvId), { rcvId, n: 1 });
+      else c.n++;
+    }
+    let n = 0;
+    for (const c of counts.values()) {
+      this.st.decCount.run([c.n, c.rcvId] as never);
+      n += c.n;
+    }
+    return n;
   }
 
   stats(): Promise<{ queues: number; messages: number }> {
