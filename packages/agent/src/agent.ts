@@ -383,6 +383,12 @@ export class Agent extends EventEmitter {
     this.held.clear();
     await Promise.allSettled([...this.inflight]);
     this.pool.close();
+    // A message still being received when the stop began is ACKed, and gathered its receipt
+    // after the flush above: into the outbox with it too, or it would be lost.
+    if (this.receipts.size > 0) {
+      for (const connId of [...this.receipts.keys()]) this.flushReceipts(connId);
+      await Promise.allSettled([...this.inflight]);
+    }
     await this.store.local.durable().catch(() => undefined);
   }
 

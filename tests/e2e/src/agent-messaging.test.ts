@@ -22,14 +22,17 @@ after(async () => {
   cleanup(dir);
 });
 
-function makeAgent(name: string) {
-  const db = LocalDatabase.open(join(dir, `${name}.db`), new Uint8Array(randomBytes(32)), AGENT_MIGRATIONS);
+function makeAgent(name: string, onIncoming?: (ev: IncomingEvent) => void, key: Uint8Array = new Uint8Array(randomBytes(32))) {
+  const db = LocalDatabase.open(join(dir, `${name}.db`), key, AGENT_MIGRATIONS);
   const events: IncomingEvent[] = [];
   const sent: number[] = [];
   const agent = new Agent({
     db,
     handler: {
-      incoming: (ev) => events.push(ev),
+      incoming: (ev) => {
+        events.push(ev);
+        onIncoming?.(ev);
+      },
       sent: (_c, seq) => sent.push(seq),
       connected: () => undefined,
       failed: () => undefined,
@@ -113,6 +116,38 @@ test('a session resync that answers no reset of ours is ignored: no restore noti
   await until(() => bob.events.some((e) => e.type === 'message' && Buffer.from(e.payload).toString() === 'still in step'));
   assert.deepEqual(bob.events.filter((e) => e.type === 'gap' || e.type === 'bad-hash' || e.type === 'resync'), [], 'no gap or resync at Bob');
   for (const a of [alice, bob]) {
+    await a.agent.stop();
+    a.db.close();
+  }
+});
+
+test('a message received while the agent stops still gets its receipt: it goes out at the next start', async () => {
+  // Bob stops the moment a message is shown, while its receipt is not gathered yet.
+  let stopping: Promise<void> | null = null;
+  let bob: ReturnType<typeof makeAgent> | null = null;
+  const bobKey = new Uint8Array(randomBytes(32));
+  const alice = makeAgent('alice-late-receipt');
+  bob = makeAgent('bob-late-receipt', (ev) => {
+    if (ev.type === 'message' && stopping === null) stopping = bob!.agent.stop();
+  }, bobKey);
+  alice.agent.start();
+  bob.agent.start();
+  const { connId: aliceConn, link } = await alice.agent.createInvitation(relay.address);
+  const bobConn = await bob.agent.join(link, relay.address, utf8('{"name":"Bob"}'));
+  await until(() => alice.agent.connections().find((c) => c.id === aliceConn)?.status === 'connected');
+  await until(() => bob!.agent.connections().find((c) => c.id === bobConn)?.status === 'connected');
+  const seq = await alice.agent.send(aliceConn, utf8('read just before the stop'));
+  await until(() => stopping !== null);
+  await stopping;
+  bob.db.close();
+  // Nothing went out for it before the stop.
+  await sleep(300);
+  assert.ok(!alice.events.some((e) => e.type === 'receipt'), 'no receipt while Bob is away');
+  // Bob comes back: the receipt waited in his outbox.
+  const again = makeAgent('bob-late-receipt', undefined, bobKey);
+  again.agent.start();
+  await until(() => alice.events.some((e) => e.type === 'receipt' && e.seqs.includes(seq)));
+  for (const a of [alice, again]) {
     await a.agent.stop();
     a.db.close();
   }
