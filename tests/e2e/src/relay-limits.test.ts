@@ -212,6 +212,8 @@ test('connections per source: a source at its limit is refused before TLS, other
     });
     assert.equal(tlsAnswered, false, 'refused before the TLS handshake');
     assert.equal(await metric(relay.metricsPort!, 'murmure_connections_rejected_per_source_total'), 4);
+    await sleep(100);
+    assert.equal(await metric(relay.metricsPort!, 'murmure_handshake_failures_total'), 0, 'a refusal is not counted as a failed handshake');
     // Other sources are served meanwhile, and so are the connections held.
     const other = await RelayClient.connect(relay.address, from('127.0.0.4'));
     const q = await other.createQueue();
