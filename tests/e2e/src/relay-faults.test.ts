@@ -79,6 +79,17 @@ async function securedQueue(c: RelayClient): Promise<{ q: RecipientQueue; sender
   return { q, senderKey };
 }
 
+/** A data folder whose relay made a secured queue and stopped cleanly, to be started again under a fault. */
+async function storeWithQueue(prefix: string): Promise<{ dataDir: string; q: RecipientQueue; senderKey: KeyPair }> {
+  const dataDir = scratch(prefix);
+  const first = await launch({ dataDir });
+  const c1 = await RelayClient.connect(first.address);
+  const { q, senderKey } = await securedQueue(c1);
+  c1.close();
+  assert.equal(await signalRelay(first, 'SIGTERM'), 0);
+  return { dataDir, q, senderKey };
+}
+
 /** Test-encrypted bodies carrying a sequence number; `seqOf` reads it back from a delivery. */
 function numberedBodies(size: number) {
   const key = randomBytes(32);
@@ -382,12 +393,7 @@ test('fsync failing once: the writes it covered get ERR STORE, none is taken unt
   // SQLite's are fsync on the main thread: the first syncs the new WAL header at the first
   // commit, the second is in the checkpoint that tries to recover, which fails with EIO. Every
   // later one works.
-  const dataDir = scratch('murmure-fsync-once-');
-  const first = await launch({ dataDir });
-  const c1 = await RelayClient.connect(first.address);
-  const { q, senderKey } = await securedQueue(c1);
-  c1.close();
-  assert.equal(await signalRelay(first, 'SIGTERM'), 0);
+  const { dataDir, q, senderKey } = await storeWithQueue('murmure-fsync-once-');
   const traceFile = join(scratch('murmure-strace-'), 'trace');
   const wal = join(dataDir, 'relay.sqlite-wal');
   const relay = await launch({
@@ -467,12 +473,7 @@ test('fsync failing once: the writes it covered get ERR STORE, none is taken unt
 
 test('fsync failing for good after a commit: writes stay refused, and SIGTERM exits 1 because the store could not be made durable (F5)', { timeout: 60_000 }, async () => {
   assert.ok(existsSync(STRACE), 'strace is installed');
-  const dataDir = scratch('murmure-fsync-never-');
-  const first = await launch({ dataDir });
-  const c1 = await RelayClient.connect(first.address);
-  const { q, senderKey } = await securedQueue(c1);
-  c1.close();
-  assert.equal(await signalRelay(first, 'SIGTERM'), 0);
+  const { dataDir, q, senderKey } = await storeWithQueue('murmure-fsync-never-');
   // As in the test above, but every sync of the WAL from the first SEND's on fails: the commit
   // lands (SQLite's sync of the new WAL header works), its sync does not, and no checkpoint
   // ever succeeds.
