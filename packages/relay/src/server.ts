@@ -62,7 +62,6 @@ export class RelayServer {
   private readonly handshakeTimers = new WeakMap<object, NodeJS.Timeout>();
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly sessionKeys = new SessionKeys();
-  private readonly sources: SourceLimiter;
   /** TCP connections closed at the per-source limit. */
   private readonly refused = new WeakSet<object>();
   private metricsServer: HttpServer | null = null;
@@ -80,9 +79,8 @@ export class RelayServer {
     readonly metrics: RelayMetrics,
     private readonly logger: Logger,
     private readonly now: () => number,
-  ) {
-    this.sources = new SourceLimiter(config.maxConnectionsPerSource, sourceBlocks(config.unlimitedSources));
-  }
+    private readonly sources: SourceLimiter,
+  ) {}
 
   /** The port the relay listens on. */
   get port(): number {
@@ -108,8 +106,9 @@ export class RelayServer {
     if (!Number.isSafeInteger(config.maxConnectionsPerSource) || config.maxConnectionsPerSource < 1) {
       throw new RelayStartError('the connection limit per source must be a whole number of at least 1');
     }
+    let sources: SourceLimiter;
     try {
-      sourceBlocks(config.unlimitedSources);
+      sources = new SourceLimiter(config.maxConnectionsPerSource, sourceBlocks(config.unlimitedSources));
     } catch (e) {
       if (e instanceof SourceBlockError) throw new RelayStartError(`unlimited sources: ${e.message}`);
       throw e;
@@ -147,7 +146,7 @@ export class RelayServer {
       clientTracking: false,
       skipUTF8Validation: true,
     });
-    const relay = new RelayServer(config, identity, https, wss, store, handlers, metrics, logger, opts.now ?? Date.now);
+    const relay = new RelayServer(config, identity, https, wss, store, handlers, metrics, logger, opts.now ?? Date.now, sources);
     relay.wire();
     await new Promise<void>((resolve, reject) => {
       https.once('error', reject);

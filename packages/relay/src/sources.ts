@@ -25,12 +25,23 @@ const MAPPED_V4 = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i;
  * IP address.
  */
 export function sourceKey(address: string): string | undefined {
+  const p = plainAddress(address);
+  return p === undefined ? undefined : keyOf(p);
+}
+
+type PlainAddress = Readonly<{ address: string; family: 'ipv4' | 'ipv6' }>;
+
+/** An address as a socket reports it, made plain: an IPv4-mapped one as IPv4, an IPv6 zone dropped. */
+function plainAddress(address: string): PlainAddress | undefined {
   const mapped = MAPPED_V4.exec(address);
-  if (mapped !== null && isIPv4(mapped[1]!)) return mapped[1];
-  if (isIPv4(address)) return address;
+  if (mapped !== null && isIPv4(mapped[1]!)) return { address: mapped[1]!, family: 'ipv4' };
+  if (isIPv4(address)) return { address, family: 'ipv4' };
   const bare = address.split('%')[0]!;
-  if (!isIPv6(bare)) return undefined;
-  return `${ipv6Groups(bare).slice(0, 4).join(':')}::/64`;
+  return isIPv6(bare) ? { address: bare, family: 'ipv6' } : undefined;
+}
+
+function keyOf(p: PlainAddress): string {
+  return p.family === 'ipv4' ? p.address : `${ipv6Groups(p.address).slice(0, 4).join(':')}::/64`;
 }
 
 /** The eight 16-bit groups of a valid IPv6 address, in lower-case hex without leading zeros. */
@@ -88,8 +99,9 @@ export class SourceLimiter {
    * when the connection closes, or null if the source is at its limit.
    */
   admit(address: string | undefined): (() => void) | null {
-    const key = address === undefined ? undefined : sourceKey(address);
-    if (key === undefined || this.isUnlimited(address!)) return () => undefined;
+    const p = address === undefined ? undefined : plainAddress(address);
+    if (p === undefined || this.unlimited.check(p.address, p.family)) return () => undefined;
+    const key = keyOf(p);
     const n = this.open.get(key) ?? 0;
     if (n >= this.max) return null;
     this.open.set(key, n + 1);
@@ -101,11 +113,5 @@ export class SourceLimiter {
       if (left === 0) this.open.delete(key);
       else this.open.set(key, left);
     };
-  }
-
-  private isUnlimited(address: string): boolean {
-    const mapped = MAPPED_V4.exec(address);
-    if (mapped !== null) return this.unlimited.check(mapped[1]!, 'ipv4');
-    return isIPv4(address) ? this.unlimited.check(address, 'ipv4') : this.unlimited.check(address.split('%')[0]!, 'ipv6');
   }
 }

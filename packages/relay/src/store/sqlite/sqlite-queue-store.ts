@@ -322,11 +322,6 @@ export class SqliteQueueStore implements QueueStore {
     });
   }
 
-  /** Whether the store takes writes (false from a failed sync until a checkpoint succeeds). */
-  get writable(): boolean {
-    return !this.closed && !this.untrusted;
-  }
-
   /**
    * Makes the store trustworthy again after a failed sync: a TRUNCATE checkpoint syncs the WAL,
    * copies it into the database file, syncs that and empties the WAL. Until it succeeds (tried
