@@ -161,10 +161,45 @@ test('unused queues go with their messages, in rounds of at most EXPIRY_MESSAGES
     const r = await store.expire(now - 365 * DAY_MS, now - 90 * DAY_MS, (round) => rounds.push(round));
     assert.deepEqual(r, { messages: 400, queues: unused.length });
     assert.ok(rounds.every((x) => x.messages <= EXPIRY_MESSAGES_PER_COMMIT && x.queues <= EXPIRY_QUEUES_PER_COMMIT), JSON.stringify(rounds));
-    assert.ok(rounds.every((x) => x.messages === 0 || x.queues === 0), 'a round deletes messages or queues, not both');
     for (const rcvId of unused) assert.equal(await store.queueByRecipient(rcvId), undefined);
     assert.deepEqual((await store.oldestMessages(live, 10)).map((m) => hex(m.msgId)), [hex(liveMsg)], 'the queue in use keeps its message');
     assert.equal((await store.stats()).messages, 1);
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('an unused queue holding more than a round of messages is finished over rounds; used again meanwhile, it keeps the rest with a true count', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
+  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db') });
+  try {
+    const now = Date.now();
+    const old = now - 100 * DAY_MS;
+    const rcvId = id();
+    await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, old);
+    const total = 2 * EXPIRY_MESSAGES_PER_COMMIT + 88;
+    const ids: string[] = [];
+    const writes = [];
+    for (let i = 0; i < total; i++) {
+      const msgId = id();
+      ids.push(hex(msgId));
+      writes.push(store.addMessage(rcvId, { msgId, receivedAt: now, sealed: msgId }, total, old));
+    }
+    await Promise.all(writes);
+    // The recipient comes back (a SUB marks the queue) once the first round has committed.
+    const rounds: { messages: number; queues: number }[] = [];
+    let touched: Promise<void> | null = null;
+    const r = await store.expire(now - 365 * DAY_MS, now - 90 * DAY_MS, (round) => {
+      rounds.push(round);
+      touched ??= store.touchQueue(rcvId, now);
+    });
+    await touched;
+    assert.deepEqual(rounds.filter((x) => x.messages + x.queues > 0), [{ messages: EXPIRY_MESSAGES_PER_COMMIT, queues: 0 }], 'one round, then the queue is in use');
+    assert.deepEqual(r, { messages: EXPIRY_MESSAGES_PER_COMMIT, queues: 0 });
+    const left = (await store.oldestMessages(rcvId, total)).map((m) => hex(m.msgId));
+    assert.deepEqual(left, ids.slice(EXPIRY_MESSAGES_PER_COMMIT), 'the oldest went first; the rest stay in order');
+    assert.equal((await store.queueByRecipient(rcvId))?.msgCount, left.length, 'the quota count follows');
   } finally {
     await store.close();
     rmSync(dir, { recursive: true, force: true });

@@ -173,9 +173,7 @@ export class SqliteQueueStore implements QueueStore {
       expired: db.prepare('SELECT seq, rcv_id FROM messages WHERE received_at < ? ORDER BY received_at LIMIT ?'),
       anyExpired: db.prepare('SELECT 1 FROM messages WHERE received_at < ? LIMIT 1', { pluck: true }),
       anyUnused: db.prepare('SELECT 1 FROM queues WHERE active_day < ? LIMIT 1', { pluck: true }),
-      unusedQueueMessages: db.prepare(
-        'SELECT m.seq, m.rcv_id FROM queues q JOIN messages m ON m.rcv_id = q.rcv_id WHERE q.active_day < ? LIMIT ?',
-      ),
+      queueSeqs: db.prepare('SELECT seq FROM messages WHERE rcv_id = ? ORDER BY seq LIMIT ?', { pluck: true }),
       deleteSeq: db.prepare('DELETE FROM messages WHERE seq = ?'),
       unused: db.prepare('SELECT rcv_id FROM queues WHERE active_day < ? LIMIT ?', { pluck: true }),
       countQueues: db.prepare('SELECT count(*) FROM queues', { pluck: true }),
@@ -500,8 +498,8 @@ export class SqliteQueueStore implements QueueStore {
   /**
    * Deletes in rounds of at most EXPIRY_MESSAGES_PER_COMMIT messages or EXPIRY_QUEUES_PER_COMMIT
    * queues, each round a commit of its own: the event loop serves between rounds, however much
-   * has expired (50,000 messages of 16 KB in one transaction held it for 6 s). Messages of unused
-   * queues go first, in rounds of messages, then the queues, empty by then. A round does not wait
+   * has expired (50,000 messages of 16 KB in one transaction held it for 6 s). Expired messages go
+   * first, then unused queues, each with its messages (deleteUnusedQueues). A round does not wait
    * for its sync (an expiry lost in a power cut is done again by the next run). With nothing to
    * delete it reads two index entries and writes nothing. `onRound` hears what each round
    * deleted; a store closed meanwhile ends the run after the round under way.
@@ -521,16 +519,34 @@ export class SqliteQueueStore implements QueueStore {
       if (r.messages < EXPIRY_MESSAGES_PER_COMMIT) break;
     }
     while (!this.closed && (await this.read(() => this.st.anyUnused.get([unusedDay] as never) !== undefined))) {
-      const r = await round(() => {
-        const messages = this.deleteMessageRows(this.st.unusedQueueMessages.all([unusedDay, EXPIRY_MESSAGES_PER_COMMIT] as never));
-        if (messages > 0) return { messages, queues: 0 };
-        const ids = this.st.unused.all([unusedDay, EXPIRY_QUEUES_PER_COMMIT] as never);
-        for (const rcvId of ids) this.st.deleteQueue.run([rcvId] as never);
-        return { messages: 0, queues: ids.length };
-      });
-      if (r.messages === 0 && r.queues < EXPIRY_QUEUES_PER_COMMIT) break;
+      const r = await round(() => this.deleteUnusedQueues(unusedDay));
+      if (r.messages === 0 && r.queues === 0) break;
     }
     return total;
+  }
+
+  /**
+   * One round of unused queues: up to EXPIRY_QUEUES_PER_COMMIT of them, through the activity
+   * index, each with its messages through the queue's index, up to EXPIRY_MESSAGES_PER_COMMIT
+   * messages in all. A queue is deleted once its messages are; one left with messages keeps a
+   * true count and is taken up again by the next round. The work of a round does not depend on
+   * how many queues are unused (the previous join walked every unused queue in each round).
+   */
+  private deleteUnusedQueues(unusedDay: number): ExpiryResult {
+    let messages = 0;
+    let queues = 0;
+    for (const rcvId of this.st.unused.all([unusedDay, EXPIRY_QUEUES_PER_COMMIT] as never)) {
+      const budget = EXPIRY_MESSAGES_PER_COMMIT - messages;
+      if (budget === 0) break;
+      const seqs = this.st.queueSeqs.all([rcvId, budget] as never);
+      for (const seq of seqs) this.st.deleteSeq.run([seq] as never);
+      messages += seqs.length;
+      if (seqs.length < budget) {
+        this.st.deleteQueue.run([rcvId] as never);
+        queues++;
+      } else this.st.decCount.run([seqs.length, rcvId] as never);
+    }
+    return { messages, queues };
   }
 
   /** Deletes messages by `seq` and lowers their queues' counts; returns how many were deleted. */
