@@ -66,6 +66,19 @@ type Subscription = {
   retry: NodeJS.Timeout | null;
 };
 
+/** Whose key an authenticator is checked against: the queue's recipient or its sender. */
+type Role = 'recipient' | 'sender';
+
+/**
+ * The key of a derived authenticator key in a connection's cache: the id and the role it was
+ * used in. With the id alone, one id used as a sender id and as a recipient id in turn would
+ * swap the cached key every time for a queue that exists (its sender and recipient keys
+ * differ) and never for one that does not (the dummy key both ways): the time would tell.
+ */
+function authCacheKey(role: Role, entityId: Uint8Array): string {
+  return (role === 'sender' ? 's' : 'r') + idKey(entityId);
+}
+
 /** A SUB reading its queue: whether a message was committed to the queue meanwhile. */
 type CommitWatch = { readonly key: string; committed: boolean };
 
@@ -223,13 +236,13 @@ export class RelayHandlers implements CommandHandler {
     // sender key never changes once set, and the store's write checks that the queue is still
     // there and not suspended. Only queues this connection proved it may use are kept, so the
     // time of a SEND tells a connection nothing it did not know.
-    const cached = conn.authKeys.get(idKey(t.entityId))?.queue;
+    const cached = conn.authKeys.get(authCacheKey('sender', t.entityId))?.queue;
     const q = cached ?? (t.entityId.length === ID_LENGTH ? await this.store.queueBySender(t.entityId) : undefined);
     let ok: boolean;
     if (t.auth.kind === 'authenticator') {
-      ok = this.authenticatorValid(conn, t, q?.sndAuthKey ?? DUMMY_DH_KEY, t.auth.bytes) && q !== undefined && q.sndAuthKey !== null;
+      ok = this.authenticatorValid(conn, t, 'sender', q?.sndAuthKey ?? DUMMY_DH_KEY, t.auth.bytes) && q !== undefined && q.sndAuthKey !== null;
       if (ok && cached === undefined && q !== undefined && !q.suspended) {
-        const entry = conn.authKeys.get(idKey(t.entityId));
+        const entry = conn.authKeys.get(authCacheKey('sender', t.entityId));
         if (entry !== undefined) entry.queue = q;
       }
     } else {
@@ -327,7 +340,7 @@ export class RelayHandlers implements CommandHandler {
       ok =
         kind === 'signature'
           ? this.signatureValid(conn, t, q?.rcvSigKey ?? DUMMY_SIG_KEY, t.auth.bytes)
-          : this.authenticatorValid(conn, t, q?.rcvAuthKey ?? DUMMY_DH_KEY, t.auth.bytes);
+          : this.authenticatorValid(conn, t, 'recipient', q?.rcvAuthKey ?? DUMMY_DH_KEY, t.auth.bytes);
     }
     if (!ok || q === undefined) throw new Refusal('AUTH');
     return q;
@@ -335,7 +348,7 @@ export class RelayHandlers implements CommandHandler {
 
   /** Checks a command on a queue this connection holds the subscription of, or refuses with AUTH. */
   private subscriber(conn: Connection, t: ClientTransmission, q: QueueRecord): QueueRecord {
-    if (t.auth.kind !== 'authenticator' || !this.authenticatorValid(conn, t, q.rcvAuthKey, t.auth.bytes)) throw new Refusal('AUTH');
+    if (t.auth.kind !== 'authenticator' || !this.authenticatorValid(conn, t, 'recipient', q.rcvAuthKey, t.auth.bytes)) throw new Refusal('AUTH');
     return q;
   }
 
@@ -349,8 +362,8 @@ export class RelayHandlers implements CommandHandler {
     return verifySignature(key, authorizedBytes(conn.sessionId, t.corrId, t.entityId, t.command), sig);
   }
 
-  private authenticatorValid(conn: Connection, t: ClientTransmission, peer: Uint8Array, mac: Uint8Array): boolean {
-    const cacheKey = idKey(t.entityId);
+  private authenticatorValid(conn: Connection, t: ClientTransmission, role: Role, peer: Uint8Array, mac: Uint8Array): boolean {
+    const cacheKey = authCacheKey(role, t.entityId);
     let entry = conn.authKeys.get(cacheKey);
     if (entry === undefined || !sameBytes(entry.peer, peer)) {
       const secret = agree(conn.sessionPrivateKey, peer) ?? agree(conn.sessionPrivateKey, DUMMY_DH_KEY);

@@ -2,7 +2,8 @@
 // What a relay's answers, metrics, log and database give away, on a real relay process.
 // R8: a command on a queue that does not exist and one with a wrong key get byte-identical
 // answers in indistinguishable time (Welch's t over interleaved probes), both when repeated on
-// one connection and as the first probe of an id on a fresh connection. Metrics: Prometheus text
+// one connection, as the first probe of an id on a fresh connection, and when one id is probed as
+// a sender id and as a recipient id in turn. Metrics: Prometheus text
 // with counts only, no id and no address. R7: after a session of traffic the database links a
 // sender id to its recipient id only in the queue's own row, and the log holds no id at all.
 import assert from 'node:assert/strict';
@@ -240,6 +241,44 @@ test('R8: the first ERR AUTH on a fresh connection does not tell a missing queue
   }
   for (const line of report) t.diagnostic(line);
   for (const tw of ts) assert.ok(Math.abs(tw) < 4.5, report.join('\n'));
+});
+
+test('R8: an id used as a sender id and as a recipient id in turn does not tell whether it exists (Welch |t| < 4.5)', async (t) => {
+  // The relay caches derived keys per connection by id and role: were it by id alone, SEND and
+  // SUB in turn on a real id would derive a key every time (its sender and recipient keys
+  // differ), and on a missing id never (the dummy key both ways).
+  const { q } = secured;
+  const p = await RawClient.open(relay.port);
+  const authn: RawAuth = { kind: 'authenticator', key: generateDhKeyPair().privateKey };
+  const missing = randomId();
+  const WARMUP = 100;
+  const N = 1000;
+  const report: string[] = [];
+  const ts: number[] = [];
+  for (const [name, real] of [['sender id', q.sndId], ['recipient id', q.rcvId]] as const) {
+    const times: Record<'missing' | 'real', number[]> = { missing: [], real: [] };
+    for (let i = 0; i < WARMUP + N; i++) {
+      const order = Math.random() < 0.5 ? [true, false] : [false, true];
+      for (const isMissing of order) {
+        const entity = isMissing ? missing : real;
+        const start = process.hrtime.bigint();
+        for (const cmd of [{ type: 'SEND', flags: 0, body: utf8('timing probe') }, { type: 'SUB' }] as Command[]) {
+          const r = await p.send(p.build(entity, cmd, authn));
+          if (r.r.type !== 'ERR' || r.r.code !== 'AUTH') assert.fail(`${cmd.type} probe answered ${codeOf(r)}`);
+        }
+        const us = Number(process.hrtime.bigint() - start) / 1000;
+        if (i >= WARMUP) times[isMissing ? 'missing' : 'real'].push(us);
+      }
+    }
+    const a = sample(trimmed(times.missing));
+    const b = sample(trimmed(times.real));
+    const tw = welch(a, b);
+    ts.push(tw);
+    report.push(`SEND then SUB on a missing id ${a.mean.toFixed(1)} µs, on a real ${name} ${b.mean.toFixed(1)} µs, t = ${tw.toFixed(2)}`);
+  }
+  for (const line of report) t.diagnostic(line);
+  for (const tw of ts) assert.ok(Math.abs(tw) < 4.5, report.join('\n'));
+  p.close();
 });
 
 /** Every ordering of `xs`. */
