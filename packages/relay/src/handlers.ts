@@ -189,7 +189,10 @@ export class RelayHandlers implements CommandHandler {
       case 'LSET': {
         const q = await this.recipient(conn, t, 'signature');
         if (q.sndAuthKey !== null) throw new Refusal('CMD');
-        if ((await this.store.setLink(q.rcvId, cmd.linkId, cmd.data)) === 'taken') throw new Refusal('DUPLICATE');
+        const set = await this.store.setLink(q.rcvId, cmd.linkId, cmd.data);
+        if (set === 'taken') throw new Refusal('DUPLICATE');
+        // A KEY committed between the read above and this write: the queue is secured now.
+        if (set === 'secured') throw new Refusal('CMD');
         return reply({ type: 'OK' });
       }
       default: {

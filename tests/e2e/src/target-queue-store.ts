@@ -126,7 +126,7 @@ export abstract class TargetQueueStore implements QueueStore {
   deleteQueue(rcvId: Uint8Array): Promise<void> {
     return this.inner.deleteQueue(rcvId);
   }
-  setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken'> {
+  setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken' | 'secured'> {
     return this.inner.setLink(rcvId, linkId, data);
   }
   linkData(linkId: Uint8Array): Promise<{ sndId: Uint8Array; data: Uint8Array } | undefined> {

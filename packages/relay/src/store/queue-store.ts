@@ -90,8 +90,12 @@ export interface QueueStore {
    * message stays hidden meanwhile: the subscriber has been sent the next one.
    */
   deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean>;
-  /** Stores link data under `linkId` (empty data removes it); `'taken'` if another queue holds the id. */
-  setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken'>;
+  /**
+   * Stores link data under `linkId` (empty data removes it); `'taken'` if another queue holds the
+   * id, `'secured'` (nothing stored) if the queue has its sender key by the time of the write: a
+   * secured queue has no link, even when a `KEY` lands just before an `LSET` read it unsecured.
+   */
+  setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken' | 'secured'>;
   /** The link data under `linkId`, with its queue's sender id. */
   linkData(linkId: Uint8Array): Promise<{ sndId: Uint8Array; data: Uint8Array } | undefined>;
   /**

@@ -205,3 +205,22 @@ test('an unused queue holding more than a round of messages is finished over rou
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a link set in the same commit as the sender key is refused: a secured queue has no link', async () => {
+  await withQueue(async (store, rcvId) => {
+    const link = id();
+    // Both read the queue unsecured (as KEY and LSET in one block do); KEY's write lands first.
+    const [secured, set] = await Promise.all([store.secureQueue(rcvId, id(), Date.now()), store.setLink(rcvId, link, new Uint8Array([1, 2, 3]))]);
+    assert.equal(secured, 'ok');
+    assert.equal(set, 'secured');
+    assert.equal(await store.linkData(link), undefined, 'the link serves nothing');
+    // Before the key, a link is set and served; the key then removes it; removing it stays possible.
+    await withQueue(async (store2, rcvId2) => {
+      assert.equal(await store2.setLink(rcvId2, link, new Uint8Array([4])), 'ok');
+      assert.deepEqual([...((await store2.linkData(link))?.data ?? [])], [4]);
+      assert.equal(await store2.secureQueue(rcvId2, id(), Date.now()), 'ok');
+      assert.equal(await store2.linkData(link), undefined);
+      assert.equal(await store2.setLink(rcvId2, link, new Uint8Array(0)), 'ok');
+    });
+  });
+});

@@ -168,7 +168,8 @@ export class SqliteQueueStore implements QueueStore {
       deleteOldestMsg: db.prepare('DELETE FROM messages WHERE seq = (SELECT seq FROM messages WHERE rcv_id = ? ORDER BY seq LIMIT 1) AND msg_id = ?'),
       deleteMsg: db.prepare('DELETE FROM messages WHERE rcv_id = ? AND msg_id = ?'),
       linkOwner: db.prepare('SELECT rcv_id FROM queues WHERE link_id = ?', { pluck: true }),
-      setLink: db.prepare('UPDATE queues SET link_id = ?, link_data = ? WHERE rcv_id = ?'),
+      setLink: db.prepare('UPDATE queues SET link_id = ?, link_data = ? WHERE rcv_id = ? AND snd_auth_key IS NULL'),
+      clearLink: db.prepare('UPDATE queues SET link_id = NULL, link_data = NULL WHERE rcv_id = ?'),
       link: db.prepare('SELECT snd_id, link_data FROM queues WHERE link_id = ?'),
       expired: db.prepare('SELECT seq, rcv_id FROM messages WHERE received_at < ? ORDER BY received_at LIMIT ?'),
       anyExpired: db.prepare('SELECT 1 FROM messages WHERE received_at < ? LIMIT 1', { pluck: true }),
@@ -477,12 +478,12 @@ export class SqliteQueueStore implements QueueStore {
     return p;
   }
 
-  setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken'> {
+  setLink(rcvId: Uint8Array, linkId: Uint8Array, data: Uint8Array): Promise<'ok' | 'taken' | 'secured'> {
     return this.write(() => {
       const owner = this.st.linkOwner.get([linkId] as never);
       if (owner instanceof Uint8Array && !sameBytes(owner, rcvId)) return 'taken' as const;
-      if (data.length === 0) this.st.setLink.run([null, null, rcvId] as never);
-      else this.st.setLink.run([linkId, data, rcvId] as never);
+      if (data.length === 0) this.st.clearLink.run([rcvId] as never);
+      else if (this.st.setLink.run([linkId, data, rcvId] as never).changes === 0) return 'secured' as const;
       return 'ok' as const;
     });
   }
