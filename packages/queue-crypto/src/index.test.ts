@@ -24,6 +24,7 @@ import {
 
 import {
   agree,
+  isUsableDhKey,
   authenticate,
   authenticatorKey,
   checkAuthenticator,
@@ -171,6 +172,12 @@ describe('X25519 agreement and session authenticators', () => {
     assert.equal(agree(mine.privateKey, new Uint8Array(0)), null);
     // An Ed25519 key where an X25519 key belongs.
     assert.equal(agree(mine.privateKey, signingPublicKey(generateSigningKeyPair().publicKey)), null);
+  });
+
+  test('isUsableDhKey refuses low-order points and malformed keys, and takes every generated key', () => {
+    for (const hex of LOW_ORDER_POINTS) assert.equal(isUsableDhKey(new Uint8Array(Buffer.from(hex, 'hex'))), false, hex);
+    for (const n of [0, 31, 33]) assert.equal(isUsableDhKey(new Uint8Array(n)), false, `${n} bytes`);
+    for (let i = 0; i < 200; i++) assert.equal(isUsableDhKey(generateDhKeyPair().publicKey), true);
   });
 });
 

@@ -131,6 +131,19 @@ export function agree(privateKey: KeyObject, peerPublic: KeyObject | Uint8Array)
   }
 }
 
+/** The private key `isUsableDhKey` agrees with, made on first use. */
+let keyChecker: KeyObject | null = null;
+
+/**
+ * Whether `raw` is an X25519 public key an agreement can use: 32 bytes and not of low order.
+ * A relay checks the keys a queue's parties register with it, so that a key no authenticator
+ * can ever match is refused when it is given, not at every later command.
+ */
+export function isUsableDhKey(raw: Uint8Array): boolean {
+  keyChecker ??= generateDhKeyPair().privateKey;
+  return agree(keyChecker, raw) !== null;
+}
+
 /**
  * The session authenticator key for one queue party in one TLS session:
  * HKDF-SHA256(ikm = X25519(party key, relay session key), salt = sessionId).

@@ -23,6 +23,7 @@ import {
   checkAuthenticator,
   generateDhKeyPair,
   generateSigningKeyPair,
+  isUsableDhKey,
   randomId,
   recipientBoxKey,
   sealRecipientBox,
@@ -141,6 +142,8 @@ export class RelayHandlers implements CommandHandler {
         return this.send(conn, t, cmd);
       case 'KEY': {
         const q = await this.recipient(conn, t, 'signature');
+        // Checked once the owner is known: a sender key of low order would refuse every SEND.
+        if (!isUsableDhKey(cmd.sndAuthKey)) throw new Refusal('CMD');
         if ((await this.store.secureQueue(q.rcvId, cmd.sndAuthKey, this.now())) === 'conflict') throw new Refusal('AUTH');
         return reply({ type: 'OK' });
       }
@@ -219,7 +222,8 @@ export class RelayHandlers implements CommandHandler {
     if (t.auth.kind !== 'signature' || !this.signatureValid(conn, t, cmd.rcvSigKey, t.auth.bytes)) throw new Refusal('AUTH');
     const server = generateDhKeyPair();
     const secret = agree(server.privateKey, cmd.rcvDhKey);
-    if (secret === null) throw new Refusal('CMD');
+    // A recipient key of low order would make every later SUB, GET and ACK fail with AUTH.
+    if (secret === null || agree(server.privateKey, cmd.rcvAuthKey) === null) throw new Refusal('CMD');
     const rcvId = randomId();
     const sndId = randomId();
     // The slot is taken before the write: the NEWs of one block, and those arriving while a

@@ -308,6 +308,18 @@ test('unknown command tags, trailing bytes and oversized bodies get ERR CMD or L
   const sig = generateSigningKeyPair();
   const zeroDh = encodeCommand({ type: 'NEW', rcvSigKey: sig.publicKey, rcvAuthKey: new Uint8Array(32), rcvDhKey: new Uint8Array(32) });
   assert.equal(codeOf(await c.request(NO_ENTITY, zeroDh, { kind: 'signature', key: sig.privateKey })), 'CMD', 'NEW with a low-order DH key');
+  const zeroAuth = encodeCommand({ type: 'NEW', rcvSigKey: sig.publicKey, rcvAuthKey: new Uint8Array(32), rcvDhKey: generateDhKeyPair().publicKey });
+  assert.equal(codeOf(await c.request(NO_ENTITY, zeroAuth, { kind: 'signature', key: sig.privateKey })), 'CMD', 'NEW with a low-order authenticator key');
+  // KEY with a sender key of low order (here the point of order 8 with u = 1) is refused and
+  // leaves the queue unsecured: the right key is taken afterwards.
+  const unsecured = await owner.createQueue();
+  const lowOrder = new Uint8Array(32);
+  lowOrder[0] = 1;
+  const signedByOwner: RawAuth = { kind: 'signature', key: unsecured.sigKey.privateKey };
+  assert.equal(codeOf(await c.request(unsecured.rcvId, { type: 'KEY', sndAuthKey: lowOrder }, signedByOwner)), 'CMD', 'KEY with a low-order key');
+  const good = generateDhKeyPair();
+  assert.equal(codeOf(await c.request(unsecured.rcvId, { type: 'KEY', sndAuthKey: good.publicKey }, signedByOwner)), 'OK', 'KEY with a usable key after it');
+  await chatter.sender.send(unsecured.sndId, good.privateKey, utf8('secured with the second key'));
   const badSigKey = encodeCommand({ type: 'NEW', rcvSigKey: new Uint8Array(32).fill(0xff), rcvAuthKey: randomId(32), rcvDhKey: randomId(32) });
   assert.equal(codeOf(await c.request(NO_ENTITY, badSigKey, { kind: 'raw', auth: { kind: 'signature', bytes: randomId(64) } })), 'AUTH', 'NEW with an invalid key');
   await answersPing(c);
