@@ -59,6 +59,12 @@ type Subscription = {
   delivered: Uint8Array | null;
   /** The next messages of the queue, read ahead in one query (PREFETCH_MESSAGES, PREFETCH_BYTES). */
   ahead: StoredMessage[];
+  /**
+   * The last message of the queue acknowledged while this subscription exists: a read begun
+   * before the ACK (a SUB's, with the ACK of a message fetched by GET in the same block) may
+   * still return it, and it is not pushed.
+   */
+  acked: Uint8Array | null;
   busy: boolean;
   again: boolean;
   /** The day (`dayOf`) this subscription last marked its queue used. */
@@ -283,10 +289,16 @@ export class RelayHandlers implements CommandHandler {
     const key = idKey(q.rcvId);
     const sub = this.subs.get(key);
     const fetched = conn.fetched.get(key);
-    const held = sub?.conn === conn ? sub.delivered : fetched;
-    if (held === null || held === undefined || !sameBytes(held, msgId)) throw new Refusal('NO_MSG');
-    if (fetched !== undefined && sameBytes(fetched, msgId)) conn.fetched.delete(key);
-    if (sub !== undefined && sub.ahead.length > 0) sub.ahead = sub.ahead.filter((m) => !sameBytes(m.msgId, msgId));
+    // The message this connection was pushed as subscriber, or fetched with GET (a GET followed
+    // by a SUB in one block: the SUB has made it the subscriber before the push has gone out).
+    const pushed = sub?.conn === conn && sub.delivered !== null && sameBytes(sub.delivered, msgId);
+    const got = fetched !== undefined && sameBytes(fetched, msgId);
+    if (!pushed && !got) throw new Refusal('NO_MSG');
+    if (got) conn.fetched.delete(key);
+    if (sub !== undefined) {
+      sub.acked = msgId;
+      if (sub.ahead.length > 0) sub.ahead = sub.ahead.filter((m) => !sameBytes(m.msgId, msgId));
+    }
     // The next message goes out as soon as the ACK is taken, without waiting for the deletion to
     // be durable: a crash before that re-delivers an acknowledged message, which the recipient
     // recognises as a duplicate. The ACK's own OK waits for the commit. If the message expired
@@ -396,7 +408,7 @@ export class RelayHandlers implements CommandHandler {
     if (old === undefined) this.metrics.subscriptions++;
     else if (old.retry !== null) clearTimeout(old.retry);
     // A new SUB re-delivers the message held unacknowledged, if any.
-    this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], busy: false, again: false, markedDay: dayOf(this.now()), retry: null });
+    this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], acked: null, busy: false, again: false, markedDay: dayOf(this.now()), retry: null });
     conn.subscriptions.add(key);
   }
 
@@ -457,6 +469,11 @@ export class RelayHandlers implements CommandHandler {
         if (this.subs.get(key) !== sub || sub.conn.isClosed) return;
         // Nothing yet; a message committed during the read set `again` and is looked for next.
         if (m === undefined) continue;
+        // Acknowledged while it was read: the store no longer returns it, so the next read moves on.
+        if (sub.acked !== null && sameBytes(m.msgId, sub.acked)) {
+          sub.again = true;
+          continue;
+        }
         sub.delivered = m.msgId;
         this.metrics.messagesDelivered++;
         sub.conn.respond(EMPTY, sub.rcvId, { type: 'MSG', msgId: m.msgId, body: m.sealed });

@@ -217,6 +217,37 @@ test('an ACK from the connection that did the GET releases the message a subscri
   assert.equal(await poller.get(q), null, 'both messages are gone');
 });
 
+test('GET, then SUB and the ACK of the fetched message in one block: the ACK is taken and the next message is pushed', async () => {
+  const alice = await connect();
+  const bob = await connect();
+  const q = await alice.createQueue();
+  const senderKey = generateDhKeyPair();
+  await alice.secure(q, senderKey.publicKey);
+  await bob.send(q.sndId, senderKey.privateKey, utf8('first'));
+  await bob.send(q.sndId, senderKey.privateKey, utf8('second'));
+  const raw = await RawClient.open(relay.port);
+  const auth = { kind: 'authenticator', key: q.authKey.privateKey } as const;
+  const got = await raw.request(q.rcvId, { type: 'GET' }, auth);
+  assert.ok(got.r.type === 'MSG');
+  const first = got.r.msgId;
+  const sub = raw.build(q.rcvId, { type: 'SUB' }, auth);
+  const ack = raw.build(q.rcvId, { type: 'ACK', msgId: first }, auth);
+  const replies = [raw.reply(sub.corrId), raw.reply(ack.corrId)];
+  raw.sendTransmissions([sub.bytes, ack.bytes]);
+  assert.deepEqual((await Promise.all(replies)).map(codeOf), ['OK', 'OK'], 'SUB and the ACK of the fetched message');
+  // The subscription may push the first message before the ACK lands; the second comes after it.
+  let next = null;
+  for (let seen = 0; next === null; seen++) {
+    const r = (await raw.nextUnsolicited(seen)).r;
+    if (r.type === 'MSG' && !Buffer.from(r.msgId).equals(Buffer.from(first))) next = r;
+  }
+  assert.equal(Buffer.from(openDelivered(q, next.msgId, next.body).body).toString(), 'second');
+  assert.equal(codeOf(await raw.request(q.rcvId, { type: 'ACK', msgId: next.msgId }, auth)), 'OK');
+  raw.close();
+  await settle(alice);
+  assert.equal(await alice.get(q), null, 'both messages are gone');
+});
+
 test('LSET/LGET: link data by link id, DUPLICATE for a taken id, removed by an empty LSET and by KEY', async () => {
   const alice = await connect();
   const bob = await connect();
