@@ -224,3 +224,26 @@ test('a link set in the same commit as the sender key is refused: a secured queu
     });
   });
 });
+
+test("an owner's callback that throws does not fail a committed batch", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
+  const store = SqliteQueueStore.open({
+    path: join(dir, 'relay.db'),
+    onCommit: () => {
+      throw new Error('a broken counter');
+    },
+    onEvent: () => {
+      throw new Error('a broken logger');
+    },
+  });
+  try {
+    const rcvId = id();
+    await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
+    const msgId = id();
+    assert.equal(await store.addMessage(rcvId, { msgId, receivedAt: Date.now(), sealed: msgId }, 10, Date.now()), 'ok');
+    assert.equal((await store.queueByRecipient(rcvId))?.msgCount, 1);
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

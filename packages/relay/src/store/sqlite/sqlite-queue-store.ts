@@ -15,8 +15,8 @@
  * and marked them clean, so a later sync that succeeds says nothing of them, and a WAL with a hole
  * loses every commit after the hole at recovery. So after a failed sync the store refuses writes,
  * and rejects every commit not yet synced, until a checkpoint (TRUNCATE) has copied the WAL into
- * the database file and synced it; it tries that at once and then again after RECOVERY_RETRY_MS,
- * doubling up to RECOVERY_RETRY_MAX_MS.
+ * the database file and synced it; it tries that at once (twice, see `checkpoint`) and then again
+ * after RECOVERY_RETRY_MS, doubling up to RECOVERY_RETRY_MAX_MS.
  * @module
  */
 
@@ -128,14 +128,20 @@ export class SqliteQueueStore implements QueueStore {
   private recovery: NodeJS.Timeout | null = null;
   private recoveryWaitMs = RECOVERY_RETRY_MS;
   private readonly st;
+  private readonly onCommit: (writes: number) => void;
+  private readonly onEvent: (event: StoreEvent) => void;
 
   private constructor(
     db: Database,
     private readonly walFd: number,
-    private readonly onCommit: (writes: number) => void,
-    private readonly onEvent: (event: StoreEvent) => void,
+    onCommit: (writes: number) => void,
+    onEvent: (event: StoreEvent) => void,
   ) {
     this.db = db;
+    // The owner's callbacks run inside libuv and timer callbacks and after a COMMIT: one that
+    // throws must neither crash the process nor fail a batch that is committed.
+    this.onCommit = guarded(onCommit);
+    this.onEvent = guarded(onEvent);
     this.st = {
       byRcv: db.prepare(`SELECT ${QUEUE_COLUMNS} FROM queues WHERE rcv_id = ?`),
       bySnd: db.prepare(`SELECT ${QUEUE_COLUMNS} FROM queues WHERE snd_id = ?`),
@@ -192,7 +198,9 @@ export class SqliteQueueStore implements QueueStore {
     let walFd: number | undefined;
     try {
       db = new Database(opts.path);
-      db.pragma('journal_mode = WAL');
+      // The durability argument (the store syncs the WAL after each commit) needs WAL mode; a
+      // file system without shared memory for it leaves SQLite in its rollback journal.
+      if (db.pragma('journal_mode = WAL', { simple: true }) !== 'wal') throw new StoreError('IO', 'the relay store cannot use WAL mode on this file system');
       // NORMAL: SQLite syncs the WAL before each checkpoint and the database after it; the
       // store syncs the WAL after every commit itself (see `flush`), so a durable write is as
       // durable as with FULL before its caller hears of it.
@@ -252,7 +260,6 @@ export class SqliteQueueStore implements QueueStore {
       this.db.exec('BEGIN IMMEDIATE');
       for (const w of batch) results.push(w.run());
       this.db.exec('COMMIT');
-      this.onCommit(batch.length);
     } catch (e) {
       try {
         this.db.exec('ROLLBACK');
@@ -263,6 +270,7 @@ export class SqliteQueueStore implements QueueStore {
       for (const w of batch) w.reject(err);
       return;
     }
+    this.onCommit(batch.length);
     // The batch is committed but may still sit in the page cache: the callers of its durable
     // writes hear of it only once the WAL is on disk. One sync runs at a time; batches committed
     // meanwhile wait for the next, which covers every write made to the file before it.
@@ -331,14 +339,7 @@ export class SqliteQueueStore implements QueueStore {
   private recover(): void {
     this.recovery = null;
     if (this.closed || !this.untrusted) return;
-    let done = false;
-    try {
-      const r = this.db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
-      done = r[0]?.busy === 0;
-    } catch {
-      // the disk still fails; tried again below
-    }
-    if (done) {
+    if (this.checkpoint()) {
       this.untrusted = false;
       this.unsyncedCommit = false;
       this.onEvent('recovered');
@@ -347,6 +348,23 @@ export class SqliteQueueStore implements QueueStore {
     this.onEvent('recovery-failed');
     this.recovery = setTimeout(() => this.recover(), this.recoveryWaitMs).unref();
     this.recoveryWaitMs = Math.min(RECOVERY_RETRY_MAX_MS, this.recoveryWaitMs * 2);
+  }
+
+  /**
+   * A TRUNCATE checkpoint; true if it completed. Linux reports a failed writeback once to each
+   * open file, and SQLite's own descriptor of the WAL has not seen the error our sync saw: its
+   * first sync may fail on that old error alone, so a failure is tried once more at once.
+   */
+  private checkpoint(): boolean {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const r = this.db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
+        if (r[0]?.busy === 0) return true;
+      } catch {
+        // the disk still fails, or the error was the old one
+      }
+    }
+    return false;
   }
 
   private read<T>(f: () => T): Promise<T> {
@@ -588,14 +606,9 @@ export class SqliteQueueStore implements QueueStore {
     // The database is closed even if the checkpoint or the WAL descriptor's close fails; the
     // failure is reported.
     let failure: unknown = null;
-    try {
-      const r = this.db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
-      if (this.untrusted && r[0]?.busy !== 0) failure = new Error('checkpoint busy');
-    } catch (e) {
-      // After good syncs the WAL is durable and is checkpointed on the next open; after a failed
-      // one this checkpoint was the last chance to make it so.
-      if (this.untrusted) failure = e;
-    }
+    // After good syncs the WAL is durable and is checkpointed on the next open; after a failed
+    // one this checkpoint is the last chance to make it so.
+    if (!this.checkpoint() && this.untrusted) failure = new Error('checkpoint failed');
     try {
       closeSync(this.walFd);
     } catch (e) {
@@ -604,6 +617,17 @@ export class SqliteQueueStore implements QueueStore {
     this.db.close();
     if (failure !== null) throw new StoreError('IO', 'the relay store could not be closed cleanly', { cause: failure });
   }
+}
+
+/** `f`, with anything it throws dropped. */
+function guarded<A extends unknown[]>(f: (...args: A) => void): (...args: A) => void {
+  return (...args) => {
+    try {
+      f(...args);
+    } catch {
+      // an owner's counter or log; the store goes on
+    }
+  };
 }
 
 function untrustedError(): StoreError {
@@ -621,7 +645,8 @@ function syncDirectory(dir: string): void {
 }
 
 function migrate(db: Database): void {
-  const current = Number(db.pragma('user_version', { simple: true }));
+  const version = (): number => Number(db.pragma('user_version', { simple: true }));
+  const current = version();
   if (current > SCHEMA_VERSION) {
     throw new StoreError('CORRUPT', `the relay store is from a newer version (schema ${current}, this relay knows ${SCHEMA_VERSION})`);
   }
@@ -629,11 +654,19 @@ function migrate(db: Database): void {
     if (m.version <= current) continue;
     db.exec('BEGIN IMMEDIATE');
     try {
-      db.exec(m.sql);
-      db.pragma(`user_version = ${m.version}`);
+      // Read again under the write lock: another process opening the same folder at the same
+      // time may have applied it meanwhile.
+      if (version() < m.version) {
+        db.exec(m.sql);
+        db.pragma(`user_version = ${m.version}`);
+      }
       db.exec('COMMIT');
     } catch (e) {
-      db.exec('ROLLBACK');
+      try {
+        db.exec('ROLLBACK');
+      } catch {
+        // SQLite may have rolled back by itself (SQLITE_FULL); the first error is the one to report
+      }
       throw e;
     }
   }
