@@ -3,6 +3,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
+import { isIPv6 } from 'node:net';
 
 import { MAX_ADDRESS_LENGTH, ProtocolError, formatRelayAddress, parseRelayAddress, toBase64Url } from '@murmure/protocol';
 import type { RelayAddress } from '@murmure/protocol';
@@ -90,9 +91,29 @@ describe('relay address edge cases', () => {
     ['a path', `murmure://${FP}@relay:1/x`],
     ['a zone id', `murmure://${FP}@[fe80::1%eth0]:1`],
     ['a host name over 253 characters', `murmure://${FP}@${'a.'.repeat(127)}a:1`],
-    ['text longer than MAX_ADDRESS_LENGTH', `murmure://${FP}@relay:1${' '.repeat(MAX_ADDRESS_LENGTH)}`],
+    ['text longer than MAX_ADDRESS_LENGTH', `murmure://${FP}@${'a.'.repeat(120)}a:1${'1'.repeat(MAX_ADDRESS_LENGTH)}`],
+    ['an IPv4 octet over 255', `murmure://${FP}@999.1.1.1:1`],
+    ['three IPv4 octets', `murmure://${FP}@1.2.3:1`],
+    ['an IPv4 octet with a leading zero', `murmure://${FP}@01.2.3.4:1`],
+    ['nine IPv6 groups', `murmure://${FP}@[1:2:3:4:5:6:7:8:9]:1`],
+    ['two :: in IPv6', `murmure://${FP}@[::1::2]:1`],
+    ['a five-digit IPv6 group', `murmure://${FP}@[12345::]:1`],
+    ['an IPv6 address with a bad IPv4 tail', `murmure://${FP}@[::ffff:1.2.3.256]:1`],
     ['nothing', ''],
   ];
+  test('white space around an address does not count towards MAX_ADDRESS_LENGTH', () => {
+    const a = parseRelayAddress(`${' '.repeat(MAX_ADDRESS_LENGTH)}murmure://${FP}@relay:1\n`);
+    assert.equal(a.host, 'relay');
+  });
+  test('a bracketed host is taken exactly when it is an IPv6 address (checked against node:net for 20,000 strings)', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ unit: fc.constantFrom(...'0123456789abcdefABCDEF:.'), minLength: 1, maxLength: 45 }), fc.ipV6()), (h) => {
+        const parsed = parseOrRefuse(`murmure://${FP}@[${h}]:1`);
+        assert.equal(parsed !== undefined, h.includes(':') && isIPv6(h), h);
+      }),
+      { numRuns: 20_000 },
+    );
+  });
   for (const [what, text] of bad) {
     test(`an address with ${what} is BAD_ADDRESS`, () => {
       assert.throws(() => parseRelayAddress(text), (e) => ProtocolError.is(e, 'BAD_ADDRESS'));

@@ -15,12 +15,40 @@ export type RelayAddress = Readonly<{ fingerprint: Uint8Array; host: string; por
 export const MAX_ADDRESS_LENGTH = 512;
 const FINGERPRINT_LENGTH = 32;
 const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
-// A colon is required: formatRelayAddress brackets only hosts with one, so `[1.2.3.4]` or `[..]` would not survive a round trip.
-const IPV6 = /^(?=.*:)[0-9A-Fa-f:.]{2,45}$/;
+const OCTET = '(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)';
+const IPV4 = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}$`);
+/** A name whose labels are all digits is no DNS name (no top-level domain is numeric). */
+const ALL_NUMERIC = /^[0-9.]+$/;
+const HEX_GROUP = /^[0-9A-Fa-f]{1,4}$/;
+
+/** An IPv6 address in text form (RFC 4291 §2.2): eight groups, `::` once at most, an IPv4 tail. */
+function isIpv6(host: string): boolean {
+  if (host.length > 45) return false;
+  const halves = host.split('::');
+  if (halves.length > 2) return false;
+  const groups = halves.map((h) => (h === '' ? [] : h.split(':')));
+  const all = groups.flat();
+  let count = all.length;
+  const last = all[all.length - 1];
+  // An embedded IPv4 address stands for the last two groups.
+  if (last !== undefined && last.includes('.')) {
+    if (!IPV4.test(last)) return false;
+    all.pop();
+    count++;
+  }
+  if (!all.every((g) => HEX_GROUP.test(g))) return false;
+  return halves.length === 2 ? count <= 7 : count === 8;
+}
+
+/** Whether `host` is a host name or an IPv4 address (not bracketed). */
+function isNameOrIpv4(host: string): boolean {
+  return ALL_NUMERIC.test(host) ? IPV4.test(host) : HOST_NAME.test(host);
+}
 
 /** Whether `host` can stand in an address: a host name, an IPv4 address or an IPv6 address. */
 export function isRelayHost(host: string): boolean {
-  return host.includes(':') ? IPV6.test(host) : HOST_NAME.test(host);
+  // A colon marks IPv6: formatRelayAddress brackets only hosts with one.
+  return host.includes(':') ? isIpv6(host) : isNameOrIpv4(host);
 }
 
 /** Formats an address. */
@@ -31,8 +59,9 @@ export function formatRelayAddress(a: RelayAddress): string {
 
 /** Parses an address; throws `BAD_ADDRESS` with a reason a person can act on. */
 export function parseRelayAddress(text: string): RelayAddress {
-  if (text.length > MAX_ADDRESS_LENGTH) throw new ProtocolError('BAD_ADDRESS', 'relay address is too long');
-  const m = /^murmure:\/\/([A-Za-z0-9_-]+)@(\[[^\]]+\]|[^:/@[\]]+):(\d{1,5})$/.exec(text.trim());
+  const trimmed = text.trim();
+  if (trimmed.length > MAX_ADDRESS_LENGTH) throw new ProtocolError('BAD_ADDRESS', 'relay address is too long');
+  const m = /^murmure:\/\/([A-Za-z0-9_-]+)@(\[[^\]]+\]|[^:/@[\]]+):(\d{1,5})$/.exec(trimmed);
   if (m === null) throw new ProtocolError('BAD_ADDRESS', 'relay address must look like murmure://FINGERPRINT@HOST:PORT');
   const [, fp, rawHost, rawPort] = m as unknown as [string, string, string, string];
   let fingerprint: Uint8Array;
@@ -43,7 +72,7 @@ export function parseRelayAddress(text: string): RelayAddress {
   }
   if (fingerprint.length !== FINGERPRINT_LENGTH) throw new ProtocolError('BAD_ADDRESS', 'relay fingerprint must be 32 bytes');
   const host = rawHost.startsWith('[') ? rawHost.slice(1, -1) : rawHost;
-  if (rawHost.startsWith('[') ? !IPV6.test(host) : !HOST_NAME.test(host)) {
+  if (rawHost.startsWith('[') ? !host.includes(':') || !isIpv6(host) : !isNameOrIpv4(host)) {
     throw new ProtocolError('BAD_ADDRESS', 'relay host is not a valid host name or address');
   }
   const port = Number(rawPort);
