@@ -145,6 +145,8 @@ export class RelayServer {
       perMessageDeflate: false,
       clientTracking: false,
       skipUTF8Validation: true,
+      // The protocol has no subprotocol: one a client offers is not taken (ws takes the first).
+      handleProtocols: () => false,
     });
     const relay = new RelayServer(config, identity, https, wss, store, handlers, metrics, logger, opts.now ?? Date.now, sources);
     relay.wire();

@@ -440,6 +440,14 @@ function tlsExchange(port: number, raw: string): Promise<string> {
 }
 
 test('non-WebSocket HTTP gets 426 or 400 and a close; plain TCP garbage is dropped', async () => {
+  // An upgrade offering subprotocols is taken without one (the protocol has none); one that is
+  // not a GET gets 405.
+  const upgrade = (method: string, extra: string): string =>
+    `${method} / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n${extra}\r\n`;
+  const offered = await tlsExchange(relay.port, upgrade('GET', 'Sec-WebSocket-Protocol: chat, superchat\r\n'));
+  assert.match(offered, /^HTTP\/1\.1 101/);
+  assert.doesNotMatch(offered.split('\r\n\r\n')[0]!, /sec-websocket-protocol/i, 'no subprotocol chosen');
+  assert.match(await tlsExchange(relay.port, upgrade('POST', '')), /^HTTP\/1\.1 405/);
   const status = await new Promise<number>((resolve, reject) => {
     const req = request({ host: '127.0.0.1', port: relay.port, path: '/', method: 'GET', rejectUnauthorized: false }, (res) => {
       res.resume();
