@@ -35,6 +35,14 @@ const EMPTY = new Uint8Array(0);
 /** Most entries in a connection's cache of derived authenticator keys. */
 export const AUTH_KEY_CACHE_SIZE = 1024;
 
+/**
+ * Command tokens a refused authorisation (ERR AUTH) costs on top of its own. Checking one cost
+ * a key agreement or a signature verification (60-110 µs, some 20 times a command on a cached
+ * key), so a stream of bad keys or unknown ids is held to 1/AUTH_FAILURE_TOKENS of the command
+ * rate, while an honest client, which rarely meets ERR AUTH, never notices.
+ */
+export const AUTH_FAILURE_TOKENS = 20;
+
 /** What the server does with a connection's commands. */
 export interface CommandHandler {
   /** Handles one transmission; resolves once its response is queued. */
@@ -177,16 +185,30 @@ export class Connection {
     }
   }
 
-  private takeToken(): boolean {
+  private refill(): void {
     const now = performance.now();
     const elapsed = now - this.lastRefill;
     if (elapsed > 0) {
       this.tokens = Math.min(this.config.commandBurst, this.tokens + (elapsed * this.config.commandsPerSecond) / 1000);
       this.lastRefill = now;
     }
+  }
+
+  private takeToken(): boolean {
+    this.refill();
     if (this.tokens < 1) return false;
     this.tokens -= 1;
     return true;
+  }
+
+  /**
+   * Takes `n` more tokens for work a command turned out to cost (AUTH_FAILURE_TOKENS). The
+   * bucket may go below zero, down to minus its size: later commands get ERR LIMIT until the
+   * refill has paid the debt, at most two bursts' time.
+   */
+  charge(n: number): void {
+    this.refill();
+    this.tokens = Math.max(-this.config.commandBurst, this.tokens - n);
   }
 
   private doneOne(): void {

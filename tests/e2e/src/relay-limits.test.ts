@@ -14,10 +14,11 @@ import { test } from 'node:test';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 
 import { RelayClient, RelayClientError, openDelivered, type PushedMessage } from '@murmure/agent';
-import { generateDhKeyPair, generateSigningKeyPair } from '@murmure/queue-crypto';
+import { generateDhKeyPair, generateSigningKeyPair, randomId } from '@murmure/queue-crypto';
+import { AUTH_FAILURE_TOKENS } from '@murmure/relay';
 
 import { cleanup, sleep, startRelay, stopRelay, utf8, type RelayProcess } from './harness.js';
-import { NO_ENTITY, RawClient, codeOf, rssKiB, withTimeout } from './wire.js';
+import { NO_ENTITY, RawClient, codeOf, rssKiB, withTimeout, type RawAuth } from './wire.js';
 
 async function withRelay(args: string[], body: (relay: RelayProcess) => Promise<void>): Promise<void> {
   const relay = await startRelay({ args });
@@ -58,6 +59,28 @@ test('commands per second: past the burst, ERR LIMIT with the corrId; other conn
     assert.equal(codeOf(await other.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'limits are per connection');
     assert.ok(!c.isClosed, 'rate limiting does not close the connection');
     await sleep(600);
+    assert.equal(codeOf(await c.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'tokens refill');
+    c.close();
+    other.close();
+  });
+});
+
+test('a refused authorisation costs AUTH_FAILURE_TOKENS: a stream of ERR AUTH is held far below the command rate, other connections are served', async () => {
+  // 100 tokens a second, a burst of 10 failures' worth: the 11th failure leaves the bucket in
+  // debt, so the next command (a PING, which 11 PINGs alone would never be) gets LIMIT.
+  const burst = 10 * (AUTH_FAILURE_TOKENS + 1);
+  await withRelay(['--commands-per-second', '100', '--command-burst', String(burst)], async (relay) => {
+    const c = await RawClient.open(relay.port);
+    const other = await RawClient.open(relay.port);
+    const wrong: RawAuth = { kind: 'authenticator', key: generateDhKeyPair().privateKey };
+    for (let i = 0; i < 11; i++) assert.equal(codeOf(await c.request(randomId(), { type: 'SUB' }, wrong)), 'AUTH', `probe ${i}`);
+    assert.equal(codeOf(await c.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'LIMIT', 'the failures spent the burst');
+    assert.equal(codeOf(await other.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'limits are per connection');
+    const pings = [];
+    for (let i = 0; i < 11; i++) pings.push(codeOf(await other.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })));
+    assert.deepEqual(pings, Array(11).fill('PONG'), 'as many commands that succeed cost one token each');
+    // The debt (about 22 tokens) is paid by the refill within a second.
+    await sleep(1000);
     assert.equal(codeOf(await c.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'tokens refill');
     c.close();
     other.close();
