@@ -150,15 +150,23 @@ export class RelayServer {
     });
     const relay = new RelayServer(config, identity, https, wss, store, handlers, metrics, logger, opts.now ?? Date.now, sources);
     relay.wire();
-    await new Promise<void>((resolve, reject) => {
-      https.once('error', reject);
-      https.listen(config.port, config.host, config.listenBacklog, () => {
-        https.off('error', reject);
-        resolve();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        https.once('error', reject);
+        https.listen(config.port, config.host, config.listenBacklog, () => {
+          https.off('error', reject);
+          resolve();
+        });
       });
-    });
-    https.on('error', (e: NodeJS.ErrnoException) => logger.log('error', 'listener error', { code: e.code ?? 'unknown' }));
-    if (config.metricsPort !== null) await relay.startMetrics(config.metricsPort);
+      https.on('error', (e: NodeJS.ErrnoException) => logger.log('error', 'listener error', { code: e.code ?? 'unknown' }));
+      if (config.metricsPort !== null) await relay.startMetrics(config.metricsPort);
+    } catch (e) {
+      // A port in use: nothing is left open (the listener, the store this call opened), so the
+      // same data folder and port can be started again.
+      if (https.listening) await new Promise<void>((resolve) => https.close(() => resolve()));
+      if (opts.store === undefined) await store.close().catch(() => undefined);
+      throw e;
+    }
     relay.startTimers();
     logger.log('info', 'relay started', { port: relay.port });
     if (config.plainLoopback) logger.log('warn', 'serving plain WebSocket without TLS (loopback benchmark mode)');

@@ -4,6 +4,8 @@
 // PING, subscription takeover (END and re-delivery), messages surviving a restart, and expiry
 // of messages and unused queues under an injected clock.
 import assert from 'node:assert/strict';
+import { readdirSync, readlinkSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
@@ -364,6 +366,39 @@ test('messages survive a relay restart (SIGTERM, same data and port) and are del
   await inbox2.waitFor(6);
   assert.equal(text(q, inbox2.messages[5]!), 'after', 'the sender key survived the restart too');
   await alice2.ack(q, inbox2.messages[5]!.msgId);
+});
+
+test('a start that fails on a busy metrics port leaves nothing open: the same folder and port start again', async () => {
+  const dir = tempDir();
+  const busy = createServer();
+  await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+  const busyPort = (busy.address() as AddressInfo).port;
+  const port = await new Promise<number>((resolve) => {
+    const probe = createServer().listen(0, '127.0.0.1', () => {
+      const p = (probe.address() as AddressInfo).port;
+      probe.close(() => resolve(p));
+    });
+  });
+  const openInDir = (): number => readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`).startsWith(dir);
+    } catch {
+      return false;
+    }
+  }).length;
+  try {
+    await assert.rejects(RelayServer.start(relayConfig(dir, { port, metricsPort: busyPort })), (e: NodeJS.ErrnoException) => e.code === 'EADDRINUSE');
+    assert.equal(openInDir(), 0, 'the store it opened is closed');
+    const server = await RelayServer.start(relayConfig(dir, { port, metricsPort: 0 }));
+    assert.equal(server.port, port, 'the relay port was given back');
+    const c = await RelayClient.connect(server.address);
+    await c.ping();
+    c.close();
+    await server.stop();
+  } finally {
+    busy.close();
+    cleanup(dir);
+  }
 });
 
 test('expiry (injected clock): messages go after messageTtlMs, unused queues after queueTtlMs', async () => {
