@@ -43,6 +43,13 @@ export const AUTH_KEY_CACHE_SIZE = 1024;
  */
 export const AUTH_FAILURE_TOKENS = 20;
 
+/**
+ * Most commands of one connection handled at once. Past it the relay stops reading the
+ * connection until half of them are done, and TCP holds the client back: what one client can
+ * make the relay hold (its blocks and sealed messages) while the disk syncs slowly is bounded.
+ */
+export const MAX_COMMANDS_IN_FLIGHT = 256;
+
 /** What the server does with a connection's commands. */
 export interface CommandHandler {
   /** Handles one transmission; resolves once its response is queued. */
@@ -163,11 +170,14 @@ export class Connection {
         continue;
       }
       this.inflight++;
+      this.metrics.commandsInFlight++;
       this.handler
         .handle(this, t)
         .catch(() => this.error(t.corrId, t.entityId, 'INTERNAL'))
         .finally(() => this.doneOne());
     }
+    // The block under way is taken whole; the next wait until half of what is in flight is done.
+    if (this.inflight >= MAX_COMMANDS_IN_FLIGHT) this.ws.pause();
   }
 
   private onClientHello(block: Uint8Array): void {
@@ -213,6 +223,8 @@ export class Connection {
 
   private doneOne(): void {
     this.inflight--;
+    this.metrics.commandsInFlight--;
+    if (this.ws.isPaused && this.inflight <= MAX_COMMANDS_IN_FLIGHT / 2 && !this.closedFlag) this.ws.resume();
     if (this.inflight === 0) {
       for (const w of this.idleWaiters.splice(0)) w();
     }

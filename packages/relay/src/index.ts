@@ -9,7 +9,7 @@ export { DEFAULTS, relayConfig, type RelayConfig } from './config.js';
 export { createIdentity, loadIdentity, loadOrCreateIdentity, certificateFingerprint, type RelayIdentity } from './identity.js';
 export { jsonLogger, silentLogger, type Logger, type LogLevel } from './log.js';
 export { RelayMetrics } from './metrics.js';
-export { AUTH_FAILURE_TOKENS, AUTH_KEY_CACHE_SIZE } from './connection.js';
+export { AUTH_FAILURE_TOKENS, AUTH_KEY_CACHE_SIZE, MAX_COMMANDS_IN_FLIGHT } from './connection.js';
 export { SourceBlockError, sourceBlocks, sourceKey } from './sources.js';
 export { StoreError, type QueueStore, type QueueRecord, type StoredMessage } from './store/queue-store.js';
 export { SqliteQueueStore } from './store/sqlite/sqlite-queue-store.js';

@@ -20,6 +20,7 @@ import { after, test, type TestContext } from 'node:test';
 
 import { RelayClient, RelayClientError, openDelivered, type PushedMessage, type RecipientQueue } from '@murmure/agent';
 import { generateDhKeyPair, type KeyPair } from '@murmure/queue-crypto';
+import { MAX_COMMANDS_IN_FLIGHT } from '@murmure/relay';
 import Database from '@signalapp/sqlcipher';
 
 import {
@@ -556,6 +557,41 @@ test('a store that cannot be closed cleanly: SIGTERM logs it and exits 1, and wh
 
 /** How much longer each sync of the WAL takes in the slow-sync test. */
 const SLOW_SYNC_MS = 300;
+
+test('while syncs are slow, one connection never has more than MAX_COMMANDS_IN_FLIGHT commands held: the relay stops reading it, and every SEND still gets OK', { timeout: 120_000 }, async () => {
+  assert.ok(existsSync(STRACE), 'strace is installed');
+  // Each sync of the WAL by the store takes 500 ms longer: SENDs wait for their OK meanwhile.
+  const { dataDir, q, senderKey } = await storeWithQueue('murmure-inflight-');
+  const wal = join(dataDir, 'relay.sqlite-wal');
+  const relay = await launch({
+    dataDir,
+    args: ['--metrics-port', '0', '--quota', '100000'],
+    wrapper: [STRACE, '-f', '-P', wal, '-e', 'trace=fdatasync', '-e', 'inject=fdatasync:delay_exit=500000', '-o', '/dev/null'],
+  });
+  const c = await RelayClient.connect(relay.address);
+  const bodies = numberedBodies(4000);
+  const gauge = async (): Promise<number> => {
+    const text = await (await fetch(`http://127.0.0.1:${relay.metricsPort}/metrics`)).text();
+    return Number(/^murmure_commands_in_flight (\d+)$/m.exec(text)?.[1] ?? NaN);
+  };
+  // 2,000 SENDs at once: the client packs them into blocks of up to 64 and writes them all.
+  const sends = Array.from({ length: 2000 }, (_, seq) => c.send(q.sndId, senderKey.privateKey, bodies.body(seq)));
+  const all = Promise.allSettled(sends);
+  let done = false;
+  void all.then(() => (done = true));
+  let peak = 0;
+  while (!done) {
+    peak = Math.max(peak, await gauge());
+    await sleep(20);
+  }
+  const outcomes = await all;
+  assert.equal(outcomes.filter((o) => o.status === 'fulfilled').length, 2000, 'every SEND gets OK');
+  // What one read of the socket brought in past the limit is taken too: at most 64 KiB, 4 blocks.
+  assert.ok(peak > 0 && peak <= MAX_COMMANDS_IN_FLIGHT + 4 * 64, `commands in flight peaked at ${peak}`);
+  assert.equal(await gauge(), 0, 'none left in flight');
+  c.close();
+  assert.equal(await signalRelay(relay, 'SIGTERM'), 0);
+});
 
 test('a slow sync delays the sender\'s OK, not the subscriber\'s MSG; ACKs of a drain wait for no sync of their own, and are synced soon after', { timeout: 60_000 }, async (t) => {
   assert.ok(existsSync(STRACE), 'strace is installed');
