@@ -56,7 +56,8 @@ Relay options (start):
   --metrics-port P           serve Prometheus /metrics on 127.0.0.1:P (off by default)
   --message-ttl-days N       delete undelivered messages after N days (default 21)
   --queue-ttl-days N         delete queues unused for N days (default 90)
-  --quota N                  most undelivered messages per queue (default 128)
+  --quota N                  most messages a queue holds until they are acknowledged
+                             (default 128)
   --max-connections N        most open connections (default 16000)
   --max-connections-per-source N
                              most open connections from one IPv4 address or IPv6 /64
@@ -71,6 +72,8 @@ Relay options (start):
   --handshake-timeout-ms N   deadline of the TLS handshake, and again from it to the
                              client hello (default 10000)
   --idle-timeout-ms N        close connections silent this long (default 900000)
+  --prefetch-budget-bytes N  bytes of messages read ahead for all subscriptions together
+                             (default 67108864; 0: none)
   --log-level LEVEL          debug, info, warn or error (default info)
   --plain-loopback           serve WebSocket without TLS, on a loopback host only
                              (for benchmarks that compare servers with TLS off)
@@ -154,6 +157,7 @@ function parseOptions(args: string[]) {
         'commands-per-second': { type: 'string' },
         'command-burst': { type: 'string' },
         'queues-per-connection': { type: 'string' },
+        'prefetch-budget-bytes': { type: 'string' },
         'handshake-timeout-ms': { type: 'string' },
         'idle-timeout-ms': { type: 'string' },
         'log-level': { type: 'string' },
@@ -258,6 +262,8 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
   if (queuesPerConnection !== undefined) overrides.queuesPerConnection = queuesPerConnection;
   if (handshakeTimeoutMs !== undefined) overrides.handshakeTimeoutMs = handshakeTimeoutMs;
   if (idleTimeoutMs !== undefined) overrides.idleTimeoutMs = idleTimeoutMs;
+  const prefetchBudgetBytes = intOption(values['prefetch-budget-bytes'], '--prefetch-budget-bytes', 0, 2 ** 40);
+  if (prefetchBudgetBytes !== undefined) overrides.prefetchBudgetBytes = prefetchBudgetBytes;
   if (values['plain-loopback'] === true) {
     if (!isLoopbackHost(host)) throw new UsageError('--plain-loopback needs a loopback --host (127.0.0.1, ::1 or localhost)');
     overrides.plainLoopback = true;

@@ -54,6 +54,11 @@ export type RelayConfig = Readonly<{
   idleTimeoutMs: number;
   /** Unsent bytes a connection may have queued before it is closed as too slow. */
   maxBufferedBytes: number;
+  /**
+   * Bytes of messages the relay holds read ahead for its subscriptions, all together (each
+   * holds at most PREFETCH_BYTES); past it subscriptions read one message at a time. 0: none.
+   */
+  prefetchBudgetBytes: number;
   /** How often a line of counts is logged. */
   statsIntervalMs: number;
   /**
@@ -83,6 +88,7 @@ export const DEFAULTS = {
   handshakeTimeoutMs: 10_000,
   idleTimeoutMs: 15 * 60_000,
   maxBufferedBytes: 64 * 16_384,
+  prefetchBudgetBytes: 64 * 1024 * 1024,
   statsIntervalMs: 5 * 60_000,
   plainLoopback: false,
 } as const satisfies Omit<RelayConfig, 'dataDir'>;

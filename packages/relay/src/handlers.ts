@@ -41,7 +41,10 @@ import { StoreError, dayOf, type QueueRecord, type QueueStore, type StoredMessag
 const EMPTY = new Uint8Array(0);
 /** Most messages read ahead for a subscription in one store query. */
 export const PREFETCH_MESSAGES = 8;
-/** Most bytes of sealed messages one subscription holds read ahead. */
+/**
+ * Most bytes of sealed messages one subscription holds read ahead. Over every subscription they
+ * hold at most `prefetchBudgetBytes` (config): past it a subscription reads one message at a time.
+ */
 export const PREFETCH_BYTES = 16_384;
 /** Wait before a subscription whose message read failed reads again. */
 export const DELIVERY_RETRY_MS = 1000;
@@ -98,6 +101,8 @@ export class RelayHandlers implements CommandHandler {
   private readonly subs = new Map<string, Subscription>();
   /** SUBs between the start of their queue read and their subscription, by recipient id key. */
   private readonly subReads = new Map<string, Set<CommitWatch>>();
+  /** Bytes of sealed messages read ahead over every subscription (at most `prefetchBudgetBytes`, plus one subscription's). */
+  private aheadBytes = 0;
 
   constructor(
     private readonly store: QueueStore,
@@ -298,7 +303,7 @@ export class RelayHandlers implements CommandHandler {
     if (got) conn.fetched.delete(key);
     if (sub !== undefined) {
       sub.acked = msgId;
-      if (sub.ahead.length > 0) sub.ahead = sub.ahead.filter((m) => !sameBytes(m.msgId, msgId));
+      if (sub.ahead.length > 0) this.setAhead(sub, sub.ahead.filter((m) => !sameBytes(m.msgId, msgId)));
     }
     // The next message goes out as soon as the ACK is taken, without waiting for the deletion to
     // be durable: a crash before that re-delivers an acknowledged message, which the recipient
@@ -407,7 +412,10 @@ export class RelayHandlers implements CommandHandler {
       old.conn.end(rcvId);
     }
     if (old === undefined) this.metrics.subscriptions++;
-    else if (old.retry !== null) clearTimeout(old.retry);
+    else {
+      if (old.retry !== null) clearTimeout(old.retry);
+      this.setAhead(old, []);
+    }
     // A new SUB re-delivers the message held unacknowledged, if any.
     this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], acked: null, busy: false, again: false, markedDay: dayOf(this.now()), retry: null });
     conn.subscriptions.add(key);
@@ -419,6 +427,7 @@ export class RelayHandlers implements CommandHandler {
       this.subs.delete(key);
       this.metrics.subscriptions--;
       if (sub.retry !== null) clearTimeout(sub.retry);
+      this.setAhead(sub, []);
     }
     conn.subscriptions.delete(key);
   }
@@ -504,13 +513,29 @@ export class RelayHandlers implements CommandHandler {
    */
   private async nextMessage(sub: Subscription): Promise<StoredMessage | undefined> {
     const head = sub.ahead[0];
-    if (head !== undefined && head.receivedAt >= this.now() - this.config.messageTtlMs) return sub.ahead.shift();
-    const read = await this.store.oldestMessages(sub.rcvId, PREFETCH_MESSAGES);
+    if (head !== undefined && head.receivedAt >= this.now() - this.config.messageTtlMs) {
+      this.setAhead(sub, sub.ahead.slice(1));
+      return head;
+    }
+    // Read ahead only while the relay-wide budget has room for a full subscription's worth.
+    const readAhead = this.aheadBytes + PREFETCH_BYTES <= this.config.prefetchBudgetBytes;
+    const read = await this.store.oldestMessages(sub.rcvId, readAhead ? PREFETCH_MESSAGES : 1);
     let bytes = 0;
     let keep = 1;
     while (keep < read.length && (bytes += read[keep]!.sealed.length) <= PREFETCH_BYTES) keep++;
-    sub.ahead = read.slice(1, keep);
+    // A subscription ended while the store was read holds nothing.
+    this.setAhead(sub, this.subs.get(idKey(sub.rcvId)) === sub ? read.slice(1, keep) : []);
     return read[0];
+  }
+
+  /** Replaces what a subscription holds read ahead, keeping the relay-wide count of its bytes. */
+  private setAhead(sub: Subscription, ahead: StoredMessage[]): void {
+    let delta = 0;
+    for (const m of sub.ahead) delta -= m.sealed.length;
+    for (const m of ahead) delta += m.sealed.length;
+    sub.ahead = ahead;
+    this.aheadBytes += delta;
+    this.metrics.prefetchBytes = this.aheadBytes;
   }
 
   closed(conn: Connection): void {

@@ -387,6 +387,48 @@ test('idle timeout: a silent connection is closed, one that PINGs stays', async 
   });
 });
 
+test('read-ahead for subscriptions stays within --prefetch-budget-bytes, and every message is still delivered in order', async () => {
+  const BUDGET = 40_000;
+  await withRelay(['--prefetch-budget-bytes', String(BUDGET), '--metrics-port', '0'], async (relay) => {
+    const owner = await RelayClient.connect(relay.address);
+    const sender = await RelayClient.connect(relay.address);
+    // Six queues of five 8 KB messages: each subscription could hold 16 KB read ahead, 96 KB in all.
+    const queues = [];
+    for (let i = 0; i < 6; i++) {
+      const q = await owner.createQueue();
+      const key = generateDhKeyPair();
+      await owner.secure(q, key.publicKey);
+      for (let m = 0; m < 5; m++) await sender.send(q.sndId, key.privateKey, utf8(`q${i} m${m} `.padEnd(8000, '.')));
+      queues.push(q);
+    }
+    const got = new Map<string, string[]>();
+    const pushed: PushedMessage[] = [];
+    owner.on('message', (m: PushedMessage) => pushed.push(m));
+    for (const q of queues) await owner.subscribe(q);
+    const until = async (n: number): Promise<void> => {
+      for (let i = 0; i < 500 && pushed.length < n; i++) await sleep(10);
+      assert.ok(pushed.length >= n, `${n} messages pushed`);
+    };
+    await until(6);
+    const held = await metric(relay.metricsPort!, 'murmure_prefetch_bytes');
+    assert.ok(held > 0 && held <= BUDGET + 16_384, `read ahead: ${held} bytes`);
+    // Drain: ACK each message as it comes.
+    for (let done = 0; done < 30; done++) {
+      await until(done + 1);
+      const m = pushed[done]!;
+      const q = queues.find((x) => Buffer.from(x.rcvId).equals(Buffer.from(m.rcvId)))!;
+      const text = Buffer.from(openDelivered(q, m.msgId, m.body).body).toString().split(' ').slice(0, 2).join(' ');
+      const key = text.split(' ')[0]!;
+      got.set(key, [...(got.get(key) ?? []), text]);
+      await owner.ack(q, m.msgId);
+    }
+    for (let i = 0; i < 6; i++) assert.deepEqual(got.get(`q${i}`), [0, 1, 2, 3, 4].map((m) => `q${i} m${m}`), `queue ${i} in order`);
+    assert.equal(await metric(relay.metricsPort!, 'murmure_prefetch_bytes'), 0, 'nothing held once drained');
+    owner.close();
+    sender.close();
+  });
+});
+
 test('quota: the 6th SEND to a queue holding 5 gets ERR QUOTA; after draining, SEND works again', async () => {
   await withRelay(['--quota', '5'], async (relay) => {
     const alice = await RelayClient.connect(relay.address);
