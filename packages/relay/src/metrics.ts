@@ -11,6 +11,8 @@ export class RelayMetrics {
   connectionsTotal = 0;
   connectionsRejected = 0;
   connectionsRejectedPerSource = 0;
+  /** Connections closed before their handshake ended, to make room at the connection limit. */
+  handshakesEvicted = 0;
   handshakeFailures = 0;
   blocksIn = 0;
   blocksOut = 0;
@@ -57,6 +59,7 @@ export class RelayMetrics {
     metric('murmure_connections_total', 'counter', 'Client connections accepted.', this.connectionsTotal);
     metric('murmure_connections_rejected_total', 'counter', 'Connections refused at the connection limit.', this.connectionsRejected);
     metric('murmure_connections_rejected_per_source_total', 'counter', 'Connections refused at the per-source connection limit.', this.connectionsRejectedPerSource);
+    metric('murmure_handshakes_evicted_total', 'counter', 'Connections closed before their handshake ended, to make room at the connection limit.', this.handshakesEvicted);
     metric('murmure_handshake_failures_total', 'counter', 'Connections closed before the handshake completed.', this.handshakeFailures);
     metric('murmure_blocks_in_total', 'counter', 'Blocks received.', this.blocksIn);
     metric('murmure_blocks_out_total', 'counter', 'Blocks sent.', this.blocksOut);

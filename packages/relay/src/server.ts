@@ -56,14 +56,27 @@ function storeEvent(event: StoreEvent, metrics: RelayMetrics, logger: Logger): v
   }
 }
 
+/** The key of a connection in the handshakes under way: its remote address and port. */
+function handshakeKey(socket: Socket): string | null {
+  const { remoteAddress, remotePort } = socket;
+  return remoteAddress === undefined || remotePort === undefined ? null : `${remoteAddress} ${remotePort}`;
+}
+
 /** A running relay. */
 export class RelayServer {
   private readonly connections = new Set<Connection>();
   private readonly handshakeTimers = new WeakMap<object, NodeJS.Timeout>();
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly sessionKeys = new SessionKeys();
-  /** TCP connections closed at the per-source limit. */
+  /** TCP connections closed at the per-source limit, or evicted before their handshake ended. */
   private readonly refused = new WeakSet<object>();
+  /** TCP connections open, handshakes under way included (at most `maxConnections`). */
+  private open = 0;
+  /**
+   * Connections whose handshake (TLS, upgrade, client hello) is under way, oldest first, by
+   * their remote address and port (the TCP socket and the TLS socket over it report the same).
+   */
+  private readonly pending = new Map<string, { socket: Socket; free: () => void }>();
   private metricsServer: HttpServer | null = null;
   private stopping: Promise<void> | null = null;
   /** The expiry run going on, if any: a long one is not overlapped by the next. */
@@ -138,7 +151,6 @@ export class RelayServer {
           maxVersion: 'TLSv1.3',
           handshakeTimeout: config.handshakeTimeoutMs,
         });
-    https.maxConnections = config.maxConnections;
     const wss = new WebSocketServer({
       noServer: true,
       maxPayload: BLOCK_SIZE,
@@ -175,10 +187,15 @@ export class RelayServer {
 
   private wire(): void {
     const { https, wss, config, metrics } = this;
-    https.on('drop', () => metrics.connectionsRejected++);
     // Before any TLS handshake: a source at its limit is cut as soon as its TCP connection is
     // accepted (Node has wrapped it in a TLS socket by then, but has read nothing from it).
     https.on('connection', (socket: Socket) => {
+      if (this.open >= config.maxConnections && !this.evictOldestHandshake()) {
+        metrics.connectionsRejected++;
+        this.refused.add(socket);
+        socket.destroy();
+        return;
+      }
       const release = this.sources.admit(socket.remoteAddress);
       if (release === null) {
         metrics.connectionsRejectedPerSource++;
@@ -186,7 +203,19 @@ export class RelayServer {
         socket.destroy();
         return;
       }
-      socket.once('close', release);
+      // The slot is freed once: at the close, or at once when the connection is evicted.
+      this.open++;
+      const key = handshakeKey(socket);
+      let held = true;
+      const free = (): void => {
+        if (!held) return;
+        held = false;
+        this.open--;
+        if (key !== null && this.pending.get(key)?.socket === socket) this.pending.delete(key);
+        release();
+      };
+      if (key !== null) this.pending.set(key, { socket, free });
+      socket.once('close', free);
     });
     https.on(config.plainLoopback ? 'connection' : 'secureConnection', (socket: Socket) => {
       const timer = setTimeout(() => {
@@ -226,6 +255,8 @@ export class RelayServer {
         metrics.connectionsOpen++;
         const conn = new Connection(ws, sessionId, this.sessionKeys.current(), config, metrics, this.handlers, () => {
           clearTimeout(this.handshakeTimers.get(socket));
+          const key = handshakeKey(socket);
+          if (key !== null) this.pending.delete(key);
         });
         this.connections.add(conn);
         ws.once('close', () => {
@@ -234,6 +265,24 @@ export class RelayServer {
         });
       });
     });
+  }
+
+  /**
+   * At the connection limit, makes room by closing the connection whose handshake began
+   * longest ago, if one is under way. Connections that stall their handshake (S2, S4) then
+   * hold slots only until newer ones arrive, not for the whole handshake deadline: to keep
+   * honest clients out, a flood must open connections faster than `maxConnections` per
+   * honest handshake time. Established connections are never evicted.
+   */
+  private evictOldestHandshake(): boolean {
+    const oldest = this.pending.entries().next();
+    if (oldest.done === true) return false;
+    const { socket, free } = oldest.value[1];
+    free();
+    this.refused.add(socket);
+    this.metrics.handshakesEvicted++;
+    socket.destroy();
+    return true;
   }
 
   private startTimers(): void {
@@ -262,6 +311,7 @@ export class RelayServer {
       messagesDelivered: m.messagesDelivered,
       connectionsRejected: m.connectionsRejected,
       connectionsRejectedPerSource: m.connectionsRejectedPerSource,
+      handshakesEvicted: m.handshakesEvicted,
       handshakeFailures: m.handshakeFailures,
     });
   }

@@ -212,6 +212,31 @@ test('max connections: extra connections are refused before TLS while existing o
   });
 });
 
+test('at the connection limit the oldest unfinished handshake makes room: stalled connections give way to an honest client, established ones never do (S2)', async () => {
+  await withRelay(['--max-connections', '3', '--metrics-port', '0'], async (relay) => {
+    const a = await RelayClient.connect(relay.address);
+    const b = await RelayClient.connect(relay.address);
+    await a.ping();
+    await b.ping(); // both are past their hello on the relay's side too
+    // A TCP connection that never starts TLS takes the third slot.
+    const stalled = netConnect(relay.port, '127.0.0.1');
+    const stalledClosed = new Promise<void>((r) => stalled.once('close', () => r()));
+    stalled.on('error', () => undefined);
+    await new Promise<void>((r) => stalled.once('connect', () => r()));
+    await sleep(50);
+    const c = await RelayClient.connect(relay.address, { timeoutMs: 5000 });
+    await c.ping();
+    await withTimeout(stalledClosed, 5000, 'the stalled connection was closed');
+    assert.equal(await metric(relay.metricsPort!, 'murmure_handshakes_evicted_total'), 1);
+    // All three slots hold established connections: a fourth is refused, and nothing is evicted.
+    await assert.rejects(RelayClient.connect(relay.address, { timeoutMs: 5000 }), isCode('CLOSED'), 'a connection over the limit');
+    assert.equal(await metric(relay.metricsPort!, 'murmure_handshakes_evicted_total'), 1);
+    assert.ok((await metric(relay.metricsPort!, 'murmure_connections_rejected_total')) >= 1);
+    for (const x of [a, b, c]) await x.ping();
+    for (const x of [a, b, c]) x.close();
+  });
+});
+
 /** Connection options that make a client connect from `local` (any 127.0.0.0/8 address). */
 function from(local: string) {
   return {

@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// S2 at scale: 20,000 TCP connections that never start TLS, against a relay with its default
+// limit of 16,000. The limit holds, the connections already established keep working, a new
+// honest client gets in (the oldest unfinished handshakes make room), and memory stays bounded.
+// The flood is smaller where the machine's file limit is lower, and the test says so.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+
+import { RelayClient, openDelivered, type PushedMessage } from '@murmure/agent';
+import { DEFAULTS } from '@murmure/relay';
+import { generateDhKeyPair } from '@murmure/queue-crypto';
+
+import { cleanup, sleep, startRelay, stopRelay, utf8 } from './harness.js';
+import { rssKiB, withTimeout } from './wire.js';
+
+/** Connections the flood opens where the file limit allows (THREATS.md S2). */
+const FLOOD = 20_000;
+/** Processes that hold the flood's connections, so that none needs more descriptors than the limit. */
+const HOLDERS = 4;
+
+/** The soft limit of open files, which every process here inherits. */
+function openFileLimit(): number {
+  const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+  return m === null || m[1] === 'unlimited' ? Number.MAX_SAFE_INTEGER : Number(m[1]);
+}
+
+/** A process that opens `n` TCP connections to the port and holds them, reporting over IPC. */
+function holder(port: number, n: number): { proc: ChildProcess; state: { connected: number; closed: number; failed: number } } {
+  const code = `
+    const net = require('node:net');
+    const [port, n] = process.argv.slice(1).map(Number);
+    const s = { connected: 0, closed: 0, failed: 0 };
+    let next = 0;
+    const open = () => {
+      if (next >= n) return;
+      next++;
+      const c = net.connect(port, '127.0.0.1');
+      c.on('connect', () => { s.connected++; open(); });
+      c.on('error', () => { s.failed++; });
+      c.on('close', () => { s.closed++; });
+    };
+    for (let i = 0; i < 64; i++) open();
+    setInterval(() => process.send(s), 100);
+    process.on('disconnect', () => process.exit(0));
+  `;
+  const proc = spawn(process.execPath, ['-e', code, String(port), String(n)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const state = { connected: 0, closed: 0, failed: 0 };
+  proc.on('message', (m) => Object.assign(state, m));
+  return { proc, state };
+}
+
+async function metric(port: number, name: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
+  assert.ok(m !== null, `${name} in /metrics`);
+  return Number(m[1]);
+}
+
+test('S2: 20,000 connections that never start TLS against a limit of 16,000: the limit holds, established clients are served, a new client gets in, memory is bounded', { timeout: 180_000 }, async (t) => {
+  // The relay needs a descriptor per connection it holds, and each holder one per connection.
+  const limit = openFileLimit();
+  const maxConnections = Math.min(DEFAULTS.maxConnections, limit - 500);
+  const flood = Math.min(FLOOD, Math.floor(maxConnections * 1.25), HOLDERS * (limit - 200));
+  const perHolder = Math.ceil(flood / HOLDERS);
+  assert.ok(perHolder < limit - 100, 'each holder fits its connections in the file limit');
+  t.diagnostic(`open file limit ${limit}: ${flood} connections against a limit of ${maxConnections}`);
+  const args = ['--metrics-port', '0', '--max-connections', String(maxConnections)];
+  const relay = await startRelay({ args });
+  const holders: ReturnType<typeof holder>[] = [];
+  try {
+    // Established before the flood: Alice subscribed to her queue.
+    const alice = await RelayClient.connect(relay.address);
+    const q = await alice.createQueue();
+    const senderKey = generateDhKeyPair();
+    await alice.secure(q, senderKey.publicKey);
+    await alice.subscribe(q);
+    const inbox: PushedMessage[] = [];
+    alice.on('message', (m: PushedMessage) => inbox.push(m));
+    const rssBefore = rssKiB(relay.proc.pid!);
+
+    for (let i = 0; i < HOLDERS; i++) holders.push(holder(relay.port, Math.min(perHolder, flood - i * perHolder)));
+    const start = performance.now();
+    const settled = (): boolean => holders.reduce((n, h) => n + h.state.connected + h.state.failed, 0) >= flood;
+    while (!settled() && performance.now() - start < 120_000) await sleep(200);
+    const connected = holders.reduce((n, h) => n + h.state.connected, 0);
+    t.diagnostic(`${connected} of ${flood} connected in ${((performance.now() - start) / 1000).toFixed(1)} s`);
+    assert.equal(connected, flood, 'the kernel accepted every connection');
+    await sleep(500);
+    const evicted = await metric(relay.metricsPort!, 'murmure_handshakes_evicted_total');
+    const held = connected - holders.reduce((n, h) => n + h.state.closed, 0);
+    t.diagnostic(`held open: ${held}, evicted: ${evicted}`);
+    assert.ok(held <= maxConnections, `at most ${maxConnections} connections are held (${held})`);
+    assert.ok(evicted >= flood - maxConnections, 'the connections past the limit made room by closing the oldest handshakes');
+
+    // A new client gets in during the flood, and Alice, established before it, is served.
+    const bobStart = performance.now();
+    const bob = await RelayClient.connect(relay.address, { timeoutMs: 10_000 });
+    t.diagnostic(`a new client connected in ${(performance.now() - bobStart).toFixed(0)} ms during the flood`);
+    await bob.send(q.sndId, senderKey.privateKey, utf8('through the flood'));
+    await withTimeout(
+      (async () => {
+        while (inbox.length === 0) await sleep(10);
+      })(),
+      10_000,
+      'the message reached Alice',
+    );
+    assert.equal(Buffer.from(openDelivered(q, inbox[0]!.msgId, inbox[0]!.body).body).toString(), 'through the flood');
+    await alice.ack(q, inbox[0]!.msgId);
+    const rssDuring = rssKiB(relay.proc.pid!);
+    const perConnection = ((rssDuring - rssBefore) * 1024) / Math.max(1, held);
+    t.diagnostic(`relay RSS ${(rssBefore / 1024).toFixed(0)} MiB before, ${(rssDuring / 1024).toFixed(0)} MiB with the flood held (${(perConnection / 1024).toFixed(1)} KiB per connection)`);
+    assert.ok(perConnection < 64 * 1024, 'a connection that never started TLS holds less than 64 KiB');
+
+    for (const h of holders) h.proc.kill();
+    bob.close();
+    alice.close();
+    assert.equal(relay.proc.exitCode, null, 'the relay process is alive');
+  } finally {
+    for (const h of holders) h.proc.kill('SIGKILL');
+    assert.equal(await stopRelay(relay), 0, 'SIGTERM exits with 0');
+    cleanup(relay.dataDir);
+  }
+});
