@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
-// S2 at scale: 20,000 TCP connections that never start TLS, against a relay with its default
-// limit of 16,000. The limit holds, the connections already established keep working, a new
-// honest client gets in (the oldest unfinished handshakes make room), and memory stays bounded.
-// The flood is smaller where the machine's file limit is lower, and the test says so.
+// Floods, on a relay with its default limits. S2 at scale: 20,000 TCP connections that never
+// start TLS, against the default limit of 16,000: the limit holds, the connections already
+// established keep working, a new honest client gets in (the oldest unfinished handshakes make
+// room), and memory stays bounded; the flood is smaller where the machine's file limit is lower,
+// and the test says so. S1 sustained: queue creation as fast as two processes can go, while an
+// honest pair keeps talking: its latency and the relay's memory stay bounded.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -119,6 +121,99 @@ test('S2: 20,000 connections that never start TLS against a limit of 16,000: the
     assert.equal(relay.proc.exitCode, null, 'the relay process is alive');
   } finally {
     for (const h of holders) h.proc.kill('SIGKILL');
+    assert.equal(await stopRelay(relay), 0, 'SIGTERM exits with 0');
+    cleanup(relay.dataDir);
+  }
+});
+
+/** A process that creates queues as fast as it can for `seconds`, 50 in flight on each of two connections, reconnecting after each 1,000 (the per-connection limit). */
+function creator(address: string, seconds: number): { proc: ChildProcess; done: Promise<{ created: number; errors: number }> } {
+  const code = `
+    import { RelayClient } from '@murmure/agent';
+    const [address, seconds] = process.argv.slice(1);
+    const end = Date.now() + Number(seconds) * 1000;
+    let created = 0, errors = 0;
+    const worker = async () => {
+      while (Date.now() < end) {
+        let c;
+        try { c = await RelayClient.connect(address, { timeoutMs: 30000 }); } catch { errors++; continue; }
+        for (let n = 0; n < 1000 && Date.now() < end; n += 50) {
+          const rs = await Promise.allSettled(Array.from({ length: 50 }, () => c.createQueue()));
+          for (const r of rs) if (r.status === 'fulfilled') created++; else errors++;
+        }
+        c.close();
+      }
+    };
+    await Promise.all([worker(), worker()]);
+    process.send({ created, errors }, () => process.exit(0));
+  `;
+  const proc = spawn(process.execPath, ['--input-type=module', '-e', code, address, String(seconds)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const done = new Promise<{ created: number; errors: number }>((resolve, reject) => {
+    proc.once('message', (m) => resolve(m as { created: number; errors: number }));
+    proc.once('exit', (c) => reject(new Error(`creator exited with ${c}`)));
+  });
+  done.catch(() => undefined);
+  return { proc, done };
+}
+
+/** How long the S1 flood lasts (THREATS.md names 60 s; the pattern is the same, and CI's time is shared). */
+const S1_SECONDS = 15;
+
+test(`S1: queue creation from two processes as fast as they go for ${S1_SECONDS} s: an honest pair's p99 stays under 1 s, relay memory is bounded`, { timeout: 180_000 }, async (t) => {
+  const relay = await startRelay({ args: ['--metrics-port', '0'] });
+  const creators: ReturnType<typeof creator>[] = [];
+  try {
+    const alice = await RelayClient.connect(relay.address);
+    const bob = await RelayClient.connect(relay.address);
+    const q = await alice.createQueue();
+    const senderKey = generateDhKeyPair();
+    await alice.secure(q, senderKey.publicKey);
+    const sentAt = new Map<string, number>();
+    const latencies: number[] = [];
+    alice.on('message', (m: PushedMessage) => {
+      const text = Buffer.from(openDelivered(q, m.msgId, m.body).body).toString();
+      const at = sentAt.get(text);
+      if (at !== undefined) latencies.push(performance.now() - at);
+      alice.ack(q, m.msgId).catch(() => undefined);
+    });
+    await alice.subscribe(q);
+    const rssBefore = rssKiB(relay.proc.pid!);
+    const createdBefore = await metric(relay.metricsPort!, 'murmure_queues_created_total');
+
+    for (let i = 0; i < 2; i++) creators.push(creator(relay.address, S1_SECONDS));
+    // The honest pair: a message every 50 ms, timed from SEND to MSG.
+    let rssPeak = rssBefore;
+    let seq = 0;
+    const end = performance.now() + S1_SECONDS * 1000;
+    while (performance.now() < end) {
+      const text = `honest ${seq++}`;
+      sentAt.set(text, performance.now());
+      bob.send(q.sndId, senderKey.privateKey, utf8(text)).catch(() => undefined);
+      rssPeak = Math.max(rssPeak, rssKiB(relay.proc.pid!));
+      await sleep(50);
+    }
+    const results = await Promise.all(creators.map((c) => c.done));
+    const created = (await metric(relay.metricsPort!, 'murmure_queues_created_total')) - createdBefore;
+    await withTimeout(
+      (async () => {
+        while (latencies.length < seq) await sleep(20);
+      })(),
+      30_000,
+      'every honest message arrives',
+    );
+    latencies.sort((a, b) => a - b);
+    const p = (x: number): number => latencies[Math.min(latencies.length - 1, Math.floor(x * latencies.length))]!;
+    t.diagnostic(`${created} queues created in ${S1_SECONDS} s (${Math.round(created / S1_SECONDS)}/s; the creators saw ${results.reduce((n, r) => n + r.errors, 0)} errors)`);
+    t.diagnostic(`honest SEND→MSG over ${latencies.length} messages: p50 ${p(0.5).toFixed(1)} ms, p99 ${p(0.99).toFixed(1)} ms, max ${latencies[latencies.length - 1]!.toFixed(1)} ms`);
+    t.diagnostic(`relay RSS ${(rssBefore / 1024).toFixed(0)} MiB before, peak ${(rssPeak / 1024).toFixed(0)} MiB`);
+    assert.ok(created > 1000, 'the flood created queues');
+    assert.ok(p(0.99) < 1000, 'the honest p99 stays under 1 s');
+    assert.ok(rssPeak - rssBefore < 256 * 1024, 'relay memory grows by less than 256 MiB');
+    alice.close();
+    bob.close();
+    assert.equal(relay.proc.exitCode, null, 'the relay process is alive');
+  } finally {
+    for (const c of creators) c.proc.kill('SIGKILL');
     assert.equal(await stopRelay(relay), 0, 'SIGTERM exits with 0');
     cleanup(relay.dataDir);
   }
