@@ -247,3 +247,33 @@ test("an owner's callback that throws does not fail a committed batch", async ()
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a write that fails on its own (a clashing id) fails alone: the writes committed with it in one turn succeed', async () => {
+  let commits = 0;
+  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
+  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db'), onCommit: () => commits++ });
+  try {
+    const rcvId = id();
+    const sndId = id();
+    await store.createQueue({ rcvId, sndId, rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
+    const msgId = id();
+    const before = commits;
+    // Asked for in one turn, so one batch: the second NEW reuses the sender id.
+    const [added, clash, other] = await Promise.allSettled([
+      store.addMessage(rcvId, { msgId, receivedAt: Date.now(), sealed: msgId }, 10, Date.now()),
+      store.createQueue({ rcvId: id(), sndId, rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now()),
+      store.createQueue({ rcvId: id(), sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now()),
+    ]);
+    assert.deepEqual(added, { status: 'fulfilled', value: 'ok' });
+    assert.equal(clash.status, 'rejected');
+    assert.equal((clash as PromiseRejectedResult).reason.code, 'INTERNAL');
+    assert.equal(other.status, 'fulfilled');
+    assert.deepEqual((await store.oldestMessages(rcvId, 10)).map((m) => hex(m.msgId)), [hex(msgId)]);
+    assert.equal((await store.queueByRecipient(rcvId))?.msgCount, 1);
+    assert.equal((await store.stats()).queues, 2, 'the queue with the clashing id was not made');
+    assert.equal(commits - before, 2, 'the two good writes, each in its own commit');
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -243,7 +243,7 @@ export class SqliteQueueStore implements QueueStore {
 
   private flush(): void {
     this.flushScheduled = false;
-    const batch = this.pending.splice(0, MAX_WRITES_PER_COMMIT);
+    let batch = this.pending.splice(0, MAX_WRITES_PER_COMMIT);
     if (this.pending.length > 0) {
       this.flushScheduled = true;
       setImmediate(() => this.flush());
@@ -255,22 +255,37 @@ export class SqliteQueueStore implements QueueStore {
       for (const w of batch) w.reject(err);
       return;
     }
-    const results: unknown[] = [];
+    let results: unknown[] = [];
     try {
-      this.db.exec('BEGIN IMMEDIATE');
-      for (const w of batch) results.push(w.run());
-      this.db.exec('COMMIT');
+      this.transaction(() => {
+        for (const w of batch) results.push(w.run());
+      });
+      this.onCommit(batch.length);
     } catch (e) {
-      try {
-        this.db.exec('ROLLBACK');
-      } catch {
-        // SQLite may have rolled back by itself (SQLITE_FULL during commit)
-      }
       const err = storeErrorOf(e);
-      for (const w of batch) w.reject(err);
-      return;
+      if (err.code !== 'INTERNAL' || batch.length === 1) {
+        for (const w of batch) w.reject(err);
+        return;
+      }
+      // One write failed on its own (a constraint, say), not the disk: the writes are done again
+      // one transaction each, so that it alone fails (every write is SQL only, and repeatable).
+      results = [];
+      const alone: PendingWrite[] = [];
+      for (const w of batch) {
+        try {
+          let r: unknown;
+          this.transaction(() => {
+            r = w.run();
+          });
+          this.onCommit(1);
+          results.push(r);
+          alone.push(w);
+        } catch (e2) {
+          w.reject(storeErrorOf(e2));
+        }
+      }
+      batch = alone;
     }
-    this.onCommit(batch.length);
     // The batch is committed but may still sit in the page cache: the callers of its durable
     // writes hear of it only once the WAL is on disk. One sync runs at a time; batches committed
     // meanwhile wait for the next, which covers every write made to the file before it.
@@ -300,6 +315,22 @@ export class SqliteQueueStore implements QueueStore {
     }
     this.unsynced.push({ batch: durable, results: durableResults });
     this.startSync();
+  }
+
+  /** Runs `f` in one write transaction; rolls back and rethrows if it throws. */
+  private transaction(f: () => void): void {
+    this.db.exec('BEGIN IMMEDIATE');
+    try {
+      f();
+      this.db.exec('COMMIT');
+    } catch (e) {
+      try {
+        this.db.exec('ROLLBACK');
+      } catch {
+        // SQLite may have rolled back by itself (SQLITE_FULL during commit)
+      }
+      throw e;
+    }
   }
 
   private startSync(): void {
