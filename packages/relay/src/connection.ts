@@ -213,12 +213,14 @@ export class Connection {
 
   /**
    * Takes `n` more tokens for work a command turned out to cost (AUTH_FAILURE_TOKENS). The
-   * bucket may go below zero, down to minus its size: later commands get ERR LIMIT until the
-   * refill has paid the debt, at most two bursts' time.
+   * bucket may go below zero: later commands get ERR LIMIT until the refill has paid the debt.
+   * The debt is bounded by a burst plus the charges of every command that can be in flight
+   * (those were let in before their charges landed), so the charge holds however small the
+   * burst is, and the wait after it stays bounded.
    */
   charge(n: number): void {
     this.refill();
-    this.tokens = Math.max(-this.config.commandBurst, this.tokens - n);
+    this.tokens = Math.max(-(this.config.commandBurst + AUTH_FAILURE_TOKENS * MAX_COMMANDS_IN_FLIGHT), this.tokens - n);
   }
 
   private doneOne(): void {

@@ -101,7 +101,7 @@ export class RelayHandlers implements CommandHandler {
   private readonly subs = new Map<string, Subscription>();
   /** SUBs between the start of their queue read and their subscription, by recipient id key. */
   private readonly subReads = new Map<string, Set<CommitWatch>>();
-  /** Bytes of sealed messages read ahead over every subscription (at most `prefetchBudgetBytes`, plus one subscription's). */
+  /** Bytes of sealed messages read ahead over every subscription, and held for reads under way (at most `prefetchBudgetBytes`). */
   private aheadBytes = 0;
 
   constructor(
@@ -517,9 +517,16 @@ export class RelayHandlers implements CommandHandler {
       this.setAhead(sub, sub.ahead.slice(1));
       return head;
     }
-    // Read ahead only while the relay-wide budget has room for a full subscription's worth.
+    // Read ahead only while the relay-wide budget has room for a full subscription's worth,
+    // which is held for the read: the reads of one block's SUBs all run before any settles.
     const readAhead = this.aheadBytes + PREFETCH_BYTES <= this.config.prefetchBudgetBytes;
-    const read = await this.store.oldestMessages(sub.rcvId, readAhead ? PREFETCH_MESSAGES : 1);
+    if (readAhead) this.aheadBytes += PREFETCH_BYTES;
+    let read: StoredMessage[];
+    try {
+      read = await this.store.oldestMessages(sub.rcvId, readAhead ? PREFETCH_MESSAGES : 1);
+    } finally {
+      if (readAhead) this.aheadBytes -= PREFETCH_BYTES;
+    }
     let bytes = 0;
     let keep = 1;
     while (keep < read.length && (bytes += read[keep]!.sealed.length) <= PREFETCH_BYTES) keep++;

@@ -56,10 +56,11 @@ function storeEvent(event: StoreEvent, metrics: RelayMetrics, logger: Logger): v
   }
 }
 
-/** The key of a connection in the handshakes under way: its remote address and port. */
+/** The key of a connection in the handshakes under way: the addresses and ports of both ends. */
 function handshakeKey(socket: Socket): string | null {
-  const { remoteAddress, remotePort } = socket;
-  return remoteAddress === undefined || remotePort === undefined ? null : `${remoteAddress} ${remotePort}`;
+  const { remoteAddress, remotePort, localAddress, localPort } = socket;
+  if (remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) return null;
+  return `${remoteAddress} ${remotePort} ${localAddress} ${localPort}`;
 }
 
 /** A running relay. */
@@ -74,7 +75,8 @@ export class RelayServer {
   private open = 0;
   /**
    * Connections whose handshake (TLS, upgrade, client hello) is under way, oldest first, by
-   * their remote address and port (the TCP socket and the TLS socket over it report the same).
+   * their addresses and ports at both ends (the TCP socket and the TLS socket over it report
+   * the same; two live connections never do).
    */
   private readonly pending = new Map<string, { socket: Socket; free: () => void }>();
   private metricsServer: HttpServer | null = null;
@@ -190,15 +192,17 @@ export class RelayServer {
     // Before any TLS handshake: a source at its limit is cut as soon as its TCP connection is
     // accepted (Node has wrapped it in a TLS socket by then, but has read nothing from it).
     https.on('connection', (socket: Socket) => {
-      if (this.open >= config.maxConnections && !this.evictOldestHandshake()) {
-        metrics.connectionsRejected++;
+      // The source first: a connection its source may not make must not evict anyone.
+      const release = this.sources.admit(socket.remoteAddress);
+      if (release === null) {
+        metrics.connectionsRejectedPerSource++;
         this.refused.add(socket);
         socket.destroy();
         return;
       }
-      const release = this.sources.admit(socket.remoteAddress);
-      if (release === null) {
-        metrics.connectionsRejectedPerSource++;
+      if (this.open >= config.maxConnections && !this.evictOldestHandshake()) {
+        release();
+        metrics.connectionsRejected++;
         this.refused.add(socket);
         socket.destroy();
         return;
@@ -377,6 +381,8 @@ export class RelayServer {
   private async doStop(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
     const closed = new Promise<void>((resolve) => this.https.close(() => resolve()));
+    // Handshakes under way have no command to finish: they are closed now, not at their deadline.
+    for (const { socket } of [...this.pending.values()]) socket.destroy();
     await Promise.all([...this.connections].map((c) => c.drain()));
     for (const c of this.connections) c.close(CloseCode.GOING_AWAY);
     this.https.closeAllConnections();

@@ -237,6 +237,28 @@ test('at the connection limit the oldest unfinished handshake makes room: stalle
   });
 });
 
+test('a connection its source may not make evicts nobody: at both limits, the other source keeps its handshake (S2)', async () => {
+  await withRelay(['--max-connections', '2', '--max-connections-per-source', '1', '--unlimited-sources', 'none', '--metrics-port', '0'], async (relay) => {
+    const x = await RelayClient.connect(relay.address, from('127.0.0.5'));
+    await x.ping();
+    // Another source's handshake under way takes the second slot.
+    const h = netConnect({ host: '127.0.0.1', port: relay.port, localAddress: '127.0.0.6' });
+    let hClosed = false;
+    h.on('close', () => (hClosed = true));
+    h.on('error', () => undefined);
+    await new Promise<void>((r) => h.once('connect', () => r()));
+    await sleep(50);
+    // The first source, at its own limit, tries again: refused, and the handshake stays.
+    await assert.rejects(RelayClient.connect(relay.address, from('127.0.0.5')), isCode('CLOSED'));
+    await sleep(100);
+    assert.equal(hClosed, false, "the other source's handshake was not evicted");
+    assert.equal(await metric(relay.metricsPort!, 'murmure_handshakes_evicted_total'), 0);
+    assert.equal(await metric(relay.metricsPort!, 'murmure_connections_rejected_per_source_total'), 1);
+    h.destroy();
+    x.close();
+  });
+});
+
 /** Connection options that make a client connect from `local` (any 127.0.0.0/8 address). */
 function from(local: string) {
   return {

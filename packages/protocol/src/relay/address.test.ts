@@ -99,6 +99,8 @@ describe('relay address edge cases', () => {
     ['two :: in IPv6', `murmure://${FP}@[::1::2]:1`],
     ['a five-digit IPv6 group', `murmure://${FP}@[12345::]:1`],
     ['an IPv6 address with a bad IPv4 tail', `murmure://${FP}@[::ffff:1.2.3.256]:1`],
+    ['an IPv4 part before ::', `murmure://${FP}@[1.2.3.4::]:1`],
+    ['an IPv4 part in the middle', `murmure://${FP}@[1:2:1.2.3.4::]:1`],
     ['nothing', ''],
   ];
   test('white space around an address does not count towards MAX_ADDRESS_LENGTH', () => {

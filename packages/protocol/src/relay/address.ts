@@ -29,8 +29,9 @@ function isIpv6(host: string): boolean {
   const groups = halves.map((h) => (h === '' ? [] : h.split(':')));
   const all = groups.flat();
   let count = all.length;
-  const last = all[all.length - 1];
-  // An embedded IPv4 address stands for the last two groups.
+  // An embedded IPv4 address stands for the last two groups, and only at the very end.
+  const tail = groups[groups.length - 1]!;
+  const last = tail[tail.length - 1];
   if (last !== undefined && last.includes('.')) {
     if (!IPV4.test(last)) return false;
     all.pop();
