@@ -68,6 +68,9 @@ Relay options (start):
   --listen-backlog N         connections waiting to be accepted (default 4096)
   --commands-per-second N    commands one connection may send per second (default 20000)
   --command-burst N          commands one connection may send in a burst (default 40000)
+  --auth-refusals-per-source N
+                             refused authorisations one source may cause per second, over
+                             all its connections (default 2000; loopback is not limited)
   --queues-per-connection N  queues one connection may create (default 1000)
   --handshake-timeout-ms N   deadline of the TLS handshake, and again from it to the
                              client hello (default 10000)
@@ -157,6 +160,7 @@ function parseOptions(args: string[]) {
         'commands-per-second': { type: 'string' },
         'command-burst': { type: 'string' },
         'queues-per-connection': { type: 'string' },
+        'auth-refusals-per-source': { type: 'string' },
         'prefetch-budget-bytes': { type: 'string' },
         'handshake-timeout-ms': { type: 'string' },
         'idle-timeout-ms': { type: 'string' },
@@ -259,6 +263,8 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
   const idleTimeoutMs = intOption(values['idle-timeout-ms'], '--idle-timeout-ms', 100, 86_400_000);
   if (commandsPerSecond !== undefined) overrides.commandsPerSecond = commandsPerSecond;
   if (commandBurst !== undefined) overrides.commandBurst = commandBurst;
+  const authRefusals = intOption(values['auth-refusals-per-source'], '--auth-refusals-per-source', 1, 1_000_000);
+  if (authRefusals !== undefined) overrides.authRefusalsPerSource = authRefusals;
   if (queuesPerConnection !== undefined) overrides.queuesPerConnection = queuesPerConnection;
   if (handshakeTimeoutMs !== undefined) overrides.handshakeTimeoutMs = handshakeTimeoutMs;
   if (idleTimeoutMs !== undefined) overrides.idleTimeoutMs = idleTimeoutMs;

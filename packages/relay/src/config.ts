@@ -46,6 +46,12 @@ export type RelayConfig = Readonly<{
   commandsPerSecond: number;
   /** Commands one connection may send in a burst (token bucket size). */
   commandBurst: number;
+  /**
+   * Refused authorisations (ERR AUTH) one source may cause per second, over all its connections
+   * (twice as many at once); past it every command of the source gets ERR LIMIT until the
+   * refill. Sources in `unlimitedSources` have no such budget.
+   */
+  authRefusalsPerSource: number;
   /** Queues one connection may create over its life. */
   queuesPerConnection: number;
   /** Time allowed for the TLS handshake, and again from its end to the client hello (upgrade and hello). */
@@ -84,6 +90,7 @@ export const DEFAULTS = {
   listenBacklog: 4_096,
   commandsPerSecond: 20_000,
   commandBurst: 40_000,
+  authRefusalsPerSource: 2_000,
   queuesPerConnection: 1_000,
   handshakeTimeoutMs: 10_000,
   idleTimeoutMs: 15 * 60_000,

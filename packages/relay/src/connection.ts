@@ -29,6 +29,7 @@ import type { WebSocket } from 'ws';
 
 import type { RelayConfig } from './config.js';
 import type { RelayMetrics } from './metrics.js';
+import type { SourceSlot } from './sources.js';
 import type { QueueRecord } from './store/queue-store.js';
 
 const EMPTY = new Uint8Array(0);
@@ -106,6 +107,8 @@ export class Connection {
     private readonly config: RelayConfig,
     private readonly metrics: RelayMetrics,
     private readonly handler: CommandHandler,
+    /** The connection's place in its source, whose budget of refused authorisations it shares. */
+    private readonly source: SourceSlot,
     private readonly onHello: () => void,
   ) {
     // Random per connection: in plain loopback mode it keeps the session id (and so every
@@ -205,6 +208,7 @@ export class Connection {
   }
 
   private takeToken(): boolean {
+    if (this.source.throttled()) return false;
     this.refill();
     if (this.tokens < 1) return false;
     this.tokens -= 1;
@@ -212,15 +216,17 @@ export class Connection {
   }
 
   /**
-   * Takes `n` more tokens for work a command turned out to cost (AUTH_FAILURE_TOKENS). The
-   * bucket may go below zero: later commands get ERR LIMIT until the refill has paid the debt.
+   * A command of this connection was refused authorisation (ERR AUTH): it counts against the
+   * source's budget, and costs AUTH_FAILURE_TOKENS more of the connection's own. The bucket may
+   * go below zero: later commands get ERR LIMIT until the refill has paid the debt.
    * The debt is bounded by a burst plus the charges of every command that can be in flight
    * (those were let in before their charges landed), so the charge holds however small the
    * burst is, and the wait after it stays bounded.
    */
-  charge(n: number): void {
+  refusedAuthorisation(): void {
+    this.source.refused();
     this.refill();
-    this.tokens = Math.max(-(this.config.commandBurst + AUTH_FAILURE_TOKENS * MAX_COMMANDS_IN_FLIGHT), this.tokens - n);
+    this.tokens = Math.max(-(this.config.commandBurst + AUTH_FAILURE_TOKENS * MAX_COMMANDS_IN_FLIGHT), this.tokens - AUTH_FAILURE_TOKENS);
   }
 
   private doneOne(): void {

@@ -33,7 +33,7 @@ import {
 
 import { idKey, sameBytes } from './bytes.js';
 import type { RelayConfig } from './config.js';
-import { AUTH_FAILURE_TOKENS, AUTH_KEY_CACHE_SIZE, type CommandHandler, type Connection } from './connection.js';
+import { AUTH_KEY_CACHE_SIZE, type CommandHandler, type Connection } from './connection.js';
 import type { Logger } from './log.js';
 import type { RelayMetrics } from './metrics.js';
 import { StoreError, dayOf, type QueueRecord, type QueueStore, type StoredMessage } from './store/queue-store.js';
@@ -126,7 +126,7 @@ export class RelayHandlers implements CommandHandler {
       await this.dispatch(conn, t, cmd);
     } catch (e) {
       if (e instanceof Refusal) {
-        if (e.code === 'AUTH') conn.charge(AUTH_FAILURE_TOKENS);
+        if (e.code === 'AUTH') conn.refusedAuthorisation();
         conn.error(t.corrId, t.entityId, e.code);
       } else if (e instanceof StoreError) {
         this.logger.log('error', 'store write failed', { code: e.code });

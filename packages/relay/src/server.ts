@@ -21,7 +21,7 @@ import { loadOrCreateIdentity, type RelayIdentity } from './identity.js';
 import { silentLogger, type Logger } from './log.js';
 import { RelayMetrics } from './metrics.js';
 import { SessionKeys } from './session-keys.js';
-import { SourceBlockError, SourceLimiter, sourceBlocks } from './sources.js';
+import { SourceBlockError, SourceLimiter, UNLIMITED_SOURCE, sourceBlocks, type SourceSlot } from './sources.js';
 import type { QueueStore } from './store/queue-store.js';
 import { SqliteQueueStore, type StoreEvent } from './store/sqlite/sqlite-queue-store.js';
 
@@ -79,6 +79,8 @@ export class RelayServer {
    * the same; two live connections never do).
    */
   private readonly pending = new Map<string, { socket: Socket; free: () => void }>();
+  /** The source slot of every connection open, by the same key: its connection shares the source's budget. */
+  private readonly slots = new Map<string, SourceSlot>();
   private metricsServer: HttpServer | null = null;
   private stopping: Promise<void> | null = null;
   /** The expiry run going on, if any: a long one is not overlapped by the next. */
@@ -123,7 +125,7 @@ export class RelayServer {
     }
     let sources: SourceLimiter;
     try {
-      sources = new SourceLimiter(config.maxConnectionsPerSource, sourceBlocks(config.unlimitedSources));
+      sources = new SourceLimiter(config.maxConnectionsPerSource, sourceBlocks(config.unlimitedSources), config.authRefusalsPerSource);
     } catch (e) {
       if (e instanceof SourceBlockError) throw new RelayStartError(`unlimited sources: ${e.message}`);
       throw e;
@@ -193,15 +195,15 @@ export class RelayServer {
     // accepted (Node has wrapped it in a TLS socket by then, but has read nothing from it).
     https.on('connection', (socket: Socket) => {
       // The source first: a connection its source may not make must not evict anyone.
-      const release = this.sources.admit(socket.remoteAddress);
-      if (release === null) {
+      const slot = this.sources.admit(socket.remoteAddress);
+      if (slot === null) {
         metrics.connectionsRejectedPerSource++;
         this.refused.add(socket);
         socket.destroy();
         return;
       }
       if (this.open >= config.maxConnections && !this.evictOldestHandshake()) {
-        release();
+        slot.release();
         metrics.connectionsRejected++;
         this.refused.add(socket);
         socket.destroy();
@@ -216,8 +218,10 @@ export class RelayServer {
         held = false;
         this.open--;
         if (key !== null && this.pending.get(key)?.socket === socket) this.pending.delete(key);
-        release();
+        if (key !== null) this.slots.delete(key);
+        slot.release();
       };
+      if (key !== null) this.slots.set(key, slot);
       if (key !== null) this.pending.set(key, { socket, free });
       socket.once('close', free);
     });
@@ -257,9 +261,10 @@ export class RelayServer {
       wss.handleUpgrade(req, socket, head, (ws) => {
         metrics.connectionsTotal++;
         metrics.connectionsOpen++;
-        const conn = new Connection(ws, sessionId, this.sessionKeys.current(), config, metrics, this.handlers, () => {
+        const key = handshakeKey(socket);
+        const slot = (key === null ? undefined : this.slots.get(key)) ?? UNLIMITED_SOURCE;
+        const conn = new Connection(ws, sessionId, this.sessionKeys.current(), config, metrics, this.handlers, slot, () => {
           clearTimeout(this.handshakeTimers.get(socket));
-          const key = handshakeKey(socket);
           if (key !== null) this.pending.delete(key);
         });
         this.connections.add(conn);

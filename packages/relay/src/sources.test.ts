@@ -77,11 +77,37 @@ describe('SourceLimiter', () => {
     assert.ok(limiter.admit('2001:db8:0:1::1') !== null, 'the next /64 is another');
     for (let i = 0; i < 10; i++) assert.ok(limiter.admit(i % 2 === 0 ? '127.0.0.1' : '::1') !== null, 'loopback is unlimited');
     assert.ok(limiter.admit(undefined) !== null, 'a socket closed before it was counted takes no slot');
-    a1();
-    a1();
+    a1.release();
+    a1.release();
     assert.ok(limiter.admit('192.0.2.1') !== null, 'a released slot is free again');
     assert.equal(limiter.admit('192.0.2.1'), null, 'releasing twice frees one slot only');
-    a2();
+    a2.release();
     assert.equal(limiter.sources, 4);
+  });
+});
+
+describe('refused authorisations per source', () => {
+  test('a source shares one budget across its connections: twice the rate at once, then the rate; loopback has none', () => {
+    let now = 0;
+    const limiter = new SourceLimiter(10, sourceBlocks(['127.0.0.0/8']), 5, () => now);
+    const a = limiter.admit('192.0.2.1')!;
+    const b = limiter.admit('192.0.2.1')!;
+    const other = limiter.admit('192.0.2.2')!;
+    for (let i = 0; i < 10; i++) (i % 2 === 0 ? a : b).refused();
+    assert.equal(a.throttled(), true, 'ten refusals (a burst of twice 5) use it up, on either connection');
+    assert.equal(b.throttled(), true);
+    assert.equal(other.throttled(), false, 'another source has its own');
+    now += 200; // one refusal's worth refilled
+    assert.equal(a.throttled(), false);
+    a.refused();
+    assert.equal(b.throttled(), true);
+    now += 10_000;
+    for (let i = 0; i < 9; i++) b.refused();
+    assert.equal(a.throttled(), false, 'refilled to the burst, not beyond');
+    b.refused();
+    assert.equal(a.throttled(), true);
+    const lo = limiter.admit('127.0.0.1')!;
+    for (let i = 0; i < 1000; i++) lo.refused();
+    assert.equal(lo.throttled(), false, 'loopback is not limited per source');
   });
 });

@@ -80,38 +80,78 @@ export function sourceBlocks(list: readonly string[]): BlockList {
   return blocks;
 }
 
-/** Counts open connections per source and says whether one more may open. */
+/**
+ * A connection's place in its source: given back when the connection closes, and the source's
+ * budget of refused authorisations, shared by all its connections.
+ */
+export type SourceSlot = Readonly<{
+  /** Gives the slot back (once; later calls do nothing). */
+  release: () => void;
+  /** Counts a refused authorisation against the source. */
+  refused: () => void;
+  /** Whether the source has used up its refused authorisations: its commands wait for the refill. */
+  throttled: () => boolean;
+}>;
+
+/** A slot of a source that is not limited. */
+export const UNLIMITED_SOURCE: SourceSlot = { release: () => undefined, refused: () => undefined, throttled: () => false };
+
+type SourceState = { open: number; tokens: number; refilled: number };
+
+/**
+ * Counts open connections per source and says whether one more may open; keeps each source's
+ * budget of refused authorisations (a token bucket of `refusalsPerSecond`, twice that deep).
+ */
 export class SourceLimiter {
-  private readonly open = new Map<string, number>();
+  private readonly state = new Map<string, SourceState>();
 
   constructor(
     private readonly max: number,
     private readonly unlimited: BlockList,
+    private readonly refusalsPerSecond = Number.POSITIVE_INFINITY,
+    private readonly now: () => number = () => performance.now(),
   ) {}
 
   /** Sources with at least one connection open. */
   get sources(): number {
-    return this.open.size;
+    return this.state.size;
   }
 
   /**
-   * Takes a slot for a new connection from `address`: returns the function that gives it back
-   * when the connection closes, or null if the source is at its limit.
+   * Takes a slot for a new connection from `address`, or null if the source is at its limit.
+   * A source's state lives while it has a connection open.
    */
-  admit(address: string | undefined): (() => void) | null {
+  admit(address: string | undefined): SourceSlot | null {
     const p = address === undefined ? undefined : plainAddress(address);
-    if (p === undefined || this.unlimited.check(p.address, p.family)) return () => undefined;
+    if (p === undefined || this.unlimited.check(p.address, p.family)) return UNLIMITED_SOURCE;
     const key = keyOf(p);
-    const n = this.open.get(key) ?? 0;
-    if (n >= this.max) return null;
-    this.open.set(key, n + 1);
+    let s = this.state.get(key);
+    if (s !== undefined && s.open >= this.max) return null;
+    if (s === undefined) this.state.set(key, (s = { open: 0, tokens: 2 * this.refusalsPerSecond, refilled: this.now() }));
+    s.open++;
+    const st = s;
     let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const left = (this.open.get(key) ?? 1) - 1;
-      if (left === 0) this.open.delete(key);
-      else this.open.set(key, left);
+    const refill = (): void => {
+      const t = this.now();
+      st.tokens = Math.min(2 * this.refusalsPerSecond, st.tokens + ((t - st.refilled) * this.refusalsPerSecond) / 1000);
+      st.refilled = t;
+    };
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        if (--st.open === 0) this.state.delete(key);
+      },
+      refused: () => {
+        if (!Number.isFinite(this.refusalsPerSecond)) return;
+        refill();
+        st.tokens -= 1;
+      },
+      throttled: () => {
+        if (!Number.isFinite(this.refusalsPerSecond) || st.tokens >= 1) return false;
+        refill();
+        return st.tokens < 1;
+      },
     };
   }
 }

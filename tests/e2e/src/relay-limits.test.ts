@@ -259,6 +259,26 @@ test('a connection its source may not make evicts nobody: at both limits, the ot
   });
 });
 
+test('refused authorisations are budgeted per source: past it every connection of the source gets ERR LIMIT, other sources are served, and it refills', async () => {
+  const args = ['--auth-refusals-per-source', '20', '--unlimited-sources', 'none', '--commands-per-second', '1000000', '--command-burst', '1000000'];
+  await withRelay(args, async (relay) => {
+    // Three connections from one source share its budget: 40 at once (twice the rate).
+    const conns = await Promise.all([0, 1, 2].map(() => RawClient.open(relay.port, { localAddress: '127.0.0.7' })));
+    const other = await RawClient.open(relay.port, { localAddress: '127.0.0.8' });
+    const wrong: RawAuth = { kind: 'authenticator', key: generateDhKeyPair().privateKey };
+    const codes: string[] = [];
+    for (let i = 0; i < 45; i++) codes.push(codeOf(await conns[i % 3]!.request(randomId(), { type: 'SUB' }, wrong)));
+    const refused = codes.filter((c) => c === 'AUTH').length;
+    assert.ok(refused >= 40 && refused <= 42, `the burst of 40 (and what refilled meanwhile) is refused with AUTH: ${codes.join(' ')}`);
+    assert.ok(codes.slice(-3).every((c) => c === 'LIMIT'), 'then LIMIT');
+    for (const c of conns) assert.equal(codeOf(await c.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'LIMIT', 'every connection of the source waits');
+    assert.equal(codeOf(await other.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'another source is served');
+    await sleep(300); // 20 a second: a few come back
+    assert.equal(codeOf(await conns[0]!.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'the budget refills');
+    for (const c of [...conns, other]) c.close();
+  });
+});
+
 /** Connection options that make a client connect from `local` (any 127.0.0.0/8 address). */
 function from(local: string) {
   return {

@@ -92,10 +92,15 @@ export class RawClient {
    * a client hello for our newest version. `plain`: a relay in plain loopback mode (ws://, the
    * session id from the hello's key and nonce).
    */
-  static open(port: number, opts: Readonly<{ hello?: boolean; timeoutMs?: number; plain?: boolean }> = {}): Promise<RawClient> {
+  static open(port: number, opts: Readonly<{ hello?: boolean; timeoutMs?: number; plain?: boolean; localAddress?: string }> = {}): Promise<RawClient> {
     const plain = opts.plain === true;
     return new Promise<RawClient>((resolve, reject) => {
-      const ws = new WebSocket(`${plain ? 'ws' : 'wss'}://127.0.0.1:${port}/`, { rejectUnauthorized: false, perMessageDeflate: false, handshakeTimeout: opts.timeoutMs ?? 10_000 });
+      const ws = new WebSocket(`${plain ? 'ws' : 'wss'}://127.0.0.1:${port}/`, {
+        rejectUnauthorized: false,
+        perMessageDeflate: false,
+        handshakeTimeout: opts.timeoutMs ?? 10_000,
+        ...(opts.localAddress === undefined ? {} : { localAddress: opts.localAddress }),
+      });
       ws.binaryType = 'nodebuffer';
       let socket: TLSSocket | null = null;
       let sessionId: Uint8Array | null = null;
