@@ -30,6 +30,7 @@ import type { WebSocket } from 'ws';
 import type { RelayConfig } from './config.js';
 import type { RelayMetrics } from './metrics.js';
 import type { SourceSlot } from './sources.js';
+import { TokenBucket } from './token-bucket.js';
 import type { QueueRecord } from './store/queue-store.js';
 
 const EMPTY = new Uint8Array(0);
@@ -88,8 +89,10 @@ export class Connection {
   readonly sessionId: Uint8Array;
   /** When the connection last sent something (monotonic ms: clock jumps do not close or keep connections). */
   lastActivity = performance.now();
-  private tokens: number;
-  private lastRefill = performance.now();
+  /** The command rate: `commandsPerSecond`, `commandBurst`. */
+  private readonly bucket: TokenBucket;
+  /** Authorisations this connection was refused: only a connection with some waits for its source's budget. */
+  private refusals = 0;
   /** Responses waiting to go out: a full block goes at once, the rest at the next turn. */
   private readonly packer = new BlockPacker();
   private flushScheduled = false;
@@ -115,7 +118,7 @@ export class Connection {
     // authorisation) distinct per connection while the session key is shared.
     const sessionNonce = randomId(SESSION_NONCE_LENGTH);
     this.sessionId = tlsSessionId ?? plainSessionId(sessionKey.publicKey, sessionNonce);
-    this.tokens = config.commandBurst;
+    this.bucket = new TokenBucket(config.commandsPerSecond, config.commandBurst);
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
     ws.on('close', () => this.onClose());
@@ -198,21 +201,11 @@ export class Connection {
     }
   }
 
-  private refill(): void {
-    const now = performance.now();
-    const elapsed = now - this.lastRefill;
-    if (elapsed > 0) {
-      this.tokens = Math.min(this.config.commandBurst, this.tokens + (elapsed * this.config.commandsPerSecond) / 1000);
-      this.lastRefill = now;
-    }
-  }
-
   private takeToken(): boolean {
-    if (this.source.throttled()) return false;
-    this.refill();
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
-    return true;
+    // A source out of refusals holds back its connections that were refused, not the others
+    // behind the same address (a NAT, a Tor exit).
+    if (this.refusals > 0 && this.source.throttled()) return false;
+    return this.bucket.take();
   }
 
   /**
@@ -224,9 +217,9 @@ export class Connection {
    * burst is, and the wait after it stays bounded.
    */
   refusedAuthorisation(): void {
+    this.refusals++;
     this.source.refused();
-    this.refill();
-    this.tokens = Math.max(-(this.config.commandBurst + AUTH_FAILURE_TOKENS * MAX_COMMANDS_IN_FLIGHT), this.tokens - AUTH_FAILURE_TOKENS);
+    this.bucket.charge(AUTH_FAILURE_TOKENS, this.config.commandBurst + AUTH_FAILURE_TOKENS * MAX_COMMANDS_IN_FLIGHT);
   }
 
   private doneOne(): void {

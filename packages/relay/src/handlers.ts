@@ -235,7 +235,7 @@ export class RelayHandlers implements CommandHandler {
     const server = generateDhKeyPair();
     const secret = agree(server.privateKey, cmd.rcvDhKey);
     // A recipient key of low order would make every later SUB, GET and ACK fail with AUTH.
-    if (secret === null || agree(server.privateKey, cmd.rcvAuthKey) === null) throw new Refusal('CMD');
+    if (secret === null || !isUsableDhKey(cmd.rcvAuthKey)) throw new Refusal('CMD');
     const rcvId = randomId();
     const sndId = randomId();
     // The slot is taken before the write: the NEWs of one block, and those arriving while a
@@ -302,7 +302,8 @@ export class RelayHandlers implements CommandHandler {
     if (!pushed && !got) throw new Refusal('NO_MSG');
     if (got) conn.fetched.delete(key);
     if (sub !== undefined) {
-      sub.acked = msgId;
+      // A copy: the id is a view into the received block, which it would keep alive.
+      sub.acked = msgId.slice();
       if (sub.ahead.length > 0) this.setAhead(sub, sub.ahead.filter((m) => !sameBytes(m.msgId, msgId)));
     }
     // The next message goes out as soon as the ACK is taken, without waiting for the deletion to
@@ -475,7 +476,7 @@ export class RelayHandlers implements CommandHandler {
     try {
       do {
         sub.again = false;
-        const m = await this.nextMessage(sub);
+        const m = await this.nextMessage(key, sub);
         if (this.subs.get(key) !== sub || sub.conn.isClosed) return;
         // Nothing yet; a message committed during the read set `again` and is looked for next.
         if (m === undefined) continue;
@@ -511,27 +512,28 @@ export class RelayHandlers implements CommandHandler {
    * that is old enough to have expired sends the subscription back to the store) or with the
    * queue (which ends the subscription).
    */
-  private async nextMessage(sub: Subscription): Promise<StoredMessage | undefined> {
+  private async nextMessage(key: string, sub: Subscription): Promise<StoredMessage | undefined> {
     const head = sub.ahead[0];
     if (head !== undefined && head.receivedAt >= this.now() - this.config.messageTtlMs) {
-      this.setAhead(sub, sub.ahead.slice(1));
+      sub.ahead.shift();
+      this.countAhead(-head.sealed.length);
       return head;
     }
     // Read ahead only while the relay-wide budget has room for a full subscription's worth,
     // which is held for the read: the reads of one block's SUBs all run before any settles.
     const readAhead = this.aheadBytes + PREFETCH_BYTES <= this.config.prefetchBudgetBytes;
-    if (readAhead) this.aheadBytes += PREFETCH_BYTES;
+    if (readAhead) this.countAhead(PREFETCH_BYTES);
     let read: StoredMessage[];
     try {
       read = await this.store.oldestMessages(sub.rcvId, readAhead ? PREFETCH_MESSAGES : 1);
     } finally {
-      if (readAhead) this.aheadBytes -= PREFETCH_BYTES;
+      if (readAhead) this.countAhead(-PREFETCH_BYTES);
     }
     let bytes = 0;
     let keep = 1;
     while (keep < read.length && (bytes += read[keep]!.sealed.length) <= PREFETCH_BYTES) keep++;
     // A subscription ended while the store was read holds nothing.
-    this.setAhead(sub, this.subs.get(idKey(sub.rcvId)) === sub ? read.slice(1, keep) : []);
+    this.setAhead(sub, this.subs.get(key) === sub ? read.slice(1, keep) : []);
     return read[0];
   }
 
@@ -541,6 +543,10 @@ export class RelayHandlers implements CommandHandler {
     for (const m of sub.ahead) delta -= m.sealed.length;
     for (const m of ahead) delta += m.sealed.length;
     sub.ahead = ahead;
+    this.countAhead(delta);
+  }
+
+  private countAhead(delta: number): void {
     this.aheadBytes += delta;
     this.metrics.prefetchBytes = this.aheadBytes;
   }

@@ -21,7 +21,7 @@ import { loadOrCreateIdentity, type RelayIdentity } from './identity.js';
 import { silentLogger, type Logger } from './log.js';
 import { RelayMetrics } from './metrics.js';
 import { SessionKeys } from './session-keys.js';
-import { SourceBlockError, SourceLimiter, UNLIMITED_SOURCE, sourceBlocks, type SourceSlot } from './sources.js';
+import { SourceBlockError, SourceLimiter, sourceBlocks, type SourceSlot } from './sources.js';
 import type { QueueStore } from './store/queue-store.js';
 import { SqliteQueueStore, type StoreEvent } from './store/sqlite/sqlite-queue-store.js';
 
@@ -218,7 +218,7 @@ export class RelayServer {
         held = false;
         this.open--;
         if (key !== null && this.pending.get(key)?.socket === socket) this.pending.delete(key);
-        if (key !== null) this.slots.delete(key);
+        if (key !== null && this.slots.get(key) === slot) this.slots.delete(key);
         slot.release();
       };
       if (key !== null) this.slots.set(key, slot);
@@ -258,11 +258,16 @@ export class RelayServer {
           return;
         }
       }
+      // The connection's source slot, taken when it was accepted; none if it closed meanwhile.
+      const key = handshakeKey(socket);
+      const slot = key === null ? undefined : this.slots.get(key);
+      if (slot === undefined) {
+        socket.destroy();
+        return;
+      }
       wss.handleUpgrade(req, socket, head, (ws) => {
         metrics.connectionsTotal++;
         metrics.connectionsOpen++;
-        const key = handshakeKey(socket);
-        const slot = (key === null ? undefined : this.slots.get(key)) ?? UNLIMITED_SOURCE;
         const conn = new Connection(ws, sessionId, this.sessionKeys.current(), config, metrics, this.handlers, slot, () => {
           clearTimeout(this.handshakeTimers.get(socket));
           if (key !== null) this.pending.delete(key);
@@ -300,6 +305,7 @@ export class RelayServer {
     const idle = setInterval(() => {
       const cutoff = performance.now() - config.idleTimeoutMs;
       for (const c of this.connections) if (c.lastActivity < cutoff) c.close(CloseCode.NORMAL);
+      this.sources.sweep();
     }, sweep);
     const expiry = setInterval(() => void this.expire(), config.expiryIntervalMs);
     const stats = setInterval(() => this.logStats(), config.statsIntervalMs);

@@ -109,5 +109,22 @@ describe('refused authorisations per source', () => {
     const lo = limiter.admit('127.0.0.1')!;
     for (let i = 0; i < 1000; i++) lo.refused();
     assert.equal(lo.throttled(), false, 'loopback is not limited per source');
+    // The debt is at most one burst deep, and reconnecting does not refill the budget.
+    for (let i = 0; i < 1000; i++) a.refused();
+    a.release();
+    b.release();
+    const again = limiter.admit('192.0.2.1')!;
+    assert.equal(again.throttled(), true, 'a new connection of the source finds the budget spent');
+    again.release();
+    limiter.sweep();
+    assert.equal(limiter.sources, 2, 'a spent budget is kept while it refills (192.0.2.1, and 192.0.2.2 still open)');
+    now += 3_999; // a debt of 10 and a burst of 10 take 4 s
+    limiter.sweep();
+    assert.equal(limiter.sources, 2);
+    now += 1;
+    limiter.sweep();
+    assert.equal(limiter.sources, 1, 'once refilled, a source with no connection is forgotten');
+    other.release();
+    assert.equal(limiter.sources, 0);
   });
 });

@@ -11,6 +11,8 @@
 
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 
+import { TokenBucket } from './token-bucket.js';
+
 /** The loopback blocks: not limited per source unless the operator says otherwise. */
 export const LOOPBACK_BLOCKS: readonly string[] = ['127.0.0.0/8', '::1/128'];
 
@@ -82,7 +84,8 @@ export function sourceBlocks(list: readonly string[]): BlockList {
 
 /**
  * A connection's place in its source: given back when the connection closes, and the source's
- * budget of refused authorisations, shared by all its connections.
+ * budget of refused authorisations, shared by all its connections (and kept a while after the
+ * last closes, so that reconnecting does not refill it).
  */
 export type SourceSlot = Readonly<{
   /** Gives the slot back (once; later calls do nothing). */
@@ -94,13 +97,14 @@ export type SourceSlot = Readonly<{
 }>;
 
 /** A slot of a source that is not limited. */
-export const UNLIMITED_SOURCE: SourceSlot = { release: () => undefined, refused: () => undefined, throttled: () => false };
+const UNLIMITED_SOURCE: SourceSlot = { release: () => undefined, refused: () => undefined, throttled: () => false };
 
-type SourceState = { open: number; tokens: number; refilled: number };
+type SourceState = { open: number; refusals: TokenBucket | null };
 
 /**
  * Counts open connections per source and says whether one more may open; keeps each source's
- * budget of refused authorisations (a token bucket of `refusalsPerSecond`, twice that deep).
+ * budget of refused authorisations (a token bucket of `refusalsPerSecond`, twice that deep, whose
+ * debt is at most as deep again).
  */
 export class SourceLimiter {
   private readonly state = new Map<string, SourceState>();
@@ -112,9 +116,14 @@ export class SourceLimiter {
     private readonly now: () => number = () => performance.now(),
   ) {}
 
-  /** Sources with at least one connection open. */
+  /** Sources with a connection open, or a budget not yet refilled. */
   get sources(): number {
     return this.state.size;
+  }
+
+  /** Forgets the sources with no connection open whose budget has refilled. */
+  sweep(): void {
+    for (const [key, s] of this.state) if (s.open === 0 && (s.refusals === null || s.refusals.full())) this.state.delete(key);
   }
 
   /**
@@ -127,31 +136,23 @@ export class SourceLimiter {
     const key = keyOf(p);
     let s = this.state.get(key);
     if (s !== undefined && s.open >= this.max) return null;
-    if (s === undefined) this.state.set(key, (s = { open: 0, tokens: 2 * this.refusalsPerSecond, refilled: this.now() }));
+    if (s === undefined) {
+      const finite = Number.isFinite(this.refusalsPerSecond);
+      this.state.set(key, (s = { open: 0, refusals: finite ? new TokenBucket(this.refusalsPerSecond, 2 * this.refusalsPerSecond, this.now) : null }));
+    }
     s.open++;
     const st = s;
     let released = false;
-    const refill = (): void => {
-      const t = this.now();
-      st.tokens = Math.min(2 * this.refusalsPerSecond, st.tokens + ((t - st.refilled) * this.refusalsPerSecond) / 1000);
-      st.refilled = t;
-    };
     return {
       release: () => {
         if (released) return;
         released = true;
-        if (--st.open === 0) this.state.delete(key);
+        st.open--;
+        // A budget in use stays until it has refilled (`sweep`): reconnecting does not refill it.
+        if (st.open === 0 && (st.refusals === null || st.refusals.full())) this.state.delete(key);
       },
-      refused: () => {
-        if (!Number.isFinite(this.refusalsPerSecond)) return;
-        refill();
-        st.tokens -= 1;
-      },
-      throttled: () => {
-        if (!Number.isFinite(this.refusalsPerSecond) || st.tokens >= 1) return false;
-        refill();
-        return st.tokens < 1;
-      },
+      refused: () => st.refusals?.charge(1, 2 * this.refusalsPerSecond),
+      throttled: () => st.refusals !== null && !st.refusals.has(),
     };
   }
 }

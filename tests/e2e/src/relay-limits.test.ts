@@ -259,11 +259,12 @@ test('a connection its source may not make evicts nobody: at both limits, the ot
   });
 });
 
-test('refused authorisations are budgeted per source: past it every connection of the source gets ERR LIMIT, other sources are served, and it refills', async () => {
+test('refused authorisations are budgeted per source: past it the connections it refused get ERR LIMIT, its others and other sources are served, and it refills', async () => {
   const args = ['--auth-refusals-per-source', '20', '--unlimited-sources', 'none', '--commands-per-second', '1000000', '--command-burst', '1000000'];
   await withRelay(args, async (relay) => {
     // Three connections from one source share its budget: 40 at once (twice the rate).
     const conns = await Promise.all([0, 1, 2].map(() => RawClient.open(relay.port, { localAddress: '127.0.0.7' })));
+    const sibling = await RawClient.open(relay.port, { localAddress: '127.0.0.7' });
     const other = await RawClient.open(relay.port, { localAddress: '127.0.0.8' });
     const wrong: RawAuth = { kind: 'authenticator', key: generateDhKeyPair().privateKey };
     const codes: string[] = [];
@@ -271,11 +272,16 @@ test('refused authorisations are budgeted per source: past it every connection o
     const refused = codes.filter((c) => c === 'AUTH').length;
     assert.ok(refused >= 40 && refused <= 42, `the burst of 40 (and what refilled meanwhile) is refused with AUTH: ${codes.join(' ')}`);
     assert.ok(codes.slice(-3).every((c) => c === 'LIMIT'), 'then LIMIT');
-    for (const c of conns) assert.equal(codeOf(await c.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'LIMIT', 'every connection of the source waits');
+    for (const c of conns) assert.equal(codeOf(await c.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'LIMIT', 'every refused connection of the source waits');
+    assert.equal(codeOf(await sibling.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'a connection of the source that was never refused is served (a NAT, a Tor exit)');
     assert.equal(codeOf(await other.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'another source is served');
-    await sleep(300); // 20 a second: a few come back
+    // Reconnecting does not refill the budget: a new connection is held back at its first refusal.
+    const fresh = await RawClient.open(relay.port, { localAddress: '127.0.0.7' });
+    assert.equal(codeOf(await fresh.request(randomId(), { type: 'SUB' }, wrong)), 'AUTH');
+    assert.equal(codeOf(await fresh.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'LIMIT', 'the source is still out of refusals');
+    await sleep(400); // 20 a second: a few come back
     assert.equal(codeOf(await conns[0]!.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'the budget refills');
-    for (const c of [...conns, other]) c.close();
+    for (const c of [...conns, sibling, fresh, other]) c.close();
   });
 });
 

@@ -106,6 +106,11 @@ function storeErrorOf(e: unknown): StoreError {
   return new StoreError('INTERNAL', 'the relay store failed', { cause: e });
 }
 
+/** Whether a SQLite failure is a constraint one write broke (not the disk, a lock or memory). */
+function isConstraintError(e: unknown): boolean {
+  return typeof e === 'object' && e !== null && 'code' in e && String((e as { code: unknown }).code).startsWith('SQLITE_CONSTRAINT');
+}
+
 /** Options of the SQLite store. */
 export type SqliteStoreOptions = Readonly<{ path: string; onCommit?: (writes: number) => void; onEvent?: (event: StoreEvent) => void }>;
 
@@ -257,24 +262,25 @@ export class SqliteQueueStore implements QueueStore {
     }
     let results: unknown[] = [];
     try {
-      this.transaction(() => {
+      transaction(this.db, () => {
         for (const w of batch) results.push(w.run());
       });
       this.onCommit(batch.length);
     } catch (e) {
       const err = storeErrorOf(e);
-      if (err.code !== 'INTERNAL' || batch.length === 1) {
+      if (!isConstraintError(e) || batch.length === 1) {
         for (const w of batch) w.reject(err);
         return;
       }
-      // One write failed on its own (a constraint, say), not the disk: the writes are done again
-      // one transaction each, so that it alone fails (every write is SQL only, and repeatable).
+      // One write broke a constraint (a clashing id): the fault is its own, not the disk's or a
+      // lock's, so the writes are done again one transaction each and it alone fails (every write
+      // is SQL only, and repeatable).
       results = [];
       const alone: PendingWrite[] = [];
       for (const w of batch) {
         try {
           let r: unknown;
-          this.transaction(() => {
+          transaction(this.db, () => {
             r = w.run();
           });
           this.onCommit(1);
@@ -315,22 +321,6 @@ export class SqliteQueueStore implements QueueStore {
     }
     this.unsynced.push({ batch: durable, results: durableResults });
     this.startSync();
-  }
-
-  /** Runs `f` in one write transaction; rolls back and rethrows if it throws. */
-  private transaction(f: () => void): void {
-    this.db.exec('BEGIN IMMEDIATE');
-    try {
-      f();
-      this.db.exec('COMMIT');
-    } catch (e) {
-      try {
-        this.db.exec('ROLLBACK');
-      } catch {
-        // SQLite may have rolled back by itself (SQLITE_FULL during commit)
-      }
-      throw e;
-    }
   }
 
   private startSync(): void {
@@ -675,6 +665,22 @@ function syncDirectory(dir: string): void {
   }
 }
 
+/** Runs `f` in one write transaction; rolls back and rethrows if it throws. */
+function transaction(db: Database, f: () => void): void {
+  db.exec('BEGIN IMMEDIATE');
+  try {
+    f();
+    db.exec('COMMIT');
+  } catch (e) {
+    try {
+      db.exec('ROLLBACK');
+    } catch {
+      // SQLite may have rolled back by itself (SQLITE_FULL during commit); the first error is the one to report
+    }
+    throw e;
+  }
+}
+
 function migrate(db: Database): void {
   const version = (): number => Number(db.pragma('user_version', { simple: true }));
   const current = version();
@@ -683,22 +689,13 @@ function migrate(db: Database): void {
   }
   for (const m of MIGRATIONS) {
     if (m.version <= current) continue;
-    db.exec('BEGIN IMMEDIATE');
-    try {
+    transaction(db, () => {
       // Read again under the write lock: another process opening the same folder at the same
       // time may have applied it meanwhile.
       if (version() < m.version) {
         db.exec(m.sql);
         db.pragma(`user_version = ${m.version}`);
       }
-      db.exec('COMMIT');
-    } catch (e) {
-      try {
-        db.exec('ROLLBACK');
-      } catch {
-        // SQLite may have rolled back by itself (SQLITE_FULL); the first error is the one to report
-      }
-      throw e;
-    }
+    });
   }
 }
