@@ -54,8 +54,8 @@ export const MAX_COMMANDS_IN_FLIGHT = 256;
 
 /** What the server does with a connection's commands. */
 export interface CommandHandler {
-  /** Handles one transmission; resolves once its response is queued. */
-  handle(conn: Connection, t: ClientTransmission): Promise<void>;
+  /** Handles one transmission; resolves once its response is queued, with true if it was refused authorisation (ERR AUTH). */
+  handle(conn: Connection, t: ClientTransmission): Promise<boolean>;
   /** The connection closed: drop its subscriptions. */
   closed(conn: Connection): void;
 }
@@ -91,8 +91,9 @@ export class Connection {
   lastActivity = performance.now();
   /** The command rate: `commandsPerSecond`, `commandBurst`. */
   private readonly bucket: TokenBucket;
-  /** Authorisations this connection was refused: only a connection with some waits for its source's budget. */
+  /** Key checks this connection failed (ERR AUTH), and whether it has passed one. */
   private refusals = 0;
+  private passedChecks = false;
   /** Responses waiting to go out: a full block goes at once, the rest at the next turn. */
   private readonly packer = new BlockPacker();
   private flushScheduled = false;
@@ -163,7 +164,7 @@ export class Connection {
       if (this.closedFlag) return;
       // Every transmission costs a token, malformed ones too: garbage is not a free way to make
       // the relay answer.
-      const allowed = this.takeToken();
+      const allowed = this.bucket.take();
       let t: ClientTransmission;
       try {
         t = decodeClientTransmission(raw);
@@ -171,7 +172,12 @@ export class Connection {
         this.error(EMPTY, EMPTY, allowed ? 'BLOCK' : 'LIMIT');
         continue;
       }
-      if (!allowed) {
+      // A command that checks a key reserves a refusal of the source's budget first, unless this
+      // connection has passed a check and never failed one: its source being out of refusals
+      // (another user behind the same NAT or Tor exit, say) does not hold it back.
+      const checked = t.auth.kind !== 'none';
+      const reserved = allowed && checked && this.source.reserve();
+      if (!allowed || (checked && !reserved && !(this.passedChecks && this.refusals === 0))) {
         this.error(t.corrId, t.entityId, 'LIMIT');
         continue;
       }
@@ -179,7 +185,16 @@ export class Connection {
       this.metrics.commandsInFlight++;
       this.handler
         .handle(this, t)
-        .catch(() => this.error(t.corrId, t.entityId, 'INTERNAL'))
+        .then(
+          (refused) => {
+            if (refused) this.refusedAuthorisation();
+            else if (checked) {
+              this.passedChecks = true;
+              if (reserved) this.source.refund();
+            }
+          },
+          () => this.error(t.corrId, t.entityId, 'INTERNAL'),
+        )
         .finally(() => this.doneOne());
     }
     // The block under way is taken whole; the next wait until half of what is in flight is done.
@@ -201,24 +216,17 @@ export class Connection {
     }
   }
 
-  private takeToken(): boolean {
-    // A source out of refusals holds back its connections that were refused, not the others
-    // behind the same address (a NAT, a Tor exit).
-    if (this.refusals > 0 && this.source.throttled()) return false;
-    return this.bucket.take();
-  }
-
   /**
-   * A command of this connection was refused authorisation (ERR AUTH): it counts against the
-   * source's budget, and costs AUTH_FAILURE_TOKENS more of the connection's own. The bucket may
-   * go below zero: later commands get ERR LIMIT until the refill has paid the debt.
+   * A command of this connection was refused authorisation (ERR AUTH): its reservation of the
+   * source's budget is kept, and it costs AUTH_FAILURE_TOKENS more of the connection's own
+   * tokens. That bucket may go below zero: later commands get ERR LIMIT until the refill has
+   * paid the debt.
    * The debt is bounded by a burst plus the charges of every command that can be in flight
    * (those were let in before their charges landed), so the charge holds however small the
    * burst is, and the wait after it stays bounded.
    */
-  refusedAuthorisation(): void {
+  private refusedAuthorisation(): void {
     this.refusals++;
-    this.source.refused();
     this.bucket.charge(AUTH_FAILURE_TOKENS, this.config.commandBurst + AUTH_FAILURE_TOKENS * MAX_COMMANDS_IN_FLIGHT);
   }
 

@@ -112,22 +112,22 @@ export class RelayHandlers implements CommandHandler {
     private readonly now: () => number = Date.now,
   ) {}
 
-  async handle(conn: Connection, t: ClientTransmission): Promise<void> {
+  async handle(conn: Connection, t: ClientTransmission): Promise<boolean> {
     let cmd: Command;
     try {
       cmd = decodeCommand(t.command);
     } catch (e) {
       const large = ProtocolError.is(e, 'TOO_LARGE') && t.command[0] === 0x08;
       conn.error(t.corrId, t.entityId, large ? 'LARGE_MSG' : 'CMD');
-      return;
+      return false;
     }
     this.metrics.command(cmd.type);
     try {
       await this.dispatch(conn, t, cmd);
     } catch (e) {
       if (e instanceof Refusal) {
-        if (e.code === 'AUTH') conn.refusedAuthorisation();
         conn.error(t.corrId, t.entityId, e.code);
+        return e.code === 'AUTH';
       } else if (e instanceof StoreError) {
         this.logger.log('error', 'store write failed', { code: e.code });
         conn.error(t.corrId, t.entityId, 'STORE');
@@ -136,6 +136,7 @@ export class RelayHandlers implements CommandHandler {
         conn.error(t.corrId, t.entityId, 'INTERNAL');
       }
     }
+    return false;
   }
 
   private async dispatch(conn: Connection, t: ClientTransmission, cmd: Command): Promise<void> {

@@ -87,44 +87,43 @@ describe('SourceLimiter', () => {
 });
 
 describe('refused authorisations per source', () => {
-  test('a source shares one budget across its connections: twice the rate at once, then the rate; loopback has none', () => {
+  test('a source reserves one refusal per key check from one budget over its connections, gets back those that pass, and keeps it spent across reconnects', () => {
     let now = 0;
     const limiter = new SourceLimiter(10, sourceBlocks(['127.0.0.0/8']), 5, () => now);
     const a = limiter.admit('192.0.2.1')!;
     const b = limiter.admit('192.0.2.1')!;
     const other = limiter.admit('192.0.2.2')!;
-    for (let i = 0; i < 10; i++) (i % 2 === 0 ? a : b).refused();
-    assert.equal(a.throttled(), true, 'ten refusals (a burst of twice 5) use it up, on either connection');
-    assert.equal(b.throttled(), true);
-    assert.equal(other.throttled(), false, 'another source has its own');
+    // Twice the rate at once, on either connection.
+    for (let i = 0; i < 10; i++) assert.equal((i % 2 === 0 ? a : b).reserve(), true, `reservation ${i}`);
+    assert.equal(a.reserve(), false, 'the burst of ten is spent');
+    assert.equal(b.reserve(), false);
+    assert.equal(other.reserve(), true, 'another source has its own');
+    other.refund();
+    // A check that passes gives its reservation back.
+    a.refund();
+    assert.equal(b.reserve(), true);
+    assert.equal(a.reserve(), false);
     now += 200; // one refusal's worth refilled
-    assert.equal(a.throttled(), false);
-    a.refused();
-    assert.equal(b.throttled(), true);
-    now += 10_000;
-    for (let i = 0; i < 9; i++) b.refused();
-    assert.equal(a.throttled(), false, 'refilled to the burst, not beyond');
-    b.refused();
-    assert.equal(a.throttled(), true);
-    const lo = limiter.admit('127.0.0.1')!;
-    for (let i = 0; i < 1000; i++) lo.refused();
-    assert.equal(lo.throttled(), false, 'loopback is not limited per source');
-    // The debt is at most one burst deep, and reconnecting does not refill the budget.
-    for (let i = 0; i < 1000; i++) a.refused();
+    assert.equal(a.reserve(), true);
+    assert.equal(a.reserve(), false);
+    // Reconnecting does not refill the budget; once it has refilled, the source is forgotten.
     a.release();
     b.release();
     const again = limiter.admit('192.0.2.1')!;
-    assert.equal(again.throttled(), true, 'a new connection of the source finds the budget spent');
+    assert.equal(again.reserve(), false, 'a new connection of the source finds the budget spent');
     again.release();
     limiter.sweep();
     assert.equal(limiter.sources, 2, 'a spent budget is kept while it refills (192.0.2.1, and 192.0.2.2 still open)');
-    now += 3_999; // a debt of 10 and a burst of 10 take 4 s
+    now += 1_999;
     limiter.sweep();
     assert.equal(limiter.sources, 2);
     now += 1;
     limiter.sweep();
     assert.equal(limiter.sources, 1, 'once refilled, a source with no connection is forgotten');
     other.release();
-    assert.equal(limiter.sources, 0);
+    assert.equal(limiter.sources, 0, 'a full budget goes with its last connection');
+    const lo = limiter.admit('127.0.0.1')!;
+    for (let i = 0; i < 1000; i++) assert.equal(lo.reserve(), true);
+    assert.equal(limiter.sources, 0, 'loopback is not limited per source');
   });
 });

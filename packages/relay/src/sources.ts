@@ -84,27 +84,29 @@ export function sourceBlocks(list: readonly string[]): BlockList {
 
 /**
  * A connection's place in its source: given back when the connection closes, and the source's
- * budget of refused authorisations, shared by all its connections (and kept a while after the
- * last closes, so that reconnecting does not refill it).
+ * budget of refused authorisations, shared by all its connections (and kept after the last one
+ * closes until it has refilled, so that reconnecting does not refill it). Every command that
+ * checks a key reserves one refusal before it is carried out, and gives it back if the check
+ * passes: a source cannot have more checks under way than its budget holds, however many
+ * connections it opens.
  */
 export type SourceSlot = Readonly<{
   /** Gives the slot back (once; later calls do nothing). */
   release: () => void;
-  /** Counts a refused authorisation against the source. */
-  refused: () => void;
-  /** Whether the source has used up its refused authorisations: its commands wait for the refill. */
-  throttled: () => boolean;
+  /** Reserves a refusal for a key check about to be made; false if the source has none left. */
+  reserve: () => boolean;
+  /** Gives back a reservation whose check passed. */
+  refund: () => void;
 }>;
 
 /** A slot of a source that is not limited. */
-const UNLIMITED_SOURCE: SourceSlot = { release: () => undefined, refused: () => undefined, throttled: () => false };
+const UNLIMITED_SOURCE: SourceSlot = { release: () => undefined, reserve: () => true, refund: () => undefined };
 
 type SourceState = { open: number; refusals: TokenBucket | null };
 
 /**
  * Counts open connections per source and says whether one more may open; keeps each source's
- * budget of refused authorisations (a token bucket of `refusalsPerSecond`, twice that deep, whose
- * debt is at most as deep again).
+ * budget of refused authorisations (a token bucket of `refusalsPerSecond`, twice that deep).
  */
 export class SourceLimiter {
   private readonly state = new Map<string, SourceState>();
@@ -151,8 +153,8 @@ export class SourceLimiter {
         // A budget in use stays until it has refilled (`sweep`): reconnecting does not refill it.
         if (st.open === 0 && (st.refusals === null || st.refusals.full())) this.state.delete(key);
       },
-      refused: () => st.refusals?.charge(1, 2 * this.refusalsPerSecond),
-      throttled: () => st.refusals !== null && !st.refusals.has(),
+      reserve: () => st.refusals === null || st.refusals.take(),
+      refund: () => st.refusals?.give(1),
     };
   }
 }

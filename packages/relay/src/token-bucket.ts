@@ -49,6 +49,12 @@ export class TokenBucket {
     this.tokens = Math.max(-maxDebt, this.tokens - n);
   }
 
+  /** Gives `n` tokens back (a reservation that was not used), up to the burst. */
+  give(n: number): void {
+    this.refill();
+    this.tokens = Math.min(this.burst, this.tokens + n);
+  }
+
   /** Whether the bucket is full again. */
   full(): boolean {
     this.refill();
