@@ -21,7 +21,7 @@ import { loadOrCreateIdentity, type RelayIdentity } from './identity.js';
 import { silentLogger, type Logger } from './log.js';
 import { RelayMetrics } from './metrics.js';
 import { SessionKeys } from './session-keys.js';
-import { SourceBlockError, SourceLimiter, sourceBlocks, type SourceSlot } from './sources.js';
+import { SOURCE_SWEEP_MS, SourceBlockError, SourceLimiter, sourceBlocks, type SourceSlot } from './sources.js';
 import type { QueueStore } from './store/queue-store.js';
 import { SqliteQueueStore, type StoreEvent } from './store/sqlite/sqlite-queue-store.js';
 
@@ -305,14 +305,12 @@ export class RelayServer {
     const idle = setInterval(() => {
       const cutoff = performance.now() - config.idleTimeoutMs;
       for (const c of this.connections) if (c.lastActivity < cutoff) c.close(CloseCode.NORMAL);
-      this.sources.sweep();
     }, sweep);
+    const sources = setInterval(() => this.sources.sweep(), SOURCE_SWEEP_MS);
     const expiry = setInterval(() => void this.expire(), config.expiryIntervalMs);
     const stats = setInterval(() => this.logStats(), config.statsIntervalMs);
-    idle.unref();
-    expiry.unref();
-    stats.unref();
-    this.timers.push(idle, expiry, stats);
+    for (const t of [idle, sources, expiry, stats]) t.unref();
+    this.timers.push(idle, sources, expiry, stats);
     void this.expire();
   }
 

@@ -13,6 +13,13 @@ import { BlockList, isIPv4, isIPv6 } from 'node:net';
 
 import { TokenBucket } from './token-bucket.js';
 
+/**
+ * How often the relay forgets the sources that have no connection open and whose budget of
+ * refusals has refilled: a flood from many sources (IPv6 /64s) leaves about 200 bytes each for
+ * at most this long after their budget refilled.
+ */
+export const SOURCE_SWEEP_MS = 2000;
+
 /** The loopback blocks: not limited per source unless the operator says otherwise. */
 export const LOOPBACK_BLOCKS: readonly string[] = ['127.0.0.0/8', '::1/128'];
 
