@@ -15,7 +15,7 @@ import { AGENT_MIGRATIONS, Agent, LocalDatabase, RelayClient, RelayClientError, 
 import { importKeyPair } from '@murmure/queue-crypto';
 import { RelayServer, SqliteQueueStore, relayConfig, type QueueStore, type StoredMessage } from '@murmure/relay';
 
-import { cleanup, sleep, startRelay, stopRelay, tempDir, utf8, type RelayProcess } from './harness.js';
+import { cleanup, metric, sleep, startRelay, stopRelay, tempDir, utf8, type RelayProcess } from './harness.js';
 
 /** One side: an agent over its own encrypted database, with what its owner stored and saw. */
 type Side = {
@@ -119,13 +119,6 @@ function currentQueue(s: Side, connId: string): RecipientQueue {
   const c = s.agent.store.connection(connId);
   assert.ok(c?.rcv_id && c.rcv_snd_id && c.rcv_sig_key && c.rcv_auth_key && c.rcv_box_key);
   return { rcvId: c.rcv_id, sndId: c.rcv_snd_id, sigKey: importKeyPair(c.rcv_sig_key), authKey: importKeyPair(c.rcv_auth_key), boxKey: c.rcv_box_key };
-}
-
-async function metric(r: RelayProcess, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${r.metricsPort}/metrics`)).text();
-  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
-  assert.ok(m !== null, `${name} in /metrics`);
-  return Number(m[1]);
 }
 
 async function relayWithMetrics(): Promise<RelayProcess> {

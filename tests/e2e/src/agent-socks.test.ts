@@ -17,7 +17,7 @@ import { after, before, test } from 'node:test';
 
 import { AGENT_MIGRATIONS, Agent, LocalDatabase, type IncomingEvent, type Socks5Proxy } from '@murmure/agent';
 
-import { cleanup, runMurmure, sleep, startRelay, stopRelay, tempDir, utf8, type CliRun, type RelayProcess } from './harness.js';
+import { cleanup, metric, runMurmure, sleep, startRelay, stopRelay, tempDir, utf8, type CliRun, type RelayProcess } from './harness.js';
 import { SocksStub } from './socks-stub.js';
 
 /** A name for the relay that no resolver knows (.invalid is reserved, RFC 6761). */
@@ -48,13 +48,6 @@ async function relayWithMetrics(): Promise<RelayProcess> {
   const r = await startRelay({ args: ['--metrics-port', '0'] });
   relays.push(r);
   return r;
-}
-
-async function metric(r: RelayProcess, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${r.metricsPort}/metrics`)).text();
-  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
-  assert.ok(m !== null, `${name} in /metrics`);
-  return Number(m[1]);
 }
 
 function makeAgent(name: string, socks5: Socks5Proxy) {

@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 
 import { byType, type Json } from './cli-homes.js';
-import { cleanup, isRunning, runMurmure, startRelay, stopRelay, tempDir, type RelayProcess } from './harness.js';
+import { cleanup, isRunning, metric, runMurmure, startRelay, stopRelay, tempDir, type RelayProcess } from './harness.js';
 
 /** Where Debian's libfaketime lives, if installed (installing it if missing, as root). */
 function libfaketime(): string | null {
@@ -81,13 +81,6 @@ async function one(h: Home, ...args: string[]): Promise<Json> {
   const out = await ok(h, ...args);
   assert.equal(out.length, 1, `${h.name}: murmure ${args.join(' ')} printed ${JSON.stringify(out)}`);
   return out[0]!;
-}
-
-async function metric(r: RelayProcess, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${r.metricsPort}/metrics`)).text();
-  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
-  assert.ok(m !== null, `${name} in /metrics`);
-  return Number(m[1]);
 }
 
 async function startSkewedRelay(dataDir?: string, port?: number): Promise<RelayProcess> {

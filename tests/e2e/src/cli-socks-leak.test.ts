@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, test } from 'node:test';
 
-import { cleanup, runMurmure, startRelay, stopRelay, tempDir, type CliRun, type RelayProcess } from './harness.js';
+import { cleanup, metric, runMurmure, startRelay, stopRelay, tempDir, type CliRun, type RelayProcess } from './harness.js';
 import { SocksStub } from './socks-stub.js';
 
 /** A name for the relay that no resolver knows (.invalid is reserved, RFC 6761). */
@@ -149,13 +149,6 @@ function startForwarder(path: string): Promise<ChildProcess> {
     createInterface({ input: p.stdout }).once('line', () => resolve(p));
     p.once('exit', (code) => reject(new Error(`the forwarder exited with ${code}: ${err}`)));
   });
-}
-
-async function metric(r: RelayProcess, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${r.metricsPort}/metrics`)).text();
-  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
-  assert.ok(m !== null, `${name} in /metrics`);
-  return Number(m[1]);
 }
 
 type Json = Record<string, unknown>;

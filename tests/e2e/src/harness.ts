@@ -5,6 +5,7 @@
  * @module
  */
 
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
@@ -191,6 +192,16 @@ export class Inbox {
 /** Bytes of a UTF-8 string. */
 export function utf8(s: string): Uint8Array {
   return new TextEncoder().encode(s);
+}
+
+/** A counter or gauge from a relay's /metrics, by its metrics port or the relay process. */
+export async function metric(source: RelayProcess | number | null, name: string): Promise<number> {
+  const port = typeof source === 'object' && source !== null ? source.metricsPort : source;
+  assert.ok(port !== null, 'the relay serves /metrics');
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
+  assert.ok(m !== null, `${name} in /metrics`);
+  return Number(m[1]);
 }
 
 /** Sleeps. */

@@ -28,6 +28,7 @@ import {
   cleanup,
   isRunning,
   launchRelay,
+  metric,
   relayPid,
   signalRelay,
   sleep,
@@ -570,10 +571,7 @@ test('while syncs are slow, one connection never has more than MAX_COMMANDS_IN_F
   });
   const c = await RelayClient.connect(relay.address);
   const bodies = numberedBodies(4000);
-  const gauge = async (): Promise<number> => {
-    const text = await (await fetch(`http://127.0.0.1:${relay.metricsPort}/metrics`)).text();
-    return Number(/^murmure_commands_in_flight (\d+)$/m.exec(text)?.[1] ?? NaN);
-  };
+  const gauge = (): Promise<number> => metric(relay.metricsPort, 'murmure_commands_in_flight');
   // 2,000 SENDs at once: the client packs them into blocks of up to 64 and writes them all.
   const sends = Array.from({ length: 2000 }, (_, seq) => c.send(q.sndId, senderKey.privateKey, bodies.body(seq)));
   const all = Promise.allSettled(sends);

@@ -14,7 +14,7 @@ import { RelayClient, openDelivered, type PushedMessage } from '@murmure/agent';
 import { DEFAULTS } from '@murmure/relay';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
-import { cleanup, sleep, startRelay, stopRelay, utf8 } from './harness.js';
+import { cleanup, metric, sleep, startRelay, stopRelay, utf8 } from './harness.js';
 import { rssKiB, withTimeout } from './wire.js';
 
 /** Connections the flood opens where the file limit allows (THREATS.md S2). */
@@ -51,13 +51,6 @@ function holder(port: number, n: number): { proc: ChildProcess; state: { connect
   const state = { connected: 0, closed: 0, failed: 0 };
   proc.on('message', (m) => Object.assign(state, m));
   return { proc, state };
-}
-
-async function metric(port: number, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
-  assert.ok(m !== null, `${name} in /metrics`);
-  return Number(m[1]);
 }
 
 test('S2: 20,000 connections that never start TLS against a limit of 16,000: the limit holds, established clients are served, a new client gets in, memory is bounded', { timeout: 180_000 }, async (t) => {

@@ -17,7 +17,7 @@ import { RelayClient, RelayClientError, openDelivered, type PushedMessage } from
 import { generateDhKeyPair, generateSigningKeyPair, randomId } from '@murmure/queue-crypto';
 import { AUTH_FAILURE_TOKENS } from '@murmure/relay';
 
-import { cleanup, sleep, startRelay, stopRelay, utf8, type RelayProcess } from './harness.js';
+import { cleanup, metric, sleep, startRelay, stopRelay, utf8, type RelayProcess } from './harness.js';
 import { NO_ENTITY, RawClient, codeOf, rssKiB, withTimeout, type RawAuth } from './wire.js';
 
 async function withRelay(args: string[], body: (relay: RelayProcess) => Promise<void>): Promise<void> {
@@ -33,13 +33,6 @@ async function withRelay(args: string[], body: (relay: RelayProcess) => Promise<
 
 function isCode(code: string) {
   return (e: unknown): boolean => RelayClientError.is(e) && e.code === code;
-}
-
-async function metric(port: number, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
-  assert.ok(m !== null, `${name} in /metrics`);
-  return Number(m[1]);
 }
 
 test('commands per second: past the burst, ERR LIMIT with the corrId; other connections are unaffected; tokens refill', async () => {
