@@ -9,22 +9,30 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 
 import { DAY_MS, dayOf } from '../queue-store.js';
-import { EXPIRY_MESSAGES_PER_COMMIT, EXPIRY_QUEUES_PER_COMMIT, SqliteQueueStore } from './sqlite-queue-store.js';
+import { EXPIRY_MESSAGES_PER_COMMIT, EXPIRY_QUEUES_PER_COMMIT, SqliteQueueStore, type SqliteStoreOptions } from './sqlite-queue-store.js';
 
 const id = (): Uint8Array => new Uint8Array(randomBytes(24));
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 
-async function withQueue(f: (store: SqliteQueueStore, rcvId: Uint8Array) => Promise<void>): Promise<void> {
+/** Runs `f` on a store in a fresh folder, opened with `opts`; closes and deletes it after. */
+async function withStore(f: (store: SqliteQueueStore) => Promise<void>, opts: Omit<SqliteStoreOptions, 'path'> = {}): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
-  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db') });
+  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db'), ...opts });
   try {
-    const rcvId = id();
-    await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
-    await f(store, rcvId);
+    await f(store);
   } finally {
     await store.close();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** `withStore`, with one queue created in it. */
+function withQueue(f: (store: SqliteQueueStore, rcvId: Uint8Array) => Promise<void>): Promise<void> {
+  return withStore(async (store) => {
+    const rcvId = id();
+    await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
+    await f(store, rcvId);
+  });
 }
 
 test('deleting messages by id, oldest first or in any other order, agrees with a list model', async () => {
@@ -82,10 +90,8 @@ test('a queue record carries the day of its last activity: set at creation, move
 });
 
 test('expiry deletes exactly the messages received before the cutoff, in rounds that let the event loop serve, and frees their quota', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
   let commits = 0;
-  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db'), onCommit: () => commits++ });
-  try {
+  await withStore(async (store) => {
     const now = Date.now();
     const queues = Array.from({ length: 5 }, id);
     for (const rcvId of queues) await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, now);
@@ -131,16 +137,11 @@ test('expiry deletes exactly the messages received before the cutoff, in rounds 
     const quiet = commits;
     assert.deepEqual(await store.expire(cutoff, now - 90 * DAY_MS), { messages: 0, queues: 0 }, 'a second run finds nothing');
     assert.equal(commits, quiet, 'and writes nothing');
-  } finally {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  }, { onCommit: () => commits++ });
 });
 
 test('unused queues go with their messages, in rounds of at most EXPIRY_MESSAGES_PER_COMMIT messages, whatever the message TTL', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
-  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db') });
-  try {
+  await withStore(async (store) => {
     const now = Date.now();
     const old = now - 100 * DAY_MS;
     // 300 queues unused for 100 days, three of them holding 400 fresh messages in all; one queue in use.
@@ -164,16 +165,11 @@ test('unused queues go with their messages, in rounds of at most EXPIRY_MESSAGES
     for (const rcvId of unused) assert.equal(await store.queueByRecipient(rcvId), undefined);
     assert.deepEqual((await store.oldestMessages(live, 10)).map((m) => hex(m.msgId)), [hex(liveMsg)], 'the queue in use keeps its message');
     assert.equal((await store.stats()).messages, 1);
-  } finally {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('an unused queue holding more than a round of messages is finished over rounds; used again meanwhile, it keeps the rest with a true count', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
-  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db') });
-  try {
+  await withStore(async (store) => {
     const now = Date.now();
     const old = now - 100 * DAY_MS;
     const rcvId = id();
@@ -200,10 +196,7 @@ test('an unused queue holding more than a round of messages is finished over rou
     const left = (await store.oldestMessages(rcvId, total)).map((m) => hex(m.msgId));
     assert.deepEqual(left, ids.slice(EXPIRY_MESSAGES_PER_COMMIT), 'the oldest went first; the rest stay in order');
     assert.equal((await store.queueByRecipient(rcvId))?.msgCount, left.length, 'the quota count follows');
-  } finally {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('a link set in the same commit as the sender key is refused: a secured queue has no link', async () => {
@@ -226,33 +219,26 @@ test('a link set in the same commit as the sender key is refused: a secured queu
 });
 
 test("an owner's callback that throws does not fail a committed batch", async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
-  const store = SqliteQueueStore.open({
-    path: join(dir, 'relay.db'),
+  const broken = {
     onCommit: () => {
       throw new Error('a broken counter');
     },
     onEvent: () => {
       throw new Error('a broken logger');
     },
-  });
-  try {
+  };
+  await withStore(async (store) => {
     const rcvId = id();
     await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
     const msgId = id();
     assert.equal(await store.addMessage(rcvId, { msgId, receivedAt: Date.now(), sealed: msgId }, 10, Date.now()), 'ok');
     assert.equal((await store.queueByRecipient(rcvId))?.msgCount, 1);
-  } finally {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  }, broken);
 });
 
 test('a write that fails on its own (a clashing id) fails alone: the writes committed with it in one turn succeed', async () => {
   let commits = 0;
-  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
-  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db'), onCommit: () => commits++ });
-  try {
+  await withStore(async (store) => {
     const rcvId = id();
     const sndId = id();
     await store.createQueue({ rcvId, sndId, rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
@@ -272,8 +258,5 @@ test('a write that fails on its own (a clashing id) fails alone: the writes comm
     assert.equal((await store.queueByRecipient(rcvId))?.msgCount, 1);
     assert.equal((await store.stats()).queues, 2, 'the queue with the clashing id was not made');
     assert.equal(commits - before, 2, 'the two good writes, each in its own commit');
-  } finally {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  }, { onCommit: () => commits++ });
 });
