@@ -14,6 +14,7 @@ export { toBase64Url, fromBase64Url, toHex } from './encoding/base64url.js';
 export { asciiBytes, asciiString } from './encoding/ascii.js';
 export * from './relay/commands.js';
 export * from './relay/transmission.js';
+export * from './relay/frame.js';
 export * from './relay/handshake.js';
 export * from './relay/address.js';
 export * from './relay/message.js';

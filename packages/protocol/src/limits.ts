@@ -4,8 +4,13 @@
  * @module
  */
 
-/** Every WebSocket frame between a client and a relay is exactly this many bytes. */
-export const BLOCK_SIZE = 16_384;
+/**
+ * Every WebSocket message between a client and a relay is exactly this many bytes: one block.
+ * Framed by WebSocket (4 header bytes from the relay; 8 from a client, with the masking key) a
+ * block fits one TLS record, whose plaintext is at most 16,384 bytes (RFC 8446 §5.1): 16,384 - 8.
+ * A 16,384-byte block would take two records, and its reader would have to join two pieces.
+ */
+export const BLOCK_SIZE = 16_376;
 /** Bytes of a block before its content: the 2-byte content length. */
 export const BLOCK_HEADER = 2;
 /** Most transmissions one block may carry. */
@@ -37,8 +42,8 @@ export const BOX_TAG_LENGTH = 16;
 export const RCV_HEADER_LENGTH = 9;
 /**
  * Largest SEND body. A SEND is the only transmission in its block at this size:
- * block (16,384) - block header (2) - count (1) - transmission length (2) - auth (1 + 32)
- * - corrId (24) - entity (1 + 24) - tag (1) - flags (1) - body length (2) = 16,293;
+ * block (16,376) - block header (2) - count (1) - transmission length (2) - auth (1 + 32)
+ * - corrId (24) - entity (1 + 24) - tag (1) - flags (1) - body length (2) = 16,285;
  * the relay adds its box (9 header + 16 tag) and the MSG fields on delivery, so the body is
  * capped lower, at a round figure that leaves room for both directions.
  */

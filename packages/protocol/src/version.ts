@@ -3,7 +3,7 @@
  * Relay protocol versions. A version number is never reused.
  *
  * History:
- * - 1 (2026-11-26): fixed 16 KiB blocks, queues with separate recipient and sender ids,
+ * - 1 (2026-11-26): fixed 16,376-byte blocks (16,384 until 2026-11-27, before any release), queues with separate recipient and sender ids,
  *   NEW/KEY/SUB/ACK/GET/OFF/DEL/SEND/LSET/LGET/PING, signatures and session authenticators
  *   bound to the TLS session, relay-to-recipient box.
  * @module

@@ -7,6 +7,7 @@
  */
 
 import type { KeyObject } from 'node:crypto';
+import type { Duplex } from 'node:stream';
 
 import {
   BLOCK_SIZE,
@@ -20,12 +21,13 @@ import {
   encodeServerHello,
   encodeServerTransmission,
   BlockPacker,
+  blockFrame,
   type ClientTransmission,
   type ErrorCode,
   type Response,
 } from '@murmure/protocol';
 import { isPadFillNative, plainSessionId, randomId, type KeyPair } from '@murmure/queue-crypto';
-import type { WebSocket } from 'ws';
+import { WebSocket } from 'ws';
 
 import type { RelayConfig } from './config.js';
 import type { RelayMetrics } from './metrics.js';
@@ -105,6 +107,8 @@ export class Connection {
 
   constructor(
     readonly ws: WebSocket,
+    /** The TLS (or plain TCP) socket under `ws`, which block frames are written to. */
+    private readonly socket: Duplex,
     tlsSessionId: Uint8Array | null,
     /** The relay's X25519 session key for authenticators (shared by the connections of a period). */
     private readonly sessionKey: KeyPair,
@@ -289,9 +293,17 @@ export class Connection {
     if (this.ws.bufferedAmount > this.config.maxBufferedBytes) this.close(CloseCode.POLICY);
   }
 
+  /**
+   * Writes a block frame built in place straight to the socket, one buffer for TLS to encrypt
+   * (`ws` would hand it header and block apart, which TLS first copies into one). `ws` writes its
+   * own frames (ping, pong, close) to the socket at once too, with nothing queued (no
+   * compression, no Blob), so the wire carries the frames in the order of the calls.
+   */
   private sendRaw(block: Uint8Array): void {
     this.metrics.blocksOut++;
-    this.ws.send(block, { binary: true });
+    const frame = this.ws.readyState === WebSocket.OPEN ? blockFrame(block, 'relay') : null;
+    if (frame !== null) this.socket.write(frame);
+    else this.ws.send(block, { binary: true });
   }
 
   /** Closes the connection with a WebSocket close code. */

@@ -268,7 +268,7 @@ export class RelayServer {
       wss.handleUpgrade(req, socket, head, (ws) => {
         metrics.connectionsTotal++;
         metrics.connectionsOpen++;
-        const conn = new Connection(ws, sessionId, this.sessionKeys.current(), config, metrics, this.handlers, slot, () => {
+        const conn = new Connection(ws, socket, sessionId, this.sessionKeys.current(), config, metrics, this.handlers, slot, () => {
           clearTimeout(this.handshakeTimers.get(socket));
           if (key !== null) this.pending.delete(key);
         });

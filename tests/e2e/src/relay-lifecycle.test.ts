@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { RelayClient, RelayClientError, openDelivered, type PushedMessage, type RecipientQueue, type RelayClientErrorCode } from '@murmure/agent';
-import { ID_LENGTH, MAX_LINK_DATA, RELAY_VERSION_MAX } from '@murmure/protocol';
+import { BLOCK_SIZE, ID_LENGTH, MAX_LINK_DATA, RELAY_VERSION_MAX } from '@murmure/protocol';
 import { generateDhKeyPair, generateSigningKeyPair, randomId } from '@murmure/queue-crypto';
 import { RelayServer, SqliteQueueStore, StoreError, relayConfig, type Logger, type QueueStore } from '@murmure/relay';
 
@@ -287,7 +287,7 @@ test('PING gets PONG, in a full-size block', async () => {
   const raw = await RawClient.open(relay.port);
   const pong = await raw.request(new Uint8Array(0), { type: 'PING' }, { kind: 'none' });
   assert.equal(codeOf(pong), 'PONG');
-  assert.equal(pong.block.length, 16_384);
+  assert.equal(pong.block.length, BLOCK_SIZE);
   assert.equal(raw.hello.versions.max, RELAY_VERSION_MAX);
   assert.deepEqual(raw.badFrames, []);
   raw.close();

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
 
 import { RelayClient, RelayClientError, openDelivered } from '@murmure/agent';
-import { RELAY_VERSION_MAX, encodeServerHello, pad } from '@murmure/protocol';
+import { BLOCK_SIZE, RELAY_VERSION_MAX, encodeServerHello, pad } from '@murmure/protocol';
 import { generateDhKeyPair, randomId } from '@murmure/queue-crypto';
 import { WebSocketServer } from 'ws';
 
@@ -111,7 +111,7 @@ test('a relay that speaks only newer protocol versions is refused with RELAY_TOO
   const newer = await serve(
     encodeServerHello({ versions: { min: RELAY_VERSION_MAX + 1, max: RELAY_VERSION_MAX + 2 }, sessionKey: generateDhKeyPair().publicKey, sessionNonce: randomId(32) }),
   );
-  const garbage = await serve(pad(new Uint8Array([0x5a, 0x5a]), 16_384));
+  const garbage = await serve(pad(new Uint8Array([0x5a, 0x5a]), BLOCK_SIZE));
   try {
     await assert.rejects(RelayClient.connect(newer.address, { plain: true, timeoutMs: 3000 }), (e) => {
       assert.ok(RelayClientError.is(e, 'RELAY_TOO_NEW'), String(e));

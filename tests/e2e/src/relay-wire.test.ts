@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // N1 on the wire: a packet capture (tcpdump on loopback) of real sessions with a relay over TLS.
-// After the handshake, every TLS record either side sends is part of a 16 KiB block; the same
-// session with 10-byte and with 16,000-byte messages puts exactly as many bytes on the wire in
-// each direction of each connection; and no plaintext marker of a message appears in the capture.
+// After the handshake, every TLS record either side sends carries block frames (a client's, one
+// frame per record); the same session with 10-byte and with 16,000-byte messages puts exactly as
+// many bytes on the wire in each direction of each connection; and no plaintext marker of a
+// message appears in the capture.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -140,13 +141,17 @@ test('N1 on the wire: after the handshake every TLS record is part of a block, a
       const frame = toRelay ? CLIENT_FRAME : SERVER_FRAME;
       // A close frame (code 1000, no reason) may end the stream: 2 bytes, plus header and mask.
       const closeFrame = toRelay ? 8 : 4;
-      // From the first full record on (the relay's hello block, or the client's), every
-      // application-data record carries block frames: full records of 16,384 bytes and the
-      // frame ends between them, never anything of its own size.
+      // From the first block frame on (the relay's hello, or the client's), every
+      // application-data record carries block frames: each a record of its own (BLOCK_SIZE is
+      // chosen for that), or pieces of several that the relay wrote at once; never anything of
+      // its own size. A client's frame fills a record exactly, so its records are all frames.
       const app = records(bytes).filter((r) => r.type === 23);
-      const first = app.findIndex((r) => r.len === 16_384 + RECORD_OVERHEAD);
+      const first = app.findIndex((r) => r.len === frame + RECORD_OVERHEAD);
       assert.ok(first >= 0, `${key} carries blocks`);
-      const carried = app.slice(first).reduce((n, r) => n + r.len - RECORD_OVERHEAD, 0);
+      const after = app.slice(first).map((r) => r.len - RECORD_OVERHEAD);
+      t.diagnostic(`${key}: records after the handshake ${after.join(' ')}`);
+      if (toRelay) assert.ok(after.every((len, i) => len === frame || (i === after.length - 1 && len === closeFrame)), `${key}: one block frame per record`);
+      const carried = after.reduce((n, len) => n + len, 0);
       assert.ok([0, closeFrame].includes(carried % frame), `${key}: ${carried} bytes after the handshake are whole ${frame}-byte block frames (and a close)`);
     }
   }

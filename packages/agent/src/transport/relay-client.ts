@@ -10,6 +10,7 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
 
 import {
   BLOCK_SIZE,
@@ -29,6 +30,7 @@ import {
   isLoopbackHost,
   negotiateVersion,
   BlockPacker,
+  blockFrame,
   parseRelayAddress,
   ProtocolError,
   type Authorization,
@@ -160,6 +162,8 @@ export class RelayClient extends EventEmitter {
 
   private constructor(
     private readonly ws: WebSocket,
+    /** The TLS (or plain TCP) socket under `ws`, which block frames are written to. */
+    private readonly socket: Duplex,
     readonly address: RelayAddress,
     readonly sessionId: Uint8Array,
     private readonly sessionKey: Uint8Array,
@@ -229,11 +233,13 @@ export class RelayClient extends EventEmitter {
       };
       const onHandshakeClose = (): void => fail(new RelayClientError('CLOSED', 'the relay closed the connection during the handshake'));
       const timer = setTimeout(() => fail(new RelayClientError('TIMEOUT', 'the relay did not answer in time')), opts.timeoutMs ?? CONNECT_TIMEOUT_MS);
-      ws.on('upgrade', () => {
+      let socket: Duplex | null = null;
+      ws.on('upgrade', (res) => {
+        socket = res.socket;
         if (!plain && sessionId === null) fail(new RelayClientError('PINNING', "the relay's certificate was not checked"));
       });
       ws.once('message', (data: Buffer) => {
-        if (settled || (!plain && sessionId === null)) return;
+        if (settled || (!plain && sessionId === null) || socket === null) return;
         try {
           const hello = decodeServerHello(new Uint8Array(data.buffer, data.byteOffset, data.length));
           if (plain) sessionId = plainSessionId(hello.sessionKey, hello.sessionNonce);
@@ -245,7 +251,7 @@ export class RelayClient extends EventEmitter {
           ws.removeAllListeners('error');
           // Else every later close would build (and drop) an error with its stack trace.
           ws.off('close', onHandshakeClose);
-          resolve(new RelayClient(ws, addr, sessionId, hello.sessionKey, version, opts.commandTimeoutMs ?? COMMAND_TIMEOUT_MS));
+          resolve(new RelayClient(ws, socket, addr, sessionId, hello.sessionKey, version, opts.commandTimeoutMs ?? COMMAND_TIMEOUT_MS));
         } catch (e) {
           fail(handshakeError(e));
         }
@@ -280,7 +286,7 @@ export class RelayClient extends EventEmitter {
       timer.unref();
       this.pending.set(key(corrId), { resolve, reject, timer });
       // The block this command did not fit in holds earlier commands only, each already pending.
-      if (full !== null) this.ws.send(full, { binary: true });
+      if (full !== null) this.sendBlock(full);
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         setImmediate(() => this.flush());
@@ -319,7 +325,19 @@ export class RelayClient extends EventEmitter {
     this.flushScheduled = false;
     if (this.closed) return;
     const block = this.packer.take();
-    if (block !== null) this.ws.send(block, { binary: true });
+    if (block !== null) this.sendBlock(block);
+  }
+
+  /**
+   * Writes a block frame built in place straight to the socket, one buffer for TLS to encrypt
+   * (`ws` would hand it header and block apart, which TLS first copies into one). `ws` writes its
+   * own frames (pong, close) to the socket at once too, with nothing queued (no compression, no
+   * Blob), so the wire carries the frames in the order of the calls.
+   */
+  private sendBlock(block: Uint8Array): void {
+    const frame = this.ws.readyState === WebSocket.OPEN ? blockFrame(block, 'client') : null;
+    if (frame !== null) this.socket.write(frame);
+    else this.ws.send(block, { binary: true });
   }
 
   private onBlock(data: Buffer): void {

@@ -18,6 +18,7 @@ import {
   SESSION_ID_LENGTH,
   SIGNATURE_LENGTH,
 } from '../limits.js';
+import { newBlock } from './frame.js';
 
 /** How a command is authorised. */
 export type Authorization =
@@ -135,14 +136,15 @@ export function encodeBlock(transmissions: readonly Uint8Array[]): Uint8Array {
   if (transmissions.length === 0) throw new ProtocolError('BAD_VALUE', 'a block carries at least one transmission');
   if (transmissions.length > MAX_TRANSMISSIONS_PER_BLOCK) throw new ProtocolError('TOO_LARGE', 'too many transmissions for one block');
   // Written straight into the block: the same bytes as `pad` over the encoded content, with one
-  // allocation per block (every block sent costs one, so this is on the relay's hot path).
+  // allocation per block (every block sent costs one, so this is on the relay's hot path), which
+  // leaves room before the block for its WebSocket frame header (`blockFrame`).
   let contentLength = 1;
   for (const t of transmissions) {
     if (t.length > BLOCK_CAPACITY) throw new ProtocolError('TOO_LARGE', `transmission is ${t.length} bytes, the limit is ${BLOCK_CAPACITY}`);
     contentLength += 2 + t.length;
   }
   if (contentLength > BLOCK_SIZE - 2) throw new ProtocolError('TOO_LARGE', `content of ${contentLength} bytes does not fit a ${BLOCK_SIZE}-byte pad`);
-  const block = new Uint8Array(BLOCK_SIZE);
+  const block = newBlock();
   block[0] = contentLength >>> 8;
   block[1] = contentLength & 0xff;
   block[2] = transmissions.length;

@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+// Shows that a block framed by WebSocket fits one TLS record, and that blockFrame writes the
+// RFC 6455 header of a block in front of it, in place: the frame is a view of the same memory,
+// its payload is the block unchanged, and blocks without the free bytes before them get null.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+
+import {
+  BLOCK_CAPACITY,
+  BLOCK_SIZE,
+  CLIENT_FRAME_HEADER,
+  FRAME_HEADROOM,
+  RELAY_FRAME_HEADER,
+  TLS_RECORD_PLAINTEXT,
+  blockFrame,
+  encodeBlock,
+  newBlock,
+  pad,
+  packBlocks,
+  toHex,
+} from '@murmure/protocol';
+
+test('a block in its WebSocket frame fits one TLS record, from either end', () => {
+  assert.equal(BLOCK_SIZE + CLIENT_FRAME_HEADER, TLS_RECORD_PLAINTEXT);
+  assert.ok(BLOCK_SIZE + RELAY_FRAME_HEADER <= TLS_RECORD_PLAINTEXT);
+  // The 16-bit length form: RFC 6455 asks for the shortest length that holds the payload.
+  assert.ok(BLOCK_SIZE > 125 && BLOCK_SIZE < 65_536);
+  assert.ok(FRAME_HEADROOM >= CLIENT_FRAME_HEADER && FRAME_HEADROOM >= RELAY_FRAME_HEADER);
+});
+
+test('blockFrame writes the header in front of the block: FIN, binary, 16-bit length; a client adds the mask bit and an all-zero key', () => {
+  const block = encodeBlock([Uint8Array.of(1, 2, 3)]);
+  const before = Uint8Array.from(block);
+  const relay = blockFrame(block, 'relay');
+  assert.ok(relay !== null);
+  assert.equal(relay.length, RELAY_FRAME_HEADER + BLOCK_SIZE);
+  assert.equal(toHex(relay.subarray(0, RELAY_FRAME_HEADER)), '827e3ff8');
+  const client = blockFrame(block, 'client');
+  assert.ok(client !== null);
+  assert.equal(client.length, CLIENT_FRAME_HEADER + BLOCK_SIZE);
+  assert.equal(toHex(client.subarray(0, CLIENT_FRAME_HEADER)), '82fe3ff800000000');
+  for (const frame of [relay, client]) {
+    // The same memory, not a copy; the payload is the block, unchanged.
+    assert.equal(frame.buffer, block.buffer);
+    assert.equal(frame.byteOffset + frame.length, block.byteOffset + block.length);
+    assert.deepEqual(frame.subarray(frame.length - BLOCK_SIZE), before);
+  }
+  assert.deepEqual(block, before);
+});
+
+test('every block the encoders make can be framed in place', () => {
+  fc.assert(
+    fc.property(fc.array(fc.uint8Array({ minLength: 0, maxLength: 2_000 }), { minLength: 1, maxLength: 20 }), (ts) => {
+      for (const block of packBlocks(ts.filter((t) => t.length + 2 <= BLOCK_CAPACITY))) {
+        const frame = blockFrame(block, 'client');
+        assert.ok(frame !== null);
+        assert.deepEqual(frame.subarray(CLIENT_FRAME_HEADER), block);
+      }
+    }),
+  );
+});
+
+test('a block without free bytes before it gets null, so it goes through the WebSocket library', () => {
+  const padded = pad(Uint8Array.of(7), BLOCK_SIZE);
+  assert.equal(blockFrame(padded, 'relay'), null, 'a block made by pad');
+  // A view of the same size into memory that holds something else before it.
+  const shared = new Uint8Array(BLOCK_SIZE + FRAME_HEADROOM).fill(9);
+  assert.equal(blockFrame(shared.subarray(FRAME_HEADROOM), 'client'), null, 'a view into foreign memory');
+  assert.ok(shared.every((b) => b === 9), 'and nothing is written');
+  const block = newBlock();
+  assert.equal(blockFrame(block.subarray(1), 'relay'), null, 'a part of a block');
+  assert.equal(blockFrame(Uint8Array.from(block), 'relay'), null, 'a copy of a block');
+});

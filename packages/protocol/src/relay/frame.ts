@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * A block in its WebSocket frame (RFC 6455 §5.2), built in place. Every block `encodeBlock`
+ * makes has `FRAME_HEADROOM` free bytes before it; a sender writes the frame header there and
+ * puts header and block on the wire as one buffer. Given two buffers, Node's TLS layer first
+ * copies them into one; given one, it encrypts it as it is, and with `BLOCK_SIZE` chosen so that
+ * a framed block fits one TLS record, the reader gets each block whole from one record.
+ * @module
+ */
+
+import { BLOCK_SIZE } from '../limits.js';
+
+/** Largest plaintext of one TLS record (RFC 8446 §5.1). */
+export const TLS_RECORD_PLAINTEXT = 16_384;
+/** Header of a block frame from the relay: FIN and opcode, then 126 and a 16-bit length. */
+export const RELAY_FRAME_HEADER = 4;
+/** Header of a block frame from a client: the same with the mask bit, then a 4-byte masking key. */
+export const CLIENT_FRAME_HEADER = 8;
+/** Free bytes before each block `newBlock` makes: room for either header. */
+export const FRAME_HEADROOM = CLIENT_FRAME_HEADER;
+
+/** Which end sends a frame: a client's frames are masked, the relay's are not. */
+export type FrameSender = 'client' | 'relay';
+
+/** Blocks made by `newBlock`, which own the `FRAME_HEADROOM` bytes before them. */
+const withHeadroom = new WeakSet<Uint8Array>();
+
+/** A new block of `BLOCK_SIZE` zero bytes with `FRAME_HEADROOM` free bytes before it. */
+export function newBlock(): Uint8Array {
+  const block = new Uint8Array(FRAME_HEADROOM + BLOCK_SIZE).subarray(FRAME_HEADROOM);
+  withHeadroom.add(block);
+  return block;
+}
+
+/**
+ * The WebSocket frame of `block`, its header written into the free bytes before it: one view of
+ * header and block. Null for a block that `newBlock` did not make (such as a hello, which is sent
+ * through the WebSocket library instead). A client's frame carries the all-zero masking key
+ * (docs/protocol.md, "Transport"), so its payload is the block as it is.
+ */
+export function blockFrame(block: Uint8Array, from: FrameSender): Uint8Array | null {
+  if (block.length !== BLOCK_SIZE || !withHeadroom.has(block)) return null;
+  const header = from === 'client' ? CLIENT_FRAME_HEADER : RELAY_FRAME_HEADER;
+  const frame = new Uint8Array(block.buffer, block.byteOffset - header, header + BLOCK_SIZE);
+  frame[0] = 0x82; // FIN, opcode 2: one whole binary message
+  frame[1] = from === 'client' ? 0x80 | 126 : 126; // the mask bit; 126: a 16-bit length follows
+  frame[2] = BLOCK_SIZE >>> 8;
+  frame[3] = BLOCK_SIZE & 0xff;
+  if (from === 'client') frame.fill(0, 4, CLIENT_FRAME_HEADER);
+  return frame;
+}
