@@ -94,7 +94,8 @@ export const DEFAULTS = {
   queuesPerConnection: 1_000,
   handshakeTimeoutMs: 10_000,
   idleTimeoutMs: 15 * 60_000,
-  maxBufferedBytes: 64 * 16_384,
+  // 1 MiB: 64 framed blocks (64 × 16,380 bytes) may wait, a 65th is too many.
+  maxBufferedBytes: 1_048_576,
   prefetchBudgetBytes: 64 * 1024 * 1024,
   statsIntervalMs: 5 * 60_000,
   plainLoopback: false,

@@ -300,8 +300,10 @@ export class Connection {
    * compression, no Blob), so the wire carries the frames in the order of the calls.
    */
   private sendRaw(block: Uint8Array): void {
+    // Once ws has begun to close, its close frame may be on the wire: nothing may follow it.
+    if (this.ws.readyState !== WebSocket.OPEN) return;
     this.metrics.blocksOut++;
-    const frame = this.ws.readyState === WebSocket.OPEN ? blockFrame(block, 'relay') : null;
+    const frame = blockFrame(block, 'relay');
     if (frame !== null) this.socket.write(frame);
     else this.ws.send(block, { binary: true });
   }

@@ -158,6 +158,8 @@ export class RelayServer {
     const wss = new WebSocketServer({
       noServer: true,
       maxPayload: BLOCK_SIZE,
+      // Also what lets block frames bypass ws's sender (Connection.sendRaw): uncompressed, it
+      // queues nothing, so its own frames and ours reach the socket in the order of the calls.
       perMessageDeflate: false,
       clientTracking: false,
       skipUTF8Validation: true,

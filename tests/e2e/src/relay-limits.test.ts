@@ -59,9 +59,10 @@ test('commands per second: past the burst, ERR LIMIT with the corrId; other conn
 });
 
 test('a refused authorisation costs AUTH_FAILURE_TOKENS: a stream of ERR AUTH is held far below the command rate, other connections are served', async () => {
-  // 100 tokens a second, a burst of 10 failures' worth: the 11th failure leaves the bucket in
-  // debt, so the next command (a PING, which 11 PINGs alone would never be) gets LIMIT.
-  const burst = 10 * (AUTH_FAILURE_TOKENS + 1);
+  // 100 tokens a second, a burst of 10 failures' worth and one token more, so that the 11th
+  // probe is let in however quickly the probes follow each other: that failure leaves the bucket
+  // in debt, so the next command (a PING, which 12 PINGs alone would never be) gets LIMIT.
+  const burst = 10 * (AUTH_FAILURE_TOKENS + 1) + 1;
   await withRelay(['--commands-per-second', '100', '--command-burst', String(burst)], async (relay) => {
     const c = await RawClient.open(relay.port);
     const other = await RawClient.open(relay.port);

@@ -139,10 +139,11 @@ function key(b: Uint8Array): string {
 }
 
 /**
- * The WebSocket masking key of every frame this client sends: all zero, which `ws` recognises
- * and then neither copies nor XORs the 16 KiB block. Masking protects proxies from frames that
- * a web page's script controls (RFC 6455 §10.3); this client is not a browser, over TLS no
- * intermediary sees the frames, and a block's bytes are ciphertext and fill either way.
+ * The WebSocket masking key of the frames `ws` sends for this client (the hello, pongs, close):
+ * all zero, as in the block frames this client builds itself (`blockFrame`), so the relay's `ws`
+ * neither copies nor XORs a block. Masking protects proxies from frames that a web page's script
+ * controls (RFC 6455 §10.3); this client is not a browser, over TLS no intermediary sees the
+ * frames, and a block's bytes are ciphertext and fill either way.
  */
 function zeroMask(mask: Buffer): void {
   mask.fill(0);
@@ -206,6 +207,7 @@ export class RelayClient extends EventEmitter {
       const ws = plain
         ? new WebSocket(`ws://${host}:${addr.port}/`, {
             maxPayload: BLOCK_SIZE,
+            // Also what lets block frames bypass ws's sender: uncompressed, it queues nothing.
             perMessageDeflate: false,
             skipUTF8Validation: true,
             generateMask: zeroMask,
@@ -216,6 +218,7 @@ export class RelayClient extends EventEmitter {
             minVersion: 'TLSv1.3',
             rejectUnauthorized: false,
             maxPayload: BLOCK_SIZE,
+            // Also what lets block frames bypass ws's sender: uncompressed, it queues nothing.
             perMessageDeflate: false,
             skipUTF8Validation: true,
             generateMask: zeroMask,
@@ -335,7 +338,9 @@ export class RelayClient extends EventEmitter {
    * Blob), so the wire carries the frames in the order of the calls.
    */
   private sendBlock(block: Uint8Array): void {
-    const frame = this.ws.readyState === WebSocket.OPEN ? blockFrame(block, 'client') : null;
+    // Once ws has begun to close, its close frame may be on the wire: nothing may follow it.
+    if (this.ws.readyState !== WebSocket.OPEN) return;
+    const frame = blockFrame(block, 'client');
     if (frame !== null) this.socket.write(frame);
     else this.ws.send(block, { binary: true });
   }

@@ -30,23 +30,33 @@ test('a block in its WebSocket frame fits one TLS record, from either end', () =
 });
 
 test('blockFrame writes the header in front of the block: FIN, binary, 16-bit length; a client adds the mask bit and an all-zero key', () => {
-  const block = encodeBlock([Uint8Array.of(1, 2, 3)]);
-  const before = Uint8Array.from(block);
-  const relay = blockFrame(block, 'relay');
+  const made = { relay: encodeBlock([Uint8Array.of(1, 2, 3)]), client: encodeBlock([Uint8Array.of(1, 2, 3)]) };
+  const before = Uint8Array.from(made.relay);
+  const relay = blockFrame(made.relay, 'relay');
   assert.ok(relay !== null);
   assert.equal(relay.length, RELAY_FRAME_HEADER + BLOCK_SIZE);
   assert.equal(toHex(relay.subarray(0, RELAY_FRAME_HEADER)), '827e3ff8');
-  const client = blockFrame(block, 'client');
+  const client = blockFrame(made.client, 'client');
   assert.ok(client !== null);
   assert.equal(client.length, CLIENT_FRAME_HEADER + BLOCK_SIZE);
   assert.equal(toHex(client.subarray(0, CLIENT_FRAME_HEADER)), '82fe3ff800000000');
-  for (const frame of [relay, client]) {
+  for (const [frame, block] of [[relay, made.relay], [client, made.client]] as const) {
     // The same memory, not a copy; the payload is the block, unchanged.
     assert.equal(frame.buffer, block.buffer);
     assert.equal(frame.byteOffset + frame.length, block.byteOffset + block.length);
     assert.deepEqual(frame.subarray(frame.length - BLOCK_SIZE), before);
+    assert.deepEqual(block, before);
   }
-  assert.deepEqual(block, before);
+});
+
+test('a block is framed once: a second frame, from either end, would change the bytes of one that may still wait to be written', () => {
+  const block = encodeBlock([Uint8Array.of(4, 5, 6)]);
+  const first = blockFrame(block, 'relay');
+  assert.ok(first !== null);
+  const bytes = Uint8Array.from(first);
+  assert.equal(blockFrame(block, 'client'), null);
+  assert.equal(blockFrame(block, 'relay'), null);
+  assert.deepEqual(first, bytes);
 });
 
 test('every block the encoders make can be framed in place', () => {

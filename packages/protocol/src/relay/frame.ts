@@ -35,11 +35,12 @@ export function newBlock(): Uint8Array {
 /**
  * The WebSocket frame of `block`, its header written into the free bytes before it: one view of
  * header and block. Null for a block that `newBlock` did not make (such as a hello, which is sent
- * through the WebSocket library instead). A client's frame carries the all-zero masking key
- * (docs/protocol.md, "Transport"), so its payload is the block as it is.
+ * through the WebSocket library instead), and for one already framed: a frame may still be
+ * waiting to be written, and a second header would change its bytes. A client's frame carries
+ * the all-zero masking key (docs/protocol.md, "Transport"), so its payload is the block as it is.
  */
 export function blockFrame(block: Uint8Array, from: FrameSender): Uint8Array | null {
-  if (block.length !== BLOCK_SIZE || !withHeadroom.has(block)) return null;
+  if (block.length !== BLOCK_SIZE || !withHeadroom.delete(block)) return null;
   const header = from === 'client' ? CLIENT_FRAME_HEADER : RELAY_FRAME_HEADER;
   const frame = new Uint8Array(block.buffer, block.byteOffset - header, header + BLOCK_SIZE);
   frame[0] = 0x82; // FIN, opcode 2: one whole binary message
