@@ -561,9 +561,10 @@ test('quota flood (S5): 10,000 SENDs to a full queue all get ERR QUOTA, store no
       return outcomes;
     };
     const storeBytes = (): number => ['relay.sqlite', 'relay.sqlite-wal'].reduce((n, f) => n + (existsSync(join(relay.dataDir, f)) ? statSync(join(relay.dataDir, f)).size : 0), 0);
-    // Warm-up: 10,000 refused SENDs bring the heap and Node's buffers to their working size (about
-    // 25-35 MB above an idle relay); a leak would show as growth over the 10,000 that follow.
-    await flood(2000);
+    // Warm-up: 30,000 refused SENDs bring the heap and Node's buffers to their working size (about
+    // 25-35 MB above an idle relay). RSS reaches it in a step that comes after 10,000 of them or
+    // 20,000, seldom later. A leak would show as growth over the 10,000 that follow.
+    for (let round = 0; round < 3; round++) await flood(2000);
     await sleep(300);
     const before = rssKiB(pid);
     writeFileSync(`/proc/${pid}/clear_refs`, '5');
