@@ -170,7 +170,9 @@ test(`F3: the sender is killed ${KILLS} times while sending ${N} messages; each 
   let sentBefore = 0;
   for (let k = 0; k < KILLS; k++) {
     const next = stored.size === 0 ? 1 : Math.max(...stored.keys()) + 1;
-    const s = driver(sender, ['send', '--count', String(N), '--from', String(next)]);
+    // Paced (20 ms every 4 messages, as in F2), so that the work outlasts the kill delays
+    // however fast delivery is: the kills land inside the send path, not after it.
+    const s = driver(sender, ['send', '--count', String(N), '--from', String(next), '--pause-every', '4', '--pause-ms', '20']);
     await s.line(/^ready \d+$/);
     // Random moments inside the send path: composing, storing, sending, marking sent.
     await sleep(10 + rnd() * 120);
@@ -187,7 +189,6 @@ test(`F3: the sender is killed ${KILLS} times while sending ${N} messages; each 
     sentBefore = sent;
     t.diagnostic(`kill ${k + 1}: ${stored.size} stored so far, ${sent} taken by the relay, ${queued} left in the outbox`);
   }
-  // Delivery has become fast enough that the last kills can land after the work is done.
   assert.ok(interrupted >= 3, `several kills hit the sender while it worked (${interrupted})`);
   assert.ok(resumed > 0, 'some kills left stored messages unsent');
   assert.ok(whileSending > 0, 'some kills hit the sender while its outbox was sending');

@@ -158,8 +158,13 @@ test('skewed and jumping clocks (±1 day, x10): every message once, in sender or
   await both(2);
   await ok(bob, 'sync');
   await ok(alice, 'sync');
-  await ok(bob, 'sync');
-  await ok(alice, 'sync');
+  // At ten times the speed Bob's sync waits only 70 ms of real time for what is pushed to it, so
+  // on a busy machine the last receipts may need another round: at most five, while the relay
+  // still holds anything (a receipt that is really lost never arrives, and fails below).
+  for (let round = 0; round < 5 && (round === 0 || (await metric(relay, 'murmure_messages')) > 0); round++) {
+    await ok(bob, 'sync');
+    await ok(alice, 'sync');
+  }
 
   // Every message exactly once, in the order it was sent, nothing missing or broken; every
   // message sent is delivered (receipts are on).
@@ -217,6 +222,8 @@ test(
     relay = await startSkewedRelay(dataDir, port);
     alice.clock = '+1d';
     await ok(alice, 'sync');
+    // At normal speed: at ten times, the sync would wait only 70 ms for the message.
+    bob.clock = '-1d';
     const got = await ok(bob, 'sync');
     assert.deepEqual(
       byType(got, 'message').map((m) => m['text']),

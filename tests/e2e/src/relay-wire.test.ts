@@ -14,7 +14,7 @@ import { RelayClient, type PushedMessage } from '@murmure/agent';
 import { BLOCK_SIZE } from '@murmure/protocol';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
-import { cleanup, sleep, startRelay, stopRelay, tempDir, utf8 } from './harness.js';
+import { cleanup, metric, sleep, startRelay, stopRelay, tempDir, utf8 } from './harness.js';
 
 const TCPDUMP = '/usr/bin/tcpdump';
 /** A TLS 1.3 record adds its content type (1 byte) and AEAD tag (16) to what it carries. */
@@ -89,7 +89,8 @@ function records(b: Buffer): { type: number; len: number }[] {
  * a marker), she takes and ACKs each, PINGs, and both close. Returns the streams and markers.
  */
 async function capturedSession(size: number): Promise<{ streams: { key: string; bytes: Buffer }[]; markers: string[]; port: number }> {
-  const relay = await startRelay();
+  // Metrics on a port of their own, outside the capture: they tell when both connections closed.
+  const relay = await startRelay({ args: ['--metrics-port', '0'] });
   const dir = tempDir('murmure-capture-');
   const file = join(dir, 'session.pcap');
   const dump = spawn(TCPDUMP, ['-i', 'lo', '-w', file, '-U', '-s', '0', `tcp port ${relay.port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -117,6 +118,9 @@ async function capturedSession(size: number): Promise<{ streams: { key: string; 
     await alice.ping();
     alice.close();
     bob.close();
+    // Both close handshakes done on the relay's side, then time for the last packets.
+    const end = Date.now() + 10_000;
+    while ((await metric(relay.metricsPort!, 'murmure_connections_open')) > 0 && Date.now() < end) await sleep(20);
     await sleep(300);
     dump.kill('SIGINT');
     await new Promise((r) => dump.once('exit', r));
