@@ -95,6 +95,13 @@ describe('relay address edge cases', () => {
     ['an IPv4 octet over 255', `murmure://${FP}@999.1.1.1:1`],
     ['three IPv4 octets', `murmure://${FP}@1.2.3:1`],
     ['an IPv4 octet with a leading zero', `murmure://${FP}@01.2.3.4:1`],
+    ['an IPv4 address as one number', `murmure://${FP}@2130706433:1`],
+    ['an IPv4 address in hex', `murmure://${FP}@0x7f000001:1`],
+    ['an IPv4 address with a hex octet', `murmure://${FP}@0x7f.0.0.1:1`],
+    ['an IPv4 address with a short form', `murmure://${FP}@127.1:1`],
+    ['a name ending in a hex number', `murmure://${FP}@relay.0x1:1`],
+    ['a name ending in a decimal label', `murmure://${FP}@relay.example.1:1`],
+    ['a bare 0x', `murmure://${FP}@0x:1`],
     ['nine IPv6 groups', `murmure://${FP}@[1:2:3:4:5:6:7:8:9]:1`],
     ['two :: in IPv6', `murmure://${FP}@[::1::2]:1`],
     ['a five-digit IPv6 group', `murmure://${FP}@[12345::]:1`],
@@ -103,6 +110,11 @@ describe('relay address edge cases', () => {
     ['an IPv4 part in the middle', `murmure://${FP}@[1:2:1.2.3.4::]:1`],
     ['nothing', ''],
   ];
+  test('names whose last label only looks like a number, or which have numbers elsewhere, are host names', () => {
+    for (const h of ['0xrelay.example', 'relay.0xg', 'relay1.example', '1.relay.org', '127.0.0.1.example', 'x0x1', 'relay.1a']) {
+      assert.equal(parseRelayAddress(`murmure://${FP}@${h}:1`).host, h);
+    }
+  });
   test('white space around an address does not count towards MAX_ADDRESS_LENGTH', () => {
     const a = parseRelayAddress(`${' '.repeat(MAX_ADDRESS_LENGTH)}murmure://${FP}@relay:1\n`);
     assert.equal(a.host, 'relay');

@@ -17,8 +17,13 @@ const FINGERPRINT_LENGTH = 32;
 const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 const OCTET = '(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)';
 const IPV4 = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}$`);
-/** A name whose labels are all digits is no DNS name (no top-level domain is numeric). */
-const ALL_NUMERIC = /^[0-9.]+$/;
+/**
+ * A host whose last label is a number, all digits or `0x` and hex digits, is no DNS name (no
+ * top-level domain is numeric): resolvers and URL parsers read it as an IPv4 address in some
+ * form (`127.1`, `2130706433`, `0x7f000001`, `a.0x1`; WHATWG URL's "ends in a number"). Such a
+ * host must be an IPv4 address in the dotted form, or it is refused.
+ */
+const ENDS_IN_NUMBER = /(?:^|\.)(?:\d+|0[xX][0-9A-Fa-f]*)$/;
 const HEX_GROUP = /^[0-9A-Fa-f]{1,4}$/;
 
 /** An IPv6 address in text form (RFC 4291 §2.2): eight groups, `::` once at most, an IPv4 tail. */
@@ -43,7 +48,7 @@ function isIpv6(host: string): boolean {
 
 /** Whether `host` is a host name or an IPv4 address (not bracketed). */
 function isNameOrIpv4(host: string): boolean {
-  return ALL_NUMERIC.test(host) ? IPV4.test(host) : HOST_NAME.test(host);
+  return ENDS_IN_NUMBER.test(host) ? IPV4.test(host) : HOST_NAME.test(host);
 }
 
 /** Whether `host` can stand in an address: a host name, an IPv4 address or an IPv6 address. */
