@@ -619,30 +619,34 @@ async function giantFrame(c: RawClient, length: bigint, stream: number): Promise
 test('S3: WebSocket frames declaring 200 MiB, 2^31 and 2^63 bytes are refused from the header (1009); RSS and its peak grow < 10 MB', async () => {
   await withRelay([], async (relay) => {
     const pid = relay.proc.pid!;
-    // Warm up: ordinary traffic and one oversized (1 MiB) frame.
+    // Warm up: ordinary traffic, one oversized (1 MiB) frame, and the giant frames once, so that
+    // what they leave the first time (Node's read buffers at their working size) is not counted.
     const warm = await RelayClient.connect(relay.address);
     const q = await warm.createQueue();
     for (let i = 0; i < 20; i++) await warm.send(q.sndId, null, new Uint8Array(16_000));
     const w = await RawClient.open(relay.port);
     w.sendFrame(new Uint8Array(1 << 20));
     assert.equal((await w.waitClosed(5000)).code, 1009);
+    const giants = async (): Promise<void> => {
+      for (const [length, stream] of [
+        [200n * 1024n * 1024n, 24 << 20],
+        [2n ** 31n, 8 << 20],
+        [2n ** 63n - 1n, 1 << 20],
+      ] as const) {
+        const c = await RawClient.open(relay.port);
+        await giantFrame(c, length, stream);
+        const closed = await c.waitClosed(10_000);
+        assert.equal(closed.code, 1009, `a frame declaring ${length} bytes`);
+      }
+    };
+    await giants();
     await sleep(300);
     const before = rssKiB(pid);
     // Reset the peak to the present (5: clear the high-water mark), so headroom left from the
     // start and the warm-up cannot hide a buffer held during the frames.
     writeFileSync(`/proc/${pid}/clear_refs`, '5');
     const peakBefore = rssKiB(pid, 'VmHWM');
-
-    for (const [length, stream] of [
-      [200n * 1024n * 1024n, 24 << 20],
-      [2n ** 31n, 8 << 20],
-      [2n ** 63n - 1n, 1 << 20],
-    ] as const) {
-      const c = await RawClient.open(relay.port);
-      await giantFrame(c, length, stream);
-      const closed = await c.waitClosed(10_000);
-      assert.equal(closed.code, 1009, `a frame declaring ${length} bytes`);
-    }
+    await giants();
     await sleep(300);
     const after = rssKiB(pid);
     assert.ok(after - before < 10 * 1024, `RSS grew by ${after - before} KiB`);
