@@ -296,7 +296,7 @@ export class Connection {
   /**
    * Writes a block frame built in place straight to the socket, one buffer for TLS to encrypt
    * (`ws` would hand it header and block apart, which TLS first copies into one). `ws` writes its
-   * own frames (ping, pong, close) to the socket at once too, with nothing queued (no
+   * own frames (pongs, close) to the socket at once too, with nothing queued (no
    * compression, no Blob), so the wire carries the frames in the order of the calls.
    */
   private sendRaw(block: Uint8Array): void {

@@ -74,7 +74,7 @@ test('a refused authorisation costs AUTH_FAILURE_TOKENS: a stream of ERR AUTH is
     const pings = [];
     for (let i = 0; i < 11; i++) pings.push(codeOf(await other.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })));
     assert.deepEqual(pings, Array(11).fill('PONG'), 'as many commands that succeed cost one token each');
-    // The debt (about 22 tokens) is paid by the refill within a second.
+    // The debt (about 20 tokens) is paid by the refill within a second.
     await sleep(1000);
     assert.equal(codeOf(await c.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'tokens refill');
     c.close();
@@ -255,30 +255,28 @@ test('a connection its source may not make evicts nobody: at both limits, the ot
 });
 
 test('refused authorisations are budgeted per source: past it key checks of the source get ERR LIMIT on any new or refused connection, not on one that passed its checks, nor from other sources; it refills', async () => {
-  // 4 a second, a burst of 8: a refill every 250 ms, far apart from each other next to the
-  // round trips of the probes, so the counts hold on a slow machine as on a fast one.
-  const args = ['--auth-refusals-per-source', '4', '--unlimited-sources', 'none', '--commands-per-second', '1000000', '--command-burst', '1000000'];
+  // 1 a second, a burst of 2: the next refill comes a second after the burst is spent, far
+  // beyond the round trips of the probes below, so the counts hold on a slow machine too.
+  const args = ['--auth-refusals-per-source', '1', '--unlimited-sources', 'none', '--commands-per-second', '1000000', '--command-burst', '1000000'];
   await withRelay(args, async (relay) => {
     // A client of the source that has passed a key check (its NEW) before the flood.
     const sibling = await RelayClient.connect(relay.address, from('127.0.0.7'));
     const own = await sibling.createQueue();
-    // Three connections from the same source share its budget: 8 at once (twice the rate).
+    // Three connections from the same source share its budget: 2 at once (twice the rate).
     const conns = await Promise.all([0, 1, 2].map(() => RawClient.open(relay.port, { localAddress: '127.0.0.7' })));
     const other = await RawClient.open(relay.port, { localAddress: '127.0.0.8' });
     const wrong: RawAuth = { kind: 'authenticator', key: generateDhKeyPair().privateKey };
     const probe = (c: RawClient): Promise<string> => c.request(randomId(), { type: 'SUB' }, wrong).then(codeOf);
     const codes: string[] = [];
-    for (let i = 0; i < 12; i++) codes.push(await probe(conns[i % 3]!));
-    const refused = codes.filter((c) => c === 'AUTH').length;
-    assert.ok(refused >= 8 && refused <= 9, `the burst of 8 (and what refilled meanwhile) is refused with AUTH: ${codes.join(' ')}`);
-    assert.ok(codes.slice(-3).every((c) => c === 'LIMIT'), 'then LIMIT');
+    for (let i = 0; i < 6; i++) codes.push(await probe(conns[i % 3]!));
+    assert.deepEqual(codes, ['AUTH', 'AUTH', 'LIMIT', 'LIMIT', 'LIMIT', 'LIMIT'], 'the burst of 2 is refused with AUTH, then LIMIT on every connection of the source');
     assert.equal(codeOf(await conns[0]!.request(NO_ENTITY, { type: 'PING' }, { kind: 'none' })), 'PONG', 'a command that checks no key is served');
     // A new connection of the source gets no fresh budget: its first check waits too.
     const fresh = await RawClient.open(relay.port, { localAddress: '127.0.0.7' });
     assert.equal(await probe(fresh), 'LIMIT', 'reconnecting does not refill the budget');
     await sibling.subscribe(own); // a client that passed its checks and failed none is served
     assert.equal(await probe(other), 'AUTH', 'another source has its own budget');
-    await sleep(700); // 4 a second: two come back, or more
+    await sleep(1500); // 1 a second: one comes back, or two
     assert.equal(await probe(fresh), 'AUTH', 'the budget refills');
     for (const c of [...conns, fresh, other]) c.close();
     sibling.close();
@@ -619,34 +617,36 @@ async function giantFrame(c: RawClient, length: bigint, stream: number): Promise
 test('S3: WebSocket frames declaring 200 MiB, 2^31 and 2^63 bytes are refused from the header (1009); RSS and its peak grow < 10 MB', async () => {
   await withRelay([], async (relay) => {
     const pid = relay.proc.pid!;
-    // Warm up: ordinary traffic, one oversized (1 MiB) frame, and the giant frames once, so that
-    // what they leave the first time (Node's read buffers at their working size) is not counted.
+    // Warm up: ordinary traffic, one oversized (1 MiB) frame, and the giant frames once with
+    // 1 MiB streamed behind each header, so that what the path leaves the first time is not
+    // counted, while a relay that held the streamed bytes (24 MiB for the first frame below)
+    // would still show.
     const warm = await RelayClient.connect(relay.address);
     const q = await warm.createQueue();
     for (let i = 0; i < 20; i++) await warm.send(q.sndId, null, new Uint8Array(16_000));
     const w = await RawClient.open(relay.port);
     w.sendFrame(new Uint8Array(1 << 20));
     assert.equal((await w.waitClosed(5000)).code, 1009);
-    const giants = async (): Promise<void> => {
+    const giants = async (cap: number): Promise<void> => {
       for (const [length, stream] of [
         [200n * 1024n * 1024n, 24 << 20],
         [2n ** 31n, 8 << 20],
         [2n ** 63n - 1n, 1 << 20],
       ] as const) {
         const c = await RawClient.open(relay.port);
-        await giantFrame(c, length, stream);
+        await giantFrame(c, length, Math.min(stream, cap));
         const closed = await c.waitClosed(10_000);
         assert.equal(closed.code, 1009, `a frame declaring ${length} bytes`);
       }
     };
-    await giants();
+    await giants(1 << 20);
     await sleep(300);
     const before = rssKiB(pid);
     // Reset the peak to the present (5: clear the high-water mark), so headroom left from the
     // start and the warm-up cannot hide a buffer held during the frames.
     writeFileSync(`/proc/${pid}/clear_refs`, '5');
     const peakBefore = rssKiB(pid, 'VmHWM');
-    await giants();
+    await giants(Infinity);
     await sleep(300);
     const after = rssKiB(pid);
     assert.ok(after - before < 10 * 1024, `RSS grew by ${after - before} KiB`);
