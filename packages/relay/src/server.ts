@@ -53,6 +53,16 @@ function storeEvent(event: StoreEvent, metrics: RelayMetrics, logger: Logger): v
     case 'recovery-failed':
       logger.log('warn', 'store recovery failed: checkpoint not possible yet, writes still refused');
       break;
+    case 'checkpoint':
+      metrics.storeCheckpoints++;
+      break;
+    case 'checkpoint-failed':
+      metrics.storeCheckpointFailures++;
+      logger.log('warn', 'store checkpoint failed: tried again in a second');
+      break;
+    case 'checkpoint-thread-failed':
+      logger.log('error', 'store checkpoint thread failed: checkpoints run on the event loop from now on');
+      break;
   }
 }
 

@@ -301,6 +301,46 @@ async function sendOneByOne(c: RelayClient, q: RecipientQueue, senderKey: KeyPai
   return sends;
 }
 
+test('checkpoints run beside the event loop: under a load that fills the WAL several times, the main thread neither writes nor syncs the database file', { timeout: 120_000 }, async (t) => {
+  assert.ok(existsSync(STRACE), 'strace is installed');
+  const traceFile = join(scratch('murmure-strace-'), 'trace');
+  const dataDir = scratch('murmure-fsync-');
+  const db = join(dataDir, 'relay.sqlite');
+  const wal = `${db}-wal`;
+  const relay = await launch({
+    dataDir,
+    args: ['--quota', '2000'],
+    wrapper: [STRACE, '-f', '-ttt', '-y', '-P', db, '-P', wal, '-e', 'trace=fsync,fdatasync,pwrite64', '-o', traceFile],
+  });
+  const pid = relayPid(relay);
+  const c = await RelayClient.connect(relay.address);
+  const { q, senderKey } = await securedQueue(c);
+  // 1,000 messages of 16 KB are about 4,000 pages of WAL: SQLite's own checkpoint would run
+  // about four times inside a COMMIT, on the event loop.
+  const bodies = numberedBodies(16_000);
+  const start = Date.now();
+  for (let i = 0; i < 1000; i += 50) {
+    await Promise.all(Array.from({ length: 50 }, (_, j) => c.send(q.sndId, senderKey.privateKey, bodies.body(i + j))));
+  }
+  const end = Date.now();
+  c.close();
+  assert.equal(await signalRelay(relay, 'SIGTERM'), 0);
+  const calls: { tid: number; at: number; name: string; path: string }[] = [];
+  for (const line of readFileSync(traceFile, 'utf8').split('\n')) {
+    const m = /^(\d+)\s+(\d+\.\d+)\s+(fsync|fdatasync|pwrite64)\(\d+<([^>]*)>/.exec(line);
+    if (m !== null && Number(m[2]) * 1000 >= start && Number(m[2]) * 1000 <= end) calls.push({ tid: Number(m[1]), at: Number(m[2]) * 1000, name: m[3]!, path: m[4]! });
+  }
+  const onMain = calls.filter((s) => s.tid === pid);
+  const checkpointSyncs = calls.filter((s) => s.tid !== pid && s.path === db && s.name !== 'pwrite64');
+  const mainWalSyncs = onMain.filter((s) => s.path === wal && s.name !== 'pwrite64');
+  t.diagnostic(`while sending: ${checkpointSyncs.length} syncs of the database file by checkpoints, ${mainWalSyncs.length} syncs of the WAL on the main thread`);
+  assert.ok(checkpointSyncs.length >= 2, 'checkpoints ran in another thread and synced the database file');
+  assert.deepEqual(onMain.filter((s) => s.path === db), [], 'the main thread neither wrote nor synced the database file');
+  // What remains on the main thread: SQLite syncs a restarted WAL's new header before the first
+  // commit written after it, once per checkpoint that copied the whole WAL.
+  assert.ok(mainWalSyncs.length <= checkpointSyncs.length + 1, 'the main thread synced the WAL at most once per checkpoint');
+});
+
 test('fsync: every OK follows an fsync of the WAL, and with fsync failing SENDs get ERR STORE, never OK (F5)', { timeout: 60_000 }, async (t) => {
   assert.ok(existsSync(STRACE), 'strace is installed');
   const k = 6;

@@ -1,15 +1,17 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
+import Database from '@signalapp/sqlcipher';
 import fc from 'fast-check';
 
 import { DAY_MS, dayOf } from '../queue-store.js';
-import { EXPIRY_MESSAGES_PER_COMMIT, EXPIRY_QUEUES_PER_COMMIT, SqliteQueueStore, type SqliteStoreOptions } from './sqlite-queue-store.js';
+import { WAL_HOLD_PAGES } from './checkpointer.js';
+import { EXPIRY_MESSAGES_PER_COMMIT, EXPIRY_QUEUES_PER_COMMIT, SqliteQueueStore, WAL_SIZE_LIMIT_BYTES, type SqliteStoreOptions, type StoreEvent } from './sqlite-queue-store.js';
 
 const id = (): Uint8Array => new Uint8Array(randomBytes(24));
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
@@ -259,4 +261,73 @@ test('a write that fails on its own (a clashing id) fails alone: the writes comm
     assert.equal((await store.stats()).queues, 2, 'the queue with the clashing id was not made');
     assert.equal(commits - before, 2, 'the two good writes, each in its own commit');
   }, { onCommit: () => commits++ });
+});
+
+/** Adds `n` messages of `size` bytes to the queue, `inFlight` at a time; resolves to their ids. */
+async function addMany(store: SqliteQueueStore, rcvId: Uint8Array, n: number, size: number, inFlight: number): Promise<Uint8Array[]> {
+  const ids: Uint8Array[] = [];
+  for (let i = 0; i < n; i += inFlight) {
+    const batch = Array.from({ length: Math.min(inFlight, n - i) }, () => id());
+    const results = await Promise.all(batch.map((msgId) => store.addMessage(rcvId, { msgId, receivedAt: Date.now(), sealed: new Uint8Array(randomBytes(size)) }, 1_000_000, Date.now())));
+    assert.ok(results.every((r) => r === 'ok'));
+    ids.push(...batch);
+  }
+  return ids;
+}
+
+test('checkpoints run in their own thread while the store goes on writing; the WAL starts again and nothing is lost', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
+  const path = join(dir, 'relay.db');
+  const events: StoreEvent[] = [];
+  try {
+    const store = SqliteQueueStore.open({ path, onEvent: (e) => events.push(e) });
+    const rcvId = id();
+    await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
+    // About 4 pages per message: some 5 checkpoints' worth of WAL.
+    const ids = await addMany(store, rcvId, 1200, 16_000, 16);
+    await store.close();
+    const checkpoints = events.filter((e) => e === 'checkpoint').length;
+    assert.ok(checkpoints >= 2, `the thread checkpointed (${checkpoints} times)`);
+    assert.deepEqual(events.filter((e) => e !== 'checkpoint'), [], 'no checkpoint failed');
+    const again = SqliteQueueStore.open({ path });
+    try {
+      assert.equal((await again.queueByRecipient(rcvId))?.msgCount, ids.length);
+      assert.deepEqual((await again.oldestMessages(rcvId, ids.length)).map((m) => hex(m.msgId)), ids.map(hex), 'every message, in order');
+    } finally {
+      await again.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a reader that keeps an old snapshot does not stop writes: past WAL_HOLD_PAGES they alternate with checkpoints, and the WAL shrinks back once it is gone', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
+  const path = join(dir, 'relay.db');
+  const events: StoreEvent[] = [];
+  try {
+    const store = SqliteQueueStore.open({ path, onEvent: (e) => events.push(e) });
+    const rcvId = id();
+    await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
+    // Another process's reader (an operator's shell, a backup) holds a snapshot: no checkpoint
+    // can copy the WAL past it, so none completes and the WAL cannot start again.
+    const reader = new Database(path);
+    reader.exec('BEGIN');
+    reader.prepare('SELECT count(*) FROM messages').get();
+    const pagesPerMessage = 4;
+    const ids = await addMany(store, rcvId, Math.ceil((WAL_HOLD_PAGES * 1.25) / pagesPerMessage), 16_000, 64);
+    const walPeak = statSync(`${path}-wal`).size;
+    assert.ok(walPeak > WAL_HOLD_PAGES * 4096, `the WAL grew past WAL_HOLD_PAGES (${walPeak} bytes)`);
+    reader.exec('COMMIT');
+    reader.close();
+    // The next checkpoint copies it all; the commit after it starts the WAL again, cut back to its limit.
+    const more = await addMany(store, rcvId, 400, 16_000, 16);
+    await addMany(store, rcvId, 1, 100, 1);
+    assert.ok(statSync(`${path}-wal`).size <= WAL_SIZE_LIMIT_BYTES + 16 * 16_384, `the WAL is cut back (${statSync(`${path}-wal`).size} bytes)`);
+    assert.equal((await store.queueByRecipient(rcvId))?.msgCount, ids.length + more.length + 1);
+    await store.close();
+    assert.deepEqual(events.filter((e) => e !== 'checkpoint'), [], 'no checkpoint failed');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -17,6 +17,9 @@
  * and rejects every commit not yet synced, until a checkpoint (TRUNCATE) has copied the WAL into
  * the database file and synced it; it tries that at once (twice, see `checkpoint`) and then again
  * after RECOVERY_RETRY_MS, doubling up to RECOVERY_RETRY_MAX_MS.
+ *
+ * Checkpoints run in a thread of their own (`checkpointer.ts`), not inside a COMMIT on the event
+ * loop; the store holds a commit back only for the short second pass of a checkpoint.
  * @module
  */
 
@@ -27,6 +30,7 @@ import Database from '@signalapp/sqlcipher';
 
 import { idKey, sameBytes } from '../../bytes.js';
 import { StoreError, dayOf, type ExpiryResult, type QueueRecord, type QueueStore, type StoredMessage } from '../queue-store.js';
+import { CHECKPOINT_PAGES, Checkpointer, type CheckpointEvent } from './checkpointer.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
 
 type Row = Record<string, unknown>;
@@ -48,6 +52,11 @@ type UnsyncedBatch = { batch: PendingWrite[]; results: unknown[] };
 /** The columns of a queue record. */
 const QUEUE_COLUMNS = 'rcv_id, snd_id, rcv_sig_key, rcv_auth_key, snd_auth_key, box_key, suspended, msg_count, active_day';
 
+/**
+ * Size to which the WAL file is cut back when it starts again from its beginning
+ * (`journal_size_limit`): a burst that made it longer does not keep the disk space.
+ */
+export const WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024;
 /** Most writes one group commit takes; more wait for the next. */
 export const MAX_WRITES_PER_COMMIT = 4096;
 /**
@@ -73,9 +82,11 @@ export const RECOVERY_RETRY_MAX_MS = 30_000;
 /**
  * What the store reports besides commits: a sync failed and writes are refused (`sync-failed`),
  * an attempt to checkpoint failed (`recovery-failed`), the checkpoint succeeded and writes are
- * taken again (`recovered`), a deletion is tried again (`delete-retry`).
+ * taken again (`recovered`), a deletion is tried again (`delete-retry`), and those of the
+ * checkpoint thread (`checkpoint`, `checkpoint-failed`, `checkpoint-thread-failed`; see
+ * `checkpointer.ts`).
  */
-export type StoreEvent = 'sync-failed' | 'recovery-failed' | 'recovered' | 'delete-retry';
+export type StoreEvent = 'sync-failed' | 'recovery-failed' | 'recovered' | 'delete-retry' | CheckpointEvent;
 
 function bytes(v: unknown): Uint8Array {
   if (v instanceof Uint8Array) return v;
@@ -132,12 +143,16 @@ export class SqliteQueueStore implements QueueStore {
   private untrusted = false;
   private recovery: NodeJS.Timeout | null = null;
   private recoveryWaitMs = RECOVERY_RETRY_MS;
+  /** Set while `close` commits what is pending: commits no longer wait for a checkpoint. */
+  private closing = false;
   private readonly st;
   private readonly onCommit: (writes: number) => void;
   private readonly onEvent: (event: StoreEvent) => void;
+  private readonly checkpointer: Checkpointer;
 
   private constructor(
     db: Database,
+    path: string,
     private readonly walFd: number,
     onCommit: (writes: number) => void,
     onEvent: (event: StoreEvent) => void,
@@ -147,6 +162,18 @@ export class SqliteQueueStore implements QueueStore {
     // throws must neither crash the process nor fail a batch that is committed.
     this.onCommit = guarded(onCommit);
     this.onEvent = guarded(onEvent);
+    // Checkpoints run in a thread of their own (see checkpointer.ts). The hook replaces SQLite's
+    // automatic checkpoint, which would run inside a COMMIT on the event loop; if the thread
+    // fails, SQLite's is turned back on.
+    this.checkpointer = new Checkpointer(
+      path,
+      () => {
+        if (!this.closed) db.pragma(`wal_autocheckpoint = ${CHECKPOINT_PAGES}`);
+      },
+      this.onEvent,
+    );
+    const walGrew = guarded((pages: number) => this.checkpointer.walGrew(pages));
+    db.setWalHook((_name, pages) => walGrew(pages));
     this.st = {
       byRcv: db.prepare(`SELECT ${QUEUE_COLUMNS} FROM queues WHERE rcv_id = ?`),
       bySnd: db.prepare(`SELECT ${QUEUE_COLUMNS} FROM queues WHERE snd_id = ?`),
@@ -212,6 +239,7 @@ export class SqliteQueueStore implements QueueStore {
       db.pragma('synchronous = NORMAL');
       db.pragma('foreign_keys = ON');
       db.pragma('busy_timeout = 5000');
+      db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT_BYTES}`);
       // Deleted messages and queues are overwritten with zeros, not left in free pages. The
       // SQLCipher build has this on already; set here so the store does not depend on the build.
       db.pragma('secure_delete = ON');
@@ -222,7 +250,7 @@ export class SqliteQueueStore implements QueueStore {
       // to sync it, and a new WAL's directory entry is made durable once here.
       walFd = openSync(`${opts.path}-wal`, constants.O_RDONLY | constants.O_CREAT, 0o600);
       syncDirectory(dirname(opts.path));
-      return new SqliteQueueStore(db, walFd, opts.onCommit ?? (() => undefined), opts.onEvent ?? (() => undefined));
+      return new SqliteQueueStore(db, opts.path, walFd, opts.onCommit ?? (() => undefined), opts.onEvent ?? (() => undefined));
     } catch (e) {
       try {
         if (walFd !== undefined) closeSync(walFd);
@@ -247,6 +275,12 @@ export class SqliteQueueStore implements QueueStore {
   }
 
   private flush(): void {
+    if (this.checkpointer.holdsWrites && !this.closing) {
+      // The WAL is long and a checkpoint is copying it: the next commit waits for it to end, so
+      // that it can start the WAL again (the writes wait, the event loop does not).
+      this.checkpointer.whenIdle(() => this.flush());
+      return;
+    }
     this.flushScheduled = false;
     let batch = this.pending.splice(0, MAX_WRITES_PER_COMMIT);
     if (this.pending.length > 0) {
@@ -360,6 +394,11 @@ export class SqliteQueueStore implements QueueStore {
   private recover(): void {
     this.recovery = null;
     if (this.closed || !this.untrusted) return;
+    if (this.checkpointer.busy) {
+      // Two checkpoints cannot run at once: this one waits for the thread's.
+      this.checkpointer.whenIdle(() => this.recover());
+      return;
+    }
     if (this.checkpoint()) {
       this.untrusted = false;
       this.unsyncedCommit = false;
@@ -616,6 +655,7 @@ export class SqliteQueueStore implements QueueStore {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    this.closing = true;
     while (this.pending.length > 0) this.flush();
     this.closed = true;
     // The checkpoint below syncs what the deferred sync would have.
@@ -624,6 +664,8 @@ export class SqliteQueueStore implements QueueStore {
     if (this.recovery !== null) clearTimeout(this.recovery);
     this.recovery = null;
     if (this.syncInFlight) await new Promise<void>((resolve) => this.syncWaiters.push(resolve));
+    // The thread's checkpoint ends and its connection closes before the last checkpoint.
+    await this.checkpointer.close();
     // The database is closed even if the checkpoint or the WAL descriptor's close fails; the
     // failure is reported.
     let failure: unknown = null;

@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * Checkpoints of the relay store, off the event loop. SQLite's own automatic checkpoint runs
+ * inside the COMMIT that takes the WAL past 1,000 pages: on the relay's one thread, it copies
+ * those pages into the database file and syncs it, and every client waits meanwhile (about 5 ms
+ * per 1,000 pages here, and as long as the disk takes to sync under load). The store turns it off
+ * by registering its own WAL hook, which hands the work to this class: a worker thread with a
+ * connection of its own (`checkpoint-worker.ts`) runs PASSIVE checkpoints, which neither block nor
+ * wait for the relay's reads and commits.
+ *
+ * A checkpoint that runs beside the relay's commits copies what the WAL held when it began, but
+ * the WAL can start again from its beginning only once a checkpoint has copied all of it (and
+ * synced the database file) with no commit in between. So a checkpoint goes in two passes: the
+ * first copies the bulk while commits go on, and the thread then syncs the database file; if
+ * commits came meanwhile, a second, short pass copies what they added while the store holds its
+ * next commit back (`holdsWrites`: the writes wait, the event loop does not). The commit after it
+ * starts the WAL again. A second pass that cannot finish either (another process reads an old
+ * snapshot) is not tried again until the WAL has grown by CHECKPOINT_PAGES more; at
+ * WAL_HOLD_PAGES every running checkpoint holds the commits, so the WAL stays bounded while
+ * commits and checkpoints take turns.
+ *
+ * If the thread cannot start or dies, the store goes back to SQLite's automatic checkpoints on
+ * its own connection (`fallBack`).
+ * @module
+ */
+
+import { Worker } from 'node:worker_threads';
+
+/** WAL pages after which a checkpoint starts (SQLite's own default for its automatic checkpoint). */
+export const CHECKPOINT_PAGES = 1000;
+/** WAL pages from which the next commit waits for a running checkpoint to end. */
+export const WAL_HOLD_PAGES = 16 * CHECKPOINT_PAGES;
+/** Wait after a failed checkpoint before the next one is tried. */
+export const CHECKPOINT_RETRY_MS = 1000;
+
+/** What the store asks of the worker: a checkpoint's first or second pass, or to close. */
+export type CheckpointRequest = 'first-pass' | 'second-pass' | 'close';
+/** What the worker answers: a checkpoint's result, its failure, or that it cannot open the store. */
+export type CheckpointReply =
+  | { kind: 'done'; busy: boolean; log: number; checkpointed: number; ms: number }
+  | { kind: 'error'; code: string }
+  | { kind: 'failed'; code: string };
+
+/** What the checkpointer reports: a checkpoint ended, one failed, the thread failed (and SQLite checkpoints again). */
+export type CheckpointEvent = 'checkpoint' | 'checkpoint-failed' | 'checkpoint-thread-failed';
+
+/** Starts checkpoints in a worker thread as the WAL grows; see the module comment. */
+export class Checkpointer {
+  private worker: Worker | null = null;
+  /** Set once the thread has failed: SQLite checkpoints on the store's connection again. */
+  private fellBack = false;
+  private failed = false;
+  private closed = false;
+  private running = false;
+  /** Whether the running checkpoint is a second pass, during which commits wait. */
+  private holding = false;
+  /** WAL pages as of the last commit (0 once a checkpoint has copied them all). */
+  private walPages = 0;
+  /** WAL pages from which a first pass that could not copy everything is followed by a second. */
+  private secondPassFrom = CHECKPOINT_PAGES;
+  private notBefore = 0;
+  private idleWaiters: (() => void)[] = [];
+  private exited: Promise<void> | null = null;
+
+  constructor(
+    private readonly path: string,
+    /** Turns SQLite's automatic checkpoint back on for the store's connection. */
+    private readonly fallBack: () => void,
+    private readonly onEvent: (event: CheckpointEvent) => void,
+  ) {}
+
+  /** Whether the next commit should wait for the running checkpoint (see the module comment). */
+  get holdsWrites(): boolean {
+    return this.running && (this.holding || this.walPages >= WAL_HOLD_PAGES);
+  }
+
+  /** Whether a checkpoint is running. */
+  get busy(): boolean {
+    return this.running;
+  }
+
+  /** Called from the store's WAL hook after each commit, with the pages the WAL now holds. */
+  walGrew(pages: number): void {
+    this.walPages = pages;
+    if (pages >= CHECKPOINT_PAGES) this.start(false);
+  }
+
+  /** Calls `f` once no checkpoint is running (at once if none is). */
+  whenIdle(f: () => void): void {
+    if (!this.running) queueMicrotask(f);
+    else this.idleWaiters.push(f);
+  }
+
+  /** Waits for a running checkpoint and stops the thread. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.running) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    const worker = this.worker;
+    if (worker === null) return;
+    // Referenced from here on: the process waits for the thread to close its connection.
+    worker.ref();
+    worker.postMessage('close' satisfies CheckpointRequest);
+    await this.exited;
+  }
+
+  private start(holding: boolean): void {
+    if (this.running || this.closed || this.fellBack || Date.now() < this.notBefore) return;
+    if (this.worker === null) this.spawn();
+    if (this.worker === null) return;
+    this.running = true;
+    this.holding = holding;
+    // A running checkpoint keeps the process alive; an idle thread does not.
+    this.worker.ref();
+    this.worker.postMessage((holding ? 'second-pass' : 'first-pass') satisfies CheckpointRequest);
+  }
+
+  private spawn(): void {
+    let worker: Worker;
+    try {
+      worker = new Worker(new URL('./checkpoint-worker.js', import.meta.url), { workerData: { path: this.path } });
+    } catch {
+      // Called from the store's WAL hook, inside a COMMIT: the fallback touches the connection,
+      // so it waits for the commit to end.
+      setImmediate(() => this.fail());
+      this.fellBack = true;
+      return;
+    }
+    worker.unref();
+    this.worker = worker;
+    this.exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    worker.on('message', (m: CheckpointReply) => this.reply(m));
+    worker.on('error', () => this.fail());
+    worker.once('exit', () => {
+      if (!this.closed) this.fail();
+    });
+  }
+
+  private reply(m: CheckpointReply): void {
+    if (m.kind === 'failed') {
+      this.fail();
+      return;
+    }
+    if (m.kind === 'error') {
+      this.notBefore = Date.now() + CHECKPOINT_RETRY_MS;
+      this.onEvent('checkpoint-failed');
+      this.idle();
+      return;
+    }
+    this.onEvent('checkpoint');
+    // Everything the WAL held is copied and no commit came since: the next commit starts the WAL
+    // again from its beginning.
+    if (!m.busy && m.checkpointed === m.log && this.walPages <= m.log) {
+      this.walPages = 0;
+      this.secondPassFrom = CHECKPOINT_PAGES;
+      this.idle();
+      return;
+    }
+    if (this.holding) {
+      // Even with commits held back the copy is not complete: a reader keeps an old snapshot.
+      this.secondPassFrom = this.walPages + CHECKPOINT_PAGES;
+      this.idle();
+      return;
+    }
+    this.running = false;
+    if (this.walPages >= this.secondPassFrom) this.start(true);
+    if (!this.running) this.idle();
+  }
+
+  /** The thread cannot checkpoint: SQLite does it again on the store's connection. */
+  private fail(): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.fellBack = true;
+    const worker = this.worker;
+    this.worker = null;
+    if (worker !== null) void worker.terminate().catch(() => undefined);
+    this.exited = Promise.resolve();
+    if (!this.closed) {
+      this.fallBack();
+      this.onEvent('checkpoint-thread-failed');
+    }
+    this.idle();
+  }
+
+  private idle(): void {
+    this.running = false;
+    this.holding = false;
+    if (!this.closed) this.worker?.unref();
+    for (const f of this.idleWaiters.splice(0)) f();
+  }
+}
