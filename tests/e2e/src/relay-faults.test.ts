@@ -341,6 +341,49 @@ test('checkpoints run beside the event loop: under a load that fills the WAL sev
   assert.ok(mainWalSyncs.length <= checkpointSyncs.length + 1, 'the main thread synced the WAL at most once per checkpoint');
 });
 
+test('a checkpoint pass whose sync of the database file fails: writes are refused, SIGTERM exits 1 with the WAL kept, and the next start has every OK\'d message (F5)', { timeout: 120_000 }, async () => {
+  assert.ok(existsSync(STRACE), 'strace is installed');
+  const { dataDir, q, senderKey } = await storeWithQueue('murmure-ckpt-fail-');
+  // The checkpoint thread's own sync of relay.sqlite after a first pass is the one fdatasync on
+  // that file: it fails from the first on.
+  const relay = await launch({
+    dataDir,
+    args: ['--quota', '5000'],
+    wrapper: [STRACE, '-f', '-P', join(dataDir, 'relay.sqlite'), '-e', 'trace=fdatasync', '-e', 'inject=fdatasync:error=EIO:when=1+', '-o', '/dev/null'],
+  });
+  const c = await RelayClient.connect(relay.address);
+  const { body, seqOf } = numberedBodies(16_000);
+  const ok: number[] = [];
+  const refused: number[] = [];
+  // 16 KB messages, 50 in flight, until the failed pass shows (about 250 fill 1,000 WAL pages).
+  for (let i = 0; i < 3000 && refused.length === 0; i += 50) {
+    const outcomes = await Promise.allSettled(Array.from({ length: 50 }, (_, j) => c.send(q.sndId, senderKey.privateKey, body(i + j))));
+    outcomes.forEach((o, j) => {
+      if (o.status === 'fulfilled') ok.push(i + j);
+      else if (RelayClientError.is(o.reason, 'STORE')) refused.push(i + j);
+      else throw o.reason;
+    });
+  }
+  assert.ok(refused.length > 0, 'SENDs got ERR STORE once the pass failed');
+  for (let seq = 5000; seq < 5005; seq++) {
+    await assert.rejects(c.send(q.sndId, senderKey.privateKey, body(seq)), (e) => RelayClientError.is(e, 'STORE'), 'writes stay refused');
+  }
+  await c.ping();
+  c.close();
+  assert.equal(await signalRelay(relay, 'SIGTERM'), 1, 'no checkpoint may close the store: the stop is not clean');
+  const log = relay.log.join('');
+  assert.match(log, /"event":"store checkpoint failed: writes refused until the relay starts again"/);
+  assert.match(log, /"event":"relay did not stop cleanly","code":"IO"/);
+  assert.doesNotMatch(log, /\n\s+at /, 'no stack trace');
+  // Started again normally: every OK'd message, in order, and nothing else; writes are taken.
+  const again = await launch({ dataDir, args: ['--quota', '5000'] });
+  const c2 = await RelayClient.connect(again.address);
+  assert.deepEqual(await drain(c2, q, seqOf), ok, 'every OK\'d message is there, and no refused one');
+  await c2.send(q.sndId, senderKey.privateKey, body(6000));
+  c2.close();
+  assert.equal(await signalRelay(again, 'SIGTERM'), 0);
+});
+
 test('fsync: every OK follows an fsync of the WAL, and with fsync failing SENDs get ERR STORE, never OK (F5)', { timeout: 60_000 }, async (t) => {
   assert.ok(existsSync(STRACE), 'strace is installed');
   const k = 6;

@@ -11,42 +11,43 @@
  * sync nothing, and a restarted WAL could overwrite pages the database file does not hold yet.
  *
  * SQLite syncs the database file only after a checkpoint that copied the whole WAL with no commit
- * in between. After a first pass, which runs beside the commits, the thread syncs it itself, so
- * that the short second pass, during which the relay's commits wait, has little left to sync. The descriptor it syncs
- * through is its own: Linux reports a failed writeback to every open file, so SQLite's next sync
- * still sees a failure this one saw.
+ * in between, yet it records every copy as done. After a first pass that copied something, which
+ * runs beside the commits, the thread syncs the database file itself: the short second pass,
+ * during which the relay's commits wait, then has little left to sync, and a failed writeback of
+ * the first pass's pages is seen at once. The descriptor it syncs through is the store's (see
+ * `SqliteQueueStore.open`): closing a descriptor of its own would drop the process's locks on
+ * the file.
  * @module
  */
 
-import { closeSync, constants, fdatasyncSync, openSync } from 'node:fs';
+import { fdatasyncSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 
 import Database from '@signalapp/sqlcipher';
 
-import type { CheckpointReply, CheckpointRequest } from './checkpointer.js';
+import type { CheckpointReply, CheckpointRequest, CheckpointWorkerData } from './checkpointer.js';
 
 const port = parentPort;
 if (port === null) throw new Error('the checkpoint worker runs in a worker thread');
 
-const path = String((workerData as { path: unknown }).path);
+const { path, dbFd } = workerData as CheckpointWorkerData;
 let db: Database | null = null;
-let dbFd = -1;
 try {
   db = new Database(path);
   db.pragma('synchronous = NORMAL');
-  dbFd = openSync(path, constants.O_RDONLY);
 } catch (e) {
   db?.close();
   db = null;
   port.postMessage({ kind: 'failed', code: codeOf(e) } satisfies CheckpointReply);
 }
+/** The WAL frames copied and the frames the WAL held as of the last pass. */
+let copied = 0;
+let lastLog = 0;
 
 port.on('message', (m: CheckpointRequest) => {
   if (m === 'close' || db === null) {
     db?.close();
     db = null;
-    if (dbFd >= 0) closeSync(dbFd);
-    dbFd = -1;
     port.close();
     return;
   }
@@ -55,8 +56,13 @@ port.on('message', (m: CheckpointRequest) => {
     const r = (db.pragma('wal_checkpoint(PASSIVE)') as { busy: number; log: number; checkpointed: number }[])[0];
     const log = r?.log ?? -1;
     const checkpointed = r?.checkpointed ?? -1;
-    if (m === 'first-pass' && checkpointed > 0) fdatasyncSync(dbFd);
-    port.postMessage({ kind: 'done', busy: r?.busy === 1, log, checkpointed, ms: performance.now() - started } satisfies CheckpointReply);
+    // A pass copied something if the count of copied frames moved, or if the WAL started again
+    // since the last pass (the count then starts from 0 and may come back to the same number).
+    const progress = checkpointed > 0 && (checkpointed !== copied || log < lastLog);
+    copied = checkpointed;
+    lastLog = log;
+    if (m === 'first-pass' && progress) fdatasyncSync(dbFd);
+    port.postMessage({ kind: 'done', busy: r?.busy === 1, log, checkpointed, progress, ms: performance.now() - started } satisfies CheckpointReply);
   } catch (e) {
     port.postMessage({ kind: 'error', code: codeOf(e) } satisfies CheckpointReply);
   }

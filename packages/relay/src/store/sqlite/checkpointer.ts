@@ -14,13 +14,22 @@
  * first copies the bulk while commits go on, and the thread then syncs the database file; if
  * commits came meanwhile, a second, short pass copies what they added while the store holds its
  * next commit back (`holdsWrites`: the writes wait, the event loop does not). The commit after it
- * starts the WAL again. A second pass that cannot finish either (another process reads an old
- * snapshot) is not tried again until the WAL has grown by CHECKPOINT_PAGES more; at
- * WAL_HOLD_PAGES every running checkpoint holds the commits, so the WAL stays bounded while
- * commits and checkpoints take turns.
+ * starts the WAL again.
  *
- * If the thread cannot start or dies, the store goes back to SQLite's automatic checkpoints on
- * its own connection (`fallBack`).
+ * Another process that keeps a read transaction open on the store (a backup tool, a shell) stops
+ * every checkpoint short of its snapshot, and the WAL grows until it lets go, as it would with
+ * SQLite's own checkpoint. A pass that copied nothing is not tried again until the WAL has grown
+ * by CHECKPOINT_PAGES more, nor a second pass that could not finish; from WAL_HOLD_PAGES on,
+ * every commit that meets a running pass waits for it, so commits and passes take turns.
+ *
+ * A failed pass is not tried again. SQLite records the pages a first pass copied as done without
+ * syncing them, and never copies them again: if their writeback failed, a later pass that
+ * succeeds would let the WAL start again over commits the database file does not hold. So the
+ * store stops taking writes and keeps the WAL as it is (`onBroken`); the next start of the relay
+ * rebuilds the WAL's index and copies the whole WAL again.
+ *
+ * If the thread cannot start or dies without a failed pass, the store goes back to SQLite's
+ * automatic checkpoints on its own connection (`fallBack`).
  * @module
  */
 
@@ -28,20 +37,26 @@ import { Worker } from 'node:worker_threads';
 
 /** WAL pages after which a checkpoint starts (SQLite's own default for its automatic checkpoint). */
 export const CHECKPOINT_PAGES = 1000;
-/** WAL pages from which the next commit waits for a running checkpoint to end. */
+/** WAL pages from which a commit that meets a running checkpoint pass waits for it to end. */
 export const WAL_HOLD_PAGES = 16 * CHECKPOINT_PAGES;
-/** Wait after a failed checkpoint before the next one is tried. */
-export const CHECKPOINT_RETRY_MS = 1000;
 
+/** What the worker is given: the store's path, and a descriptor of its database file to sync. */
+export type CheckpointWorkerData = Readonly<{ path: string; dbFd: number }>;
 /** What the store asks of the worker: a checkpoint's first or second pass, or to close. */
 export type CheckpointRequest = 'first-pass' | 'second-pass' | 'close';
-/** What the worker answers: a checkpoint's result, its failure, or that it cannot open the store. */
+/**
+ * What the worker answers: a pass's result (`progress`: it copied something), its failure, or
+ * that it cannot open the store.
+ */
 export type CheckpointReply =
-  | { kind: 'done'; busy: boolean; log: number; checkpointed: number; ms: number }
+  | { kind: 'done'; busy: boolean; log: number; checkpointed: number; progress: boolean; ms: number }
   | { kind: 'error'; code: string }
   | { kind: 'failed'; code: string };
 
-/** What the checkpointer reports: a checkpoint ended, one failed, the thread failed (and SQLite checkpoints again). */
+/**
+ * What the checkpointer reports: a pass ended, one failed (the store stops taking writes), the
+ * thread failed (and SQLite checkpoints again).
+ */
 export type CheckpointEvent = 'checkpoint' | 'checkpoint-failed' | 'checkpoint-thread-failed';
 
 /** Starts checkpoints in a worker thread as the WAL grows; see the module comment. */
@@ -49,49 +64,60 @@ export class Checkpointer {
   private worker: Worker | null = null;
   /** Set once the thread has failed: SQLite checkpoints on the store's connection again. */
   private fellBack = false;
-  private failed = false;
+  /** Set once a pass has failed: no checkpoint runs again in this process. */
+  private broken = false;
+  /** Set once the thread has failed or been given up. */
+  private threadGone = false;
   private closed = false;
   private running = false;
-  /** Whether the running checkpoint is a second pass, during which commits wait. */
+  /** Whether the running pass is a second pass, during which commits wait. */
   private holding = false;
   /** WAL pages as of the last commit (0 once a checkpoint has copied them all). */
   private walPages = 0;
+  /** WAL pages from which a commit starts a first pass. */
+  private firstPassFrom = CHECKPOINT_PAGES;
   /** WAL pages from which a first pass that could not copy everything is followed by a second. */
   private secondPassFrom = CHECKPOINT_PAGES;
-  private notBefore = 0;
   private idleWaiters: (() => void)[] = [];
   private exited: Promise<void> | null = null;
 
   constructor(
-    private readonly path: string,
+    private readonly data: CheckpointWorkerData,
     /** Turns SQLite's automatic checkpoint back on for the store's connection. */
     private readonly fallBack: () => void,
+    /** Told once, when a pass has failed. */
+    private readonly onBroken: () => void,
     private readonly onEvent: (event: CheckpointEvent) => void,
   ) {}
 
-  /** Whether the next commit should wait for the running checkpoint (see the module comment). */
+  /** Whether the next commit should wait for the running pass (see the module comment). */
   get holdsWrites(): boolean {
     return this.running && (this.holding || this.walPages >= WAL_HOLD_PAGES);
   }
 
-  /** Whether a checkpoint is running. */
+  /** Whether a checkpoint pass is running. */
   get busy(): boolean {
     return this.running;
   }
 
   /** Called from the store's WAL hook after each commit, with the pages the WAL now holds. */
   walGrew(pages: number): void {
+    if (pages < this.walPages) {
+      // The WAL started again from its beginning.
+      this.firstPassFrom = CHECKPOINT_PAGES;
+      this.secondPassFrom = CHECKPOINT_PAGES;
+    }
     this.walPages = pages;
-    if (pages >= CHECKPOINT_PAGES) this.start(false);
+    if (pages >= this.firstPassFrom) this.start(false);
   }
 
-  /** Calls `f` once no checkpoint is running (at once if none is). */
+  /** Calls `f` once no checkpoint pass is running (at once if none is). */
   whenIdle(f: () => void): void {
     if (!this.running) queueMicrotask(f);
     else this.idleWaiters.push(f);
   }
 
-  /** Waits for a running checkpoint and stops the thread. */
+  /** Starts no pass from now on, waits for a running one and stops the thread. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -105,12 +131,12 @@ export class Checkpointer {
   }
 
   private start(holding: boolean): void {
-    if (this.running || this.closed || this.fellBack || Date.now() < this.notBefore) return;
+    if (this.running || this.closed || this.fellBack || this.broken) return;
     if (this.worker === null) this.spawn();
     if (this.worker === null) return;
     this.running = true;
     this.holding = holding;
-    // A running checkpoint keeps the process alive; an idle thread does not.
+    // A running pass keeps the process alive; an idle thread does not.
     this.worker.ref();
     this.worker.postMessage((holding ? 'second-pass' : 'first-pass') satisfies CheckpointRequest);
   }
@@ -118,12 +144,12 @@ export class Checkpointer {
   private spawn(): void {
     let worker: Worker;
     try {
-      worker = new Worker(new URL('./checkpoint-worker.js', import.meta.url), { workerData: { path: this.path } });
+      worker = new Worker(new URL('./checkpoint-worker.js', import.meta.url), { workerData: this.data });
     } catch {
       // Called from the store's WAL hook, inside a COMMIT: the fallback touches the connection,
       // so it waits for the commit to end.
-      setImmediate(() => this.fail());
       this.fellBack = true;
+      setImmediate(() => this.fail());
       return;
     }
     worker.unref();
@@ -142,8 +168,9 @@ export class Checkpointer {
       return;
     }
     if (m.kind === 'error') {
-      this.notBefore = Date.now() + CHECKPOINT_RETRY_MS;
+      this.broken = true;
       this.onEvent('checkpoint-failed');
+      this.onBroken();
       this.idle();
       return;
     }
@@ -152,6 +179,7 @@ export class Checkpointer {
     // again from its beginning.
     if (!m.busy && m.checkpointed === m.log && this.walPages <= m.log) {
       this.walPages = 0;
+      this.firstPassFrom = CHECKPOINT_PAGES;
       this.secondPassFrom = CHECKPOINT_PAGES;
       this.idle();
       return;
@@ -162,6 +190,12 @@ export class Checkpointer {
       this.idle();
       return;
     }
+    if (!m.progress) {
+      // A reader keeps an old snapshot and nothing could be copied.
+      this.firstPassFrom = this.walPages + CHECKPOINT_PAGES;
+      this.idle();
+      return;
+    }
     this.running = false;
     if (this.walPages >= this.secondPassFrom) this.start(true);
     if (!this.running) this.idle();
@@ -169,14 +203,15 @@ export class Checkpointer {
 
   /** The thread cannot checkpoint: SQLite does it again on the store's connection. */
   private fail(): void {
-    if (this.failed) return;
-    this.failed = true;
+    if (this.threadGone) return;
+    this.threadGone = true;
     this.fellBack = true;
     const worker = this.worker;
     this.worker = null;
-    if (worker !== null) void worker.terminate().catch(() => undefined);
     this.exited = Promise.resolve();
-    if (!this.closed) {
+    if (worker !== null) void worker.terminate().catch(() => undefined);
+    // After a failed pass the WAL is kept as it is: SQLite must not checkpoint it either.
+    if (!this.closed && !this.broken) {
       this.fallBack();
       this.onEvent('checkpoint-thread-failed');
     }

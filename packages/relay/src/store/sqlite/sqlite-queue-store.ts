@@ -23,7 +23,7 @@
  * @module
  */
 
-import { closeSync, constants, fdatasync, fsyncSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, constants, fdatasync, fdatasyncSync, fsyncSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 import Database from '@signalapp/sqlcipher';
@@ -145,6 +145,11 @@ export class SqliteQueueStore implements QueueStore {
   private recoveryWaitMs = RECOVERY_RETRY_MS;
   /** Set while `close` commits what is pending: commits no longer wait for a checkpoint. */
   private closing = false;
+  /**
+   * Set by a failed checkpoint pass: writes are refused, and the WAL is kept as it is until the
+   * relay starts again (see checkpointer.ts).
+   */
+  private broken = false;
   private readonly st;
   private readonly onCommit: (writes: number) => void;
   private readonly onEvent: (event: StoreEvent) => void;
@@ -154,6 +159,7 @@ export class SqliteQueueStore implements QueueStore {
     db: Database,
     path: string,
     private readonly walFd: number,
+    private readonly dbFd: number,
     onCommit: (writes: number) => void,
     onEvent: (event: StoreEvent) => void,
   ) {
@@ -166,9 +172,12 @@ export class SqliteQueueStore implements QueueStore {
     // automatic checkpoint, which would run inside a COMMIT on the event loop; if the thread
     // fails, SQLite's is turned back on.
     this.checkpointer = new Checkpointer(
-      path,
-      () => {
+      { path, dbFd },
+      guarded(() => {
         if (!this.closed) db.pragma(`wal_autocheckpoint = ${CHECKPOINT_PAGES}`);
+      }),
+      () => {
+        this.broken = true;
       },
       this.onEvent,
     );
@@ -228,6 +237,7 @@ export class SqliteQueueStore implements QueueStore {
     mkdirSync(dirname(opts.path), { recursive: true });
     let db: Database | undefined;
     let walFd: number | undefined;
+    let dbFd: number | undefined;
     try {
       db = new Database(opts.path);
       // The durability argument (the store syncs the WAL after each commit) needs WAL mode; a
@@ -249,12 +259,17 @@ export class SqliteQueueStore implements QueueStore {
       // The WAL exists once the database has been read in WAL mode; the descriptor only serves
       // to sync it, and a new WAL's directory entry is made durable once here.
       walFd = openSync(`${opts.path}-wal`, constants.O_RDONLY | constants.O_CREAT, 0o600);
+      // The checkpoint thread syncs the database file through this descriptor. It stays open as
+      // long as the connection does: closing a descriptor of the file would drop every lock the
+      // process holds on it, SQLite's among them.
+      dbFd = openSync(opts.path, constants.O_RDONLY);
       syncDirectory(dirname(opts.path));
-      return new SqliteQueueStore(db, opts.path, walFd, opts.onCommit ?? (() => undefined), opts.onEvent ?? (() => undefined));
+      return new SqliteQueueStore(db, opts.path, walFd, dbFd, opts.onCommit ?? (() => undefined), opts.onEvent ?? (() => undefined));
     } catch (e) {
       try {
         if (walFd !== undefined) closeSync(walFd);
         db?.close();
+        if (dbFd !== undefined) closeSync(dbFd);
       } catch {
         // already failing; the first error is the one to report
       }
@@ -264,6 +279,7 @@ export class SqliteQueueStore implements QueueStore {
 
   private write<T>(run: () => T, durable = true, committed?: (v: T) => void): Promise<T> {
     if (this.closed) return Promise.reject(new StoreError('CLOSED', 'the relay store is closed'));
+    if (this.broken) return Promise.reject(brokenError());
     if (this.untrusted) return Promise.reject(untrustedError());
     return new Promise<T>((resolve, reject) => {
       this.pending.push({ run, durable, committed: committed as ((v: unknown) => void) | undefined, resolve: resolve as (v: unknown) => void, reject });
@@ -288,6 +304,11 @@ export class SqliteQueueStore implements QueueStore {
       setImmediate(() => this.flush());
     }
     if (batch.length === 0) return;
+    if (this.broken) {
+      const err = brokenError();
+      for (const w of batch) w.reject(err);
+      return;
+    }
     if (this.untrusted) {
       // A sync failed after these writes were asked for: nothing more goes into the WAL.
       const err = untrustedError();
@@ -393,7 +414,8 @@ export class SqliteQueueStore implements QueueStore {
    */
   private recover(): void {
     this.recovery = null;
-    if (this.closed || !this.untrusted) return;
+    // After a failed checkpoint pass no checkpoint may run in this process (see checkpointer.ts).
+    if (this.closed || !this.untrusted || this.broken) return;
     if (this.checkpointer.busy) {
       // Two checkpoints cannot run at once: this one waits for the thread's.
       this.checkpointer.whenIdle(() => this.recover());
@@ -656,6 +678,8 @@ export class SqliteQueueStore implements QueueStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closing = true;
+    // No checkpoint pass starts from here on; one that is running ends below.
+    const checkpointerClosed = this.checkpointer.close();
     while (this.pending.length > 0) this.flush();
     this.closed = true;
     // The checkpoint below syncs what the deferred sync would have.
@@ -665,7 +689,19 @@ export class SqliteQueueStore implements QueueStore {
     this.recovery = null;
     if (this.syncInFlight) await new Promise<void>((resolve) => this.syncWaiters.push(resolve));
     // The thread's checkpoint ends and its connection closes before the last checkpoint.
-    await this.checkpointer.close();
+    await checkpointerClosed;
+    if (this.broken) {
+      // A checkpoint pass failed: no checkpoint may run, not even SQLite's own when the last
+      // connection closes, which would copy from where the failed pass left off and delete the
+      // WAL. The connection stays open until the process exits; the next start rebuilds the
+      // WAL's index and copies the whole WAL again. What was committed is synced first.
+      try {
+        fdatasyncSync(this.walFd);
+      } catch {
+        // reported below either way
+      }
+      throw new StoreError('IO', 'the relay store could not be closed cleanly', { cause: new Error('a checkpoint failed') });
+    }
     // The database is closed even if the checkpoint or the WAL descriptor's close fails; the
     // failure is reported.
     let failure: unknown = null;
@@ -678,6 +714,11 @@ export class SqliteQueueStore implements QueueStore {
       failure ??= e;
     }
     this.db.close();
+    try {
+      closeSync(this.dbFd);
+    } catch (e) {
+      failure ??= e;
+    }
     if (failure !== null) throw new StoreError('IO', 'the relay store could not be closed cleanly', { cause: failure });
   }
 }
@@ -691,6 +732,10 @@ function guarded<A extends unknown[]>(f: (...args: A) => void): (...args: A) => 
       // an owner's counter or log; the store goes on
     }
   };
+}
+
+function brokenError(): StoreError {
+  return new StoreError('IO', 'the relay store refuses writes after a failed checkpoint, until the relay starts again');
 }
 
 function untrustedError(): StoreError {
