@@ -33,7 +33,7 @@ export class RelayMetrics {
   storeSyncFailures = 0;
   storeRecoveries = 0;
   storeRetries = 0;
-  /** Checkpoint passes run by the store's checkpoint thread, and those that failed. */
+  /** Checkpoint passes run by the store's checkpoint thread, and those that failed (with failed syncs of the database file). */
   storeCheckpoints = 0;
   storeCheckpointFailures = 0;
   readonly commands = new Map<string, number>();
@@ -81,7 +81,7 @@ export class RelayMetrics {
     metric('murmure_store_recoveries_total', 'counter', 'Checkpoints that made the store take writes again after a failed sync.', this.storeRecoveries);
     metric('murmure_store_retries_total', 'counter', 'Store operations tried again after a failure (message reads for delivery, deletions after ACK).', this.storeRetries);
     metric('murmure_store_checkpoints_total', 'counter', 'Checkpoint passes run by the checkpoint thread (copies of the WAL into the database file).', this.storeCheckpoints);
-    metric('murmure_store_checkpoint_failures_total', 'counter', 'Checkpoint passes that failed; writes are refused until the relay starts again.', this.storeCheckpointFailures);
+    metric('murmure_store_checkpoint_failures_total', 'counter', 'Checkpoint passes that failed (tried again a second later), and failed syncs of the database file (writes refused until the relay starts again).', this.storeCheckpointFailures);
     metric('murmure_queues', 'gauge', 'Queues in the store.', extra.queues);
     metric('murmure_messages', 'gauge', 'Undelivered messages in the store.', extra.messages);
     metric('murmure_process_rss_bytes', 'gauge', 'Resident memory of the relay process.', extra.rssBytes);

@@ -58,8 +58,12 @@ function storeEvent(event: StoreEvent, metrics: RelayMetrics, logger: Logger): v
       break;
     case 'checkpoint-failed':
       metrics.storeCheckpointFailures++;
+      logger.log('warn', 'store checkpoint failed: tried again in a second');
+      break;
+    case 'broken':
+      metrics.storeCheckpointFailures++;
       metrics.storeWritable = 0;
-      logger.log('error', 'store checkpoint failed: writes refused until the relay starts again');
+      logger.log('error', 'store database file sync failed: writes refused until the relay starts again');
       break;
     case 'checkpoint-thread-failed':
       logger.log('error', 'store checkpoint thread failed: checkpoints run on the event loop from now on');

@@ -14,7 +14,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, rmSync, rmdirSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, rmdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test, type TestContext } from 'node:test';
 
@@ -372,9 +372,10 @@ test('a checkpoint pass whose sync of the database file fails: writes are refuse
   c.close();
   assert.equal(await signalRelay(relay, 'SIGTERM'), 1, 'no checkpoint may close the store: the stop is not clean');
   const log = relay.log.join('');
-  assert.match(log, /"event":"store checkpoint failed: writes refused until the relay starts again"/);
+  assert.match(log, /"event":"store database file sync failed: writes refused until the relay starts again"/);
   assert.match(log, /"event":"relay did not stop cleanly","code":"IO"/);
   assert.doesNotMatch(log, /\n\s+at /, 'no stack trace');
+  assert.ok(statSync(join(dataDir, 'relay.sqlite-wal')).size > 0, 'the WAL is kept as it is');
   // Started again normally: every OK'd message, in order, and nothing else; writes are taken.
   const again = await launch({ dataDir, args: ['--quota', '5000'] });
   const c2 = await RelayClient.connect(again.address);

@@ -11,12 +11,17 @@
  * sync nothing, and a restarted WAL could overwrite pages the database file does not hold yet.
  *
  * SQLite syncs the database file only after a checkpoint that copied the whole WAL with no commit
- * in between, yet it records every copy as done. After a first pass that copied something, which
- * runs beside the commits, the thread syncs the database file itself: the short second pass,
- * during which the relay's commits wait, then has little left to sync, and a failed writeback of
- * the first pass's pages is seen at once. The descriptor it syncs through is the store's (see
- * `SqliteQueueStore.open`): closing a descriptor of its own would drop the process's locks on
- * the file.
+ * in between, yet it records every copy as done and never copies those pages again. After a
+ * first pass that copied something, which runs beside the relay's commits, the thread syncs the
+ * database file itself: the short second pass, during which the commits wait, then has little
+ * left to sync.
+ *
+ * It syncs through the store's own descriptor of the file (see `SqliteQueueStore.open`), which
+ * only the checkpoints sync: Linux reports a failed writeback once to each open file, so that
+ * descriptor tells whether any page written to the file since the store opened it was lost,
+ * whoever else saw the error first. When a pass fails, the thread asks it: if it reports an error,
+ * pages a pass recorded as copied may not be on disk (`lost`); if not, the failure lost nothing
+ * (a full disk, an old error of the WAL's descriptor) and the pass can be tried again.
  * @module
  */
 
@@ -40,10 +45,6 @@ try {
   db = null;
   port.postMessage({ kind: 'failed', code: codeOf(e) } satisfies CheckpointReply);
 }
-/** The WAL frames copied and the frames the WAL held as of the last pass. */
-let copied = 0;
-let lastLog = 0;
-
 port.on('message', (m: CheckpointRequest) => {
   if (m === 'close' || db === null) {
     db?.close();
@@ -52,19 +53,29 @@ port.on('message', (m: CheckpointRequest) => {
     return;
   }
   const started = performance.now();
+  let lost = false;
   try {
     const r = (db.pragma('wal_checkpoint(PASSIVE)') as { busy: number; log: number; checkpointed: number }[])[0];
     const log = r?.log ?? -1;
     const checkpointed = r?.checkpointed ?? -1;
-    // A pass copied something if the count of copied frames moved, or if the WAL started again
-    // since the last pass (the count then starts from 0 and may come back to the same number).
-    const progress = checkpointed > 0 && (checkpointed !== copied || log < lastLog);
-    copied = checkpointed;
-    lastLog = log;
-    if (m === 'first-pass' && progress) fdatasyncSync(dbFd);
-    port.postMessage({ kind: 'done', busy: r?.busy === 1, log, checkpointed, progress, ms: performance.now() - started } satisfies CheckpointReply);
+    if (m === 'first-pass' && checkpointed > 0) {
+      try {
+        fdatasyncSync(dbFd);
+      } catch (e) {
+        lost = true;
+        throw e;
+      }
+    }
+    port.postMessage({ kind: 'done', busy: r?.busy === 1, log, checkpointed, ms: performance.now() - started } satisfies CheckpointReply);
   } catch (e) {
-    port.postMessage({ kind: 'error', code: codeOf(e) } satisfies CheckpointReply);
+    if (!lost) {
+      try {
+        fdatasyncSync(dbFd);
+      } catch {
+        lost = true;
+      }
+    }
+    port.postMessage({ kind: lost ? 'lost' : 'error', code: codeOf(e) } satisfies CheckpointReply);
   }
 });
 

@@ -22,14 +22,15 @@
  * by CHECKPOINT_PAGES more, nor a second pass that could not finish; from WAL_HOLD_PAGES on,
  * every commit that meets a running pass waits for it, so commits and passes take turns.
  *
- * A failed pass is not tried again. SQLite records the pages a first pass copied as done without
- * syncing them, and never copies them again: if their writeback failed, a later pass that
- * succeeds would let the WAL start again over commits the database file does not hold. So the
- * store stops taking writes and keeps the WAL as it is (`onBroken`); the next start of the relay
- * rebuilds the WAL's index and copies the whole WAL again.
+ * A failed pass is tried again after CHECKPOINT_RETRY_MS, unless it may have lost pages (the
+ * thread tells, see `checkpoint-worker.ts`). SQLite records the pages a first pass copied as done
+ * without syncing them, and never copies them again: if their writeback failed, a later pass
+ * that succeeded would let the WAL start again over commits the database file does not hold. So
+ * then the store stops taking writes and keeps the WAL as it is (`onBroken`); the next start of
+ * the relay rebuilds the WAL's index and copies the whole WAL again.
  *
- * If the thread cannot start or dies without a failed pass, the store goes back to SQLite's
- * automatic checkpoints on its own connection (`fallBack`).
+ * If the thread cannot start or dies, the store goes back to SQLite's automatic checkpoints on
+ * its own connection (`fallBack`), once a sync of the database file shows that nothing was lost.
  * @module
  */
 
@@ -39,23 +40,26 @@ import { Worker } from 'node:worker_threads';
 export const CHECKPOINT_PAGES = 1000;
 /** WAL pages from which a commit that meets a running checkpoint pass waits for it to end. */
 export const WAL_HOLD_PAGES = 16 * CHECKPOINT_PAGES;
+/** Wait after a failed checkpoint pass that lost nothing before the next is tried. */
+export const CHECKPOINT_RETRY_MS = 1000;
 
 /** What the worker is given: the store's path, and a descriptor of its database file to sync. */
 export type CheckpointWorkerData = Readonly<{ path: string; dbFd: number }>;
 /** What the store asks of the worker: a checkpoint's first or second pass, or to close. */
 export type CheckpointRequest = 'first-pass' | 'second-pass' | 'close';
 /**
- * What the worker answers: a pass's result (`progress`: it copied something), its failure, or
- * that it cannot open the store.
+ * What the worker answers: a pass's result, its failure (`error`, nothing lost; `lost`, pages it
+ * recorded as copied may not be on disk), or that it cannot open the store.
  */
 export type CheckpointReply =
-  | { kind: 'done'; busy: boolean; log: number; checkpointed: number; progress: boolean; ms: number }
+  | { kind: 'done'; busy: boolean; log: number; checkpointed: number; ms: number }
   | { kind: 'error'; code: string }
+  | { kind: 'lost'; code: string }
   | { kind: 'failed'; code: string };
 
 /**
- * What the checkpointer reports: a pass ended, one failed (the store stops taking writes), the
- * thread failed (and SQLite checkpoints again).
+ * What the checkpointer reports: a pass ended, one failed and is tried again, the thread failed
+ * (and SQLite checkpoints again).
  */
 export type CheckpointEvent = 'checkpoint' | 'checkpoint-failed' | 'checkpoint-thread-failed';
 
@@ -78,6 +82,11 @@ export class Checkpointer {
   private firstPassFrom = CHECKPOINT_PAGES;
   /** WAL pages from which a first pass that could not copy everything is followed by a second. */
   private secondPassFrom = CHECKPOINT_PAGES;
+  /** Not before this time (after a failed pass). */
+  private notBefore = 0;
+  /** Counts the WAL's new starts, to tell whether a pass copied anything. */
+  private generation = 0;
+  private last = { generation: 0, checkpointed: 0 };
   private idleWaiters: (() => void)[] = [];
   private exited: Promise<void> | null = null;
 
@@ -85,7 +94,7 @@ export class Checkpointer {
     private readonly data: CheckpointWorkerData,
     /** Turns SQLite's automatic checkpoint back on for the store's connection. */
     private readonly fallBack: () => void,
-    /** Told once, when a pass has failed. */
+    /** Told once, when a pass may have lost pages. */
     private readonly onBroken: () => void,
     private readonly onEvent: (event: CheckpointEvent) => void,
   ) {}
@@ -104,6 +113,7 @@ export class Checkpointer {
   walGrew(pages: number): void {
     if (pages < this.walPages) {
       // The WAL started again from its beginning.
+      this.generation++;
       this.firstPassFrom = CHECKPOINT_PAGES;
       this.secondPassFrom = CHECKPOINT_PAGES;
     }
@@ -131,7 +141,7 @@ export class Checkpointer {
   }
 
   private start(holding: boolean): void {
-    if (this.running || this.closed || this.fellBack || this.broken) return;
+    if (this.running || this.closed || this.fellBack || this.broken || Date.now() < this.notBefore) return;
     if (this.worker === null) this.spawn();
     if (this.worker === null) return;
     this.running = true;
@@ -167,18 +177,26 @@ export class Checkpointer {
       this.fail();
       return;
     }
-    if (m.kind === 'error') {
+    if (m.kind === 'lost') {
       this.broken = true;
-      this.onEvent('checkpoint-failed');
       this.onBroken();
       this.idle();
       return;
     }
+    if (m.kind === 'error') {
+      this.notBefore = Date.now() + CHECKPOINT_RETRY_MS;
+      this.onEvent('checkpoint-failed');
+      this.idle();
+      return;
+    }
     this.onEvent('checkpoint');
+    const progress = this.generation !== this.last.generation || m.checkpointed !== this.last.checkpointed;
+    this.last = { generation: this.generation, checkpointed: m.checkpointed };
     // Everything the WAL held is copied and no commit came since: the next commit starts the WAL
     // again from its beginning.
     if (!m.busy && m.checkpointed === m.log && this.walPages <= m.log) {
       this.walPages = 0;
+      this.generation++;
       this.firstPassFrom = CHECKPOINT_PAGES;
       this.secondPassFrom = CHECKPOINT_PAGES;
       this.idle();
@@ -186,11 +204,12 @@ export class Checkpointer {
     }
     if (this.holding) {
       // Even with commits held back the copy is not complete: a reader keeps an old snapshot.
+      this.firstPassFrom = this.walPages + CHECKPOINT_PAGES;
       this.secondPassFrom = this.walPages + CHECKPOINT_PAGES;
       this.idle();
       return;
     }
-    if (!m.progress) {
+    if (!progress) {
       // A reader keeps an old snapshot and nothing could be copied.
       this.firstPassFrom = this.walPages + CHECKPOINT_PAGES;
       this.idle();

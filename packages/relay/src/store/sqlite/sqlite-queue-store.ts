@@ -82,11 +82,12 @@ export const RECOVERY_RETRY_MAX_MS = 30_000;
 /**
  * What the store reports besides commits: a sync failed and writes are refused (`sync-failed`),
  * an attempt to checkpoint failed (`recovery-failed`), the checkpoint succeeded and writes are
- * taken again (`recovered`), a deletion is tried again (`delete-retry`), and those of the
- * checkpoint thread (`checkpoint`, `checkpoint-failed`, `checkpoint-thread-failed`; see
+ * taken again (`recovered`), a deletion is tried again (`delete-retry`), pages of the database
+ * file may be lost and writes are refused until the relay starts again (`broken`), and those of
+ * the checkpoint thread (`checkpoint`, `checkpoint-failed`, `checkpoint-thread-failed`; see
  * `checkpointer.ts`).
  */
-export type StoreEvent = 'sync-failed' | 'recovery-failed' | 'recovered' | 'delete-retry' | CheckpointEvent;
+export type StoreEvent = 'sync-failed' | 'recovery-failed' | 'recovered' | 'delete-retry' | 'broken' | CheckpointEvent;
 
 function bytes(v: unknown): Uint8Array {
   if (v instanceof Uint8Array) return v;
@@ -146,8 +147,8 @@ export class SqliteQueueStore implements QueueStore {
   /** Set while `close` commits what is pending: commits no longer wait for a checkpoint. */
   private closing = false;
   /**
-   * Set by a failed checkpoint pass: writes are refused, and the WAL is kept as it is until the
-   * relay starts again (see checkpointer.ts).
+   * Set once pages of the database file may be lost (a failed sync of it): writes are refused,
+   * and the WAL is kept as it is until the relay starts again (see checkpointer.ts).
    */
   private broken = false;
   private readonly st;
@@ -174,11 +175,9 @@ export class SqliteQueueStore implements QueueStore {
     this.checkpointer = new Checkpointer(
       { path, dbFd },
       guarded(() => {
-        if (!this.closed) db.pragma(`wal_autocheckpoint = ${CHECKPOINT_PAGES}`);
+        if (!this.closed && this.databaseFileSynced()) db.pragma(`wal_autocheckpoint = ${CHECKPOINT_PAGES}`);
       }),
-      () => {
-        this.broken = true;
-      },
+      () => this.breakDown(),
       this.onEvent,
     );
     const walGrew = guarded((pages: number) => this.checkpointer.walGrew(pages));
@@ -421,6 +420,7 @@ export class SqliteQueueStore implements QueueStore {
       this.checkpointer.whenIdle(() => this.recover());
       return;
     }
+    if (!this.databaseFileSynced()) return;
     if (this.checkpoint()) {
       this.untrusted = false;
       this.unsyncedCommit = false;
@@ -430,6 +430,29 @@ export class SqliteQueueStore implements QueueStore {
     this.onEvent('recovery-failed');
     this.recovery = setTimeout(() => this.recover(), this.recoveryWaitMs).unref();
     this.recoveryWaitMs = Math.min(RECOVERY_RETRY_MAX_MS, this.recoveryWaitMs * 2);
+  }
+
+  /**
+   * Whether everything written to the database file is on disk and nothing written to it since
+   * the store opened it was lost (see checkpoint-worker.ts): a checkpoint on this connection
+   * copies from where the thread's passes left off, so it may run only then. If not, the store
+   * breaks down.
+   */
+  private databaseFileSynced(): boolean {
+    try {
+      fdatasyncSync(this.dbFd);
+      return true;
+    } catch {
+      this.breakDown();
+      return false;
+    }
+  }
+
+  /** Pages of the database file may be lost: writes are refused and no checkpoint runs again. */
+  private breakDown(): void {
+    if (this.broken) return;
+    this.broken = true;
+    this.onEvent('broken');
   }
 
   /**
@@ -690,17 +713,17 @@ export class SqliteQueueStore implements QueueStore {
     if (this.syncInFlight) await new Promise<void>((resolve) => this.syncWaiters.push(resolve));
     // The thread's checkpoint ends and its connection closes before the last checkpoint.
     await checkpointerClosed;
-    if (this.broken) {
-      // A checkpoint pass failed: no checkpoint may run, not even SQLite's own when the last
-      // connection closes, which would copy from where the failed pass left off and delete the
-      // WAL. The connection stays open until the process exits; the next start rebuilds the
-      // WAL's index and copies the whole WAL again. What was committed is synced first.
+    if (this.broken || !this.databaseFileSynced()) {
+      // Pages of the database file may be lost: no checkpoint may run, not even SQLite's own
+      // when the last connection closes, which would copy from where the passes left off and
+      // delete the WAL. The connection stays open until the process exits; the next start
+      // rebuilds the WAL's index and copies the whole WAL again. What was committed is synced.
       try {
         fdatasyncSync(this.walFd);
       } catch {
         // reported below either way
       }
-      throw new StoreError('IO', 'the relay store could not be closed cleanly', { cause: new Error('a checkpoint failed') });
+      throw new StoreError('IO', 'the relay store could not be closed cleanly', { cause: new Error('pages of the database file may be lost') });
     }
     // The database is closed even if the checkpoint or the WAL descriptor's close fails; the
     // failure is reported.
@@ -735,7 +758,7 @@ function guarded<A extends unknown[]>(f: (...args: A) => void): (...args: A) => 
 }
 
 function brokenError(): StoreError {
-  return new StoreError('IO', 'the relay store refuses writes after a failed checkpoint, until the relay starts again');
+  return new StoreError('IO', 'the relay store refuses writes until the relay starts again: a sync of its database file failed');
 }
 
 function untrustedError(): StoreError {
