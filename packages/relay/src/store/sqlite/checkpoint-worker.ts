@@ -21,7 +21,8 @@
  * descriptor tells whether any page written to the file since the store opened it was lost,
  * whoever else saw the error first. When a pass fails, the thread asks it: if it reports an error,
  * pages a pass recorded as copied may not be on disk (`lost`); if not, the failure lost nothing
- * (a full disk, an old error of the WAL's descriptor) and the pass can be tried again.
+ * (a full disk, say) and the pass can be tried again. A pass whose own sync failed counts as a
+ * loss in any case: a disk's failed cache flush is reported only to the sync that met it.
  * @module
  */
 
@@ -68,6 +69,9 @@ port.on('message', (m: CheckpointRequest) => {
     }
     port.postMessage({ kind: 'done', busy: r?.busy === 1, log, checkpointed, ms: performance.now() - started } satisfies CheckpointReply);
   } catch (e) {
+    // A failed sync is taken as a loss whatever the store's descriptor says next: a disk's
+    // failed cache flush is reported to the sync that met it, and may not be recorded on the file.
+    if (codeOf(e).startsWith('SQLITE_IOERR_FSYNC')) lost = true;
     if (!lost) {
       try {
         fdatasyncSync(dbFd);

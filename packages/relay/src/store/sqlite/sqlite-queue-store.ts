@@ -175,7 +175,7 @@ export class SqliteQueueStore implements QueueStore {
     this.checkpointer = new Checkpointer(
       { path, dbFd },
       guarded(() => {
-        if (!this.closed && this.databaseFileSynced()) db.pragma(`wal_autocheckpoint = ${CHECKPOINT_PAGES}`);
+        if (!this.closed && !this.broken && this.databaseFileSynced()) db.pragma(`wal_autocheckpoint = ${CHECKPOINT_PAGES}`);
       }),
       () => this.breakDown(),
       this.onEvent,
@@ -239,6 +239,12 @@ export class SqliteQueueStore implements QueueStore {
     let dbFd: number | undefined;
     try {
       db = new Database(opts.path);
+      // The checkpoint thread syncs the database file through this descriptor, which tells
+      // whether a writeback of the file was lost since it was opened (see checkpoint-worker.ts):
+      // it is opened before anything can write to the file. It stays open as long as the
+      // connection does: closing a descriptor of the file would drop every lock the process
+      // holds on it, SQLite's among them.
+      dbFd = openSync(opts.path, constants.O_RDONLY);
       // The durability argument (the store syncs the WAL after each commit) needs WAL mode; a
       // file system without shared memory for it leaves SQLite in its rollback journal.
       if (db.pragma('journal_mode = WAL', { simple: true }) !== 'wal') throw new StoreError('IO', 'the relay store cannot use WAL mode on this file system');
@@ -258,10 +264,6 @@ export class SqliteQueueStore implements QueueStore {
       // The WAL exists once the database has been read in WAL mode; the descriptor only serves
       // to sync it, and a new WAL's directory entry is made durable once here.
       walFd = openSync(`${opts.path}-wal`, constants.O_RDONLY | constants.O_CREAT, 0o600);
-      // The checkpoint thread syncs the database file through this descriptor. It stays open as
-      // long as the connection does: closing a descriptor of the file would drop every lock the
-      // process holds on it, SQLite's among them.
-      dbFd = openSync(opts.path, constants.O_RDONLY);
       syncDirectory(dirname(opts.path));
       return new SqliteQueueStore(db, opts.path, walFd, dbFd, opts.onCommit ?? (() => undefined), opts.onEvent ?? (() => undefined));
     } catch (e) {
@@ -713,24 +715,18 @@ export class SqliteQueueStore implements QueueStore {
     if (this.syncInFlight) await new Promise<void>((resolve) => this.syncWaiters.push(resolve));
     // The thread's checkpoint ends and its connection closes before the last checkpoint.
     await checkpointerClosed;
-    if (this.broken || !this.databaseFileSynced()) {
-      // Pages of the database file may be lost: no checkpoint may run, not even SQLite's own
-      // when the last connection closes, which would copy from where the passes left off and
-      // delete the WAL. The connection stays open until the process exits; the next start
-      // rebuilds the WAL's index and copies the whole WAL again. What was committed is synced.
-      try {
-        fdatasyncSync(this.walFd);
-      } catch {
-        // reported below either way
-      }
-      throw new StoreError('IO', 'the relay store could not be closed cleanly', { cause: new Error('pages of the database file may be lost') });
-    }
+    if (this.broken || !this.databaseFileSynced()) throw brokenCloseError(this.walFd);
     // The database is closed even if the checkpoint or the WAL descriptor's close fails; the
     // failure is reported.
     let failure: unknown = null;
     // After good syncs the WAL is durable and is checkpointed on the next open; after a failed
     // one this checkpoint is the last chance to make it so.
-    if (!this.checkpoint() && this.untrusted) failure = new Error('checkpoint failed');
+    if (!this.checkpoint()) {
+      // A checkpoint that did not complete may have recorded pages as copied without syncing
+      // them; the close of the connection checkpoints again from there and deletes the WAL.
+      if (!this.databaseFileSynced()) throw brokenCloseError(this.walFd);
+      if (this.untrusted) failure = new Error('checkpoint failed');
+    }
     try {
       closeSync(this.walFd);
     } catch (e) {
@@ -755,6 +751,21 @@ function guarded<A extends unknown[]>(f: (...args: A) => void): (...args: A) => 
       // an owner's counter or log; the store goes on
     }
   };
+}
+
+/**
+ * Pages of the database file may be lost: no checkpoint may run, not even SQLite's own when the
+ * last connection closes, which would copy from where the passes left off and delete the WAL.
+ * So the connection stays open until the process exits, and the next start rebuilds the WAL's
+ * index and copies the whole WAL again. What was committed is synced first.
+ */
+function brokenCloseError(walFd: number): StoreError {
+  try {
+    fdatasyncSync(walFd);
+  } catch {
+    // the store is not closed cleanly either way
+  }
+  return new StoreError('IO', 'the relay store could not be closed cleanly', { cause: new Error('pages of the database file may be lost') });
 }
 
 function brokenError(): StoreError {
