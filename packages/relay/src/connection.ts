@@ -22,6 +22,7 @@ import {
   encodeServerTransmission,
   BlockPacker,
   blockFrame,
+  recycleBlock,
   type ClientTransmission,
   type ErrorCode,
   type Response,
@@ -304,7 +305,7 @@ export class Connection {
     if (this.ws.readyState !== WebSocket.OPEN) return;
     this.metrics.blocksOut++;
     const frame = blockFrame(block, 'relay');
-    if (frame !== null) this.socket.write(frame);
+    if (frame !== null) this.socket.write(frame, (e) => e === null || e === undefined ? recycleBlock(block) : undefined);
     else this.ws.send(block, { binary: true });
   }
 

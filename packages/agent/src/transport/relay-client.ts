@@ -31,6 +31,7 @@ import {
   negotiateVersion,
   BlockPacker,
   blockFrame,
+  recycleBlock,
   parseRelayAddress,
   ProtocolError,
   type Authorization,
@@ -341,7 +342,7 @@ export class RelayClient extends EventEmitter {
     // Once ws has begun to close, its close frame may be on the wire: nothing may follow it.
     if (this.ws.readyState !== WebSocket.OPEN) return;
     const frame = blockFrame(block, 'client');
-    if (frame !== null) this.socket.write(frame);
+    if (frame !== null) this.socket.write(frame, (e) => e === null || e === undefined ? recycleBlock(block) : undefined);
     else this.ws.send(block, { binary: true });
   }
 

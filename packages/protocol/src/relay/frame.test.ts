@@ -8,16 +8,19 @@ import fc from 'fast-check';
 
 import {
   BLOCK_CAPACITY,
+  BLOCK_POOL_SIZE,
   BLOCK_SIZE,
   CLIENT_FRAME_HEADER,
   FRAME_HEADROOM,
   RELAY_FRAME_HEADER,
   TLS_RECORD_PLAINTEXT,
   blockFrame,
+  decodeBlock,
   encodeBlock,
   newBlock,
   pad,
   packBlocks,
+  recycleBlock,
   toHex,
 } from '@murmure/protocol';
 
@@ -81,4 +84,40 @@ test('a block without free bytes before it gets null, so it goes through the Web
   const block = newBlock();
   assert.equal(blockFrame(block.subarray(1), 'relay'), null, 'a part of a block');
   assert.equal(blockFrame(Uint8Array.from(block), 'relay'), null, 'a copy of a block');
+});
+
+test('a written block given back is reused, and a block encoded into it holds no byte of the one before', () => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.uint8Array({ minLength: 1, maxLength: 3_000 }), { minLength: 1, maxLength: 5 }),
+      fc.array(fc.uint8Array({ minLength: 0, maxLength: 300 }), { minLength: 1, maxLength: 5 }),
+      (first, second) => {
+        const old = encodeBlock(first);
+        assert.ok(blockFrame(old, 'client') !== null);
+        recycleBlock(old);
+        const reused = encodeBlock(second);
+        assert.equal(reused, old, 'the block given back is the next one used');
+        // decodeBlock checks that every byte after the content is the pad byte.
+        assert.deepEqual(decodeBlock(reused), second, 'it holds the new content and fill, nothing of the old');
+        assert.ok(blockFrame(reused, 'relay') !== null, 'and is framed in place again');
+      },
+    ),
+  );
+});
+
+test('only a framed block is taken back, and the pool keeps at most BLOCK_POOL_SIZE', () => {
+  for (let i = 0; i < BLOCK_POOL_SIZE; i++) newBlock(); // the pool starts empty
+  const unframed = encodeBlock([Uint8Array.of(1)]);
+  recycleBlock(unframed);
+  assert.notEqual(newBlock(), unframed, 'a block not yet framed may still be sent: it is not reused');
+  recycleBlock(pad(Uint8Array.of(7), BLOCK_SIZE));
+  const blocks = Array.from({ length: BLOCK_POOL_SIZE + 10 }, () => {
+    const b = encodeBlock([Uint8Array.of(2)]);
+    blockFrame(b, 'relay');
+    return b;
+  });
+  for (const b of blocks) recycleBlock(b);
+  const taken = new Set(Array.from({ length: BLOCK_POOL_SIZE + 10 }, () => newBlock()));
+  const reused = blocks.filter((b) => taken.has(b)).length;
+  assert.equal(reused, BLOCK_POOL_SIZE, 'the pool held BLOCK_POOL_SIZE of them');
 });

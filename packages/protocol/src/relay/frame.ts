@@ -25,11 +25,27 @@ export type FrameSender = 'client' | 'relay';
 /** Blocks made by `newBlock`, which own the `FRAME_HEADROOM` bytes before them. */
 const withHeadroom = new WeakSet<Uint8Array>();
 
-/** A new block of `BLOCK_SIZE` zero bytes with `FRAME_HEADROOM` free bytes before it. */
+/** Most written blocks kept for reuse (`recycleBlock`). */
+export const BLOCK_POOL_SIZE = 64;
+const pool: Uint8Array[] = [];
+
+/**
+ * A block of `BLOCK_SIZE` bytes with `FRAME_HEADROOM` free bytes before it: a written one given
+ * back, or a new one. Its bytes are not cleared: the caller writes every one (`encodeBlock`).
+ */
 export function newBlock(): Uint8Array {
-  const block = new Uint8Array(FRAME_HEADROOM + BLOCK_SIZE).subarray(FRAME_HEADROOM);
+  const block = pool.pop() ?? new Uint8Array(FRAME_HEADROOM + BLOCK_SIZE).subarray(FRAME_HEADROOM);
   withHeadroom.add(block);
   return block;
+}
+
+/**
+ * Gives back a block whose frame the socket has written (its write callback ran): the next
+ * `newBlock` reuses it. Every block sent would otherwise be a fresh 16 KiB buffer, and their
+ * churn of memory outside the heap makes V8 run full collections many times a second.
+ */
+export function recycleBlock(block: Uint8Array): void {
+  if (pool.length < BLOCK_POOL_SIZE && block.length === BLOCK_SIZE && block.byteOffset === FRAME_HEADROOM && !withHeadroom.has(block)) pool.push(block);
 }
 
 /**
