@@ -339,6 +339,7 @@ export class RelayClient extends EventEmitter {
    * Blob), so the wire carries the frames in the order of the calls.
    */
   private sendBlock(block: Uint8Array): void {
+    // A block is sent once: once written, it goes back to the pool (`recycleBlock`).
     // Once ws has begun to close, its close frame may be on the wire: nothing may follow it.
     if (this.ws.readyState !== WebSocket.OPEN) return;
     const frame = blockFrame(block, 'client');

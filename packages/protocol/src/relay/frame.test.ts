@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // Shows that a block framed by WebSocket fits one TLS record, and that blockFrame writes the
 // RFC 6455 header of a block in front of it, in place: the frame is a view of the same memory,
-// its payload is the block unchanged, and blocks without the free bytes before them get null.
+// its payload is the block unchanged, and blocks without the free bytes before them get null;
+// and that written blocks given back are reused with no byte of what they held before.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
@@ -105,11 +106,31 @@ test('a written block given back is reused, and a block encoded into it holds no
   );
 });
 
-test('only a framed block is taken back, and the pool keeps at most BLOCK_POOL_SIZE', () => {
+test('only a framed block is taken back, once, and the pool keeps at most BLOCK_POOL_SIZE', () => {
   for (let i = 0; i < BLOCK_POOL_SIZE; i++) newBlock(); // the pool starts empty
   const unframed = encodeBlock([Uint8Array.of(1)]);
   recycleBlock(unframed);
   assert.notEqual(newBlock(), unframed, 'a block not yet framed may still be sent: it is not reused');
+  // A received client block: a view at the same offset into memory someone else owns.
+  const received = new Uint8Array(FRAME_HEADROOM + BLOCK_SIZE).subarray(FRAME_HEADROOM);
+  recycleBlock(received);
+  assert.notEqual(newBlock(), received, 'a view into foreign memory is not taken');
+  const twice = encodeBlock([Uint8Array.of(3)]);
+  blockFrame(twice, 'client');
+  recycleBlock(twice);
+  recycleBlock(twice);
+  assert.equal(newBlock(), twice);
+  assert.notEqual(newBlock(), twice, 'a block given back twice is in the pool once');
+  // A block framed by a client, given back and framed by the relay: its header is the relay's.
+  const byClient = encodeBlock([Uint8Array.of(5)]);
+  blockFrame(byClient, 'client');
+  recycleBlock(byClient);
+  const again = encodeBlock([Uint8Array.of(4)]);
+  assert.equal(again, byClient);
+  const frame = blockFrame(again, 'relay');
+  assert.ok(frame !== null && frame.buffer === byClient.buffer);
+  assert.deepEqual([...frame.subarray(0, RELAY_FRAME_HEADER)], [0x82, 126, BLOCK_SIZE >>> 8, BLOCK_SIZE & 0xff]);
+  assert.deepEqual(frame.subarray(RELAY_FRAME_HEADER), again);
   recycleBlock(pad(Uint8Array.of(7), BLOCK_SIZE));
   const blocks = Array.from({ length: BLOCK_POOL_SIZE + 10 }, () => {
     const b = encodeBlock([Uint8Array.of(2)]);

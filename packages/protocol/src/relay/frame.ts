@@ -24,6 +24,8 @@ export type FrameSender = 'client' | 'relay';
 
 /** Blocks made by `newBlock`, which own the `FRAME_HEADROOM` bytes before them. */
 const withHeadroom = new WeakSet<Uint8Array>();
+/** Blocks `blockFrame` framed and `recycleBlock` has not taken back. */
+const framed = new WeakSet<Uint8Array>();
 
 /** Most written blocks kept for reuse (`recycleBlock`). */
 export const BLOCK_POOL_SIZE = 64;
@@ -40,12 +42,15 @@ export function newBlock(): Uint8Array {
 }
 
 /**
- * Gives back a block whose frame the socket has written (its write callback ran): the next
- * `newBlock` reuses it. Every block sent would otherwise be a fresh 16 KiB buffer, and their
- * churn of memory outside the heap makes V8 run full collections many times a second.
+ * Gives back a block whose frame the socket has written (its write callback ran without an
+ * error): the next `newBlock` reuses it. Every block sent would otherwise be a fresh 16 KiB
+ * buffer, and their churn of memory outside the heap makes V8 run full collections many times a
+ * second. Only a block `blockFrame` framed is taken, once: a block is sent once, and nothing may
+ * hold it after its write.
  */
 export function recycleBlock(block: Uint8Array): void {
-  if (pool.length < BLOCK_POOL_SIZE && block.length === BLOCK_SIZE && block.byteOffset === FRAME_HEADROOM && !withHeadroom.has(block)) pool.push(block);
+  if (!framed.delete(block)) return;
+  if (pool.length < BLOCK_POOL_SIZE) pool.push(block);
 }
 
 /**
@@ -64,5 +69,6 @@ export function blockFrame(block: Uint8Array, from: FrameSender): Uint8Array | n
   frame[2] = BLOCK_SIZE >>> 8;
   frame[3] = BLOCK_SIZE & 0xff;
   if (from === 'client') frame.fill(0, 4, CLIENT_FRAME_HEADER);
+  framed.add(block);
   return frame;
 }

@@ -68,7 +68,7 @@ export class Checkpointer {
   private worker: Worker | null = null;
   /** Set once the thread has failed: SQLite checkpoints on the store's connection again. */
   private fellBack = false;
-  /** Set once a pass has failed: no checkpoint runs again in this process. */
+  /** Set once pages may have been lost (`halt`, or a pass that says so): no pass starts again. */
   private broken = false;
   /** Set once the thread has failed or been given up. */
   private threadGone = false;
@@ -119,6 +119,11 @@ export class Checkpointer {
     }
     this.walPages = pages;
     if (pages >= this.firstPassFrom) this.start(false);
+  }
+
+  /** Starts no pass again in this process: pages of the database file may have been lost. */
+  halt(): void {
+    this.broken = true;
   }
 
   /** Calls `f` once no checkpoint pass is running (at once if none is). */

@@ -454,6 +454,7 @@ export class SqliteQueueStore implements QueueStore {
   private breakDown(): void {
     if (this.broken) return;
     this.broken = true;
+    this.checkpointer.halt();
     this.onEvent('broken');
   }
 
