@@ -28,7 +28,7 @@ export class RelayMetrics {
   /** Bytes of messages read ahead for subscriptions, and held for reads under way. */
   prefetchBytes = 0;
   storeCommits = 0;
-  /** 1 while the store takes writes, 0 from a failed sync until a checkpoint succeeds, or after a failed checkpoint. */
+  /** 1 while the store takes writes; 0 from a failed sync until a checkpoint succeeds, and after a lost writeback of the database file until the relay starts again. */
   storeWritable = 1;
   storeSyncFailures = 0;
   storeRecoveries = 0;
@@ -36,6 +36,8 @@ export class RelayMetrics {
   /** Checkpoint passes run by the store's checkpoint thread, and those that failed (with failed syncs of the database file). */
   storeCheckpoints = 0;
   storeCheckpointFailures = 0;
+  /** Whether the last checkpoint pass failed (its failure is logged once). */
+  storeCheckpointFailing = false;
   readonly commands = new Map<string, number>();
   readonly errors = new Map<string, number>();
 
@@ -76,12 +78,12 @@ export class RelayMetrics {
     metric('murmure_commands_in_flight', 'gauge', 'Commands being handled, over every connection.', this.commandsInFlight);
     metric('murmure_prefetch_bytes', 'gauge', 'Bytes of messages read ahead for subscriptions, and held for reads under way.', this.prefetchBytes);
     metric('murmure_store_commits_total', 'counter', 'Group commits of the store.', this.storeCommits);
-    metric('murmure_store_writable', 'gauge', '1 while the store takes writes; 0 from a failed sync until a checkpoint succeeds.', this.storeWritable);
+    metric('murmure_store_writable', 'gauge', '1 while the store takes writes; 0 from a failed sync until a checkpoint succeeds, and after a lost writeback of the database file until the relay starts again.', this.storeWritable);
     metric('murmure_store_sync_failures_total', 'counter', 'Failed syncs of the store; writes are refused until a checkpoint succeeds.', this.storeSyncFailures);
     metric('murmure_store_recoveries_total', 'counter', 'Checkpoints that made the store take writes again after a failed sync.', this.storeRecoveries);
     metric('murmure_store_retries_total', 'counter', 'Store operations tried again after a failure (message reads for delivery, deletions after ACK).', this.storeRetries);
     metric('murmure_store_checkpoints_total', 'counter', 'Checkpoint passes run by the checkpoint thread (copies of the WAL into the database file).', this.storeCheckpoints);
-    metric('murmure_store_checkpoint_failures_total', 'counter', 'Checkpoint passes that failed (tried again a second later), and failed syncs of the database file (writes refused until the relay starts again).', this.storeCheckpointFailures);
+    metric('murmure_store_checkpoint_failures_total', 'counter', 'Checkpoint passes that failed (tried again at the first commit a second or more later), and failed syncs of the database file (writes refused until the relay starts again).', this.storeCheckpointFailures);
     metric('murmure_queues', 'gauge', 'Queues in the store.', extra.queues);
     metric('murmure_messages', 'gauge', 'Undelivered messages in the store.', extra.messages);
     metric('murmure_process_rss_bytes', 'gauge', 'Resident memory of the relay process.', extra.rssBytes);

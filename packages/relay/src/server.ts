@@ -55,10 +55,13 @@ function storeEvent(event: StoreEvent, metrics: RelayMetrics, logger: Logger): v
       break;
     case 'checkpoint':
       metrics.storeCheckpoints++;
+      metrics.storeCheckpointFailing = false;
       break;
     case 'checkpoint-failed':
       metrics.storeCheckpointFailures++;
-      logger.log('warn', 'store checkpoint failed: tried again in a second');
+      // Logged once until a checkpoint succeeds again.
+      if (!metrics.storeCheckpointFailing) logger.log('warn', 'store checkpoint failed: tried again at a later commit');
+      metrics.storeCheckpointFailing = true;
       break;
     case 'broken':
       metrics.storeCheckpointFailures++;

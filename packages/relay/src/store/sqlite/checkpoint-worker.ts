@@ -41,10 +41,10 @@ let db: Database | null = null;
 try {
   db = new Database(path);
   db.pragma('synchronous = NORMAL');
-} catch (e) {
+} catch {
   db?.close();
   db = null;
-  port.postMessage({ kind: 'failed', code: codeOf(e) } satisfies CheckpointReply);
+  port.postMessage({ kind: 'failed' } satisfies CheckpointReply);
 }
 port.on('message', (m: CheckpointRequest) => {
   if (m === 'close' || db === null) {
@@ -53,7 +53,6 @@ port.on('message', (m: CheckpointRequest) => {
     port.close();
     return;
   }
-  const started = performance.now();
   let lost = false;
   try {
     const r = (db.pragma('wal_checkpoint(PASSIVE)') as { busy: number; log: number; checkpointed: number }[])[0];
@@ -67,7 +66,7 @@ port.on('message', (m: CheckpointRequest) => {
         throw e;
       }
     }
-    port.postMessage({ kind: 'done', busy: r?.busy === 1, log, checkpointed, ms: performance.now() - started } satisfies CheckpointReply);
+    port.postMessage({ kind: 'done', busy: r?.busy === 1, log, checkpointed } satisfies CheckpointReply);
   } catch (e) {
     // A failed sync is taken as a loss whatever the store's descriptor says next: a disk's
     // failed cache flush is reported to the sync that met it, and may not be recorded on the file.
@@ -79,11 +78,11 @@ port.on('message', (m: CheckpointRequest) => {
         lost = true;
       }
     }
-    port.postMessage({ kind: lost ? 'lost' : 'error', code: codeOf(e) } satisfies CheckpointReply);
+    port.postMessage({ kind: lost ? 'lost' : 'error' } satisfies CheckpointReply);
   }
 });
 
-/** SQLite's result code of a failure, without its message (which may hold a path). */
+/** SQLite's result code of a failure. */
 function codeOf(e: unknown): string {
   return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : 'unknown';
 }

@@ -22,8 +22,9 @@
  * by CHECKPOINT_PAGES more, nor a second pass that could not finish; from WAL_HOLD_PAGES on,
  * every commit that meets a running pass waits for it, so commits and passes take turns.
  *
- * A failed pass is tried again after CHECKPOINT_RETRY_MS, unless it may have lost pages (the
- * thread tells, see `checkpoint-worker.ts`). SQLite records the pages a first pass copied as done
+ * A failed pass is tried again at the first commit CHECKPOINT_RETRY_MS or more later, unless it
+ * may have lost pages (the thread tells, see `checkpoint-worker.ts`). SQLite records the pages a
+ * first pass copied as done
  * without syncing them, and never copies them again: if their writeback failed, a later pass
  * that succeeded would let the WAL start again over commits the database file does not hold. So
  * then the store stops taking writes and keeps the WAL as it is (`onBroken`); the next start of
@@ -51,11 +52,7 @@ export type CheckpointRequest = 'first-pass' | 'second-pass' | 'close';
  * What the worker answers: a pass's result, its failure (`error`, nothing lost; `lost`, pages it
  * recorded as copied may not be on disk), or that it cannot open the store.
  */
-export type CheckpointReply =
-  | { kind: 'done'; busy: boolean; log: number; checkpointed: number; ms: number }
-  | { kind: 'error'; code: string }
-  | { kind: 'lost'; code: string }
-  | { kind: 'failed'; code: string };
+export type CheckpointReply = { kind: 'done'; busy: boolean; log: number; checkpointed: number } | { kind: 'error' } | { kind: 'lost' } | { kind: 'failed' };
 
 /**
  * What the checkpointer reports: a pass ended, one failed and is tried again, the thread failed
@@ -92,8 +89,11 @@ export class Checkpointer {
 
   constructor(
     private readonly data: CheckpointWorkerData,
-    /** Turns SQLite's automatic checkpoint back on for the store's connection. */
-    private readonly fallBack: () => void,
+    /**
+     * Turns SQLite's automatic checkpoint back on for the store's connection; false if it did
+     * not (the store found pages lost first, and broke down).
+     */
+    private readonly fallBack: () => boolean,
     /** Told once, when a pass may have lost pages. */
     private readonly onBroken: () => void,
     private readonly onEvent: (event: CheckpointEvent) => void,
@@ -236,8 +236,7 @@ export class Checkpointer {
     if (worker !== null) void worker.terminate().catch(() => undefined);
     // After a failed pass the WAL is kept as it is: SQLite must not checkpoint it either.
     if (!this.closed && !this.broken) {
-      this.fallBack();
-      this.onEvent('checkpoint-thread-failed');
+      if (this.fallBack()) this.onEvent('checkpoint-thread-failed');
     }
     this.idle();
   }

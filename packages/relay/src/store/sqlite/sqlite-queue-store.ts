@@ -174,9 +174,15 @@ export class SqliteQueueStore implements QueueStore {
     // fails, SQLite's is turned back on.
     this.checkpointer = new Checkpointer(
       { path, dbFd },
-      guarded(() => {
-        if (!this.closed && !this.broken && this.databaseFileSynced()) db.pragma(`wal_autocheckpoint = ${CHECKPOINT_PAGES}`);
-      }),
+      () => {
+        if (this.closed || this.broken || !this.databaseFileSynced()) return false;
+        try {
+          db.pragma(`wal_autocheckpoint = ${CHECKPOINT_PAGES}`);
+          return true;
+        } catch {
+          return false;
+        }
+      },
       () => this.breakDown(),
       this.onEvent,
     );
