@@ -275,6 +275,17 @@ async function addMany(store: SqliteQueueStore, rcvId: Uint8Array, n: number, si
   return ids;
 }
 
+/** A store in a fresh folder, with one queue, recording the events it reports. */
+async function storeWithEvents() {
+  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
+  const path = join(dir, 'relay.db');
+  const events: StoreEvent[] = [];
+  const store = SqliteQueueStore.open({ path, onEvent: (e) => events.push(e) });
+  const rcvId = id();
+  await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
+  return { dir, path, events, store, rcvId };
+}
+
 /** The checkpoint sequence number in a WAL's header: SQLite adds one each time the WAL starts again. */
 function walCheckpointSeq(walPath: string): number {
   const fd = openSync(walPath, 'r');
@@ -288,13 +299,8 @@ function walCheckpointSeq(walPath: string): number {
 }
 
 test('checkpoints run in their own thread while the store goes on writing; the WAL starts again and nothing is lost', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
-  const path = join(dir, 'relay.db');
-  const events: StoreEvent[] = [];
+  const { dir, path, events, store, rcvId } = await storeWithEvents();
   try {
-    const store = SqliteQueueStore.open({ path, onEvent: (e) => events.push(e) });
-    const rcvId = id();
-    await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
     const seqBefore = walCheckpointSeq(`${path}-wal`);
     // About 4 pages per message: some 5 checkpoints' worth of WAL, 19 MB.
     const ids = await addMany(store, rcvId, 1200, 16_000, 16);
@@ -321,13 +327,8 @@ test('checkpoints run in their own thread while the store goes on writing; the W
 });
 
 test('a reader that keeps an old snapshot does not stop writes: past WAL_HOLD_PAGES they alternate with checkpoints, and the WAL shrinks back once it is gone', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
-  const path = join(dir, 'relay.db');
-  const events: StoreEvent[] = [];
+  const { dir, path, events, store, rcvId } = await storeWithEvents();
   try {
-    const store = SqliteQueueStore.open({ path, onEvent: (e) => events.push(e) });
-    const rcvId = id();
-    await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
     // Another process's reader (an operator's shell, a backup) holds a snapshot: no checkpoint
     // can copy the WAL past it, so none completes and the WAL cannot start again.
     const reader = new Database(path);
