@@ -22,7 +22,7 @@ import {
   encodeServerTransmission,
   BlockPacker,
   blockFrame,
-  recycleBlock,
+  recycleWhenWritten,
   type ClientTransmission,
   type ErrorCode,
   type Response,
@@ -306,7 +306,7 @@ export class Connection {
     if (this.ws.readyState !== WebSocket.OPEN) return;
     this.metrics.blocksOut++;
     const frame = blockFrame(block, 'relay');
-    if (frame !== null) this.socket.write(frame, (e) => e === null || e === undefined ? recycleBlock(block) : undefined);
+    if (frame !== null) this.socket.write(frame, recycleWhenWritten(block));
     else this.ws.send(block, { binary: true });
   }
 

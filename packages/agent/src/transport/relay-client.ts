@@ -31,7 +31,7 @@ import {
   negotiateVersion,
   BlockPacker,
   blockFrame,
-  recycleBlock,
+  recycleWhenWritten,
   parseRelayAddress,
   ProtocolError,
   type Authorization,
@@ -343,7 +343,7 @@ export class RelayClient extends EventEmitter {
     // Once ws has begun to close, its close frame may be on the wire: nothing may follow it.
     if (this.ws.readyState !== WebSocket.OPEN) return;
     const frame = blockFrame(block, 'client');
-    if (frame !== null) this.socket.write(frame, (e) => e === null || e === undefined ? recycleBlock(block) : undefined);
+    if (frame !== null) this.socket.write(frame, recycleWhenWritten(block));
     else this.ws.send(block, { binary: true });
   }
 

@@ -72,3 +72,10 @@ export function blockFrame(block: Uint8Array, from: FrameSender): Uint8Array | n
   framed.add(block);
   return frame;
 }
+
+/** The write callback that gives `block` back (`recycleBlock`) once its frame was written without an error. */
+export function recycleWhenWritten(block: Uint8Array): (e?: Error | null) => void {
+  return (e) => {
+    if (e === null || e === undefined) recycleBlock(block);
+  };
+}

@@ -32,6 +32,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import Database from '@signalapp/sqlcipher';
 
 import type { CheckpointReply, CheckpointRequest, CheckpointWorkerData } from './checkpointer.js';
+import { sqliteCode } from './sqlite-code.js';
 
 const port = parentPort;
 if (port === null) throw new Error('the checkpoint worker runs in a worker thread');
@@ -70,7 +71,7 @@ port.on('message', (m: CheckpointRequest) => {
   } catch (e) {
     // A failed sync is taken as a loss whatever the store's descriptor says next: a disk's
     // failed cache flush is reported to the sync that met it, and may not be recorded on the file.
-    if (codeOf(e).startsWith('SQLITE_IOERR_FSYNC')) lost = true;
+    if (sqliteCode(e).startsWith('SQLITE_IOERR_FSYNC')) lost = true;
     if (!lost) {
       try {
         fdatasyncSync(dbFd);
@@ -81,8 +82,3 @@ port.on('message', (m: CheckpointRequest) => {
     port.postMessage({ kind: lost ? 'lost' : 'error' } satisfies CheckpointReply);
   }
 });
-
-/** SQLite's result code of a failure. */
-function codeOf(e: unknown): string {
-  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : 'unknown';
-}

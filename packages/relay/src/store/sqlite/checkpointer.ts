@@ -101,7 +101,8 @@ export class Checkpointer {
 
   /** Whether the next commit should wait for the running pass (see the module comment). */
   get holdsWrites(): boolean {
-    return this.running && (this.holding || this.walPages >= WAL_HOLD_PAGES);
+    // From `close` on, the store commits what is pending without waiting.
+    return !this.closed && this.running && (this.holding || this.walPages >= WAL_HOLD_PAGES);
   }
 
   /** Whether a checkpoint pass is running. */

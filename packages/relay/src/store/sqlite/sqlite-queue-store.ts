@@ -32,6 +32,7 @@ import { idKey, sameBytes } from '../../bytes.js';
 import { StoreError, dayOf, type ExpiryResult, type QueueRecord, type QueueStore, type StoredMessage } from '../queue-store.js';
 import { CHECKPOINT_PAGES, Checkpointer, type CheckpointEvent } from './checkpointer.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
+import { sqliteCode } from './sqlite-code.js';
 
 type Row = Record<string, unknown>;
 /**
@@ -111,7 +112,7 @@ function toQueue(r: Row): QueueRecord {
 /** Maps a SQLite failure to a StoreError without leaking paths or data. */
 function storeErrorOf(e: unknown): StoreError {
   if (e instanceof StoreError) return e;
-  const code = typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : '';
+  const code = sqliteCode(e);
   if (code.startsWith('SQLITE_FULL')) return new StoreError('FULL', 'the relay store is full', { cause: e });
   if (code.startsWith('SQLITE_IOERR')) return new StoreError('IO', 'the relay store could not write to disk', { cause: e });
   if (code.startsWith('SQLITE_CORRUPT') || code.startsWith('SQLITE_NOTADB')) return new StoreError('CORRUPT', 'the relay store is corrupt', { cause: e });
@@ -120,7 +121,7 @@ function storeErrorOf(e: unknown): StoreError {
 
 /** Whether a SQLite failure is a constraint one write broke (not the disk, a lock or memory). */
 function isConstraintError(e: unknown): boolean {
-  return typeof e === 'object' && e !== null && 'code' in e && String((e as { code: unknown }).code).startsWith('SQLITE_CONSTRAINT');
+  return sqliteCode(e).startsWith('SQLITE_CONSTRAINT');
 }
 
 /** Options of the SQLite store. */
@@ -144,8 +145,6 @@ export class SqliteQueueStore implements QueueStore {
   private untrusted = false;
   private recovery: NodeJS.Timeout | null = null;
   private recoveryWaitMs = RECOVERY_RETRY_MS;
-  /** Set while `close` commits what is pending: commits no longer wait for a checkpoint. */
-  private closing = false;
   /**
    * Set once pages of the database file may be lost (a failed sync of it): writes are refused,
    * and the WAL is kept as it is until the relay starts again (see checkpointer.ts).
@@ -298,7 +297,7 @@ export class SqliteQueueStore implements QueueStore {
   }
 
   private flush(): void {
-    if (this.checkpointer.holdsWrites && !this.closing) {
+    if (this.checkpointer.holdsWrites) {
       // The WAL is long and a checkpoint is copying it: the next commit waits for it to end, so
       // that it can start the WAL again (the writes wait, the event loop does not).
       this.checkpointer.whenIdle(() => this.flush());
@@ -709,8 +708,8 @@ export class SqliteQueueStore implements QueueStore {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    this.closing = true;
-    // No checkpoint pass starts from here on; one that is running ends below.
+    // No checkpoint pass starts from here on, commits no longer wait for one, and one that is
+    // running ends below.
     const checkpointerClosed = this.checkpointer.close();
     while (this.pending.length > 0) this.flush();
     this.closed = true;
