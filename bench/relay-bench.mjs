@@ -27,13 +27,16 @@ import {
   Samples,
   appendResult,
   driverCpuUs,
+  driverSemiSpaceMiB,
   envList,
   envNum,
+  forkExecArgv,
   machineBusyUs,
   percentile,
   procCpuUs,
   procRssKiB,
   procTimes,
+  rerunWithDriverHeap,
   resultsFile,
   round,
   runMain,
@@ -471,7 +474,7 @@ async function runIdle(cfg, n) {
     const nWorkers = Math.max(1, Math.ceil(n / cfg.idlePerWorker));
     for (let i = 0; i < nWorkers; i++) {
       const count = Math.floor(n / nWorkers) + (i < n % nWorkers ? 1 : 0);
-      const w = fork(fileURLToPath(import.meta.url), ['--idle-worker'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      const w = fork(fileURLToPath(import.meta.url), ['--idle-worker'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: forkExecArgv() });
       const ready = new Promise((res, rej) => {
         w.on('message', (m) => {
           if (m.type === 'ready') res(m);
@@ -631,6 +634,7 @@ async function main() {
     runId,
     git: gitSha(),
     node: process.version,
+    driverSemiSpaceMiB: driverSemiSpaceMiB(),
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model ?? 'unknown',
     warmupS: cfg.warmupS,
@@ -672,6 +676,6 @@ async function main() {
 
 if (process.argv.includes('--idle-worker')) {
   idleWorker();
-} else {
+} else if (!(await rerunWithDriverHeap())) {
   await runMain(main, killLiveRelays);
 }

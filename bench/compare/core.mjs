@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
-import { DRIVER_BOUND_CORES, NOISY_CORES, Samples, driverCpuUs, machineBusyUs, orNaN, percentile, procCpuUs, procRssKiB, round, sleep } from '../lib.mjs';
+import { DRIVER_BOUND_CORES, NOISY_CORES, Samples, driverCpuUs, forkExecArgv, machineBusyUs, orNaN, percentile, procCpuUs, procRssKiB, round, sleep } from '../lib.mjs';
 import { straceCount } from './proc.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -135,7 +135,7 @@ function forkHolders(server, from, n, perWorker, concurrency) {
   for (let i = 0; i < nWorkers; i++) {
     const count = Math.floor(n / nWorkers) + (i < n % nWorkers ? 1 : 0);
     // BENCH_DRIVER_NODE_ARGS: node flags for the session holders only (e.g. --cpu-prof).
-    const execArgv = [...process.execArgv, ...(process.env.BENCH_DRIVER_NODE_ARGS ?? '').split(/\s+/).filter((a) => a !== '')];
+    const execArgv = forkExecArgv((process.env.BENCH_DRIVER_NODE_ARGS ?? '').split(/\s+/).filter((a) => a !== ''));
     const w = fork(join(HERE, 'worker.mjs'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
     const h = { w, exited: new Promise((r) => w.once('exit', r)), waiting: new Map() };
     w.on('message', (m) => {

@@ -15,7 +15,7 @@ import { cpus, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { appendResult, envList, envNum, resultsFile, round, runMain, waitQuiet } from '../lib.mjs';
+import { appendResult, driverSemiSpaceMiB, envList, envNum, rerunWithDriverHeap, resultsFile, round, runMain, waitQuiet } from '../lib.mjs';
 import { closedLoop, crashAfterAck, idleSessions, reconnectStorm, storeAndForward } from './core.mjs';
 import { allCpus, alive, cmdOutput, killLiveServers, pinProcess } from './proc.mjs';
 import { SERVERS } from './servers.mjs';
@@ -106,6 +106,7 @@ function versions(cfg) {
   const dirty = cmdOutput('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no']);
   return {
     node: process.version,
+    driverSemiSpaceMiB: driverSemiSpaceMiB(),
     murmure: SERVERS.murmure.version(),
     murmureDirty: dirty === null ? null : dirty !== '',
     prosody: cfg.servers.includes('prosody') ? SERVERS.prosody.version() : null,
@@ -354,4 +355,4 @@ function summary(w, r) {
   return notes.length === 0 ? f : `${f} [${notes.join(', ')}]`;
 }
 
-await runMain(main, killLiveServers);
+if (!(await rerunWithDriverHeap())) await runMain(main, killLiveServers);
