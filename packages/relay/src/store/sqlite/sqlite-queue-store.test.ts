@@ -11,17 +11,19 @@ import fc from 'fast-check';
 
 import { DAY_MS, dayOf } from '../queue-store.js';
 import { WAL_HOLD_PAGES } from './checkpointer.js';
+import { KNOWN_MESSAGES_PER_QUEUE } from './known-queues.js';
 import { EXPIRY_MESSAGES_PER_COMMIT, EXPIRY_QUEUES_PER_COMMIT, SqliteQueueStore, WAL_SIZE_LIMIT_BYTES, type SqliteStoreOptions, type StoreEvent } from './sqlite-queue-store.js';
 
 const id = (): Uint8Array => new Uint8Array(randomBytes(24));
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 
 /** Runs `f` on a store in a fresh folder, opened with `opts`; closes and deletes it after. */
-async function withStore(f: (store: SqliteQueueStore) => Promise<void>, opts: Omit<SqliteStoreOptions, 'path'> = {}): Promise<void> {
+async function withStore(f: (store: SqliteQueueStore, path: string) => Promise<void>, opts: Omit<SqliteStoreOptions, 'path'> = {}): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'murmure-store-'));
-  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db'), ...opts });
+  const path = join(dir, 'relay.db');
+  const store = SqliteQueueStore.open({ path, ...opts });
   try {
-    await f(store);
+    await f(store, path);
   } finally {
     await store.close();
     rmSync(dir, { recursive: true, force: true });
@@ -64,6 +66,119 @@ test('deleting messages by id, oldest first or in any other order, agrees with a
     }),
     { numRuns: 40 },
   );
+});
+
+test('what the store keeps in memory of its queues agrees with the file and a list model, through adds, reads, deletions in any order, failed batches, expiry and deleted queues', async () => {
+  // Three queues; after every step each queue's messages, read through the store (from memory
+  // once it has read the queue whole) and straight from the file, follow the model.
+  const q = fc.nat({ max: 2 });
+  const step = fc.oneof(
+    fc.record({ op: fc.constant('add' as const), q, old: fc.boolean(), size: fc.constantFrom(16, 9000) }),
+    fc.record({ op: fc.constant('read' as const), q, limit: fc.integer({ min: 1, max: 10 }) }),
+    fc.record({ op: fc.constant('delete' as const), q, at: fc.nat() }),
+    fc.record({ op: fc.constant('burst' as const), q, adds: fc.integer({ min: 1, max: 3 }), clash: fc.boolean() }),
+    fc.constant({ op: 'expire' as const }),
+    fc.record({ op: fc.constant('drop' as const), q, unused: fc.boolean() }),
+  );
+  await fc.assert(
+    fc.asyncProperty(fc.array(step, { maxLength: 30 }), async (steps) => {
+      await withStore(async (store, path) => {
+        const now = Date.now();
+        const cutoff = now - DAY_MS;
+        const file = new Database(path);
+        try {
+          const inFile = file.prepare('SELECT msg_id FROM messages WHERE rcv_id = ? ORDER BY seq', { pluck: true });
+          // An unused queue was last used 100 days ago (its messages do not mark it used): expiry
+          // deletes it with its messages.
+          const newQueue = async (unused = false) => {
+            const queue = { rcvId: id(), sndId: id(), usedAt: unused ? now - 100 * DAY_MS : now, msgs: [] as { msgId: Uint8Array; old: boolean }[] };
+            await store.createQueue({ rcvId: queue.rcvId, sndId: queue.sndId, rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, queue.usedAt);
+            return queue;
+          };
+          const queues = [await newQueue(), await newQueue(), await newQueue()];
+          // Deleted queues: no read finds a message of theirs again.
+          const gone: Uint8Array[] = [];
+          const add = (i: number, old: boolean, size: number) => {
+            const msgId = id();
+            queues[i]!.msgs.push({ msgId, old });
+            return store.addMessage(queues[i]!.rcvId, { msgId, receivedAt: old ? cutoff - 1 : now, sealed: new Uint8Array(size) }, 1000, queues[i]!.usedAt);
+          };
+          for (const s of steps) {
+            if (s.op === 'add') assert.equal(await add(s.q, s.old, s.size), 'ok');
+            else if (s.op === 'read') {
+              const got = await store.oldestMessages(queues[s.q]!.rcvId, s.limit);
+              assert.deepEqual(got.map((m) => hex(m.msgId)), queues[s.q]!.msgs.slice(0, s.limit).map((m) => hex(m.msgId)));
+            } else if (s.op === 'delete') {
+              const msgs = queues[s.q]!.msgs;
+              const i = msgs.length === 0 ? -1 : s.at % msgs.length;
+              assert.equal(await store.deleteMessage(queues[s.q]!.rcvId, i < 0 ? id() : msgs[i]!.msgId, now), i >= 0);
+              if (i >= 0) msgs.splice(i, 1);
+            } else if (s.op === 'burst') {
+              // One turn, so one batch: adds, the deletion of the oldest message, and maybe a
+              // write that breaks a constraint, which fails the batch's transaction.
+              const writes: Promise<unknown>[] = [];
+              const oldest = queues[s.q]!.msgs.shift();
+              if (oldest !== undefined) writes.push(store.deleteMessage(queues[s.q]!.rcvId, oldest.msgId, now));
+              for (let i = 0; i < s.adds; i++) writes.push(add(s.q, false, 16));
+              const clash = s.clash
+                ? store.createQueue({ rcvId: id(), sndId: queues[0]!.sndId, rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, now).then(() => 'made', (e: { code?: string }) => e.code)
+                : Promise.resolve('none');
+              assert.ok((await Promise.all(writes)).every((r) => r === 'ok' || r === true));
+              assert.equal(await clash, s.clash ? 'INTERNAL' : 'none');
+            } else if (s.op === 'expire') {
+              await store.expire(cutoff, now - 90 * DAY_MS);
+              for (const [i, queue] of queues.entries()) {
+                queue.msgs = queue.msgs.filter((m) => !m.old);
+                if (queue.usedAt === now) continue;
+                assert.equal(await store.queueByRecipient(queue.rcvId), undefined, 'the unused queue is gone');
+                gone.push(queue.rcvId);
+                queues[i] = await newQueue();
+              }
+            } else {
+              await store.deleteQueue(queues[s.q]!.rcvId);
+              gone.push(queues[s.q]!.rcvId);
+              queues[s.q] = await newQueue(s.unused);
+            }
+            for (const queue of queues) {
+              const want = queue.msgs.map((m) => hex(m.msgId));
+              assert.deepEqual((await store.oldestMessages(queue.rcvId, 1000)).map((m) => hex(m.msgId)), want, `after ${s.op}`);
+              assert.deepEqual((inFile.all([queue.rcvId] as never) as Uint8Array[]).map(hex), want, `in the file after ${s.op}`);
+            }
+            for (const rcvId of gone) assert.deepEqual(await store.oldestMessages(rcvId, 10), [], `a deleted queue after ${s.op}`);
+          }
+        } finally {
+          file.close();
+        }
+      });
+    }),
+    { numRuns: 100 },
+  );
+});
+
+test('a queue read whole is answered from memory; one holding more than KNOWN_MESSAGES_PER_QUEUE messages is read from the file each time', async () => {
+  await withStore(async (store, path) => {
+    const now = Date.now();
+    const queue = async (n: number) => {
+      const rcvId = id();
+      await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, now);
+      for (let i = 0; i < n; i++) await store.addMessage(rcvId, { msgId: id(), receivedAt: now, sealed: id() }, 1000, now);
+      return rcvId;
+    };
+    const small = await queue(1);
+    const large = await queue(KNOWN_MESSAGES_PER_QUEUE + 1);
+    assert.equal((await store.oldestMessages(small, 10)).length, 1);
+    assert.equal((await store.oldestMessages(large, 100)).length, KNOWN_MESSAGES_PER_QUEUE + 1);
+    // Rows removed behind the store's back (no relay does this: it alone writes its file) show
+    // which answers come from memory.
+    const file = new Database(path);
+    try {
+      file.prepare('DELETE FROM messages WHERE rcv_id IN (?, ?)').run([small, large] as never);
+    } finally {
+      file.close();
+    }
+    assert.equal((await store.oldestMessages(small, 10)).length, 1, 'the small queue, from memory');
+    assert.equal((await store.oldestMessages(large, 100)).length, 0, 'the large one, from the file');
+  });
 });
 
 test('a deletion is answered once committed, and a second deletion of the same message finds nothing', async () => {

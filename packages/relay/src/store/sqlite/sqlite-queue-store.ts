@@ -31,6 +31,7 @@ import Database from '@signalapp/sqlcipher';
 import { idKey, sameBytes } from '../../bytes.js';
 import { StoreError, dayOf, type ExpiryResult, type QueueRecord, type QueueStore, type StoredMessage } from '../queue-store.js';
 import { CHECKPOINT_PAGES, Checkpointer, type CheckpointEvent } from './checkpointer.js';
+import { KnownQueues } from './known-queues.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
 import { sqliteCode } from './sqlite-code.js';
 
@@ -328,6 +329,8 @@ export class SqliteQueueStore implements QueueStore {
       });
       this.onCommit(batch.length);
     } catch (e) {
+      // The writes of the batch updated what the store knows of their queues as they ran.
+      this.known.clear();
       const err = storeErrorOf(e);
       if (!isConstraintError(e) || batch.length === 1) {
         for (const w of batch) w.reject(err);
@@ -351,6 +354,7 @@ export class SqliteQueueStore implements QueueStore {
           w.reject(storeErrorOf(e2));
         }
       }
+      this.known.clear();
       batch = alone;
     }
     // The batch is committed but may still sit in the page cache: the callers of its durable
@@ -543,6 +547,7 @@ export class SqliteQueueStore implements QueueStore {
     return this.write(() => {
       this.st.deleteQueueMessages.run([rcvId] as never);
       this.st.deleteQueue.run([rcvId] as never);
+      this.known.forget(idKey(rcvId));
     });
   }
 
@@ -554,6 +559,7 @@ export class SqliteQueueStore implements QueueStore {
         return r === undefined || r['suspended'] === 1 ? ('gone' as const) : ('quota' as const);
       }
       this.st.insertMsg.run([rcvId, msg.msgId, msg.receivedAt, msg.sealed] as never);
+      this.known.added(idKey(rcvId), msg);
       return 'ok' as const;
     }, true, committed);
   }
@@ -564,12 +570,20 @@ export class SqliteQueueStore implements QueueStore {
 
   oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]> {
     return this.read(() => {
-      const deleting = this.deleting.get(idKey(rcvId));
+      const key = idKey(rcvId);
+      const deleting = this.deleting.get(key);
+      let all = this.known.messages(key);
+      if (all === undefined) {
+        const want = limit + (deleting?.size ?? 0);
+        const read = this.st.oldest.all([rcvId, want] as never).map((r) => ({ msgId: bytes(r['msg_id']), receivedAt: Number(r['received_at']), sealed: bytes(r['body']) }));
+        // Fewer than asked for: these are all the queue holds.
+        if (read.length < want) this.known.learn(key, read);
+        all = read;
+      }
       const out: StoredMessage[] = [];
-      for (const r of this.st.oldest.all([rcvId, limit + (deleting?.size ?? 0)] as never)) {
-        const msgId = bytes(r['msg_id']);
-        if (deleting?.has(idKey(msgId)) === true) continue;
-        out.push({ msgId, receivedAt: Number(r['received_at']), sealed: bytes(r['body']) });
+      for (const m of all) {
+        if (deleting?.has(idKey(m.msgId)) === true) continue;
+        out.push(m);
         if (out.length === limit) break;
       }
       return out;
@@ -578,6 +592,8 @@ export class SqliteQueueStore implements QueueStore {
 
   /** Messages whose deletion is queued but not committed, by queue: `oldestMessage` skips them. */
   private readonly deleting = new Map<string, Set<string>>();
+  /** Every message of the queues read lately, kept in step with the store's commits. */
+  private readonly known = new KnownQueues();
 
   deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean> {
     const q = idKey(rcvId);
@@ -593,6 +609,7 @@ export class SqliteQueueStore implements QueueStore {
       this.write(() => {
         if (this.st.deleteOldestMsg.run([rcvId, msgId] as never).changes === 0 && this.st.deleteMsg.run([rcvId, msgId] as never).changes === 0) return false;
         this.st.release.run([dayOf(now), rcvId] as never);
+        this.known.removed(q, msgId);
         return true;
       }, false);
     // The recipient was told its ACK failed, but delivery has moved on: a retried ACK is answered
@@ -672,6 +689,7 @@ export class SqliteQueueStore implements QueueStore {
       if (budget === 0) break;
       const seqs = this.st.queueSeqs.all([rcvId, budget] as never);
       for (const seq of seqs) this.st.deleteSeq.run([seq] as never);
+      this.known.forget(idKey(bytes(rcvId)));
       messages += seqs.length;
       if (seqs.length < budget) {
         this.st.deleteQueue.run([rcvId] as never);
@@ -687,6 +705,7 @@ export class SqliteQueueStore implements QueueStore {
     for (const r of rows) {
       if (this.st.deleteSeq.run([r['seq']] as never).changes === 0) continue;
       const rcvId = bytes(r['rcv_id']);
+      this.known.forget(idKey(rcvId));
       const c = counts.get(idKey(rcvId));
       if (c === undefined) counts.set(idKey(rcvId), { rcvId, n: 1 });
       else c.n++;

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: AGPL-3.0-or-later
+/**
+ * What the SQLite store knows a queue holds without reading it. A subscribed queue is read after
+ * every SEND (to push the message just committed) and after every ACK (to find the next one),
+ * and on a relay where queues mostly hold nothing or one message, those two reads were a fifth
+ * of its CPU per message: each is a read transaction of its own, with its WAL locks. The store
+ * learns a queue's whole content from a read that found fewer messages than it asked for, then
+ * keeps it in step with its own commits, so later reads of that queue need no query.
+ *
+ * Only the store's own commits change what it holds: every write that adds or deletes messages
+ * updates the entry of its queue, or forgets it, after its transaction; a batch whose
+ * transaction fails forgets everything. Bounded: KNOWN_QUEUES queues, KNOWN_MESSAGES_PER_QUEUE
+ * messages and KNOWN_BYTES_PER_QUEUE bytes each, KNOWN_BYTES in all; the queue used longest ago
+ * is dropped first.
+ * @module
+ */
+
+import { sameBytes } from '../../bytes.js';
+import type { StoredMessage } from '../queue-store.js';
+
+/** Most queues whose content the store keeps in memory. */
+export const KNOWN_QUEUES = 65_536;
+/** A queue holding more messages than this is not kept (it is read from the store). */
+export const KNOWN_MESSAGES_PER_QUEUE = 8;
+/** A queue holding more bytes of sealed messages than this is not kept. */
+export const KNOWN_BYTES_PER_QUEUE = 32_768;
+/** Most bytes of sealed messages kept over every queue. */
+export const KNOWN_BYTES = 8 * 1024 * 1024;
+
+type Entry = { messages: StoredMessage[]; bytes: number };
+
+const sizeOf = (ms: readonly StoredMessage[]): number => ms.reduce((n, m) => n + m.sealed.length, 0);
+
+/** Every message of some queues, oldest first, by queue key (`idKey` of the recipient id). */
+export class KnownQueues {
+  /** In order of use: the first entry is the one used longest ago. */
+  private readonly entries = new Map<string, Entry>();
+  private totalBytes = 0;
+
+  constructor(
+    private readonly maxQueues = KNOWN_QUEUES,
+    private readonly maxBytes = KNOWN_BYTES,
+  ) {}
+
+  /** Queues kept, and bytes of their messages (for tests and metrics). */
+  get size(): { queues: number; bytes: number } {
+    return { queues: this.entries.size, bytes: this.totalBytes };
+  }
+
+  /** Every message the queue holds, oldest first, or undefined if the store must read it. */
+  messages(key: string): readonly StoredMessage[] | undefined {
+    const e = this.entries.get(key);
+    if (e === undefined) return undefined;
+    this.entries.delete(key);
+    this.entries.set(key, e);
+    return e.messages;
+  }
+
+  /** A read found these to be every message the queue holds. */
+  learn(key: string, messages: StoredMessage[]): void {
+    this.forget(key);
+    const bytes = sizeOf(messages);
+    if (messages.length > KNOWN_MESSAGES_PER_QUEUE || bytes > KNOWN_BYTES_PER_QUEUE) return;
+    this.entries.set(key, { messages, bytes });
+    this.totalBytes += bytes;
+    this.trim();
+  }
+
+  /** A message was committed to the queue (behind every message it holds). */
+  added(key: string, m: StoredMessage): void {
+    const e = this.entries.get(key);
+    if (e === undefined) return;
+    if (e.messages.length + 1 > KNOWN_MESSAGES_PER_QUEUE || e.bytes + m.sealed.length > KNOWN_BYTES_PER_QUEUE) {
+      this.forget(key);
+      return;
+    }
+    e.messages.push(m);
+    e.bytes += m.sealed.length;
+    this.totalBytes += m.sealed.length;
+    this.trim();
+  }
+
+  /** The deletion of a message of the queue was committed. */
+  removed(key: string, msgId: Uint8Array): void {
+    const e = this.entries.get(key);
+    if (e === undefined) return;
+    const i = e.messages.findIndex((m) => sameBytes(m.msgId, msgId));
+    if (i < 0) {
+      // Not a message this entry holds: the entry is wrong, so it goes.
+      this.forget(key);
+      return;
+    }
+    const [m] = e.messages.splice(i, 1);
+    e.bytes -= m!.sealed.length;
+    this.totalBytes -= m!.sealed.length;
+  }
+
+  /** The queue changed in a way not followed here (deleted, expired): read it again. */
+  forget(key: string): void {
+    const e = this.entries.get(key);
+    if (e === undefined) return;
+    this.entries.delete(key);
+    this.totalBytes -= e.bytes;
+  }
+
+  /** Forgets every queue (after a failed transaction, whose writes may have updated entries). */
+  clear(): void {
+    this.entries.clear();
+    this.totalBytes = 0;
+  }
+
+  private trim(): void {
+    while (this.entries.size > this.maxQueues || this.totalBytes > this.maxBytes) {
+      const oldest = this.entries.keys().next();
+      if (oldest.done === true) return;
+      this.forget(oldest.value);
+    }
+  }
+}
