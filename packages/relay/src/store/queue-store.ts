@@ -78,9 +78,12 @@ export interface QueueStore {
    * it is committed (and readable), before it is durable.
    */
   addMessage(rcvId: Uint8Array, msg: StoredMessage, quota: number, now: number, committed?: (r: 'ok' | 'quota' | 'gone') => void): Promise<'ok' | 'quota' | 'gone'>;
-  /** The oldest message of a queue, skipping messages whose deletion has been asked for. */
+  /**
+   * The oldest message of a queue, skipping messages whose deletion has been asked for. The
+   * messages a store returns may be the ones it keeps: they are not to be changed.
+   */
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined>;
-  /** Up to `limit` oldest messages of a queue, oldest first, skipping those being deleted. */
+  /** Up to `limit` oldest messages of a queue, oldest first, skipping those being deleted (not to be changed). */
   oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]>;
   /**
    * Deletes a message by id; false if the queue has no such message. Messages are acknowledged

@@ -24,12 +24,24 @@ export const KNOWN_QUEUES = 65_536;
 export const KNOWN_MESSAGES_PER_QUEUE = 8;
 /** A queue holding more bytes of sealed messages than this is not kept. */
 export const KNOWN_BYTES_PER_QUEUE = 32_768;
-/** Most bytes of sealed messages kept over every queue. */
+/** Most bytes kept over every queue: their messages, and ENTRY_BYTES and MESSAGE_BYTES each. */
 export const KNOWN_BYTES = 8 * 1024 * 1024;
+/** What a kept queue is counted for besides its messages (its key, entry and list). */
+const ENTRY_BYTES = 256;
+/** What a kept message is counted for besides its sealed bytes (its object, id and buffers). */
+const MESSAGE_BYTES = 160;
 
 type Entry = { messages: StoredMessage[]; bytes: number };
 
-const sizeOf = (ms: readonly StoredMessage[]): number => ms.reduce((n, m) => n + m.sealed.length, 0);
+const sealedSize = (ms: readonly StoredMessage[]): number => ms.reduce((n, m) => n + m.sealed.length, 0);
+/** What an entry holding `ms` is counted for. */
+const entrySize = (ms: readonly StoredMessage[]): number => ENTRY_BYTES + sealedSize(ms) + MESSAGE_BYTES * ms.length;
+
+/**
+ * A message in buffers of its own: a small buffer of the caller's may be a view into a pool
+ * shared with other buffers, which keeping it would keep alive.
+ */
+const own = (m: StoredMessage): StoredMessage => ({ msgId: new Uint8Array(m.msgId), receivedAt: m.receivedAt, sealed: new Uint8Array(m.sealed) });
 
 /** Every message of some queues, oldest first, by queue key (`idKey` of the recipient id). */
 export class KnownQueues {
@@ -42,12 +54,12 @@ export class KnownQueues {
     private readonly maxBytes = KNOWN_BYTES,
   ) {}
 
-  /** Queues kept, and bytes of their messages (for tests and metrics). */
+  /** Queues kept, and the bytes they are counted for (for tests). */
   get size(): { queues: number; bytes: number } {
     return { queues: this.entries.size, bytes: this.totalBytes };
   }
 
-  /** Every message the queue holds, oldest first, or undefined if the store must read it. */
+  /** Every message the queue holds, oldest first, or undefined if the store must read it. Not to be changed. */
   messages(key: string): readonly StoredMessage[] | undefined {
     const e = this.entries.get(key);
     if (e === undefined) return undefined;
@@ -56,11 +68,11 @@ export class KnownQueues {
     return e.messages;
   }
 
-  /** A read found these to be every message the queue holds. */
+  /** A read found these to be every message the queue holds (in buffers of their own). */
   learn(key: string, messages: StoredMessage[]): void {
     this.forget(key);
-    const bytes = sizeOf(messages);
-    if (messages.length > KNOWN_MESSAGES_PER_QUEUE || bytes > KNOWN_BYTES_PER_QUEUE) return;
+    if (messages.length > KNOWN_MESSAGES_PER_QUEUE || sealedSize(messages) > KNOWN_BYTES_PER_QUEUE) return;
+    const bytes = entrySize(messages);
     this.entries.set(key, { messages, bytes });
     this.totalBytes += bytes;
     this.trim();
@@ -70,13 +82,13 @@ export class KnownQueues {
   added(key: string, m: StoredMessage): void {
     const e = this.entries.get(key);
     if (e === undefined) return;
-    if (e.messages.length + 1 > KNOWN_MESSAGES_PER_QUEUE || e.bytes + m.sealed.length > KNOWN_BYTES_PER_QUEUE) {
+    if (e.messages.length + 1 > KNOWN_MESSAGES_PER_QUEUE || sealedSize(e.messages) + m.sealed.length > KNOWN_BYTES_PER_QUEUE) {
       this.forget(key);
       return;
     }
-    e.messages.push(m);
-    e.bytes += m.sealed.length;
-    this.totalBytes += m.sealed.length;
+    e.messages.push(own(m));
+    e.bytes += m.sealed.length + MESSAGE_BYTES;
+    this.totalBytes += m.sealed.length + MESSAGE_BYTES;
     this.trim();
   }
 
@@ -91,8 +103,8 @@ export class KnownQueues {
       return;
     }
     const [m] = e.messages.splice(i, 1);
-    e.bytes -= m!.sealed.length;
-    this.totalBytes -= m!.sealed.length;
+    e.bytes -= m!.sealed.length + MESSAGE_BYTES;
+    this.totalBytes -= m!.sealed.length + MESSAGE_BYTES;
   }
 
   /** The queue changed in a way not followed here (deleted, expired): read it again. */
@@ -103,7 +115,10 @@ export class KnownQueues {
     this.totalBytes -= e.bytes;
   }
 
-  /** Forgets every queue (after a failed transaction, whose writes may have updated entries). */
+  /**
+   * Forgets every queue: after a failed transaction, whose writes may have updated entries, and
+   * after a failed sync, whose commits may be lost from the file.
+   */
   clear(): void {
     this.entries.clear();
     this.totalBytes = 0;

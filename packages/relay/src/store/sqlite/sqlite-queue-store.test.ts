@@ -111,14 +111,14 @@ test('what the store keeps in memory of its queues agrees with the file and a li
             } else if (s.op === 'delete') {
               const msgs = queues[s.q]!.msgs;
               const i = msgs.length === 0 ? -1 : s.at % msgs.length;
-              assert.equal(await store.deleteMessage(queues[s.q]!.rcvId, i < 0 ? id() : msgs[i]!.msgId, now), i >= 0);
+              assert.equal(await store.deleteMessage(queues[s.q]!.rcvId, i < 0 ? id() : msgs[i]!.msgId, queues[s.q]!.usedAt), i >= 0);
               if (i >= 0) msgs.splice(i, 1);
             } else if (s.op === 'burst') {
               // One turn, so one batch: adds, the deletion of the oldest message, and maybe a
               // write that breaks a constraint, which fails the batch's transaction.
               const writes: Promise<unknown>[] = [];
               const oldest = queues[s.q]!.msgs.shift();
-              if (oldest !== undefined) writes.push(store.deleteMessage(queues[s.q]!.rcvId, oldest.msgId, now));
+              if (oldest !== undefined) writes.push(store.deleteMessage(queues[s.q]!.rcvId, oldest.msgId, queues[s.q]!.usedAt));
               for (let i = 0; i < s.adds; i++) writes.push(add(s.q, false, 16));
               const clash = s.clash
                 ? store.createQueue({ rcvId: id(), sndId: queues[0]!.sndId, rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, now).then(() => 'made', (e: { code?: string }) => e.code)

@@ -20,6 +20,10 @@
  *
  * Checkpoints run in a thread of their own (`checkpointer.ts`), not inside a COMMIT on the event
  * loop; the store holds a commit back only for the short second pass of a checkpoint.
+ *
+ * The store keeps every message of the queues it has lately read whole in memory, in step with
+ * its own commits (`known-queues.ts`), and answers reads of them without a query: nothing else
+ * may write the file while the store has it open.
  * @module
  */
 
@@ -403,6 +407,9 @@ export class SqliteQueueStore implements QueueStore {
         // rejected too, and no write is taken until a checkpoint succeeds.
         const err = new StoreError('IO', 'the relay store could not write to disk', { cause: e });
         for (const { batch } of [...batches, ...this.unsynced.splice(0)]) for (const w of batch) w.reject(err);
+        // Pages the sync could not write may be gone from the file: what the store keeps of its
+        // queues is read from the file again.
+        this.known.clear();
         if (!this.untrusted) {
           this.untrusted = true;
           this.recoveryWaitMs = RECOVERY_RETRY_MS;
@@ -433,6 +440,7 @@ export class SqliteQueueStore implements QueueStore {
     }
     if (!this.databaseFileSynced()) return;
     if (this.checkpoint()) {
+      this.known.clear();
       this.untrusted = false;
       this.unsyncedCommit = false;
       this.onEvent('recovered');
@@ -463,6 +471,7 @@ export class SqliteQueueStore implements QueueStore {
   private breakDown(): void {
     if (this.broken) return;
     this.broken = true;
+    this.known.clear();
     this.checkpointer.halt();
     this.onEvent('broken');
   }
@@ -570,6 +579,7 @@ export class SqliteQueueStore implements QueueStore {
 
   oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]> {
     return this.read(() => {
+      if (limit <= 0) return [];
       const key = idKey(rcvId);
       const deleting = this.deleting.get(key);
       let all = this.known.messages(key);
@@ -607,9 +617,13 @@ export class SqliteQueueStore implements QueueStore {
     };
     const attempt = (): Promise<boolean> =>
       this.write(() => {
-        if (this.st.deleteOldestMsg.run([rcvId, msgId] as never).changes === 0 && this.st.deleteMsg.run([rcvId, msgId] as never).changes === 0) return false;
+        let deleted = this.st.deleteOldestMsg.run([rcvId, msgId] as never).changes;
+        if (deleted === 0) deleted = this.st.deleteMsg.run([rcvId, msgId] as never).changes;
+        // One message, as the store expects (ids are random): else it reads the queue again.
+        if (deleted === 1) this.known.removed(q, msgId);
+        else this.known.forget(q);
+        if (deleted === 0) return false;
         this.st.release.run([dayOf(now), rcvId] as never);
-        this.known.removed(q, msgId);
         return true;
       }, false);
     // The recipient was told its ACK failed, but delivery has moved on: a retried ACK is answered
