@@ -4,6 +4,7 @@
 // and rounding, the machine's background load, results files, and the main wrapper.
 
 import { execFileSync, spawn } from 'node:child_process';
+import { constants as osConstants } from 'node:os';
 import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -35,26 +36,37 @@ const DRIVER_HEAP_FLAG = `--max-semi-space-size=${DRIVER_SEMI_SPACE_MIB}`;
 
 /**
  * Runs this script again in a child with the driver's young generation, unless the process
- * already has a `--max-semi-space-size` of its own (then resolves to false and the caller goes
- * on). Otherwise resolves to true once the child has exited, with its exit code set as this
- * process's; SIGINT and SIGTERM are passed on to the child.
+ * already has a `--max-semi-space-size` of its own or is that child (then resolves to false and
+ * the caller goes on). Otherwise resolves to true once the child has exited, with its exit code
+ * set as this process's (128 + the signal's number if a signal ended it); SIGINT and SIGTERM are
+ * passed on to the child.
  */
 export async function rerunWithDriverHeap() {
-  if (driverSemiSpaceMiB() !== null) return false;
-  const child = spawn(process.execPath, [DRIVER_HEAP_FLAG, ...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit' });
+  if (process.env.BENCH_DRIVER_CHILD === '1' || driverSemiSpaceMiB() !== null) return false;
+  const child = spawn(process.execPath, [DRIVER_HEAP_FLAG, ...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: { ...process.env, BENCH_DRIVER_CHILD: '1' },
+  });
   for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => child.kill(sig));
   process.exitCode = await new Promise((res) => {
-    child.once('error', () => res(1));
-    child.once('exit', (code, signal) => res(code ?? (signal === 'SIGINT' || signal === 'SIGTERM' ? 130 : 1)));
+    child.once('error', (e) => {
+      console.error(`could not start the driver: ${e.message}`);
+      res(1);
+    });
+    child.once('exit', (code, signal) => res(code ?? 128 + (signal === null ? 0 : (osConstants.signals[signal] ?? 0))));
   });
   return true;
 }
 
 /** The `--max-semi-space-size` this process runs with (MiB), or null for V8's default. */
 export function driverSemiSpaceMiB() {
-  const own = [...(process.env.NODE_OPTIONS ?? '').split(/\s+/), ...process.execArgv];
-  const flag = own.filter((a) => a.startsWith('--max-semi-space-size')).pop();
-  return flag === undefined ? null : Number(flag.split('=')[1] ?? NaN);
+  const own = [...(process.env.NODE_OPTIONS ?? '').split(/\s+/), ...process.execArgv].map((a) => a.replaceAll('_', '-'));
+  let mib = null;
+  own.forEach((a, i) => {
+    if (a === '--max-semi-space-size') mib = Number(own[i + 1]);
+    else if (a.startsWith('--max-semi-space-size=')) mib = Number(a.split('=')[1]);
+  });
+  return mib;
 }
 
 /** Node flags for a helper process the driver forks: its own, without the driver's heap. */

@@ -24,8 +24,11 @@ export const KNOWN_QUEUES = 65_536;
 export const KNOWN_MESSAGES_PER_QUEUE = 8;
 /** A queue holding more bytes of sealed messages than this is not kept. */
 export const KNOWN_BYTES_PER_QUEUE = 32_768;
-/** Most bytes kept over every queue: their messages, and ENTRY_BYTES and MESSAGE_BYTES each. */
-export const KNOWN_BYTES = 8 * 1024 * 1024;
+/**
+ * Most bytes kept over every queue: their messages, and ENTRY_BYTES and MESSAGE_BYTES each (so
+ * KNOWN_QUEUES queues that hold nothing take all of it).
+ */
+export const KNOWN_BYTES = 16 * 1024 * 1024;
 /** What a kept queue is counted for besides its messages (its key, entry and list). */
 const ENTRY_BYTES = 256;
 /** What a kept message is counted for besides its sealed bytes (its object, id and buffers). */

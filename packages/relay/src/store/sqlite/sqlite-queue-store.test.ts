@@ -75,7 +75,7 @@ test('what the store keeps in memory of its queues agrees with the file and a li
   const step = fc.oneof(
     fc.record({ op: fc.constant('add' as const), q, old: fc.boolean(), size: fc.constantFrom(16, 9000) }),
     fc.record({ op: fc.constant('read' as const), q, limit: fc.integer({ min: 1, max: 10 }) }),
-    fc.record({ op: fc.constant('delete' as const), q, at: fc.nat() }),
+    fc.record({ op: fc.constant('delete' as const), q, at: fc.nat(), limit: fc.integer({ min: 1, max: 10 }) }),
     fc.record({ op: fc.constant('burst' as const), q, adds: fc.integer({ min: 1, max: 3 }), clash: fc.boolean() }),
     fc.constant({ op: 'expire' as const }),
     fc.record({ op: fc.constant('drop' as const), q, unused: fc.boolean() }),
@@ -111,8 +111,12 @@ test('what the store keeps in memory of its queues agrees with the file and a li
             } else if (s.op === 'delete') {
               const msgs = queues[s.q]!.msgs;
               const i = msgs.length === 0 ? -1 : s.at % msgs.length;
-              assert.equal(await store.deleteMessage(queues[s.q]!.rcvId, i < 0 ? id() : msgs[i]!.msgId, queues[s.q]!.usedAt), i >= 0);
+              const deleted = store.deleteMessage(queues[s.q]!.rcvId, i < 0 ? id() : msgs[i]!.msgId, queues[s.q]!.usedAt);
               if (i >= 0) msgs.splice(i, 1);
+              // As after an ACK: the queue is read while its deletion waits for the next commit.
+              const during = await store.oldestMessages(queues[s.q]!.rcvId, s.limit);
+              assert.deepEqual(during.map((m) => hex(m.msgId)), msgs.slice(0, s.limit).map((m) => hex(m.msgId)), 'read while the deletion is pending');
+              assert.equal(await deleted, i >= 0);
             } else if (s.op === 'burst') {
               // One turn, so one batch: adds, the deletion of the oldest message, and maybe a
               // write that breaks a constraint, which fails the batch's transaction.

@@ -358,6 +358,7 @@ export class SqliteQueueStore implements QueueStore {
           w.reject(storeErrorOf(e2));
         }
       }
+      // A write that failed alone may have updated an entry before its statement failed.
       this.known.clear();
       batch = alone;
     }
