@@ -13,6 +13,8 @@ import { ProtocolError, formatRelayAddress, isLoopbackHost, isRelayHost } from '
 import { describeError, runMessenger } from './messenger.js';
 import {
   DEFAULTS,
+  DataLock,
+  DataLockError,
   RelayServer,
   SourceBlockError,
   StoreError,
@@ -22,6 +24,7 @@ import {
   relayConfig,
   sourceBlocks,
   type RelayConfig,
+  type RelayIdentity,
 } from '@murmure/relay';
 
 const USAGE = `murmure: a private messenger with no user ids
@@ -102,7 +105,7 @@ export async function main(argv: readonly string[], out: Out = process.stdout, e
   } catch (e) {
     const d = describeError(e);
     const usage = e instanceof UsageError || d.usage;
-    const code = e instanceof UsageError ? 'USAGE' : StoreError.is(e) ? `STORE_${e.code}` : ProtocolError.is(e) ? e.code : d.code;
+    const code = e instanceof UsageError ? 'USAGE' : StoreError.is(e) ? `STORE_${e.code}` : DataLockError.is(e) || ProtocolError.is(e) ? e.code : d.code;
     const message = d.message;
     if (json) out.write(`${JSON.stringify({ error: { code, message } })}\n`);
     else err.write(`murmure: ${message}\n`);
@@ -224,9 +227,17 @@ function hostPort(dataDir: string, values: Values): Settings {
 async function relayInit(dataDir: string, values: Values, out: Out): Promise<number> {
   const { host, port } = hostPort(dataDir, values);
   if (port === 0) throw new UsageError("relay init records the port clients will use: give one from 1 to 65535 (port 0, a free port, is for 'relay start')");
-  if (loadIdentity(dataDir) !== null) throw new UsageError(`${dataDir} already holds a relay; use 'murmure relay start --data ${dataDir}'`);
-  const identity = await createIdentity(dataDir);
-  writeFileSync(join(dataDir, SETTINGS_FILE), `${JSON.stringify({ host, port })}\n`);
+  // Under the data folder's lock: an init running beside a relay (or another init) on the same
+  // folder stops before it reads or writes anything there.
+  const lock = DataLock.take(dataDir);
+  let identity: RelayIdentity;
+  try {
+    if (loadIdentity(dataDir) !== null) throw new UsageError(`${dataDir} already holds a relay; use 'murmure relay start --data ${dataDir}'`);
+    identity = await createIdentity(dataDir);
+    writeFileSync(join(dataDir, SETTINGS_FILE), `${JSON.stringify({ host, port })}\n`);
+  } finally {
+    lock.release();
+  }
   const address = formatRelayAddress({ fingerprint: identity.fingerprint, host, port });
   out.write(values.json === true ? `${JSON.stringify({ address })}\n` : `${address}\n`);
   return 0;

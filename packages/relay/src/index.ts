@@ -5,6 +5,7 @@
  */
 
 export { RelayServer, RelayStartError, STORE_FILE, type StartOptions } from './server.js';
+export { DataLock, DataLockError, LOCK_FILE, type DataLockErrorCode } from './data-lock.js';
 export { DEFAULTS, relayConfig, type RelayConfig } from './config.js';
 export { createIdentity, loadIdentity, loadOrCreateIdentity, certificateFingerprint, type RelayIdentity } from './identity.js';
 export { jsonLogger, silentLogger, type Logger, type LogLevel } from './log.js';

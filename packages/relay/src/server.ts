@@ -16,6 +16,7 @@ import { WebSocketServer } from 'ws';
 
 import type { RelayConfig } from './config.js';
 import { CloseCode, Connection } from './connection.js';
+import { DataLock } from './data-lock.js';
 import { RelayHandlers } from './handlers.js';
 import { loadOrCreateIdentity, type RelayIdentity } from './identity.js';
 import { silentLogger, type Logger } from './log.js';
@@ -101,6 +102,8 @@ export class RelayServer {
   private readonly slots = new Map<string, SourceSlot>();
   private metricsServer: HttpServer | null = null;
   private stopping: Promise<void> | null = null;
+  /** The data folder's lock, held from the start until the store has closed. */
+  private lock: DataLock | null = null;
   /** The expiry run going on, if any: a long one is not overlapped by the next. */
   private expiring: Promise<void> | null = null;
 
@@ -149,13 +152,23 @@ export class RelayServer {
       throw e;
     }
     const logger = opts.logger ?? silentLogger;
-    const identity = await loadOrCreateIdentity(config.dataDir);
+    // The data folder's lock before anything in it is read or made: a second relay on the same
+    // folder stops here, having touched nothing (see data-lock.ts).
+    const lock = DataLock.take(config.dataDir);
+    let identity: RelayIdentity;
+    let store: QueueStore;
     const metrics = new RelayMetrics();
-    const store = opts.store ?? SqliteQueueStore.open({
-      path: join(config.dataDir, STORE_FILE),
-      onCommit: () => metrics.storeCommits++,
-      onEvent: (event) => storeEvent(event, metrics, logger),
-    });
+    try {
+      identity = await loadOrCreateIdentity(config.dataDir);
+      store = opts.store ?? SqliteQueueStore.open({
+        path: join(config.dataDir, STORE_FILE),
+        onCommit: () => metrics.storeCommits++,
+        onEvent: (event) => storeEvent(event, metrics, logger),
+      });
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
     const handlers = new RelayHandlers(store, config, metrics, logger, opts.now);
     const http = {
       requestTimeout: config.handshakeTimeoutMs,
@@ -185,6 +198,7 @@ export class RelayServer {
       handleProtocols: () => false,
     });
     const relay = new RelayServer(config, identity, https, wss, store, handlers, metrics, logger, opts.now ?? Date.now, sources);
+    relay.lock = lock;
     relay.wire();
     try {
       await new Promise<void>((resolve, reject) => {
@@ -201,6 +215,7 @@ export class RelayServer {
       // same data folder and port can be started again.
       if (https.listening) await new Promise<void>((resolve) => https.close(() => resolve()));
       if (opts.store === undefined) await store.close().catch(() => undefined);
+      lock.release();
       throw e;
     }
     relay.startTimers();
@@ -417,7 +432,11 @@ export class RelayServer {
     this.https.closeAllConnections();
     await closed;
     await new Promise<void>((resolve) => (this.metricsServer === null ? resolve() : this.metricsServer.close(() => resolve())));
-    await this.store.close();
+    try {
+      await this.store.close();
+    } finally {
+      this.lock?.release();
+    }
     this.logger.log('info', 'relay stopped');
   }
 }

@@ -5,15 +5,17 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, readdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
 
-import { RelayClient } from '@murmure/agent';
+import { RelayClient, openDelivered } from '@murmure/agent';
 import { parseRelayAddress } from '@murmure/protocol';
+import { generateDhKeyPair } from '@murmure/queue-crypto';
 
-import { MURMURE_BIN, cleanup, runMurmure, startRelay, stopRelay, tempDir } from './harness.js';
+import { Inbox, MURMURE_BIN, cleanup, killRelay, runMurmure, startRelay, stopRelay, tempDir, utf8 } from './harness.js';
 
 test('relay init prints the address; relay start on the same folder serves the same fingerprint', async () => {
   const dir = join(tempDir(), 'relay');
@@ -72,6 +74,72 @@ test('relay init on a folder that holds a relay, or with an option of start, is 
       assert.equal(bad.code, 2, args.join(' '));
       assert.match(bad.stderr, args[0] === '--port' ? /port 0, a free port, is for 'relay start'/ : /relay host must be a host name or an IP address/);
       assert.equal(existsSync(other), false, `${args.join(' ')}: nothing was created`);
+    }
+  } finally {
+    cleanup(root);
+  }
+});
+
+test('a second relay start or init on a folder a relay is using is refused at once and changes nothing; after kill -9 the folder starts again', async () => {
+  const root = tempDir();
+  const dir = join(root, 'relay');
+  try {
+    const init = await runMurmure(['relay', 'init', '--data', dir, '--host', '127.0.0.1', '--port', '47125']);
+    assert.equal(init.code, 0, init.stderr);
+    const relay = await startRelay({ dataDir: dir });
+    let running = true;
+    try {
+      const alice = await RelayClient.connect(relay.address);
+      const bob = await RelayClient.connect(relay.address);
+      const q = await alice.createQueue();
+      const senderKey = generateDhKeyPair();
+      await alice.secure(q, senderKey.publicKey);
+      await bob.send(q.sndId, senderKey.privateKey, utf8('sent before the second start'));
+      alice.close();
+
+      const kept = ['tls-key.pem', 'tls-cert.pem', 'relay.json'];
+      const digest = (): string[] => kept.map((f) => createHash('sha256').update(readFileSync(join(dir, f))).digest('hex'));
+      const files = readdirSync(dir).sort();
+      const before = digest();
+      const started = Date.now();
+      for (const args of [['relay', 'start', '--data', dir, '--host', '127.0.0.1', '--port', '0'], ['relay', 'init', '--data', dir, '--port', '47126']]) {
+        const second = await runMurmure(args);
+        assert.equal(second.code, 1, `${args[1]}: exit code 1`);
+        assert.equal(second.stdout, '', `${args[1]}: no address is printed`);
+        assert.equal(second.stderr, `murmure: the data folder ${dir} is in use by another relay\n`, `${args[1]}: one line that says why`);
+        const json = await runMurmure([...args, '--json']);
+        assert.equal(json.code, 1);
+        assert.deepEqual(json.json, [{ error: { code: 'IN_USE', message: `the data folder ${dir} is in use by another relay` } }]);
+      }
+      assert.ok(Date.now() - started < 20_000, 'refused at once, not after a wait for the lock');
+      assert.deepEqual(readdirSync(dir).sort(), files, 'no file was added or removed');
+      assert.deepEqual(digest(), before, 'the key, the certificate and relay.json are as they were');
+
+      // The running relay goes on as if nothing had happened.
+      const again = await RelayClient.connect(relay.address);
+      const inbox = new Inbox(again);
+      await again.subscribe(q);
+      await inbox.waitFor(1);
+      const m = inbox.messages[0]!;
+      assert.equal(Buffer.from(openDelivered(q, m.msgId, m.body).body).toString(), 'sent before the second start');
+      await again.ack(q, m.msgId);
+      again.close();
+      bob.close();
+
+      // A relay killed with -9 holds nothing: the kernel freed the lock with the process.
+      await killRelay(relay);
+      running = false;
+      const restarted = await startRelay({ dataDir: dir });
+      try {
+        assert.deepEqual(parseRelayAddress(restarted.address).fingerprint, parseRelayAddress(relay.address).fingerprint);
+        const c = await RelayClient.connect(restarted.address);
+        await c.ping();
+        c.close();
+      } finally {
+        assert.equal(await stopRelay(restarted), 0);
+      }
+    } finally {
+      if (running) await stopRelay(relay);
     }
   } finally {
     cleanup(root);

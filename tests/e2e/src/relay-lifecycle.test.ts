@@ -12,7 +12,7 @@ import { after, before, test } from 'node:test';
 import { RelayClient, RelayClientError, openDelivered, type PushedMessage, type RecipientQueue, type RelayClientErrorCode } from '@murmure/agent';
 import { BLOCK_SIZE, ID_LENGTH, MAX_LINK_DATA, RELAY_VERSION_MAX } from '@murmure/protocol';
 import { generateDhKeyPair, generateSigningKeyPair, randomId } from '@murmure/queue-crypto';
-import { RelayServer, SqliteQueueStore, StoreError, relayConfig, type Logger, type QueueStore } from '@murmure/relay';
+import { DataLockError, RelayServer, SqliteQueueStore, StoreError, relayConfig, type Logger, type QueueStore } from '@murmure/relay';
 
 import { Inbox, cleanup, sleep, startRelay, stopRelay, tempDir, utf8, type RelayProcess } from './harness.js';
 import { RawClient, codeOf } from './wire.js';
@@ -397,6 +397,26 @@ test('a start that fails on a busy metrics port leaves nothing open: the same fo
     await server.stop();
   } finally {
     busy.close();
+    cleanup(dir);
+  }
+});
+
+test('a second relay in the same process on the same folder is refused with IN_USE; the folder is free once the first has stopped', async () => {
+  const dir = tempDir();
+  const first = await RelayServer.start(relayConfig(dir, { port: 0 }));
+  let firstRunning = true;
+  try {
+    await assert.rejects(RelayServer.start(relayConfig(dir, { port: 0 })), (e: unknown) => DataLockError.is(e, 'IN_USE'));
+    const c = await RelayClient.connect(first.address);
+    await c.ping();
+    c.close();
+    await first.stop();
+    firstRunning = false;
+    const second = await RelayServer.start(relayConfig(dir, { port: 0 }));
+    assert.deepEqual(second.identity.fingerprint, first.identity.fingerprint, 'the same folder, the same relay');
+    await second.stop();
+  } finally {
+    if (firstRunning) await first.stop();
     cleanup(dir);
   }
 });
