@@ -101,11 +101,18 @@ describe('decodeContent throws only ChatError (C1)', () => {
 });
 
 describe('hostile sizes are refused quickly (C2)', () => {
+  /**
+   * The fastest of a few refusals must take well under 100 ms: work that grows with the nesting
+   * would take seconds, while a pause of the collector or a busy machine slows one try, not all.
+   */
   function refusedQuickly(what: string, bytes: Uint8Array): void {
-    const t0 = performance.now();
-    assert.throws(() => decodeContent(bytes), (e) => ChatError.is(e, 'INVALID'), what);
-    const ms = performance.now() - t0;
-    assert.ok(ms < 100, `${what} took ${ms.toFixed(1)} ms`);
+    let fastest = Infinity;
+    for (let i = 0; i < 5; i++) {
+      const t0 = performance.now();
+      assert.throws(() => decodeContent(bytes), (e) => ChatError.is(e, 'INVALID'), what);
+      fastest = Math.min(fastest, performance.now() - t0);
+    }
+    assert.ok(fastest < 100, `${what} took ${fastest.toFixed(1)} ms at best`);
   }
   const DEPTH = 100_000;
 

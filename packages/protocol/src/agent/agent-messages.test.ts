@@ -372,12 +372,24 @@ describe('agent decoders throw only ProtocolError (C1)', () => {
 });
 
 describe('declared lengths beyond the input (C2)', () => {
-  /** Runs `fn` `n` times; returns the time taken and the growth of ArrayBuffer memory. */
+  /**
+   * Runs `fn` `n` times, three times over; returns the fastest of the three (a pause of the
+   * collector or a busy machine slows one round, not every one) and the growth of ArrayBuffer
+   * memory over all of them.
+   */
   function measure(n: number, fn: () => void): { ms: number; arrayBuffers: number } {
     const before = process.memoryUsage().arrayBuffers;
-    const t0 = performance.now();
-    for (let i = 0; i < n; i++) fn();
-    return { ms: performance.now() - t0, arrayBuffers: process.memoryUsage().arrayBuffers - before };
+    let ms = Infinity;
+    for (let round = 0; round < 3; round++) {
+      const t0 = performance.now();
+      for (let i = 0; i < n; i++) fn();
+      ms = Math.min(ms, performance.now() - t0);
+    }
+    return { ms, arrayBuffers: process.memoryUsage().arrayBuffers - before };
+  }
+  /** The fastest of three runs of `fn`, in ms. */
+  function fastest(fn: () => void): number {
+    return measure(1, fn).ms;
   }
   const refuses = (decode: (b: Uint8Array) => unknown, bytes: Uint8Array, codes: readonly string[]) => () =>
     assert.throws(
@@ -407,7 +419,7 @@ describe('declared lengths beyond the input (C2)', () => {
     test(`${name}: refused in well under 100 ms, nothing allocated`, () => {
       refuses(decode, bytes, codes)();
       const r = measure(2000, refuses(decode, bytes, codes));
-      assert.ok(r.ms < 100, `2,000 refusals took ${r.ms.toFixed(1)} ms`);
+      assert.ok(r.ms < 100, `2,000 refusals took ${r.ms.toFixed(1)} ms at best`);
       assert.ok(r.arrayBuffers < 1 << 20, `ArrayBuffer memory grew by ${r.arrayBuffers} bytes`);
     });
   }
@@ -416,14 +428,14 @@ describe('declared lengths beyond the input (C2)', () => {
     const big = new Uint8Array(1 << 20).fill(0xff);
     big[0] = v;
     for (const decode of [decodeInvitationData, decodeSessionPayload, decodeSessionBatch, decodeEnvelope]) {
-      const t0 = performance.now();
-      assert.throws(() => decode(big), (e) => ProtocolError.is(e));
-      assert.ok(performance.now() - t0 < 100);
+      const ms = fastest(() => assert.throws(() => decode(big), (e) => ProtocolError.is(e)));
+      assert.ok(ms < 100, `${decode.name} took ${ms.toFixed(1)} ms at best`);
     }
-    const t0 = performance.now();
-    assert.throws(() => parseInvitationLink(`murmure://${'a'.repeat(1 << 20)}`), (e) => ProtocolError.is(e, 'BAD_ADDRESS'));
-    assert.throws(() => parseInvitationLink(`murmure://${'a'.repeat(MAX_ADDRESS_LENGTH)}/i#${'A'.repeat(32)}.${'A'.repeat(43)}`), (e) => ProtocolError.is(e, 'BAD_ADDRESS'));
-    assert.throws(() => parseInvitationLink(`murmure://x@${'a.'.repeat(120)}!:1/i#${'A'.repeat(32)}.${'A'.repeat(43)}`), (e) => ProtocolError.is(e, 'BAD_ADDRESS'));
-    assert.ok(performance.now() - t0 < 100);
+    const ms = fastest(() => {
+      assert.throws(() => parseInvitationLink(`murmure://${'a'.repeat(1 << 20)}`), (e) => ProtocolError.is(e, 'BAD_ADDRESS'));
+      assert.throws(() => parseInvitationLink(`murmure://${'a'.repeat(MAX_ADDRESS_LENGTH)}/i#${'A'.repeat(32)}.${'A'.repeat(43)}`), (e) => ProtocolError.is(e, 'BAD_ADDRESS'));
+      assert.throws(() => parseInvitationLink(`murmure://x@${'a.'.repeat(120)}!:1/i#${'A'.repeat(32)}.${'A'.repeat(43)}`), (e) => ProtocolError.is(e, 'BAD_ADDRESS'));
+    });
+    assert.ok(ms < 100, `the links took ${ms.toFixed(1)} ms at best`);
   });
 });
