@@ -47,13 +47,19 @@ test('a lock held by another process refuses this one; killing that process with
   const moduleUrl = new URL('./data-lock.js', import.meta.url).href;
   const holder = spawn(
     process.execPath,
-    ['--input-type=module', '-e', `const { DataLock } = await import(${JSON.stringify(moduleUrl)}); DataLock.take(${JSON.stringify(dir)}); console.log('held'); setInterval(() => {}, 1000);`],
+    ['--input-type=module', '-e', `const { DataLock } = await import(${JSON.stringify(moduleUrl)}); globalThis.held = DataLock.take(${JSON.stringify(dir)}); console.log('held'); setInterval(() => {}, 1000);`],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   try {
-    const [line] = (await once(createInterface({ input: holder.stdout }), 'line')) as [string];
-    assert.equal(line, 'held');
+    // A holder that fails (to import, say) ends the wait instead of leaving it to the runner's timeout.
+    const first = await Promise.race([
+      once(createInterface({ input: holder.stdout }), 'line').then(([line]) => String(line)),
+      once(holder, 'exit').then(([code]) => `exited with ${String(code)}`),
+    ]);
+    assert.equal(first, 'held');
+    const t0 = performance.now();
     assert.throws(() => DataLock.take(dir), (e: unknown) => DataLockError.is(e, 'IN_USE'));
+    assert.ok(performance.now() - t0 < 1000, 'refused at once: SQLite does not wait for the lock');
     const exited = once(holder, 'exit');
     holder.kill('SIGKILL');
     await exited;

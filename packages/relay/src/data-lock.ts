@@ -8,6 +8,9 @@
  * connection in exclusive locking mode for as long as the relay runs. It is a POSIX record lock:
  * the kernel drops it when the process ends, however it ends (kill -9 included), so there is no
  * stale lock file to clean up. SQLite also refuses it to a second connection of the same process.
+ *
+ * Nothing else in the relay's process may open `relay.lock` (to read, copy or hash it): closing
+ * any descriptor of a file drops every POSIX lock the process holds on it, this one included.
  * @module
  */
 
@@ -41,9 +44,27 @@ export class DataLockError extends Error {
   }
 }
 
+/**
+ * Locks still held when the process exits. They are closed then: the kernel would drop the locks
+ * anyway, and a connection left to the runtime's last clean-up (after a relay whose store could
+ * not be closed, say) can abort the process from SQLite's native destructor.
+ */
+const held = new Set<DataLock>();
+let exitHookInstalled = false;
+
+function releaseAllAtExit(): void {
+  for (const lock of [...held]) lock.release();
+}
+
 /** The held lock of one data folder. */
 export class DataLock {
-  private constructor(private db: Database | null) {}
+  private constructor(private db: Database | null) {
+    held.add(this);
+    if (!exitHookInstalled) {
+      exitHookInstalled = true;
+      process.once('exit', releaseAllAtExit);
+    }
+  }
 
   /**
    * Takes the lock of `dataDir` (making the folder, mode 0700, if there is none). Throws
@@ -75,7 +96,9 @@ export class DataLock {
       if (code.startsWith('SQLITE_NOTADB')) {
         throw new DataLockError('LOCK_FAILED', `${LOCK_FILE} in the data folder is not a lock file: stop any relay on ${dataDir} and remove it`, { cause: e });
       }
-      const reason = e instanceof Error && 'code' in e ? ` (${String((e as { code: unknown }).code)})` : '';
+      // The code of a file system error (EACCES...), else the binding's message, which names no
+      // path ("unable to open database file": a folder without access, a symbolic link).
+      const reason = code !== '' ? ` (${code})` : e instanceof Error ? `: ${e.message.replace(/^sqlite open error: /, '')}` : '';
       throw new DataLockError('LOCK_FAILED', `the data folder ${dataDir} could not be locked${reason}`, { cause: e });
     }
   }
@@ -84,6 +107,7 @@ export class DataLock {
   release(): void {
     const db = this.db;
     this.db = null;
+    held.delete(this);
     db?.close();
   }
 }

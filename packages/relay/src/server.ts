@@ -152,76 +152,74 @@ export class RelayServer {
       throw e;
     }
     const logger = opts.logger ?? silentLogger;
-    // The data folder's lock before anything in it is read or made: a second relay on the same
-    // folder stops here, having touched nothing (see data-lock.ts).
+    // The data folder's lock before the store is opened or anything in the folder is made: a
+    // second relay on the same folder stops here, having changed nothing (see data-lock.ts).
     const lock = DataLock.take(config.dataDir);
-    let identity: RelayIdentity;
-    let store: QueueStore;
     const metrics = new RelayMetrics();
+    let store: QueueStore | null = null;
+    let https: HttpsServer | HttpServer | null = null;
     try {
-      identity = await loadOrCreateIdentity(config.dataDir);
-      store = opts.store ?? SqliteQueueStore.open({
+      const identity = await loadOrCreateIdentity(config.dataDir);
+      const opened = (store = opts.store ?? SqliteQueueStore.open({
         path: join(config.dataDir, STORE_FILE),
         onCommit: () => metrics.storeCommits++,
         onEvent: (event) => storeEvent(event, metrics, logger),
+      }));
+      const handlers = new RelayHandlers(opened, config, metrics, logger, opts.now);
+      const http = {
+        requestTimeout: config.handshakeTimeoutMs,
+        headersTimeout: config.handshakeTimeoutMs,
+        keepAliveTimeout: 1000,
+        maxHeaderSize: 4096,
+      };
+      const server = (https = config.plainLoopback
+        ? createHttpServer(http)
+        : createHttpsServer({
+            ...http,
+            key: identity.keyPem,
+            cert: identity.certPem,
+            minVersion: 'TLSv1.3',
+            maxVersion: 'TLSv1.3',
+            handshakeTimeout: config.handshakeTimeoutMs,
+          }));
+      const wss = new WebSocketServer({
+        noServer: true,
+        maxPayload: BLOCK_SIZE,
+        // Also what lets block frames bypass ws's sender (Connection.sendRaw): uncompressed, it
+        // queues nothing, so its own frames and ours reach the socket in the order of the calls.
+        perMessageDeflate: false,
+        clientTracking: false,
+        skipUTF8Validation: true,
+        // The protocol has no subprotocol: one a client offers is not taken (ws takes the first).
+        handleProtocols: () => false,
       });
-    } catch (e) {
-      lock.release();
-      throw e;
-    }
-    const handlers = new RelayHandlers(store, config, metrics, logger, opts.now);
-    const http = {
-      requestTimeout: config.handshakeTimeoutMs,
-      headersTimeout: config.handshakeTimeoutMs,
-      keepAliveTimeout: 1000,
-      maxHeaderSize: 4096,
-    };
-    const https = config.plainLoopback
-      ? createHttpServer(http)
-      : createHttpsServer({
-          ...http,
-          key: identity.keyPem,
-          cert: identity.certPem,
-          minVersion: 'TLSv1.3',
-          maxVersion: 'TLSv1.3',
-          handshakeTimeout: config.handshakeTimeoutMs,
-        });
-    const wss = new WebSocketServer({
-      noServer: true,
-      maxPayload: BLOCK_SIZE,
-      // Also what lets block frames bypass ws's sender (Connection.sendRaw): uncompressed, it
-      // queues nothing, so its own frames and ours reach the socket in the order of the calls.
-      perMessageDeflate: false,
-      clientTracking: false,
-      skipUTF8Validation: true,
-      // The protocol has no subprotocol: one a client offers is not taken (ws takes the first).
-      handleProtocols: () => false,
-    });
-    const relay = new RelayServer(config, identity, https, wss, store, handlers, metrics, logger, opts.now ?? Date.now, sources);
-    relay.lock = lock;
-    relay.wire();
-    try {
+      const relay = new RelayServer(config, identity, server, wss, opened, handlers, metrics, logger, opts.now ?? Date.now, sources);
+      relay.lock = lock;
+      relay.wire();
       await new Promise<void>((resolve, reject) => {
-        https.once('error', reject);
-        https.listen(config.port, config.host, config.listenBacklog, () => {
-          https.off('error', reject);
+        server.once('error', reject);
+        server.listen(config.port, config.host, config.listenBacklog, () => {
+          server.off('error', reject);
           resolve();
         });
       });
-      https.on('error', (e: NodeJS.ErrnoException) => logger.log('error', 'listener error', { code: e.code ?? 'unknown' }));
+      server.on('error', (e: NodeJS.ErrnoException) => logger.log('error', 'listener error', { code: e.code ?? 'unknown' }));
       if (config.metricsPort !== null) await relay.startMetrics(config.metricsPort);
+      relay.startTimers();
+      logger.log('info', 'relay started', { port: relay.port });
+      if (config.plainLoopback) logger.log('warn', 'serving plain WebSocket without TLS (loopback benchmark mode)');
+      return relay;
     } catch (e) {
-      // A port in use: nothing is left open (the listener, the store this call opened), so the
-      // same data folder and port can be started again.
-      if (https.listening) await new Promise<void>((resolve) => https.close(() => resolve()));
-      if (opts.store === undefined) await store.close().catch(() => undefined);
-      lock.release();
+      // A port in use, a key that does not match its certificate...: nothing is left open (the
+      // listener, the store this call opened, the lock), so the same folder and port can be
+      // started again. A store that could not be closed cleanly stays open on purpose until the
+      // process exits (see sqlite-queue-store.ts), and so does the lock that covers it.
+      const server = https as HttpsServer | HttpServer | null;
+      if (server?.listening === true) await new Promise<void>((resolve) => server.close(() => resolve()));
+      const closed = opts.store !== undefined || store === null || (await (store as QueueStore).close().then(() => true, () => false));
+      if (closed) lock.release();
       throw e;
     }
-    relay.startTimers();
-    logger.log('info', 'relay started', { port: relay.port });
-    if (config.plainLoopback) logger.log('warn', 'serving plain WebSocket without TLS (loopback benchmark mode)');
-    return relay;
   }
 
   private wire(): void {
@@ -432,11 +430,11 @@ export class RelayServer {
     this.https.closeAllConnections();
     await closed;
     await new Promise<void>((resolve) => (this.metricsServer === null ? resolve() : this.metricsServer.close(() => resolve())));
-    try {
-      await this.store.close();
-    } finally {
-      this.lock?.release();
-    }
+    // A store that could not be closed cleanly stays open until the process exits, and so
+    // does the lock that keeps a second relay from opening the folder beside it.
+    await this.store.close();
+    this.lock?.release();
+    this.lock = null;
     this.logger.log('info', 'relay stopped');
   }
 }

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
@@ -101,9 +101,10 @@ test('a second relay start or init on a folder a relay is using is refused at on
       const digest = (): string[] => kept.map((f) => createHash('sha256').update(readFileSync(join(dir, f))).digest('hex'));
       const files = readdirSync(dir).sort();
       const before = digest();
-      const started = Date.now();
       for (const args of [['relay', 'start', '--data', dir, '--host', '127.0.0.1', '--port', '0'], ['relay', 'init', '--data', dir, '--port', '47126']]) {
+        const started = Date.now();
         const second = await runMurmure(args);
+        assert.ok(Date.now() - started < 10_000, `${args[1]}: refused at once, not after a wait for the lock`);
         assert.equal(second.code, 1, `${args[1]}: exit code 1`);
         assert.equal(second.stdout, '', `${args[1]}: no address is printed`);
         assert.equal(second.stderr, `murmure: the data folder ${dir} is in use by another relay\n`, `${args[1]}: one line that says why`);
@@ -111,7 +112,6 @@ test('a second relay start or init on a folder a relay is using is refused at on
         assert.equal(json.code, 1);
         assert.deepEqual(json.json, [{ error: { code: 'IN_USE', message: `the data folder ${dir} is in use by another relay` } }]);
       }
-      assert.ok(Date.now() - started < 20_000, 'refused at once, not after a wait for the lock');
       assert.deepEqual(readdirSync(dir).sort(), files, 'no file was added or removed');
       assert.deepEqual(digest(), before, 'the key, the certificate and relay.json are as they were');
 
@@ -141,6 +141,28 @@ test('a second relay start or init on a folder a relay is using is refused at on
     } finally {
       if (running) await stopRelay(relay);
     }
+  } finally {
+    cleanup(root);
+  }
+});
+
+test('a relay.lock that is not a lock file: relay start says so in one line (JSON code LOCK_FAILED) and leaves it as it is', async () => {
+  const root = tempDir();
+  const dir = join(root, 'relay');
+  try {
+    mkdirSync(dir);
+    const junk = 'this is not a lock file\n'.repeat(100);
+    writeFileSync(join(dir, 'relay.lock'), junk);
+    const args = ['relay', 'start', '--data', dir, '--host', '127.0.0.1', '--port', '0'];
+    const r = await runMurmure(args);
+    assert.equal(r.code, 1);
+    assert.equal(r.stdout, '');
+    assert.equal(r.stderr, `murmure: relay.lock in the data folder is not a lock file: stop any relay on ${dir} and remove it\n`);
+    const j = await runMurmure([...args, '--json']);
+    assert.equal(j.code, 1);
+    assert.equal((j.json[0]?.['error'] as { code?: string } | undefined)?.code, 'LOCK_FAILED');
+    assert.equal(readFileSync(join(dir, 'relay.lock'), 'utf8'), junk, 'the file is left as it was');
+    assert.deepEqual(readdirSync(dir), ['relay.lock'], 'nothing else was made');
   } finally {
     cleanup(root);
   }

@@ -413,10 +413,35 @@ test('a second relay in the same process on the same folder is refused with IN_U
     await first.stop();
     firstRunning = false;
     const second = await RelayServer.start(relayConfig(dir, { port: 0 }));
-    assert.deepEqual(second.identity.fingerprint, first.identity.fingerprint, 'the same folder, the same relay');
-    await second.stop();
+    try {
+      assert.deepEqual(second.identity.fingerprint, first.identity.fingerprint, 'the same folder, the same relay');
+    } finally {
+      await second.stop();
+    }
   } finally {
     if (firstRunning) await first.stop();
+    cleanup(dir);
+  }
+});
+
+test('a relay whose store could not be closed keeps the folder locked: the store stays open, so no second relay may open it', async () => {
+  const dir = tempDir();
+  const inner = SqliteQueueStore.open({ path: join(dir, 'relay.sqlite') });
+  let failClose = true;
+  const store = new Proxy(inner, {
+    get(target, prop) {
+      if (prop === 'close') return () => (failClose ? Promise.reject(new StoreError('IO', 'injected close failure')) : target.close());
+      const v: unknown = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  }) as QueueStore;
+  const server = await RelayServer.start(relayConfig(dir, { port: 0 }), { store });
+  try {
+    await assert.rejects(server.stop(), (e: unknown) => StoreError.is(e, 'IO'));
+    await assert.rejects(RelayServer.start(relayConfig(dir, { port: 0 })), (e: unknown) => DataLockError.is(e, 'IN_USE'));
+  } finally {
+    failClose = false;
+    await inner.close();
     cleanup(dir);
   }
 });
