@@ -299,6 +299,9 @@ async function main() {
       }
     }
     if (cfg.only.includes('E2E')) {
+      // Unpinned, as its rows say: after a pinned repeat the driver is on CPU 0, and the client
+      // bench with its agents and relay would inherit that.
+      pinProcess(process.pid, everything);
       for (let repeat = 1; repeat <= cfg.repeats; repeat++) {
         const bg = await waitQuiet(cfg);
         process.stdout.write(`[${repeat}/${cfg.repeats} unpinned] E2E two real agents end to end — murmure-tls ... `);
