@@ -228,7 +228,7 @@ async function relayInit(dataDir: string, values: Values, out: Out): Promise<num
   const { host, port } = hostPort(dataDir, values);
   if (port === 0) throw new UsageError("relay init records the port clients will use: give one from 1 to 65535 (port 0, a free port, is for 'relay start')");
   // Under the data folder's lock: an init running beside a relay (or another init) on the same
-  // folder stops before it reads or writes anything there.
+  // folder stops before it looks for a key or writes anything there.
   const lock = DataLock.take(dataDir);
   let identity: RelayIdentity;
   try {

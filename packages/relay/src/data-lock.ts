@@ -4,8 +4,8 @@
  * it wrote (the queues it has read whole, the state of its checkpoints): a second relay, or a
  * second `init`, writing the same folder would go unseen and could lose or repeat messages.
  *
- * The lock is SQLite's own exclusive lock on an empty database file, `relay.lock`, held by a
- * connection in exclusive locking mode for as long as the relay runs. It is a POSIX record lock:
+ * The lock is SQLite's own exclusive lock on a database file that holds nothing, `relay.lock`,
+ * held by a connection in exclusive locking mode for as long as the relay runs. It is a POSIX record lock:
  * the kernel drops it when the process ends, however it ends (kill -9 included), so there is no
  * stale lock file to clean up. SQLite also refuses it to a second connection of the same process.
  *
