@@ -5,11 +5,12 @@
  * @module
  */
 
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { ProtocolError, formatRelayAddress, isLoopbackHost, isRelayHost } from '@murmure/protocol';
+import { MAX_PASSWORD_LENGTH, ProtocolError, formatRelayAddress, isLoopbackHost, isRelayHost, isRelayPassword } from '@murmure/protocol';
 import { describeError, runMessenger } from './messenger.js';
 import {
   DEFAULTS,
@@ -51,9 +52,15 @@ Global options, before or after the command:
                                            (127.0.0.1:9050), each queue on a circuit of its own
 The passphrase comes from MURMURE_PASSPHRASE or is asked for on the terminal.
 
-  murmure relay init  --data DIR [--host H] [--port P] [--json]
-  murmure relay start --data DIR [--host H] [--port P] [--json] [options]
+  murmure relay init  --data DIR [--host H] [--port P] [--password PW|random] [--json]
+  murmure relay start --data DIR [--host H] [--port P] [--password PW|random|none] [--json]
+                      [options]
   murmure --help
+
+--password makes queue creation on the relay need a password, which its address then carries
+(murmure://FINGERPRINT:PASSWORD@HOST:PORT): a relay for people you give the address to. Anyone
+can still send to the queues made on it. 'random' makes one; init keeps it in relay.json, and
+start uses the kept one unless told otherwise for that run ('none': no password).
 
 Relay options (start):
   --metrics-port P           serve Prometheus /metrics on 127.0.0.1:P (off by default)
@@ -93,7 +100,7 @@ class UsageError extends Error {}
 
 const SETTINGS_FILE = 'relay.json';
 /** The options `relay init` takes; the others are for `relay start` only. */
-const INIT_OPTIONS = new Set(['data', 'host', 'port', 'json', 'help']);
+const INIT_OPTIONS = new Set(['data', 'host', 'port', 'password', 'json', 'help']);
 
 type Out = { write(s: string): unknown; isTTY?: boolean };
 
@@ -150,6 +157,7 @@ function parseOptions(args: string[]) {
         data: { type: 'string' },
         host: { type: 'string' },
         port: { type: 'string' },
+        password: { type: 'string' },
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         'metrics-port': { type: 'string' },
@@ -199,33 +207,59 @@ function unlimitedSources(v: string): string[] {
   return list;
 }
 
-type Settings = { host: string; port: number };
+/** What relay.json keeps: where clients reach the relay, and its queue-creation password if any. */
+type Settings = { host: string; port: number; password: string | null };
+
+const PASSWORD_RULE = `1-${MAX_PASSWORD_LENGTH} characters, each a letter, a digit or one of - . _ ~`;
 
 function readSettings(dataDir: string): Partial<Settings> {
   const p = join(dataDir, SETTINGS_FILE);
   if (!existsSync(p)) return {};
+  let s: Partial<Settings>;
   try {
-    const s = JSON.parse(readFileSync(p, 'utf8')) as Partial<Settings>;
-    return {
-      ...(typeof s.host === 'string' ? { host: s.host } : {}),
-      ...(typeof s.port === 'number' ? { port: s.port } : {}),
-    };
+    s = JSON.parse(readFileSync(p, 'utf8')) as Partial<Settings>;
   } catch {
     throw new UsageError(`${SETTINGS_FILE} in the data folder is not valid JSON`);
   }
+  if (s.password !== undefined && s.password !== null && (typeof s.password !== 'string' || !isRelayPassword(s.password))) {
+    throw new UsageError(`the password in ${SETTINGS_FILE} must have ${PASSWORD_RULE}`);
+  }
+  return {
+    ...(typeof s.host === 'string' ? { host: s.host } : {}),
+    ...(typeof s.port === 'number' ? { port: s.port } : {}),
+    ...(typeof s.password === 'string' ? { password: s.password } : {}),
+  };
 }
 
-function hostPort(dataDir: string, values: Values): Settings {
+/** `--password`: a password, 'random' (a new one of 192 bits) or, for start only, 'none'. */
+function passwordOption(v: string | boolean | undefined, allowNone: boolean): string | null | undefined {
+  if (typeof v !== 'string') return undefined;
+  if (v === 'random') return randomBytes(24).toString('base64url');
+  if (v === 'none' && allowNone) return null;
+  if (v === 'none') throw new UsageError("a new relay has no password unless --password gives one: leave it out rather than say 'none'");
+  if (!isRelayPassword(v)) throw new UsageError(`--password must be 'random'${allowNone ? ", 'none'" : ''} or have ${PASSWORD_RULE}`);
+  return v;
+}
+
+function settings(dataDir: string, values: Values, allowNone: boolean): Settings {
   const saved = readSettings(dataDir);
   const host = typeof values.host === 'string' ? values.host : (saved.host ?? DEFAULTS.host);
   const port = intOption(values.port, '--port', 0, 65_535) ?? saved.port ?? DEFAULTS.port;
+  const given = passwordOption(values.password, allowNone);
+  const password = given === undefined ? (saved.password ?? null) : given;
   // The address printed must be one clients can parse.
   if (!isRelayHost(host)) throw new UsageError(`the relay host must be a host name or an IP address, not '${host.slice(0, 64)}'`);
-  return { host, port };
+  return { host, port, password };
+}
+
+/** The address clients use, with the password when queue creation needs one. */
+function addressOf(fingerprint: Uint8Array, { host, port, password }: Settings): string {
+  return formatRelayAddress(password === null ? { fingerprint, host, port } : { fingerprint, host, port, password }, { withPassword: true });
 }
 
 async function relayInit(dataDir: string, values: Values, out: Out): Promise<number> {
-  const { host, port } = hostPort(dataDir, values);
+  const saved = settings(dataDir, values, false);
+  const { host, port, password } = saved;
   if (port === 0) throw new UsageError("relay init records the port clients will use: give one from 1 to 65535 (port 0, a free port, is for 'relay start')");
   // Under the data folder's lock: an init running beside a relay (or another init) on the same
   // folder stops before it looks for a key or writes anything there.
@@ -234,23 +268,26 @@ async function relayInit(dataDir: string, values: Values, out: Out): Promise<num
   try {
     if (loadIdentity(dataDir) !== null) throw new UsageError(`${dataDir} already holds a relay; use 'murmure relay start --data ${dataDir}'`);
     identity = await createIdentity(dataDir);
-    writeFileSync(join(dataDir, SETTINGS_FILE), `${JSON.stringify({ host, port })}\n`);
+    // Only the owner may read the password (the key beside it is kept the same way).
+    const file = join(dataDir, SETTINGS_FILE);
+    writeFileSync(file, `${JSON.stringify(password === null ? { host, port } : { host, port, password })}\n`, { mode: 0o600 });
+    chmodSync(file, 0o600);
   } finally {
     lock.release();
   }
-  const address = formatRelayAddress({ fingerprint: identity.fingerprint, host, port });
+  const address = addressOf(identity.fingerprint, saved);
   out.write(values.json === true ? `${JSON.stringify({ address })}\n` : `${address}\n`);
   return 0;
 }
 
 async function relayStart(dataDir: string, values: Values, out: Out, err: Out): Promise<number> {
-  const { host, port } = hostPort(dataDir, values);
+  const { host, port, password } = settings(dataDir, values, true);
   const days = (v: number | undefined) => (v === undefined ? undefined : v * 86_400_000);
   const level = values['log-level'];
   if (level !== undefined && !['debug', 'info', 'warn', 'error'].includes(String(level))) {
     throw new UsageError('--log-level must be debug, info, warn or error');
   }
-  const overrides: { -readonly [K in keyof Omit<RelayConfig, 'dataDir'>]?: RelayConfig[K] } = { host, port };
+  const overrides: { -readonly [K in keyof Omit<RelayConfig, 'dataDir'>]?: RelayConfig[K] } = { host, port, createPassword: password };
   const metricsPort = intOption(values['metrics-port'], '--metrics-port', 0, 65_535);
   const messageTtlMs = days(intOption(values['message-ttl-days'], '--message-ttl-days', 1, 3650));
   const queueTtlMs = days(intOption(values['queue-ttl-days'], '--queue-ttl-days', 1, 36_500));

@@ -6,6 +6,8 @@
  * - 1 (2026-11-26): fixed 16,376-byte blocks (16,384 until 2026-11-27, before any release), queues with separate recipient and sender ids,
  *   NEW/KEY/SUB/ACK/GET/OFF/DEL/SEND/LSET/LGET/PING, signatures and session authenticators
  *   bound to the TLS session, relay-to-recipient box.
+ * - 2 (2026-11-27): NEW may carry the relay's queue-creation password (the relay's address then
+ *   names it: `murmure://FINGERPRINT:PASSWORD@HOST:PORT`).
  * @module
  */
 
@@ -13,10 +15,12 @@ import { ProtocolError } from './errors.js';
 
 /** The first relay protocol version. */
 export const V_INITIAL = 1;
+/** NEW's optional queue-creation password. */
+export const V_CREATE_PASSWORD = 2;
 /** Oldest version this code speaks. */
 export const RELAY_VERSION_MIN = V_INITIAL;
 /** Newest version this code speaks. */
-export const RELAY_VERSION_MAX = V_INITIAL;
+export const RELAY_VERSION_MAX = V_CREATE_PASSWORD;
 
 /** An inclusive range of protocol versions. */
 export type VersionRange = Readonly<{ min: number; max: number }>;

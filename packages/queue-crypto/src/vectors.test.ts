@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { authorizedBytes, encodeCommand, encodeReceivedMessage } from '@murmure/protocol';
+import { V_INITIAL, authorizedBytes, encodeCommand, encodeReceivedMessage } from '@murmure/protocol';
 
 import {
   agree,
@@ -65,8 +65,8 @@ test("a SUB's session authenticator: authorised bytes, X25519, HKDF, HMAC", () =
   assert.ok(checkAuthenticator(key, authorized, bytes(v.subAuthenticator.mac)));
 });
 
-test("a NEW's Ed25519 signature over its authorised bytes", () => {
-  const command = encodeCommand({ type: 'NEW', rcvSigKey: bytes(v.publicKeys.rcvSig), rcvAuthKey: auth.publicKey, rcvDhKey: dh.publicKey });
+test("a NEW's Ed25519 signature over its authorised bytes (the NEW in protocol version 1's layout)", () => {
+  const command = encodeCommand({ type: 'NEW', rcvSigKey: bytes(v.publicKeys.rcvSig), rcvAuthKey: auth.publicKey, rcvDhKey: dh.publicKey }, V_INITIAL);
   assert.equal(hex(command), v.newSignature.command);
   const authorized = authorizedBytes(bytes(inp.sessionId), bytes(inp.corrId), new Uint8Array(0), command);
   assert.equal(hex(authorized), v.newSignature.authorized);

@@ -54,6 +54,11 @@ export type RelayConfig = Readonly<{
   authRefusalsPerSource: number;
   /** Queues one connection may create over its life. */
   queuesPerConnection: number;
+  /**
+   * The password a NEW must carry to create a queue (a relay for a known group of people); null:
+   * anyone may create queues. Sending to a queue never needs it. Part of the relay's address.
+   */
+  createPassword: string | null;
   /** Time allowed for the TLS handshake, and again from its end to the client hello (upgrade and hello). */
   handshakeTimeoutMs: number;
   /** A connection that sends nothing for this long is closed. Clients PING to stay. */
@@ -92,6 +97,7 @@ export const DEFAULTS = {
   commandBurst: 40_000,
   authRefusalsPerSource: 2_000,
   queuesPerConnection: 1_000,
+  createPassword: null,
   handshakeTimeoutMs: 10_000,
   idleTimeoutMs: 15 * 60_000,
   // 1 MiB: 64 framed blocks (64 × 16,380 bytes) may wait, a 65th is too many.

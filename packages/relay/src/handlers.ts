@@ -7,6 +7,8 @@
  * @module
  */
 
+import { createHash, timingSafeEqual } from 'node:crypto';
+
 import {
   ID_LENGTH,
   ProtocolError,
@@ -92,6 +94,17 @@ function authCacheKey(role: Role, entityId: Uint8Array): string {
 /** A SUB reading its queue: whether a message was committed to the queue meanwhile. */
 type CommitWatch = { readonly key: string; committed: boolean };
 
+/** The SHA-256 of a password: digests of equal length compare in constant time. */
+function passwordDigest(password: Uint8Array): Buffer {
+  return createHash('sha256').update(password).digest();
+}
+
+/** Whether a NEW's password is the relay's, in a time that depends on neither. */
+function passwordMatches(expected: Buffer, given: Uint8Array | undefined): boolean {
+  return timingSafeEqual(expected, passwordDigest(given ?? EMPTY_PASSWORD));
+}
+const EMPTY_PASSWORD = new Uint8Array(0);
+
 class Refusal {
   constructor(readonly code: ErrorCode) {}
 }
@@ -104,18 +117,23 @@ export class RelayHandlers implements CommandHandler {
   /** Bytes of sealed messages read ahead over every subscription, and held for reads under way (at most `prefetchBudgetBytes`). */
   private aheadBytes = 0;
 
+  /** The SHA-256 of the queue-creation password, or null when anyone may create queues. */
+  private readonly createPassword: Buffer | null;
+
   constructor(
     private readonly store: QueueStore,
     private readonly config: RelayConfig,
     private readonly metrics: RelayMetrics,
     private readonly logger: Logger,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.createPassword = config.createPassword === null ? null : passwordDigest(Buffer.from(config.createPassword, 'ascii'));
+  }
 
   async handle(conn: Connection, t: ClientTransmission): Promise<boolean> {
     let cmd: Command;
     try {
-      cmd = decodeCommand(t.command);
+      cmd = decodeCommand(t.command, conn.version);
     } catch (e) {
       const large = ProtocolError.is(e, 'TOO_LARGE') && t.command[0] === 0x08;
       conn.error(t.corrId, t.entityId, large ? 'LARGE_MSG' : 'CMD');
@@ -232,6 +250,8 @@ export class RelayHandlers implements CommandHandler {
   private async newQueue(conn: Connection, t: ClientTransmission, cmd: Extract<Command, { type: 'NEW' }>) {
     if (t.entityId.length !== 0) throw new Refusal('CMD');
     if (conn.queuesCreated >= this.config.queuesPerConnection) throw new Refusal('LIMIT');
+    // Before the signature: a client without the password costs no signature check.
+    if (this.createPassword !== null && !passwordMatches(this.createPassword, cmd.password)) throw new Refusal('AUTH');
     if (t.auth.kind !== 'signature' || !this.signatureValid(conn, t, cmd.rcvSigKey, t.auth.bytes)) throw new Refusal('AUTH');
     const server = generateDhKeyPair();
     const secret = agree(server.privateKey, cmd.rcvDhKey);

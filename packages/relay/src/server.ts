@@ -11,7 +11,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 
-import { BLOCK_SIZE, SESSION_EXPORTER_LABEL, SESSION_ID_LENGTH, formatRelayAddress, isLoopbackHost } from '@murmure/protocol';
+import { BLOCK_SIZE, MAX_PASSWORD_LENGTH, SESSION_EXPORTER_LABEL, SESSION_ID_LENGTH, formatRelayAddress, isLoopbackHost, isRelayPassword } from '@murmure/protocol';
 import { WebSocketServer } from 'ws';
 
 import type { RelayConfig } from './config.js';
@@ -125,9 +125,14 @@ export class RelayServer {
     return (this.https.address() as AddressInfo).port;
   }
 
-  /** The address clients use: `murmure://<fingerprint>@host:port`. */
+  /**
+   * The address clients use: `murmure://<fingerprint>@host:port`, with `:<password>` after the
+   * fingerprint when queue creation needs a password.
+   */
   get address(): string {
-    return formatRelayAddress({ fingerprint: this.identity.fingerprint, host: this.config.host, port: this.port });
+    const password = this.config.createPassword;
+    const a = { fingerprint: this.identity.fingerprint, host: this.config.host, port: this.port };
+    return formatRelayAddress(password === null ? a : { ...a, password }, { withPassword: true });
   }
 
   /** The port of the metrics endpoint, if it runs. */
@@ -143,6 +148,9 @@ export class RelayServer {
     }
     if (!Number.isSafeInteger(config.maxConnectionsPerSource) || config.maxConnectionsPerSource < 1) {
       throw new RelayStartError('the connection limit per source must be a whole number of at least 1');
+    }
+    if (config.createPassword !== null && !isRelayPassword(config.createPassword)) {
+      throw new RelayStartError(`the queue-creation password must have 1-${MAX_PASSWORD_LENGTH} characters, each a letter, a digit or one of - . _ ~`);
     }
     let sources: SourceLimiter;
     try {
@@ -206,7 +214,7 @@ export class RelayServer {
       server.on('error', (e: NodeJS.ErrnoException) => logger.log('error', 'listener error', { code: e.code ?? 'unknown' }));
       if (config.metricsPort !== null) await relay.startMetrics(config.metricsPort);
       relay.startTimers();
-      logger.log('info', 'relay started', { port: relay.port });
+      logger.log('info', 'relay started', { port: relay.port, createPassword: config.createPassword !== null });
       if (config.plainLoopback) logger.log('warn', 'serving plain WebSocket without TLS (loopback benchmark mode)');
       return relay;
     } catch (e) {

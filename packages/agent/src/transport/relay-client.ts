@@ -16,6 +16,8 @@ import {
   BLOCK_SIZE,
   CORR_ID_LENGTH,
   RELAY_VERSIONS,
+  V_CREATE_PASSWORD,
+  asciiBytes,
   SESSION_EXPORTER_LABEL,
   SESSION_ID_LENGTH,
   authorizedBytes,
@@ -276,7 +278,7 @@ export class RelayClient extends EventEmitter {
     const corrId = randomId(CORR_ID_LENGTH);
     let full: Uint8Array | null;
     try {
-      const command = encodeCommand(cmd);
+      const command = encodeCommand(cmd, this.version);
       const auth = this.authorize(signer, corrId, entityId, command);
       full = this.packer.push(encodeClientTransmission({ auth, corrId, entityId, command }));
     } catch (e) {
@@ -407,14 +409,20 @@ export class RelayClient extends EventEmitter {
 
   // Queue operations.
 
-  /** Creates a queue with fresh keys and returns its recipient side. */
-  async createQueue(): Promise<RecipientQueue> {
+  /**
+   * Creates a queue with fresh keys and returns its recipient side. `password` is the relay's
+   * queue-creation password, by default the one of the address this client connected to (null:
+   * none); a relay of protocol version 1 has none, and is sent none.
+   */
+  async createQueue(password: string | null = this.address.password ?? null): Promise<RecipientQueue> {
     const sigKey = generateSigningKeyPair();
     const authKey = generateDhKeyPair();
     const dhKey = generateDhKeyPair();
+    const keys = { rcvSigKey: sigKey.publicKey, rcvAuthKey: authKey.publicKey, rcvDhKey: dhKey.publicKey };
+    const withPassword = password !== null && this.version >= V_CREATE_PASSWORD;
     const r = await this.command(
       new Uint8Array(0),
-      { type: 'NEW', rcvSigKey: sigKey.publicKey, rcvAuthKey: authKey.publicKey, rcvDhKey: dhKey.publicKey },
+      withPassword ? { type: 'NEW', ...keys, password: asciiBytes(password) } : { type: 'NEW', ...keys },
       { kind: 'signature', key: sigKey.privateKey },
     );
     if (r.type !== 'IDS') throw new RelayClientError('BAD_RESPONSE', `NEW was answered with ${r.type}`);

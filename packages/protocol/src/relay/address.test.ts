@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { isIPv6 } from 'node:net';
 
-import { MAX_ADDRESS_LENGTH, ProtocolError, formatRelayAddress, parseRelayAddress, toBase64Url } from '@murmure/protocol';
+import { MAX_ADDRESS_LENGTH, MAX_PASSWORD_LENGTH, ProtocolError, formatRelayAddress, isRelayPassword, parseRelayAddress, relayName, toBase64Url } from '@murmure/protocol';
 import type { RelayAddress } from '@murmure/protocol';
 
 /** Parses hostile text: BAD_ADDRESS is fine, any other exception fails. Returns the address, if any. */
@@ -69,6 +69,52 @@ describe('relay address round trip', () => {
       assert.throws(() => parseRelayAddress(`murmure://${FP}@${h}:443`), (e) => ProtocolError.is(e, 'BAD_ADDRESS'), h);
     }
   });
+});
+
+describe('queue-creation passwords in addresses', () => {
+  const password = fc.string({ unit: fc.constantFrom(...'abcXYZ019-._~'), minLength: 1, maxLength: MAX_PASSWORD_LENGTH });
+  const withPassword: fc.Arbitrary<RelayAddress> = fc.tuple(address, password).map(([a, p]) => ({ ...a, password: p }));
+
+  test('an address with a password round-trips when formatted with it, and formats without it by default', () => {
+    fc.assert(
+      fc.property(withPassword, (a) => {
+        const text = formatRelayAddress(a, { withPassword: true });
+        assert.ok(text.includes(`:${a.password}@`));
+        assert.deepEqual(parseRelayAddress(text), a);
+        const bare = { fingerprint: a.fingerprint, host: a.host, port: a.port };
+        assert.deepEqual(parseRelayAddress(formatRelayAddress(a)), bare, 'the default form has no password');
+        assert.equal(relayName(text), formatRelayAddress(bare), 'the name of a relay has no password');
+        assert.ok(!formatRelayAddress(a).includes(`:${a.password}@`), 'the password is not in the default form');
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  test('the text form: the password after the fingerprint and a colon', () => {
+    const fp = new Uint8Array(32).map((_, i) => i);
+    assert.deepEqual(parseRelayAddress(`murmure://${FP}:s3cret-Pass.word~1@relay.example.org:5224`), { fingerprint: fp, host: 'relay.example.org', port: 5224, password: 's3cret-Pass.word~1' });
+    assert.equal(formatRelayAddress({ fingerprint: fp, host: '::1', port: 1, password: 'pw' }, { withPassword: true }), `murmure://${FP}:pw@[::1]:1`);
+    assert.equal(parseRelayAddress(`murmure://${FP}:${'p'.repeat(MAX_PASSWORD_LENGTH)}@relay:1`).password?.length, MAX_PASSWORD_LENGTH);
+    assert.ok(isRelayPassword('a') && isRelayPassword('A-z_0.9~') && !isRelayPassword('') && !isRelayPassword('a b') && !isRelayPassword('p'.repeat(MAX_PASSWORD_LENGTH + 1)));
+  });
+
+  for (const [what, pw] of [
+    ['an empty password', ''],
+    ['a password over MAX_PASSWORD_LENGTH', 'p'.repeat(MAX_PASSWORD_LENGTH + 1)],
+    ['a space in the password', 'two words'],
+    ['an @ in the password', 'a@b'],
+    ['a colon in the password', 'a:b'],
+    ['a slash in the password', 'a/b'],
+    ['a percent sign in the password', 'a%20b'],
+    ['a non-ASCII password', 'mot-de-passe-\u00e9'],
+  ] as const) {
+    test(`an address with ${what} is BAD_ADDRESS, with a reason`, () => {
+      assert.throws(
+        () => parseRelayAddress(`murmure://${FP}:${pw}@relay:1`),
+        (e) => ProtocolError.is(e, 'BAD_ADDRESS') && (/password must have 1-128 characters/.test(e.message) || /must look like/.test(e.message)),
+      );
+    });
+  }
 });
 
 describe('relay address edge cases', () => {
@@ -158,7 +204,7 @@ describe('relay address fuzz', () => {
     fc.assert(
       fc.property(mutatedText, (t) => {
         const a = parseOrRefuse(t);
-        if (a !== undefined) assert.deepEqual(parseRelayAddress(formatRelayAddress(a)), a);
+        if (a !== undefined) assert.deepEqual(parseRelayAddress(formatRelayAddress(a, { withPassword: true })), a);
       }),
       { numRuns: 4000 },
     );

@@ -1,15 +1,33 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 /**
- * Relay addresses: `murmure://<fingerprint>@<host>:<port>`, where the fingerprint is the
- * unpadded base64url SHA-256 of the relay's TLS certificate (DER). docs/protocol.md, "Addresses".
+ * Relay addresses: `murmure://<fingerprint>[:<password>]@<host>:<port>`, where the fingerprint is
+ * the unpadded base64url SHA-256 of the relay's TLS certificate (DER) and the optional password
+ * is the relay's queue-creation password. docs/protocol.md, "Addresses".
  * @module
  */
 
 import { fromBase64Url, toBase64Url } from '../encoding/base64url.js';
 import { ProtocolError } from '../errors.js';
 
-/** A parsed relay address. */
-export type RelayAddress = Readonly<{ fingerprint: Uint8Array; host: string; port: number }>;
+/**
+ * A parsed relay address. `password`, when present, is what the relay asks of a client that
+ * creates a queue (`NEW`); sending to a queue or reading one never needs it.
+ */
+export type RelayAddress = Readonly<{ fingerprint: Uint8Array; host: string; port: number; password?: string }>;
+
+/** Longest queue-creation password, in characters. */
+export const MAX_PASSWORD_LENGTH = 128;
+/**
+ * A queue-creation password: 1 to MAX_PASSWORD_LENGTH characters, each a letter, a digit or one
+ * of `-._~` (RFC 3986's unreserved characters), so it stands in an address, a URL or a shell
+ * command as it is.
+ */
+const PASSWORD = new RegExp(`^[A-Za-z0-9._~-]{1,${MAX_PASSWORD_LENGTH}}$`);
+
+/** Whether `text` can be a queue-creation password. */
+export function isRelayPassword(text: string): boolean {
+  return PASSWORD.test(text);
+}
 
 /** Longest address accepted, in characters. */
 export const MAX_ADDRESS_LENGTH = 512;
@@ -57,19 +75,27 @@ export function isRelayHost(host: string): boolean {
   return host.includes(':') ? isIpv6(host) : isNameOrIpv4(host);
 }
 
-/** Formats an address. */
-export function formatRelayAddress(a: RelayAddress): string {
+/**
+ * Formats an address. The password is left out unless `withPassword` is set: the address of a
+ * queue, in an invitation link or a message to a contact, must never carry it, and the
+ * password-less form names the relay (one connection per relay, whatever password was given).
+ */
+export function formatRelayAddress(a: RelayAddress, opts: Readonly<{ withPassword?: boolean }> = {}): string {
   const host = a.host.includes(':') ? `[${a.host}]` : a.host;
-  return `murmure://${toBase64Url(a.fingerprint)}@${host}:${a.port}`;
+  const password = opts.withPassword === true && a.password !== undefined ? `:${a.password}` : '';
+  return `murmure://${toBase64Url(a.fingerprint)}${password}@${host}:${a.port}`;
 }
 
 /** Parses an address; throws `BAD_ADDRESS` with a reason a person can act on. */
 export function parseRelayAddress(text: string): RelayAddress {
   const trimmed = text.trim();
   if (trimmed.length > MAX_ADDRESS_LENGTH) throw new ProtocolError('BAD_ADDRESS', 'relay address is too long');
-  const m = /^murmure:\/\/([A-Za-z0-9_-]+)@(\[[^\]]+\]|[^:/@[\]]+):(\d{1,5})$/.exec(trimmed);
+  const m = /^murmure:\/\/([A-Za-z0-9_-]+)(?::([^@]*))?@(\[[^\]]+\]|[^:/@[\]]+):(\d{1,5})$/.exec(trimmed);
   if (m === null) throw new ProtocolError('BAD_ADDRESS', 'relay address must look like murmure://FINGERPRINT@HOST:PORT');
-  const [, fp, rawHost, rawPort] = m as unknown as [string, string, string, string];
+  const [, fp, password, rawHost, rawPort] = m as unknown as [string, string, string | undefined, string, string];
+  if (password !== undefined && !PASSWORD.test(password)) {
+    throw new ProtocolError('BAD_ADDRESS', `a relay password must have 1-${MAX_PASSWORD_LENGTH} characters, each a letter, a digit or one of - . _ ~`);
+  }
   let fingerprint: Uint8Array;
   try {
     fingerprint = fromBase64Url(fp);
@@ -83,7 +109,12 @@ export function parseRelayAddress(text: string): RelayAddress {
   }
   const port = Number(rawPort);
   if (port < 1 || port > 65_535) throw new ProtocolError('BAD_ADDRESS', 'relay port must be 1-65535');
-  return { fingerprint, host, port };
+  return password === undefined ? { fingerprint, host, port } : { fingerprint, host, port, password };
+}
+
+/** The address without its password, in its canonical text form: the name of the relay. */
+export function relayName(text: string): string {
+  return formatRelayAddress(parseRelayAddress(text));
 }
 
 /** Whether a host name or address is this machine's loopback (127.0.0.0/8, ::1, localhost). */

@@ -15,9 +15,12 @@ import {
   MAX_BOXED_BODY,
   MAX_LINK_DATA,
   MAX_MESSAGE_BODY,
+  MAX_PASSWORD_LENGTH,
   ProtocolError,
   ResponseTag,
   SIGNATURE_LENGTH,
+  V_CREATE_PASSWORD,
+  V_INITIAL,
   decodeBlock,
   decodeClientTransmission,
   decodeCommand,
@@ -119,6 +122,7 @@ const id = bytesN(ID_LENGTH);
 
 const command: fc.Arbitrary<Command> = fc.oneof(
   rec({ type: fc.constant('NEW' as const), rcvSigKey: key, rcvAuthKey: key, rcvDhKey: key }),
+  rec({ type: fc.constant('NEW' as const), rcvSigKey: key, rcvAuthKey: key, rcvDhKey: key, password: fc.uint8Array({ minLength: 1, maxLength: MAX_PASSWORD_LENGTH }) }),
   rec({ type: fc.constant('KEY' as const), sndAuthKey: key }),
   rec({ type: fc.constant('SUB' as const) }),
   rec({ type: fc.constant('ACK' as const), msgId: id }),
@@ -175,6 +179,36 @@ describe('commands and responses round trip', () => {
       }),
       { numRuns: 3000 },
     );
+  });
+
+  test('in version 1 every command but a NEW with a password round-trips, in the layout of version 2 but for NEW', () => {
+    fc.assert(
+      fc.property(command, (c) => {
+        if (c.type === 'NEW' && c.password !== undefined) {
+          assert.throws(() => encodeCommand(c, V_INITIAL), (e) => ProtocolError.is(e, 'BAD_VALUE'), 'version 1 has no password field');
+          return;
+        }
+        const bytes = encodeCommand(c, V_INITIAL);
+        assert.deepEqual(decodeCommand(bytes, V_INITIAL), c);
+        if (c.type === 'NEW') {
+          assert.deepEqual(encodeCommand(c, V_CREATE_PASSWORD), concat(bytes, new Uint8Array([0])), 'version 2 adds an empty password field');
+          assert.throws(() => decodeCommand(bytes, V_CREATE_PASSWORD), (e) => ProtocolError.is(e, 'TRUNCATED'), "version 1's NEW is short in version 2");
+        } else assert.deepEqual(encodeCommand(c, V_CREATE_PASSWORD), bytes);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  test('a NEW password is 1 to MAX_PASSWORD_LENGTH bytes: an empty one is no password, a longer one is TOO_LARGE', () => {
+    const k = new Uint8Array(KEY_LENGTH);
+    const keys = { rcvSigKey: k, rcvAuthKey: k, rcvDhKey: k };
+    assert.throws(() => encodeCommand({ type: 'NEW', ...keys, password: new Uint8Array(0) }), (e) => ProtocolError.is(e, 'BAD_LENGTH'));
+    assert.throws(() => encodeCommand({ type: 'NEW', ...keys, password: new Uint8Array(MAX_PASSWORD_LENGTH + 1) }), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+    const head = encodeCommand({ type: 'NEW', ...keys }, V_INITIAL);
+    assert.throws(() => decodeCommand(concat(head, new Uint8Array([MAX_PASSWORD_LENGTH + 1]), new Uint8Array(MAX_PASSWORD_LENGTH + 1))), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+    assert.deepEqual(decodeCommand(concat(head, new Uint8Array([0]))), { type: 'NEW', ...keys });
+    const most = new Uint8Array(MAX_PASSWORD_LENGTH).fill(0x61);
+    assert.deepEqual(decodeCommand(concat(head, new Uint8Array([MAX_PASSWORD_LENGTH]), most)), { type: 'NEW', ...keys, password: most });
   });
 
   test('decodeResponse(encodeResponse(r)) equals r for every variant', () => {

@@ -9,6 +9,8 @@ import { Reader } from '../encoding/reader.js';
 import { Writer } from '../encoding/writer.js';
 import { ProtocolError } from '../errors.js';
 import { BOX_TAG_LENGTH, ID_LENGTH, KEY_LENGTH, MAX_LINK_DATA, MAX_MESSAGE_BODY, RCV_HEADER_LENGTH } from '../limits.js';
+import { RELAY_VERSION_MAX, V_CREATE_PASSWORD } from '../version.js';
+import { MAX_PASSWORD_LENGTH } from './address.js';
 
 /** Command tags. */
 export const CommandTag = {
@@ -27,8 +29,11 @@ export const CommandTag = {
 
 /** A command a client sends to a relay. */
 export type Command =
-  /** Create a queue. Entity: none. Signed with `rcvSigKey`. */
-  | { type: 'NEW'; rcvSigKey: Uint8Array; rcvAuthKey: Uint8Array; rcvDhKey: Uint8Array }
+  /**
+   * Create a queue. Entity: none. Signed with `rcvSigKey`. `password` (from version 2,
+   * V_CREATE_PASSWORD; never empty) is the relay's queue-creation password, when it has one.
+   */
+  | { type: 'NEW'; rcvSigKey: Uint8Array; rcvAuthKey: Uint8Array; rcvDhKey: Uint8Array; password?: Uint8Array }
   /** Secure a queue with the sender's key. Entity: recipient id. Signed. */
   | { type: 'KEY'; sndAuthKey: Uint8Array }
   /** Subscribe this connection to a queue. Entity: recipient id. Authenticator. */
@@ -53,17 +58,18 @@ export type Command =
 /** The names of the commands. */
 export type CommandType = Command['type'];
 
-/** Encodes a command body (tag and fields). */
-export function encodeCommand(c: Command): Uint8Array {
+/**
+ * Encodes a command body (tag and fields) in the layout of protocol `version` (by default the
+ * newest; a connection uses the version it negotiated).
+ */
+export function encodeCommand(c: Command, version: number = RELAY_VERSION_MAX): Uint8Array {
   const w = new Writer(c.type === 'SEND' ? c.body.length + 8 : 128);
   switch (c.type) {
     case 'NEW':
-      return w
-        .u8(CommandTag.NEW)
-        .bytesN(c.rcvSigKey, KEY_LENGTH, 'rcvSigKey')
-        .bytesN(c.rcvAuthKey, KEY_LENGTH, 'rcvAuthKey')
-        .bytesN(c.rcvDhKey, KEY_LENGTH, 'rcvDhKey')
-        .finish();
+      w.u8(CommandTag.NEW).bytesN(c.rcvSigKey, KEY_LENGTH, 'rcvSigKey').bytesN(c.rcvAuthKey, KEY_LENGTH, 'rcvAuthKey').bytesN(c.rcvDhKey, KEY_LENGTH, 'rcvDhKey');
+      if (version >= V_CREATE_PASSWORD) w.shortBytes(c.password === undefined ? NO_PASSWORD : nonEmpty(c.password), MAX_PASSWORD_LENGTH, 'password');
+      else if (c.password !== undefined) throw new ProtocolError('BAD_VALUE', `a NEW carries a password from protocol version ${V_CREATE_PASSWORD} on`);
+      return w.finish();
     case 'KEY':
       return w.u8(CommandTag.KEY).bytesN(c.sndAuthKey, KEY_LENGTH, 'sndAuthKey').finish();
     case 'ACK':
@@ -84,20 +90,26 @@ export function encodeCommand(c: Command): Uint8Array {
   }
 }
 
-/** Decodes a command body; throws `ProtocolError` on anything malformed. */
-export function decodeCommand(bytes: Uint8Array): Command {
+const NO_PASSWORD = new Uint8Array(0);
+
+/** A password is never empty: an empty password field means none. */
+function nonEmpty(password: Uint8Array): Uint8Array {
+  if (password.length === 0) throw new ProtocolError('BAD_LENGTH', 'a password is not empty: leave it out for none');
+  return password;
+}
+
+/** Decodes a command body in the layout of protocol `version`; throws `ProtocolError` on anything malformed. */
+export function decodeCommand(bytes: Uint8Array, version: number = RELAY_VERSION_MAX): Command {
   const r = new Reader(bytes);
   const tag = r.u8('command tag');
   let c: Command;
   switch (tag) {
-    case CommandTag.NEW:
-      c = {
-        type: 'NEW',
-        rcvSigKey: r.bytesN(KEY_LENGTH, 'rcvSigKey'),
-        rcvAuthKey: r.bytesN(KEY_LENGTH, 'rcvAuthKey'),
-        rcvDhKey: r.bytesN(KEY_LENGTH, 'rcvDhKey'),
-      };
+    case CommandTag.NEW: {
+      const keys = { rcvSigKey: r.bytesN(KEY_LENGTH, 'rcvSigKey'), rcvAuthKey: r.bytesN(KEY_LENGTH, 'rcvAuthKey'), rcvDhKey: r.bytesN(KEY_LENGTH, 'rcvDhKey') };
+      const password = version >= V_CREATE_PASSWORD ? r.shortBytes(MAX_PASSWORD_LENGTH, 'password') : NO_PASSWORD;
+      c = password.length === 0 ? { type: 'NEW', ...keys } : { type: 'NEW', ...keys, password };
       break;
+    }
     case CommandTag.KEY:
       c = { type: 'KEY', sndAuthKey: r.bytesN(KEY_LENGTH, 'sndAuthKey') };
       break;
