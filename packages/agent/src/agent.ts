@@ -60,6 +60,7 @@ import {
   pad,
   parseInvitationLink,
   parseRelayAddress,
+  relayName,
   unpad,
   type EnvelopeBody,
   type SessionPayload,
@@ -444,6 +445,35 @@ export class Agent extends EventEmitter {
     });
   }
 
+  /**
+   * Makes a queue on `relay` (an address, with or without the relay's queue-creation password)
+   * over `isolation`'s connection. Rows and the pool name the relay without its password; the
+   * password sent is the address's or, if it has none, the last one that worked on that relay,
+   * and a password that worked is kept for later queues there.
+   */
+  private async createQueueOn(relay: string, isolation: string): Promise<{ name: string; client: RelayClient; q: RecipientQueue }> {
+    const addr = parseRelayAddress(relay);
+    const name = formatRelayAddress(addr);
+    const client = await this.relayClient(name, isolation);
+    const kept = this.store.relayPassword(name);
+    const password = addr.password ?? kept ?? null;
+    let q: RecipientQueue;
+    try {
+      q = await client.createQueue(password);
+    } catch (e) {
+      if (!RelayClientError.is(e, 'AUTH')) throw e;
+      throw new AgentError(
+        'RELAY_PASSWORD',
+        password === null
+          ? 'the relay makes queues only with its password: use its address with the password (murmure://FINGERPRINT:PASSWORD@HOST:PORT)'
+          : 'the relay refused the password: ask its operator for its current address',
+        { cause: e },
+      );
+    }
+    if (addr.password !== undefined && addr.password !== kept) this.store.setRelayPassword(name, addr.password);
+    return { name, client, q };
+  }
+
   /** Makes a one-time invitation (or a long-term address) on `relay` and returns its link. */
   createInvitation(relay: string, kind: LinkKind = 'invitation'): Promise<{ connId: string; link: string }> {
     const connId = randomUUID();
@@ -451,9 +481,8 @@ export class Agent extends EventEmitter {
   }
 
   private async invite(connId: string, relay: string, kind: LinkKind): Promise<{ connId: string; link: string }> {
-    const relayAddr = parseRelayAddress(relay);
-    const client = await this.relayClient(relay, this.route('rcv', connId));
-    const q = await client.createQueue();
+    const { name, client, q } = await this.createQueueOn(relay, this.route('rcv', connId));
+    const relayAddr = parseRelayAddress(name);
     const e2e = generateDhKeyPair();
     const local = generateIdentity();
     const state = new ProtocolState(local, this.store.stateSource(connId));
@@ -467,7 +496,7 @@ export class Agent extends EventEmitter {
     this.store.local.transaction(() => {
       this.store.insertConnection({
         ...this.blankRow(connId, kind, kind === 'invitation' ? 'invited' : 'address', local),
-        rcv_relay: relay,
+        rcv_relay: name,
         rcv_id: q.rcvId,
         rcv_snd_id: q.sndId,
         rcv_sig_key: exportPrivateKey(q.sigKey.privateKey),
@@ -535,8 +564,7 @@ export class Agent extends EventEmitter {
     }
     if (!eq(inv.queue.sndId, linkData.sndId)) throw new AgentError('BAD_LINK', 'the invitation does not match its queue');
 
-    const myClient = await this.relayClient(myRelay, this.route('rcv', connId));
-    const q = await myClient.createQueue();
+    const { name: myName, client: myClient, q } = await this.createQueueOn(myRelay, this.route('rcv', connId));
     const theirSenderKey = generateDhKeyPair(); // the contact's key for sending to our queue
     await myClient.secure(q, theirSenderKey.publicKey);
     const myE2e = generateDhKeyPair(); // the box key of our queue
@@ -551,7 +579,7 @@ export class Agent extends EventEmitter {
     }
     const body: EnvelopeBody = {
       type: 'CONFIRMATION',
-      replyQueue: { relay: parseRelayAddress(myRelay), sndId: q.sndId, e2eKey: myE2e.publicKey },
+      replyQueue: { relay: parseRelayAddress(myName), sndId: q.sndId, e2eKey: myE2e.publicKey },
       replySenderKey: rawDhPrivateKey(theirSenderKey.privateKey),
       senderAuthKey: mySenderKey.publicKey,
       payload,
@@ -560,7 +588,7 @@ export class Agent extends EventEmitter {
       ...this.blankRow(connId, 'contact', 'joining', local),
       remote_name: bundle.name,
       remote_identity: bundle.identityKey,
-      rcv_relay: myRelay,
+      rcv_relay: myName,
       rcv_id: q.rcvId,
       rcv_snd_id: q.sndId,
       rcv_sig_key: exportPrivateKey(q.sigKey.privateKey),
@@ -580,7 +608,7 @@ export class Agent extends EventEmitter {
       this.store.enqueue(connId, wrapped.seq, 'confirmation', wrapped.frame, this.now());
     });
     await myClient.subscribe(q).catch(() => undefined);
-    this.pool.keep(myRelay, this.route('rcv', connId));
+    this.pool.keep(myName, this.route('rcv', connId));
     this.kickOutbox();
     return connId;
   }
@@ -1149,10 +1177,10 @@ export class Agent extends EventEmitter {
       if (c.rcv_id === null) {
         const relay = this.store.connection(c.state_owner)?.rcv_relay;
         if (relay === null || relay === undefined) return;
-        const q = await (await this.relayClient(relay, this.route('rcv', connId))).createQueue();
+        const { name, q } = await this.createQueueOn(relay, this.route('rcv', connId));
         const e2e = generateDhKeyPair();
         this.store.updateConnection(connId, {
-          rcv_relay: relay,
+          rcv_relay: name,
           rcv_id: q.rcvId,
           rcv_snd_id: q.sndId,
           rcv_sig_key: exportPrivateKey(q.sigKey.privateKey),
@@ -1200,23 +1228,24 @@ export class Agent extends EventEmitter {
     const c = this.store.connection(connId);
     if (c === undefined || c.status === 'deleted') throw new AgentError('NOT_FOUND', 'no such contact');
     if (c.status !== 'connected' || c.kind !== 'contact' || c.rcv_relay === null) throw new AgentError('NOT_CONNECTED', 'this contact is not connected yet');
+    // The relay to move to, as given (its password, if any, serves to make the queue) and by name.
     const target = relay ?? c.next_rcv_relay ?? c.rcv_relay;
+    let targetName: string;
     try {
-      parseRelayAddress(target);
+      targetName = relayName(target);
     } catch (e) {
       throw new AgentError('INVALID', ProtocolError.is(e) ? e.message : 'bad relay address', { cause: e });
     }
     if (c.next_rcv_id !== null && c.next_rcv_snd_id !== null && c.next_rcv_e2e_key !== null && c.next_snd_key !== null && c.next_rcv_relay !== null) {
-      if (target !== c.next_rcv_relay) throw new AgentError('INVALID', 'a switch to another relay waits for the contact; finish it first');
+      if (targetName !== relayName(c.next_rcv_relay)) throw new AgentError('INVALID', 'a switch to another relay waits for the contact; finish it first');
       const newQueue: QueueAddress = { relay: parseRelayAddress(c.next_rcv_relay), sndId: c.next_rcv_snd_id, e2eKey: importKeyPair(c.next_rcv_e2e_key).publicKey };
       await this.sendBody(connId, { type: 'SWITCH', newQueue, senderKey: c.next_snd_key }, 'message');
       this.kickOutbox();
-      return { relay: target };
+      return { relay: targetName };
     }
     if (c.old_rcv_id !== null && (await this.retireOld(connId)) !== 'done') throw new AgentError('RELAY', 'the queue of the previous switch is not empty or cannot be deleted yet; try again later');
-    const client = await this.relayClient(target, this.route('rcv', connId));
-    const q = await client.createQueue().catch((e: unknown) => {
-      throw new AgentError('RELAY', 'the relay did not make a queue', { cause: e });
+    const { client, q } = await this.createQueueOn(target, this.route('rcv', connId)).catch((e: unknown) => {
+      throw AgentError.is(e) ? e : new AgentError('RELAY', 'the relay did not make a queue', { cause: e });
     });
     const senderKey = generateDhKeyPair(); // the contact's key for sending to the new queue
     const e2e = generateDhKeyPair(); // the new queue's box key
@@ -1224,10 +1253,10 @@ export class Agent extends EventEmitter {
       throw new AgentError('RELAY', 'the relay did not secure the new queue', { cause: e });
     });
     const rawSender = rawDhPrivateKey(senderKey.privateKey);
-    const newQueue: QueueAddress = { relay: parseRelayAddress(target), sndId: q.sndId, e2eKey: e2e.publicKey };
+    const newQueue: QueueAddress = { relay: parseRelayAddress(targetName), sndId: q.sndId, e2eKey: e2e.publicKey };
     await this.sendBody(connId, { type: 'SWITCH', newQueue, senderKey: rawSender }, 'message', () =>
       this.store.updateConnection(connId, {
-        next_rcv_relay: target,
+        next_rcv_relay: targetName,
         next_rcv_id: q.rcvId,
         next_rcv_snd_id: q.sndId,
         next_rcv_sig_key: exportPrivateKey(q.sigKey.privateKey),
@@ -1238,10 +1267,10 @@ export class Agent extends EventEmitter {
       }),
     );
     await client.subscribe(q).catch(() => undefined);
-    this.pool.keep(target, this.route('rcv', connId));
-    this.emit('switch', { connId, phase: 'started', relay: target } satisfies SwitchEvent);
+    this.pool.keep(targetName, this.route('rcv', connId));
+    this.emit('switch', { connId, phase: 'started', relay: targetName } satisfies SwitchEvent);
     this.kickOutbox();
-    return { relay: target };
+    return { relay: targetName };
   }
 
   /** Looks at a connection's old queue after `delayMs`, and again later until it is deleted. */

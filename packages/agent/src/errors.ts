@@ -14,6 +14,8 @@ export type AgentErrorCode =
   | 'LINK_USED'
   | 'VERSION'
   | 'RELAY'
+  /** The relay makes queues only with a password, and none or another was given. */
+  | 'RELAY_PASSWORD'
   | 'NOT_CONNECTED'
   | 'TOO_LARGE'
   | 'INVALID';

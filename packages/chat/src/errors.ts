@@ -20,6 +20,7 @@ export type ChatErrorCode =
   | 'LINK_USED'
   | 'VERSION'
   | 'RELAY'
+  | 'RELAY_PASSWORD'
   | 'TOO_LARGE'
   | 'INVALID'
   | 'CORRUPT';
@@ -52,6 +53,7 @@ export class ChatError extends Error {
         LINK_USED: 'LINK_USED',
         VERSION: 'VERSION',
         RELAY: 'RELAY',
+        RELAY_PASSWORD: 'RELAY_PASSWORD',
         NOT_CONNECTED: 'NOT_CONNECTED',
         TOO_LARGE: 'TOO_LARGE',
         INVALID: 'INVALID',

@@ -31,7 +31,9 @@ import {
 const USAGE = `murmure: a private messenger with no user ids
 
 Usage:
-  murmure init --name NAME --relay ADDRESS   create a home (or add a profile)
+  murmure init --name NAME --relay ADDRESS   create a home (or add a profile); a relay that
+                                           asks a password to make queues has it in its
+                                           address: murmure://FINGERPRINT:PASSWORD@HOST:PORT
   murmure invite [--address] [--incognito]   print a one-time link (or a long-term address)
   murmure connect LINK [--incognito]         connect to a contact's link
   murmure sync [--wait SECONDS]              go online: handshakes, send, receive, print

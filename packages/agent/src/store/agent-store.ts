@@ -106,6 +106,15 @@ export const AGENT_MIGRATIONS: readonly Migration[] = [
     name: '0003-last-reset-seen',
     sql: `ALTER TABLE agent_connections ADD COLUMN last_reset_seen INTEGER NOT NULL DEFAULT 0;`,
   },
+  {
+    // Queue-creation passwords by relay name (the address without password): connection rows
+    // name relays without it, and a queue made later on the same relay (for a contact who came
+    // through an address, or a switch) takes the last password that worked.
+    layer: 'agent',
+    version: 4,
+    name: '0004-relay-passwords',
+    sql: `CREATE TABLE agent_relay_passwords (relay TEXT PRIMARY KEY, password TEXT NOT NULL) WITHOUT ROWID;`,
+  },
 ];
 
 /** Connection kinds. */
@@ -258,6 +267,8 @@ export class AgentStore {
       outboxDelConn: db.prepare('DELETE FROM agent_outbox WHERE conn_id = ?'),
       connIdByRcv: db.prepare('SELECT id FROM agent_connections WHERE rcv_id = $id OR next_rcv_id = $id OR old_rcv_id = $id', { pluck: true }),
       dataVersion: db.prepare('PRAGMA data_version', { pluck: true }),
+      passwordGet: db.prepare('SELECT password FROM agent_relay_passwords WHERE relay = ?', { pluck: true }),
+      passwordPut: db.prepare('INSERT INTO agent_relay_passwords (relay, password) VALUES (?, ?) ON CONFLICT (relay) DO UPDATE SET password = excluded.password'),
     };
     local.onRollback(() => this.forget());
   }
@@ -280,6 +291,16 @@ export class AgentStore {
       this.dataVersion = v;
       this.forget();
     }
+  }
+
+  /** The queue-creation password last used with the relay of this name, if any. */
+  relayPassword(relay: string): string | undefined {
+    return (this.st.passwordGet.get([relay] as Params) as string | undefined) ?? undefined;
+  }
+
+  /** Keeps the queue-creation password that worked with the relay of this name. */
+  setRelayPassword(relay: string, password: string): void {
+    this.st.passwordPut.run([relay, password] as Params);
   }
 
   /** Inserts a connection. */
