@@ -273,6 +273,8 @@ export class Agent extends EventEmitter {
   private readonly socksAuth = new Map<string, Socks5Credentials>();
   /** A message held back during a queue switch, per connection (see SWITCH_HOLD_MS). */
   private readonly held = new Map<string, { client: RelayClient; m: PushedMessage; timer: NodeJS.Timeout }>();
+  /** Accepting connections whose queue the relay refused to make for want of its password, until the next start. */
+  private readonly awaitingPassword = new Set<string>();
   /** Connections whose old queue is being retired (a check is running or scheduled). */
   private readonly retiring = new Set<string>();
 
@@ -340,6 +342,7 @@ export class Agent extends EventEmitter {
 
   /** Goes online: connects to every relay in use, subscribes, resumes handshakes and sending. */
   start(): void {
+    this.awaitingPassword.clear();
     for (const [r, isolation] of this.routes()) this.pool.keep(r, isolation);
     for (const c of this.store.connections()) {
       if (c.status === 'accepting') this.track(this.finishAccept(c.id));
@@ -395,12 +398,13 @@ export class Agent extends EventEmitter {
 
   /**
    * Whether nothing is queued for sending and no handshake waits on us. Messages to a contact
-   * that has not answered our confirmation yet wait on the contact, not on us: they do not count.
+   * that has not answered our confirmation yet wait on the contact, not on us: they do not count,
+   * nor does a handshake that waits for the person to give their relay's password.
    */
   idle(): boolean {
     if (this.receipts.size > 0) return false;
     const conns = this.store.connections();
-    if (conns.some((c) => c.status === 'accepting')) return false;
+    if (conns.some((c) => c.status === 'accepting' && !this.awaitingPassword.has(c.id))) return false;
     const connected = new Set(conns.filter((c) => c.status === 'connected').map((c) => c.id));
     return this.store.queued(OUTBOX_BATCH).every((r) => r.kind !== 'confirmation' && !connected.has(r.conn_id));
   }
@@ -472,6 +476,23 @@ export class Agent extends EventEmitter {
     }
     if (addr.password !== undefined && addr.password !== kept) this.store.setRelayPassword(name, addr.password);
     return { name, client, q };
+  }
+
+  /**
+   * Takes a relay address a person gave for making queues: keeps its queue-creation password, if
+   * it has one, for later queues on that relay, and returns the relay's name (the address without
+   * password), which is what a profile records. Throws `INVALID` for an address that is not one.
+   */
+  rememberRelay(relay: string): string {
+    let addr;
+    try {
+      addr = parseRelayAddress(relay);
+    } catch (e) {
+      throw new AgentError('INVALID', ProtocolError.is(e) ? e.message : 'bad relay address', { cause: e });
+    }
+    const name = formatRelayAddress(addr);
+    if (addr.password !== undefined && addr.password !== this.store.relayPassword(name)) this.store.setRelayPassword(name, addr.password);
+    return name;
   }
 
   /** Makes a one-time invitation (or a long-term address) on `relay` and returns its link. */
@@ -1198,7 +1219,14 @@ export class Agent extends EventEmitter {
       if (c.kind === 'contact' && c.state_owner !== c.id) {
         newQueue = { relay: parseRelayAddress(c.rcv_relay), sndId: q.sndId, e2eKey: importKeyPair(c.rcv_e2e_key).publicKey };
       }
-    } catch {
+    } catch (e) {
+      // A refused password is not retried until the next start: each try would be refused again
+      // (and count against this source's refusals) until the person gives the relay's address.
+      if (AgentError.is(e, 'RELAY_PASSWORD')) {
+        this.awaitingPassword.add(connId);
+        this.emit('problem', { connId, code: 'RELAY_PASSWORD', message: `a contact who came through your address waits: ${e.message}` });
+        return;
+      }
       // Retried a little later, and on the next start.
       setTimeout(() => {
         if (!this.stopped) this.track(this.finishAccept(connId));

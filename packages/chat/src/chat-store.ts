@@ -90,6 +90,7 @@ export class ChatStore {
       profileByName: db.prepare('SELECT * FROM chat_profiles WHERE name = ?'),
       profile: db.prepare('SELECT * FROM chat_profiles WHERE id = ?'),
       insertProfile: db.prepare('INSERT INTO chat_profiles (id, name, relay, created_at) VALUES (?, ?, ?, ?)'),
+      setProfileRelay: db.prepare('UPDATE chat_profiles SET relay = ? WHERE id = ?'),
       contacts: db.prepare('SELECT * FROM chat_contacts WHERE profile_id = ? ORDER BY created_at'),
       contact: db.prepare('SELECT * FROM chat_contacts WHERE id = ?'),
       insertContact: db.prepare('INSERT INTO chat_contacts (id, profile_id, incognito_name, created_at) VALUES (?, ?, ?, ?)'),
@@ -117,6 +118,9 @@ export class ChatStore {
   }
   insertProfile(p: ProfileRow): void {
     this.st.insertProfile.run([p.id, p.name, p.relay, p.created_at] as P);
+  }
+  setProfileRelay(id: string, relay: string): void {
+    this.st.setProfileRelay.run([relay, id] as P);
   }
   contacts(profileId: string): ContactRow[] {
     return this.st.contacts.all([profileId] as P) as ContactRow[];

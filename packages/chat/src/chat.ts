@@ -104,6 +104,15 @@ function openDatabase(home: string, passphrase: string, create: boolean): LocalD
   }
 }
 
+/** Refuses text that is not a relay address, with the parser's reason. */
+function checkRelay(relay: string): void {
+  try {
+    parseRelayAddress(relay);
+  } catch (e) {
+    throw new ChatError('INVALID', e instanceof Error ? e.message : 'bad relay address', { cause: e });
+  }
+}
+
 /** A home, unlocked. */
 export class Chat extends EventEmitter {
   readonly store: ChatStore;
@@ -172,19 +181,36 @@ export class Chat extends EventEmitter {
 
   // Profiles.
 
-  /** Creates a profile that uses `relay` for its queues. */
+  /**
+   * Creates a profile that uses `relay` for its queues. The profile records the relay's name (the
+   * address without password); a queue-creation password in the address is kept by the agent,
+   * for every profile on that relay.
+   */
   createProfile(name: string, relay: string): ProfileRow {
     const clean = cleanName(name);
     if (clean.length === 0 || clean.length > MAX_NAME_LENGTH) throw new ChatError('INVALID', `a name must have 1-${MAX_NAME_LENGTH} characters`);
-    try {
-      parseRelayAddress(relay);
-    } catch (e) {
-      throw new ChatError('INVALID', e instanceof Error ? e.message : 'bad relay address', { cause: e });
-    }
+    checkRelay(relay);
     if (this.store.profileByName(clean) !== undefined) throw new ChatError('PROFILE_EXISTS', `a profile named '${clean}' exists already`);
-    const p: ProfileRow = { id: randomUUID(), name: clean, relay, created_at: this.now() };
-    this.store.insertProfile(p);
-    return p;
+    return this.store.local.transaction(() => {
+      const p: ProfileRow = { id: randomUUID(), name: clean, relay: this.agent.rememberRelay(relay), created_at: this.now() };
+      this.store.insertProfile(p);
+      return p;
+    });
+  }
+
+  /**
+   * Makes a profile's new queues on `relay` from now on (contacts made before keep their queues
+   * until a switch). Giving the same relay's address with its new password is how a person takes
+   * a password change of their relay.
+   */
+  setProfileRelay(profileName: string | undefined, relay: string): ProfileRow {
+    const p = this.profile(profileName);
+    checkRelay(relay);
+    return this.store.local.transaction(() => {
+      const updated: ProfileRow = { ...p, relay: this.agent.rememberRelay(relay) };
+      this.store.setProfileRelay(p.id, updated.relay);
+      return updated;
+    });
   }
 
   /** The profiles of this home. */

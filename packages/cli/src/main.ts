@@ -6,7 +6,7 @@
  */
 
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -34,6 +34,7 @@ Usage:
   murmure init --name NAME --relay ADDRESS   create a home (or add a profile); a relay that
                                            asks a password to make queues has it in its
                                            address: murmure://FINGERPRINT:PASSWORD@HOST:PORT
+                                           (kept in the home, never shown or sent on)
   murmure invite [--address] [--incognito]   print a one-time link (or a long-term address)
   murmure connect LINK [--incognito]         connect to a contact's link
   murmure sync [--wait SECONDS]              go online: handshakes, send, receive, print
@@ -45,6 +46,8 @@ Usage:
   murmure delete-contact CONTACT             delete a contact and its queue
   murmure switch CONTACT [--relay ADDRESS]   move a contact's messages to you onto a new queue
                                            (on ADDRESS, or on the same relay); finishes on sync
+  murmure set-relay ADDRESS                  make the profile's new queues on ADDRESS (also to
+                                           give the relay's address with a new password)
   murmure passphrase change                  re-key the home with a new passphrase
   murmure chat                               full-screen terminal chat
 
@@ -223,9 +226,12 @@ function readSettings(dataDir: string): Partial<Settings> {
   } catch {
     throw new UsageError(`${SETTINGS_FILE} in the data folder is not valid JSON`);
   }
+  if (typeof s !== 'object' || s === null || Array.isArray(s)) throw new UsageError(`${SETTINGS_FILE} in the data folder must hold a JSON object`);
   if (s.password !== undefined && s.password !== null && (typeof s.password !== 'string' || !isRelayPassword(s.password))) {
     throw new UsageError(`the password in ${SETTINGS_FILE} must have ${PASSWORD_RULE}`);
   }
+  // A password put in by hand, in a file an older init made readable by all: for the owner only.
+  if (typeof s.password === 'string' && (statSync(p).mode & 0o077) !== 0) chmodSync(p, 0o600);
   return {
     ...(typeof s.host === 'string' ? { host: s.host } : {}),
     ...(typeof s.port === 'number' ? { port: s.port } : {}),

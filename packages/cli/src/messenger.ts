@@ -231,6 +231,13 @@ export async function runMessenger(argv: readonly string[], out: Out, err: Out):
         print(ctx, { type: 'switch', contact: r.contact.name, contactId: r.contact.id, relay: r.relay }, `Moving ${sanitizeLine(r.contact.name)} to a new queue on ${r.relay}. Run 'murmure sync' to finish.`);
         return 0;
       });
+    case 'set-relay':
+      need(1, 'set-relay ADDRESS');
+      return withChat(ctx, (chat) => {
+        const p = chat.setProfileRelay(ctx.profile, args[0]!);
+        print(ctx, { type: 'profile', id: p.id, name: p.name, relay: p.relay }, `Profile '${p.name}' makes its new queues on ${p.relay}.`);
+        return 0;
+      });
     case 'receipts': {
       need(1, 'receipts CONTACT --on|--off');
       if ((values.on === true) === (values.off === true)) throw new UsageError('usage: murmure receipts CONTACT --on|--off');
@@ -331,6 +338,7 @@ const RESYNC_TEXT = {
 /** Maps a thrown error to a code and message for the user (no stack traces). */
 export function describeError(e: unknown): { code: string; message: string; usage: boolean } {
   if (e instanceof UsageError) return { code: 'USAGE', message: e.message, usage: true };
+  if (ChatError.is(e, 'RELAY_PASSWORD')) return { code: e.code, message: `${e.message}; then give it with 'murmure set-relay ADDRESS'`, usage: false };
   if (e instanceof ChatError) return { code: e.code, message: e.message, usage: false };
   return { code: 'FAILED', message: e instanceof Error ? e.message : String(e), usage: false };
 }

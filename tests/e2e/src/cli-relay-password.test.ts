@@ -4,7 +4,9 @@
 // talk, a contact who comes through Alice's long-term address gets a queue made with the password
 // Alice's home kept, and a switch onto the same relay needs no password given again. Without the
 // password, or with a wrong one, making a queue fails with RELAY_PASSWORD and a line that says
-// what to do, and leaves nothing behind. No file of Bob's home holds the password.
+// what to do, and leaves nothing behind. When the operator changes the password, a contact
+// coming through Alice's address waits (her sync says why) until she gives the new address with
+// set-relay. No file of Bob's or Carol's home holds the password.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -69,7 +71,7 @@ const bob = (): Home => home('bob');
 
 test('Alice on a relay with a password invites Bob on an open relay: the link has no password, they connect and talk', async () => {
   const [profile] = await ok(alice(), 'init', '--name', alice().name, '--relay', withPassword);
-  assert.equal(profile!['relay'], withPassword, 'the profile keeps the address it was given');
+  assert.equal(profile!['relay'], bare, 'the profile shows the relay without its password');
   await ok(bob(), 'init', '--name', bob().name, '--relay', open.address);
   const [inv] = await ok(alice(), 'invite');
   const link = String(inv!['link']);
@@ -135,5 +137,57 @@ test('without the password, or with a wrong one, making a queue fails with RELAY
     const joined = await runMurmure(['--home', h.dir, '--json', 'connect', String(inv!['link'])], { passphrase: h.pass });
     assert.equal((joined.json[0]?.['error'] as { code: string }).code, 'RELAY_PASSWORD', `${who}: connect needs a queue too`);
     assert.deepEqual(await ok(h, 'contacts'), [], `${who}: no contact was left behind`);
+    withDatabase(h, (ldb) => {
+      assert.equal(ldb.db.prepare('SELECT count(*) FROM agent_connections', { pluck: true }).get(), 0, `${who}: no connection row`);
+      assert.equal(ldb.db.prepare('SELECT count(*) FROM agent_outbox', { pluck: true }).get(), 0, `${who}: nothing queued`);
+    });
+    // Given the address with the password, the same profile makes its queues.
+    const [set] = await ok(h, 'set-relay', withPassword);
+    assert.equal(set!['relay'], bare);
+    const [fixed] = await ok(h, 'invite');
+    assert.ok(String(fixed!['link']).startsWith(`${bare}/i#`));
   }
+});
+
+test("the operator changes the password: a contact through Alice's address waits until she gives the new address with set-relay; old contacts keep talking", async () => {
+  const frank = home('frank');
+  await ok(frank, 'init', '--name', frank.name, '--relay', open.address);
+  const [addr] = await ok(alice(), 'invite', '--address');
+  const addressLink = String(addr!['link']);
+
+  // The same relay (same key and port) with a new password.
+  await stopRelay(guarded);
+  const newPassword = `changed-${tag}`;
+  guarded = await startRelay({ dataDir: guarded.dataDir, port: guarded.port, args: ['--password', newPassword] });
+  const renewed = guarded.address;
+  assert.equal(formatRelayAddress(parseRelayAddress(renewed)), bare, 'the same relay');
+
+  const refused = await runMurmure(['--home', alice().dir, '--json', 'invite'], { passphrase: alice().pass });
+  assert.equal(refused.code, 1);
+  const err = refused.json[0]?.['error'] as { code: string; message: string };
+  assert.equal(err.code, 'RELAY_PASSWORD');
+  assert.match(err.message, /the relay refused the password: ask its operator for its current address; then give it with 'murmure set-relay ADDRESS'/);
+
+  // Frank comes through Alice's address: his request waits, and Alice's sync says why.
+  await ok(frank, 'connect', addressLink);
+  await ok(frank, 'sync');
+  const waiting = await ok(alice(), 'sync');
+  const problems = byType(waiting, 'problem').map((p) => String(p['message']));
+  assert.ok(problems.some((m) => /a contact who came through your address waits: the relay refused the password/.test(m)), JSON.stringify(waiting));
+  assert.equal(byType(waiting, 'connected').length, 0);
+
+  // Old contacts are not concerned: their queues exist, and sending needs no password.
+  await ok(bob(), 'send', alice().name, `after the change ${tag}`);
+  const [, gotOld] = await syncUntil([bob(), alice()], ([, ea]) => byType(ea!, 'message').length > 0);
+  assert.deepEqual(byType(gotOld!, 'message').map((m) => m['text']), [`after the change ${tag}`]);
+
+  await ok(alice(), 'set-relay', renewed);
+  const [ea, ef] = await syncUntil([alice(), frank], ([ea2, ef2]) => byType(ea2!, 'connected').length > 0 && byType(ef2!, 'connected').length > 0);
+  assert.deepEqual(byType(ea!, 'connected').map((e) => e['contact']), [frank.name]);
+  assert.deepEqual(byType(ef!, 'connected').map((e) => e['contact']), [alice().name]);
+  withDatabase(alice(), (ldb) => {
+    assert.deepEqual(ldb.db.prepare('SELECT relay, password FROM agent_relay_passwords').all(), [{ relay: bare, password: newPassword }]);
+  });
+  const [inv] = await ok(alice(), 'invite');
+  assert.ok(!String(inv!['link']).includes(newPassword));
 });

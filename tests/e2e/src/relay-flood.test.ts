@@ -4,14 +4,16 @@
 // established keep working, a new honest client gets in (the oldest unfinished handshakes make
 // room), and memory stays bounded; the flood is smaller where the machine's file limit is lower,
 // and the test says so. S1 sustained: queue creation as fast as two processes can go, while an
-// honest pair keeps talking: its latency and the relay's memory stay bounded.
+// honest pair keeps talking: its latency and the relay's memory stay bounded; and the same against
+// a relay with a creation password, whose creators have only the address without it.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 
 import { RelayClient, openDelivered, type PushedMessage } from '@murmure/agent';
 import { DEFAULTS } from '@murmure/relay';
+import { formatRelayAddress, parseRelayAddress } from '@murmure/protocol';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
 import { cleanup, metric, sleep, startRelay, stopRelay, utf8 } from './harness.js';
@@ -161,12 +163,17 @@ function creator(address: string, seconds: number): { proc: ChildProcess; done: 
 /** How long the S1 flood lasts (THREATS.md names 60 s; the pattern is the same, and CI's time is shared). */
 const S1_SECONDS = 15;
 
-test(`S1: queue creation from two processes as fast as they go for ${S1_SECONDS} s: an honest pair's p99 stays under 1 s, relay memory is bounded`, { timeout: 180_000 }, async (t) => {
-  const relay = await startRelay({ args: ['--metrics-port', '0'] });
+/**
+ * The S1 flood. With `password`, the relay asks for one and the creators have only the address
+ * without it: every NEW of theirs is refused, and none makes a queue.
+ */
+async function s1Flood(t: TestContext, password: string | null): Promise<void> {
+  const relay = await startRelay({ args: ['--metrics-port', '0', ...(password === null ? [] : ['--password', password])] });
   const creators: ReturnType<typeof creator>[] = [];
   try {
     const alice = await RelayClient.connect(relay.address);
     const bob = await RelayClient.connect(relay.address);
+    const strangers = formatRelayAddress(parseRelayAddress(relay.address));
     const q = await alice.createQueue();
     const senderKey = generateDhKeyPair();
     await alice.secure(q, senderKey.publicKey);
@@ -182,7 +189,7 @@ test(`S1: queue creation from two processes as fast as they go for ${S1_SECONDS}
     const rssBefore = rssKiB(relay.proc.pid!);
     const createdBefore = await metric(relay.metricsPort!, 'murmure_queues_created_total');
 
-    for (let i = 0; i < 2; i++) creators.push(creator(relay.address, S1_SECONDS));
+    for (let i = 0; i < 2; i++) creators.push(creator(strangers, S1_SECONDS));
     // The honest pair: a message every 50 ms, timed from SEND to MSG.
     let rssPeak = rssBefore;
     let seq = 0;
@@ -205,10 +212,18 @@ test(`S1: queue creation from two processes as fast as they go for ${S1_SECONDS}
     );
     latencies.sort((a, b) => a - b);
     const p = (x: number): number => latencies[Math.min(latencies.length - 1, Math.floor(x * latencies.length))]!;
-    t.diagnostic(`${created} queues created in ${S1_SECONDS} s (${Math.round(created / S1_SECONDS)}/s; the creators saw ${results.reduce((n, r) => n + r.errors, 0)} errors)`);
+    const refused = results.reduce((n, r) => n + r.errors, 0);
+    t.diagnostic(`${created} queues created in ${S1_SECONDS} s (${Math.round(created / S1_SECONDS)}/s; the creators saw ${refused} errors)`);
     t.diagnostic(`honest SEND→MSG over ${latencies.length} messages: p50 ${p(0.5).toFixed(1)} ms, p99 ${p(0.99).toFixed(1)} ms, max ${latencies[latencies.length - 1]!.toFixed(1)} ms`);
     t.diagnostic(`relay RSS ${(rssBefore / 1024).toFixed(0)} MiB before, peak ${(rssPeak / 1024).toFixed(0)} MiB`);
-    assert.ok(created > 1000, 'the flood created queues');
+    if (password === null) assert.ok(created > 1000, 'the flood created queues');
+    else {
+      assert.equal(created, 0, 'without the password the flood created no queue');
+      assert.equal(results.reduce((n, r) => n + r.created, 0), 0, 'and no creator was answered IDS');
+      assert.ok(refused > 1000, `the creators were refused (${refused} times)`);
+      const kept = await alice.createQueue();
+      assert.equal(kept.rcvId.length, 24, 'with the password, a queue is still made after the flood');
+    }
     assert.ok(p(0.99) < 1000, 'the honest p99 stays under 1 s');
     assert.ok(rssPeak - rssBefore < 256 * 1024, 'relay memory grows by less than 256 MiB');
     alice.close();
@@ -219,4 +234,10 @@ test(`S1: queue creation from two processes as fast as they go for ${S1_SECONDS}
     assert.equal(await stopRelay(relay), 0, 'SIGTERM exits with 0');
     cleanup(relay.dataDir);
   }
-});
+}
+
+test(`S1: queue creation from two processes as fast as they go for ${S1_SECONDS} s: an honest pair's p99 stays under 1 s, relay memory is bounded`, { timeout: 180_000 }, (t) => s1Flood(t, null));
+
+test(`S1 with a creation password: two processes without it try to create queues as fast as they go for ${S1_SECONDS} s: none is made, an honest pair's p99 stays under 1 s, relay memory is bounded`, { timeout: 180_000 }, (t) =>
+  s1Flood(t, 'only-for-family'),
+);

@@ -98,20 +98,23 @@ describe('queue-creation passwords in addresses', () => {
     assert.ok(isRelayPassword('a') && isRelayPassword('A-z_0.9~') && !isRelayPassword('') && !isRelayPassword('a b') && !isRelayPassword('p'.repeat(MAX_PASSWORD_LENGTH + 1)));
   });
 
-  for (const [what, pw] of [
-    ['an empty password', ''],
-    ['a password over MAX_PASSWORD_LENGTH', 'p'.repeat(MAX_PASSWORD_LENGTH + 1)],
-    ['a space in the password', 'two words'],
-    ['an @ in the password', 'a@b'],
-    ['a colon in the password', 'a:b'],
-    ['a slash in the password', 'a/b'],
-    ['a percent sign in the password', 'a%20b'],
-    ['a non-ASCII password', 'mot-de-passe-\u00e9'],
+  const PASSWORD_REASON = /a relay password must have 1-128 characters, each a letter, a digit or one of - \. _ ~/;
+  const SHAPE_REASON = /relay address must look like murmure:\/\/FINGERPRINT@HOST:PORT/;
+  for (const [what, pw, reason] of [
+    ['an empty password', '', PASSWORD_REASON],
+    ['a password over MAX_PASSWORD_LENGTH', 'p'.repeat(MAX_PASSWORD_LENGTH + 1), PASSWORD_REASON],
+    ['a space in the password', 'two words', PASSWORD_REASON],
+    ['a colon in the password', 'a:b', PASSWORD_REASON],
+    ['a slash in the password', 'a/b', PASSWORD_REASON],
+    ['a percent sign in the password', 'a%20b', PASSWORD_REASON],
+    ['a non-ASCII password', 'mot-de-passe-\u00e9', PASSWORD_REASON],
+    // The host may not hold an @, so a second one leaves no host: the shape is wrong.
+    ['an @ in the password', 'a@b', SHAPE_REASON],
   ] as const) {
     test(`an address with ${what} is BAD_ADDRESS, with a reason`, () => {
       assert.throws(
         () => parseRelayAddress(`murmure://${FP}:${pw}@relay:1`),
-        (e) => ProtocolError.is(e, 'BAD_ADDRESS') && (/password must have 1-128 characters/.test(e.message) || /must look like/.test(e.message)),
+        (e) => ProtocolError.is(e, 'BAD_ADDRESS') && reason.test(e.message),
       );
     });
   }
