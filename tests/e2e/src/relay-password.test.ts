@@ -4,13 +4,34 @@
 // ERR AUTH while sending to the queues made on the relay needs none, version 1 clients keep
 // working with open relays, and the password shows in no log.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { readFileSync, statSync, existsSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
 import { RelayClient, RelayClientError, openDelivered } from '@murmure/agent';
-import { RELAY_VERSION_MAX, V_CREATE_PASSWORD, V_INITIAL, asciiBytes, encodeClientHello, encodeCommand, formatRelayAddress, parseRelayAddress } from '@murmure/protocol';
-import { generateDhKeyPair, generateSigningKeyPair } from '@murmure/queue-crypto';
+import {
+  RELAY_VERSION_MAX,
+  V_CREATE_PASSWORD,
+  V_INITIAL,
+  asciiBytes,
+  decodeBlock,
+  decodeClientHello,
+  decodeClientTransmission,
+  decodeCommand,
+  encodeBlock,
+  encodeClientHello,
+  encodeCommand,
+  encodeResponse,
+  encodeServerHello,
+  encodeServerTransmission,
+  formatRelayAddress,
+  parseRelayAddress,
+  type Command,
+} from '@murmure/protocol';
+import { generateDhKeyPair, generateSigningKeyPair, randomId } from '@murmure/queue-crypto';
+import { WebSocketServer } from 'ws';
 
 import { Inbox, cleanup, runMurmure, startRelay, stopRelay, tempDir, utf8 } from './harness.js';
 import { NO_ENTITY, RawClient, codeOf } from './wire.js';
@@ -155,5 +176,50 @@ test('a relay without a password speaks version 1 and 2 and creates queues for b
   } finally {
     assert.equal(await stopRelay(relay), 0);
     cleanup(relay.dataDir);
+  }
+});
+
+test('a client given a password, facing a relay of version 1 only, sends NEW in version 1\'s layout, without the password', async () => {
+  // A stand-in relay on loopback (plain WebSocket) that speaks version 1 only and answers one NEW.
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await once(wss, 'listening');
+  const seen: { version?: number; command?: Command; error?: string } = {};
+  wss.on('connection', (ws) => {
+    ws.send(encodeServerHello({ versions: { min: V_INITIAL, max: V_INITIAL }, sessionKey: generateDhKeyPair().publicKey, sessionNonce: randomId(32) }));
+    ws.on('message', (data: Buffer) => {
+      const block = new Uint8Array(data);
+      try {
+        if (seen.version === undefined) {
+          seen.version = decodeClientHello(block).version;
+          return;
+        }
+        for (const raw of decodeBlock(block)) {
+          const t = decodeClientTransmission(raw);
+          seen.command = decodeCommand(t.command, V_INITIAL); // throws TRAILING on version 2's layout
+          const ids = encodeResponse({ type: 'IDS', rcvId: randomId(24), sndId: randomId(24), srvDhKey: generateDhKeyPair().publicKey });
+          ws.send(encodeBlock([encodeServerTransmission({ corrId: t.corrId, entityId: t.entityId, response: ids })]));
+        }
+      } catch (e) {
+        seen.error = String(e);
+      }
+    });
+  });
+  const fingerprint = new Uint8Array(32);
+  const address = formatRelayAddress({ fingerprint, host: '127.0.0.1', port: (wss.address() as AddressInfo).port, password: 'pw' }, { withPassword: true });
+  try {
+    const c = await RelayClient.connect(address, { plain: true, timeoutMs: 5000, commandTimeoutMs: 5000 });
+    try {
+      assert.equal(c.version, V_INITIAL);
+      const q = await c.createQueue();
+      assert.equal(q.rcvId.length, 24);
+      assert.equal(seen.error, undefined);
+      assert.equal(seen.version, V_INITIAL, 'the client chose version 1');
+      assert.equal(seen.command?.type, 'NEW');
+      assert.equal(seen.command?.type === 'NEW' ? seen.command.password : 'none', undefined, 'no password field');
+    } finally {
+      c.close();
+    }
+  } finally {
+    wss.close();
   }
 });
