@@ -55,6 +55,15 @@ export const AUTH_FAILURE_TOKENS = 20;
  */
 export const MAX_COMMANDS_IN_FLIGHT = 256;
 
+/**
+ * Longest a connection's commands may hold the event loop in one turn (the work each does before
+ * it waits for the store: signature checks, key agreements). Past it the rest of its blocks wait
+ * for the next turn, after every other connection had its turn, so a client that sends
+ * expensive commands in bulk (a flood of NEWs) delays others by a few milliseconds, not by the
+ * hundreds its backlog would take. A client with a few commands at a time never reaches it.
+ */
+export const TURN_BUDGET_MS = 1;
+
 /** What the server does with a connection's commands. */
 export interface CommandHandler {
   /** Handles one transmission; resolves once its response is queued, with true if it was refused authorisation (ERR AUTH). */
@@ -101,6 +110,10 @@ export class Connection {
   private readonly packer = new BlockPacker();
   private flushScheduled = false;
   private inflight = 0;
+  /** Transmissions received and not yet started (past the turn's budget), oldest first from `waitingFrom`. */
+  private waiting: Uint8Array[] = [];
+  private waitingFrom = 0;
+  private turnScheduled = false;
   private idleWaiters: (() => void)[] = [];
   private closedFlag = false;
   /** Set when the relay stops: blocks that arrive from then on are not taken. */
@@ -163,47 +176,84 @@ export class Connection {
       this.close(CloseCode.POLICY);
       return;
     }
-    for (const raw of transmissions) {
-      // A response of this block can close the connection (a client that does not read):
-      // what follows it in the block is not carried out.
-      if (this.closedFlag) return;
-      // Every transmission costs a token, malformed ones too: garbage is not a free way to make
-      // the relay answer.
-      const allowed = this.bucket.take();
-      let t: ClientTransmission;
-      try {
-        t = decodeClientTransmission(raw);
-      } catch {
-        this.error(EMPTY, EMPTY, allowed ? 'BLOCK' : 'LIMIT');
-        continue;
+    for (const raw of transmissions) this.waiting.push(raw);
+    // The block under way is taken whole; the next waits until half of what is taken is done.
+    if (this.inflight + this.waitingCount >= MAX_COMMANDS_IN_FLIGHT) this.ws.pause();
+    if (!this.turnScheduled) this.turn();
+  }
+
+  /** Transmissions waiting for a turn. */
+  private get waitingCount(): number {
+    return this.waiting.length - this.waitingFrom;
+  }
+
+  /**
+   * Starts waiting transmissions, in order, until none is left or TURN_BUDGET_MS has passed;
+   * the rest wait for a turn after the other connections' (setImmediate runs after the poll
+   * phase that reads every socket).
+   */
+  private turn(): void {
+    this.turnScheduled = false;
+    const started = performance.now();
+    while (this.waitingCount > 0) {
+      // A response can close the connection (a client that does not read): what follows it
+      // is not carried out.
+      if (this.closedFlag || this.draining) {
+        this.dropWaiting();
+        return;
       }
-      // A command that checks a key reserves a refusal of the source's budget first, unless this
-      // connection has passed a check and never failed one: its source being out of refusals
-      // (another user behind the same NAT or Tor exit, say) does not hold it back.
-      const checked = t.auth.kind !== 'none';
-      const reserved = allowed && checked && this.source.reserve();
-      if (!allowed || (checked && !reserved && !(this.passedChecks && this.refusals === 0))) {
-        this.error(t.corrId, t.entityId, 'LIMIT');
-        continue;
+      if (performance.now() - started >= TURN_BUDGET_MS) {
+        this.turnScheduled = true;
+        setImmediate(() => this.turn());
+        return;
       }
-      this.inflight++;
-      this.metrics.commandsInFlight++;
-      this.handler
-        .handle(this, t)
-        .then(
-          (refused) => {
-            if (refused) this.refusedAuthorisation();
-            else if (checked) {
-              this.passedChecks = true;
-              if (reserved) this.source.refund();
-            }
-          },
-          () => this.error(t.corrId, t.entityId, 'INTERNAL'),
-        )
-        .finally(() => this.doneOne());
+      const raw = this.waiting[this.waitingFrom++] as Uint8Array;
+      if (this.waitingFrom === this.waiting.length) this.dropWaiting();
+      this.start(raw);
     }
-    // The block under way is taken whole; the next wait until half of what is in flight is done.
-    if (this.inflight >= MAX_COMMANDS_IN_FLIGHT) this.ws.pause();
+  }
+
+  private dropWaiting(): void {
+    this.waiting = [];
+    this.waitingFrom = 0;
+  }
+
+  /** Starts one transmission: its token, its decoding, its authorisation budget, its handler. */
+  private start(raw: Uint8Array): void {
+    // Every transmission costs a token, malformed ones too: garbage is not a free way to make
+    // the relay answer.
+    const allowed = this.bucket.take();
+    let t: ClientTransmission;
+    try {
+      t = decodeClientTransmission(raw);
+    } catch {
+      this.error(EMPTY, EMPTY, allowed ? 'BLOCK' : 'LIMIT');
+      return;
+    }
+    // A command that checks a key reserves a refusal of the source's budget first, unless this
+    // connection has passed a check and never failed one: its source being out of refusals
+    // (another user behind the same NAT or Tor exit, say) does not hold it back.
+    const checked = t.auth.kind !== 'none';
+    const reserved = allowed && checked && this.source.reserve();
+    if (!allowed || (checked && !reserved && !(this.passedChecks && this.refusals === 0))) {
+      this.error(t.corrId, t.entityId, 'LIMIT');
+      return;
+    }
+    this.inflight++;
+    this.metrics.commandsInFlight++;
+    this.handler
+      .handle(this, t)
+      .then(
+        (refused) => {
+          if (refused) this.refusedAuthorisation();
+          else if (checked) {
+            this.passedChecks = true;
+            if (reserved) this.source.refund();
+          }
+        },
+        () => this.error(t.corrId, t.entityId, 'INTERNAL'),
+      )
+      .finally(() => this.doneOne());
   }
 
   private onClientHello(block: Uint8Array): void {
@@ -238,7 +288,7 @@ export class Connection {
   private doneOne(): void {
     this.inflight--;
     this.metrics.commandsInFlight--;
-    if (this.ws.isPaused && this.inflight <= MAX_COMMANDS_IN_FLIGHT / 2 && !this.closedFlag) this.ws.resume();
+    if (this.ws.isPaused && this.inflight + this.waitingCount <= MAX_COMMANDS_IN_FLIGHT / 2 && !this.closedFlag) this.ws.resume();
     if (this.inflight === 0) {
       for (const w of this.idleWaiters.splice(0)) w();
     }

@@ -4,8 +4,10 @@
 // established keep working, a new honest client gets in (the oldest unfinished handshakes make
 // room), and memory stays bounded; the flood is smaller where the machine's file limit is lower,
 // and the test says so. S1 sustained: queue creation as fast as two processes can go, while an
-// honest pair keeps talking: its latency and the relay's memory stay bounded; and the same against
-// a relay with a creation password, whose creators have only the address without it.
+// honest pair keeps talking: its latency and the relay's memory stay bounded; the same against
+// a relay with a creation password, whose creators have only the address without it; and NEWs
+// offered at THREATS' 10,000 a second for 60 s by replaying a signed NEW, far more than the relay
+// can make, which its turns per connection keep from holding up the honest pair.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -160,16 +162,97 @@ function creator(address: string, seconds: number): { proc: ChildProcess; done: 
   return { proc, done };
 }
 
-/** How long the S1 flood lasts (THREATS.md names 60 s; the pattern is the same, and CI's time is shared). */
+/** How long the S1 floods of real creators last (THREATS.md names 60 s, which the replay flood runs). */
 const S1_SECONDS = 15;
+/** THREATS.md S1: NEWs offered a second, and for how long. */
+const S1_RATE = 10_000;
+const S1_FULL_SECONDS = 60;
+
+/** What a flooding process reports: queues made, errors, and for the replay flood what it offered and held back. */
+type FloodResult = { created: number; errors: number; offered?: number; skipped?: number };
 
 /**
- * The S1 flood. With `password`, the relay asks for one and the creators have only the address
- * without it: every NEW of theirs is refused, and none makes a queue.
+ * The cheapest flood of NEWs: a process that signs one NEW per connection and sends it again
+ * and again, `rate` a second in all over `conns` connections, reconnecting after each 1,000 (the
+ * per-connection limit). It holds back (and counts as skipped) what it would offer while 500 of
+ * a connection's are unanswered, rather than queue them without end.
  */
-async function s1Flood(t: TestContext, password: string | null): Promise<void> {
+function replayer(port: number, rate: number, seconds: number, conns: number): { proc: ChildProcess; done: Promise<FloodResult> } {
+  const code = `
+    import WebSocket from 'ws';
+    import { SESSION_EXPORTER_LABEL, RELAY_VERSION_MAX, authorizedBytes, decodeBlock, decodeResponse, decodeServerHello, decodeServerTransmission, encodeBlock, encodeClientHello, encodeClientTransmission, encodeCommand } from '@murmure/protocol';
+    import { generateDhKeyPair, generateSigningKeyPair, randomId, signBytes } from '@murmure/queue-crypto';
+    const [port, rate, seconds, conns] = process.argv.slice(1).map(Number);
+    const end = Date.now() + seconds * 1000;
+    const r = { created: 0, errors: 0, offered: 0, skipped: 0 };
+    const perTick = rate / 100 / conns;
+    const connect = () => new Promise((resolve, reject) => {
+      const ws = new WebSocket('wss://127.0.0.1:' + port + '/', { rejectUnauthorized: false, perMessageDeflate: false });
+      ws.binaryType = 'nodebuffer';
+      let sid;
+      ws.once('upgrade', (res) => { sid = new Uint8Array(res.socket.exportKeyingMaterial(32, SESSION_EXPORTER_LABEL, Buffer.alloc(0))); });
+      ws.once('message', (data) => {
+        decodeServerHello(new Uint8Array(data));
+        ws.send(encodeClientHello({ version: RELAY_VERSION_MAX }));
+        const sig = generateSigningKeyPair();
+        const command = encodeCommand({ type: 'NEW', rcvSigKey: sig.publicKey, rcvAuthKey: generateDhKeyPair().publicKey, rcvDhKey: generateDhKeyPair().publicKey });
+        const corrId = randomId(24);
+        const bytes = signBytes(sig.privateKey, authorizedBytes(sid, corrId, new Uint8Array(0), command));
+        resolve({ ws, t: encodeClientTransmission({ auth: { kind: 'signature', bytes }, corrId, entityId: new Uint8Array(0), command }) });
+      });
+      ws.once('error', reject);
+    });
+    const worker = async () => {
+      while (Date.now() < end) {
+        let c;
+        try { c = await connect(); } catch { r.errors++; continue; }
+        let sent = 0, answered = 0, carry = 0;
+        c.ws.on('message', (data) => {
+          for (const raw of decodeBlock(new Uint8Array(data))) {
+            answered++;
+            if (decodeResponse(decodeServerTransmission(raw).response).type === 'IDS') r.created++; else r.errors++;
+          }
+        });
+        c.ws.on('error', () => {});
+        await new Promise((done) => {
+          const timer = setInterval(() => {
+            if (Date.now() >= end || sent >= 1000) { clearInterval(timer); done(); return; }
+            carry += perTick;
+            let n = Math.floor(carry);
+            carry -= n;
+            n = Math.min(n, 1000 - sent);
+            if (sent - answered > 500) { r.skipped += n; return; }
+            for (let i = 0; i < n; i += 60) c.ws.send(encodeBlock(Array(Math.min(60, n - i)).fill(c.t)));
+            sent += n;
+            r.offered += n;
+          }, 10);
+        });
+        const waitFrom = Date.now();
+        while (answered < sent && Date.now() - waitFrom < 5000) await new Promise((w) => setTimeout(w, 20));
+        c.ws.close();
+      }
+    };
+    await Promise.all(Array.from({ length: conns }, worker));
+    process.send(r, () => process.exit(0));
+  `;
+  const proc = spawn(process.execPath, ['--input-type=module', '-e', code, String(port), String(rate), String(seconds), String(conns)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const done = new Promise<FloodResult>((resolve, reject) => {
+    proc.once('message', (m) => resolve(m as FloodResult));
+    proc.once('exit', (c) => reject(new Error(`replayer exited with ${c}`)));
+  });
+  done.catch(() => undefined);
+  return { proc, done };
+}
+
+/**
+ * The S1 flood, by two processes of real clients (`creators`) or of NEWs replayed at THREATS'
+ * rate (`replay`). With `password`, the relay asks for one and the creators have only the
+ * address without it: every NEW of theirs is refused, and none makes a queue.
+ */
+async function s1Flood(t: TestContext, password: string | null, kind: 'creators' | 'replay' = 'creators'): Promise<void> {
+  const seconds = kind === 'creators' ? S1_SECONDS : S1_FULL_SECONDS;
   const relay = await startRelay({ args: ['--metrics-port', '0', ...(password === null ? [] : ['--password', password])] });
-  const creators: ReturnType<typeof creator>[] = [];
+  const creators: { proc: ChildProcess; done: Promise<FloodResult> }[] = [];
   try {
     const alice = await RelayClient.connect(relay.address);
     const bob = await RelayClient.connect(relay.address);
@@ -189,11 +272,11 @@ async function s1Flood(t: TestContext, password: string | null): Promise<void> {
     const rssBefore = rssKiB(relay.proc.pid!);
     const createdBefore = await metric(relay.metricsPort!, 'murmure_queues_created_total');
 
-    for (let i = 0; i < 2; i++) creators.push(creator(strangers, S1_SECONDS));
+    for (let i = 0; i < 2; i++) creators.push(kind === 'creators' ? creator(strangers, seconds) : replayer(relay.port, S1_RATE / 2, seconds, 4));
     // The honest pair: a message every 50 ms, timed from SEND to MSG.
     let rssPeak = rssBefore;
     let seq = 0;
-    const end = performance.now() + S1_SECONDS * 1000;
+    const end = performance.now() + seconds * 1000;
     while (performance.now() < end) {
       const text = `honest ${seq++}`;
       sentAt.set(text, performance.now());
@@ -213,7 +296,12 @@ async function s1Flood(t: TestContext, password: string | null): Promise<void> {
     latencies.sort((a, b) => a - b);
     const p = (x: number): number => latencies[Math.min(latencies.length - 1, Math.floor(x * latencies.length))]!;
     const refused = results.reduce((n, r) => n + r.errors, 0);
-    t.diagnostic(`${created} queues created in ${S1_SECONDS} s (${Math.round(created / S1_SECONDS)}/s; the creators saw ${refused} errors)`);
+    if (kind === 'replay') {
+      const offered = results.reduce((n, r) => n + (r.offered ?? 0), 0);
+      const skipped = results.reduce((n, r) => n + (r.skipped ?? 0), 0);
+      t.diagnostic(`NEWs offered at ${S1_RATE}/s for ${seconds} s: ${offered} sent, ${skipped} held back while 500 a connection were unanswered`);
+    }
+    t.diagnostic(`${created} queues created in ${seconds} s (${Math.round(created / seconds)}/s; the creators saw ${refused} errors)`);
     t.diagnostic(`honest SEND→MSG over ${latencies.length} messages: p50 ${p(0.5).toFixed(1)} ms, p99 ${p(0.99).toFixed(1)} ms, max ${latencies[latencies.length - 1]!.toFixed(1)} ms`);
     t.diagnostic(`relay RSS ${(rssBefore / 1024).toFixed(0)} MiB before, peak ${(rssPeak / 1024).toFixed(0)} MiB`);
     if (password === null) assert.ok(created > 1000, 'the flood created queues');
@@ -240,4 +328,8 @@ test(`S1: queue creation from two processes as fast as they go for ${S1_SECONDS}
 
 test(`S1 with a creation password: two processes without it try to create queues as fast as they go for ${S1_SECONDS} s: none is made, an honest pair's p99 stays under 1 s, relay memory is bounded`, { timeout: 180_000 }, (t) =>
   s1Flood(t, 'only-for-family'),
+);
+
+test(`S1 at THREATS' rate: NEWs offered at ${S1_RATE} a second for ${S1_FULL_SECONDS} s (a signed NEW sent again and again, the cheapest flood): an honest pair's p99 stays under 1 s, relay memory is bounded`, { timeout: 240_000 }, (t) =>
+  s1Flood(t, null, 'replay'),
 );
