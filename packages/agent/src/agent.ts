@@ -491,7 +491,14 @@ export class Agent extends EventEmitter {
       throw new AgentError('INVALID', ProtocolError.is(e) ? e.message : 'bad relay address', { cause: e });
     }
     const name = formatRelayAddress(addr);
-    if (addr.password !== undefined && addr.password !== this.store.relayPassword(name)) this.store.setRelayPassword(name, addr.password);
+    if (addr.password !== undefined && addr.password !== this.store.relayPassword(name)) {
+      this.store.setRelayPassword(name, addr.password);
+      // Contacts that came through an address and wait for a password try again now.
+      for (const connId of this.awaitingPassword) {
+        this.awaitingPassword.delete(connId);
+        if (!this.stopped) this.track(this.finishAccept(connId));
+      }
+    }
     return name;
   }
 

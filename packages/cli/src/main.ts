@@ -230,8 +230,13 @@ function readSettings(dataDir: string): Partial<Settings> {
   if (s.password !== undefined && s.password !== null && (typeof s.password !== 'string' || !isRelayPassword(s.password))) {
     throw new UsageError(`the password in ${SETTINGS_FILE} must have ${PASSWORD_RULE}`);
   }
-  // A password put in by hand, in a file an older init made readable by all: for the owner only.
-  if (typeof s.password === 'string' && (statSync(p).mode & 0o077) !== 0) chmodSync(p, 0o600);
+  // A password put in by hand, in a file an older init made readable by all: for the owner only
+  // (when the relay's user may change it; a file it cannot chmod is the operator's to protect).
+  try {
+    if (typeof s.password === 'string' && (statSync(p).mode & 0o077) !== 0) chmodSync(p, 0o600);
+  } catch {
+    // Left as it is.
+  }
   return {
     ...(typeof s.host === 'string' ? { host: s.host } : {}),
     ...(typeof s.port === 'number' ? { port: s.port } : {}),

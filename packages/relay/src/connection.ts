@@ -64,6 +64,9 @@ export const MAX_COMMANDS_IN_FLIGHT = 256;
  */
 export const TURN_BUDGET_MS = 1;
 
+/** Started slots at the head of a connection's waiting list past which it is cut. */
+const WAITING_COMPACT_AT = 256;
+
 /** What the server does with a connection's commands. */
 export interface CommandHandler {
   /** Handles one transmission; resolves once its response is queued, with true if it was refused authorisation (ERR AUTH). */
@@ -110,8 +113,12 @@ export class Connection {
   private readonly packer = new BlockPacker();
   private flushScheduled = false;
   private inflight = 0;
-  /** Transmissions received and not yet started (past the turn's budget), oldest first from `waitingFrom`. */
-  private waiting: Uint8Array[] = [];
+  /**
+   * Transmissions received and not yet started (past the turn's budget), oldest first from
+   * `waitingFrom`; a started one's slot is cleared at once, so the blocks it points into are not
+   * kept, and the list is cut when its started part is the larger.
+   */
+  private waiting: (Uint8Array | undefined)[] = [];
   private waitingFrom = 0;
   private turnScheduled = false;
   private idleWaiters: (() => void)[] = [];
@@ -207,10 +214,22 @@ export class Connection {
         setImmediate(() => this.turn());
         return;
       }
-      const raw = this.waiting[this.waitingFrom++] as Uint8Array;
+      const raw = this.waiting[this.waitingFrom] as Uint8Array;
+      this.waiting[this.waitingFrom++] = undefined;
       if (this.waitingFrom === this.waiting.length) this.dropWaiting();
+      else if (this.waitingFrom > WAITING_COMPACT_AT && this.waitingFrom * 2 > this.waiting.length) {
+        this.waiting = this.waiting.slice(this.waitingFrom);
+        this.waitingFrom = 0;
+      }
       this.start(raw);
     }
+    // Commands refused at once (ERR LIMIT, BLOCK) leave nothing in flight to resume reading.
+    this.maybeResume();
+  }
+
+  /** Reads the connection again once what it has in flight and waiting is down to half the limit. */
+  private maybeResume(): void {
+    if (this.ws.isPaused && this.inflight + this.waitingCount <= MAX_COMMANDS_IN_FLIGHT / 2 && !this.closedFlag) this.ws.resume();
   }
 
   private dropWaiting(): void {
@@ -288,7 +307,7 @@ export class Connection {
   private doneOne(): void {
     this.inflight--;
     this.metrics.commandsInFlight--;
-    if (this.ws.isPaused && this.inflight + this.waitingCount <= MAX_COMMANDS_IN_FLIGHT / 2 && !this.closedFlag) this.ws.resume();
+    this.maybeResume();
     if (this.inflight === 0) {
       for (const w of this.idleWaiters.splice(0)) w();
     }

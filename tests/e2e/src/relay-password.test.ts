@@ -21,7 +21,6 @@ import {
   decodeClientTransmission,
   decodeCommand,
   encodeBlock,
-  encodeClientHello,
   encodeCommand,
   encodeResponse,
   encodeServerHello,
@@ -49,15 +48,14 @@ async function refused(c: RelayClient, password: string | null): Promise<boolean
 
 /** A NEW over a raw connection that chose `version`, with or without a password field. */
 async function rawNew(port: number, version: number, password?: string): Promise<string> {
-  const raw = await RawClient.open(port, { hello: false });
+  const raw = await RawClient.open(port, { version });
   try {
-    raw.ws.send(encodeClientHello({ version }));
     const sig = generateSigningKeyPair();
     const keys = { rcvSigKey: sig.publicKey, rcvAuthKey: generateDhKeyPair().publicKey, rcvDhKey: generateDhKeyPair().publicKey };
     const cmd = password === undefined ? { type: 'NEW' as const, ...keys } : { type: 'NEW' as const, ...keys, password: asciiBytes(password) };
     // Version 1 has no password field: a NEW with one, in version 2's layout, has bytes too many.
-    const bytes = encodeCommand(cmd, password === undefined ? version : V_CREATE_PASSWORD);
-    return codeOf(await raw.request(NO_ENTITY, bytes, { kind: 'signature', key: sig.privateKey }));
+    const command = password !== undefined && version < V_CREATE_PASSWORD ? encodeCommand(cmd, V_CREATE_PASSWORD) : cmd;
+    return codeOf(await raw.request(NO_ENTITY, command, { kind: 'signature', key: sig.privateKey }));
   } finally {
     raw.close();
   }

@@ -75,6 +75,8 @@ export class RawClient {
     readonly socket: TLSSocket,
     readonly sessionId: Uint8Array,
     readonly hello: ServerHello,
+    /** The version of the client hello this client sends, whose layouts `build` encodes commands in. */
+    readonly version: number,
   ) {
     this.closed = new Promise<Closed>((resolve) => {
       ws.on('close', (code, reason) => {
@@ -92,7 +94,7 @@ export class RawClient {
    * a client hello for our newest version. `plain`: a relay in plain loopback mode (ws://, the
    * session id from the hello's key and nonce).
    */
-  static open(port: number, opts: Readonly<{ hello?: boolean; timeoutMs?: number; plain?: boolean; localAddress?: string }> = {}): Promise<RawClient> {
+  static open(port: number, opts: Readonly<{ hello?: boolean; version?: number; timeoutMs?: number; plain?: boolean; localAddress?: string }> = {}): Promise<RawClient> {
     const plain = opts.plain === true;
     return new Promise<RawClient>((resolve, reject) => {
       const ws = new WebSocket(`${plain ? 'ws' : 'wss'}://127.0.0.1:${port}/`, {
@@ -121,8 +123,9 @@ export class RawClient {
           if (plain) sessionId = plainSessionId(hello.sessionKey, hello.sessionNonce);
           if (sessionId === null) throw new Error('no TLS session id');
           ws.removeAllListeners();
-          const c = new RawClient(ws, socket, sessionId, hello);
-          if (opts.hello !== false) ws.send(encodeClientHello({ version: RELAY_VERSION_MAX }));
+          const version = opts.version ?? RELAY_VERSION_MAX;
+          const c = new RawClient(ws, socket, sessionId, hello, version);
+          if (opts.hello !== false) ws.send(encodeClientHello({ version }));
           resolve(c);
         } catch (e) {
           fail(e as Error);
@@ -145,7 +148,7 @@ export class RawClient {
 
   /** Builds one transmission, authorised for this connection's session. */
   build(entityId: Uint8Array, command: Command | Uint8Array, auth: RawAuth, corrId: Uint8Array = randomId(CORR_ID_LENGTH)): Built {
-    const cmd = command instanceof Uint8Array ? command : encodeCommand(command);
+    const cmd = command instanceof Uint8Array ? command : encodeCommand(command, this.version);
     const a = this.authorize(auth, corrId, entityId, cmd);
     return { corrId, bytes: encodeClientTransmission({ auth: a, corrId, entityId, command: cmd }) };
   }
