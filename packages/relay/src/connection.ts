@@ -184,6 +184,7 @@ export class Connection {
       return;
     }
     for (const raw of transmissions) this.waiting.push(raw);
+    this.metrics.commandsWaiting += transmissions.length;
     // The block under way is taken whole; the next waits until half of what is taken is done.
     if (this.inflight + this.waitingCount >= MAX_COMMANDS_IN_FLIGHT) this.ws.pause();
     if (!this.turnScheduled) this.turn();
@@ -216,6 +217,7 @@ export class Connection {
       }
       const raw = this.waiting[this.waitingFrom] as Uint8Array;
       this.waiting[this.waitingFrom++] = undefined;
+      this.metrics.commandsWaiting--;
       if (this.waitingFrom === this.waiting.length) this.dropWaiting();
       else if (this.waitingFrom > WAITING_COMPACT_AT && this.waitingFrom * 2 > this.waiting.length) {
         this.waiting = this.waiting.slice(this.waitingFrom);
@@ -233,6 +235,7 @@ export class Connection {
   }
 
   private dropWaiting(): void {
+    this.metrics.commandsWaiting -= this.waitingCount;
     this.waiting = [];
     this.waitingFrom = 0;
   }
