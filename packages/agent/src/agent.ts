@@ -452,15 +452,12 @@ export class Agent extends EventEmitter {
   /**
    * Makes a queue on `relay` (an address, with or without the relay's queue-creation password)
    * over `isolation`'s connection. Rows and the pool name the relay without its password; the
-   * password sent is the address's or, if it has none, the last one that worked on that relay,
-   * and a password that worked is kept for later queues there.
+   * password sent is the one kept for the relay, which the address's replaces (`rememberRelay`).
    */
   private async createQueueOn(relay: string, isolation: string): Promise<{ name: string; client: RelayClient; q: RecipientQueue }> {
-    const addr = parseRelayAddress(relay);
-    const name = formatRelayAddress(addr);
+    const name = this.rememberRelay(relay);
     const client = await this.relayClient(name, isolation);
-    const kept = this.store.relayPassword(name);
-    const password = addr.password ?? kept ?? null;
+    const password = this.store.relayPassword(name) ?? null;
     let q: RecipientQueue;
     try {
       q = await client.createQueue(password);
@@ -474,7 +471,6 @@ export class Agent extends EventEmitter {
         { cause: e },
       );
     }
-    if (addr.password !== undefined && addr.password !== kept) this.store.setRelayPassword(name, addr.password);
     return { name, client, q };
   }
 

@@ -109,7 +109,7 @@ export const AGENT_MIGRATIONS: readonly Migration[] = [
   {
     // Queue-creation passwords by relay name (the address without password): connection rows
     // name relays without it, and a queue made later on the same relay (for a contact who came
-    // through an address, or a switch) takes the last password that worked.
+    // through an address, or a switch) takes the last password the person gave for it.
     layer: 'agent',
     version: 4,
     name: '0004-relay-passwords',
@@ -293,12 +293,12 @@ export class AgentStore {
     }
   }
 
-  /** The queue-creation password last used with the relay of this name, if any. */
+  /** The queue-creation password kept for the relay of this name, if any. */
   relayPassword(relay: string): string | undefined {
     return (this.st.passwordGet.get([relay] as Params) as string | undefined) ?? undefined;
   }
 
-  /** Keeps the queue-creation password that worked with the relay of this name. */
+  /** Keeps a queue-creation password for the relay of this name, in place of any other. */
   setRelayPassword(relay: string, password: string): void {
     this.st.passwordPut.run([relay, password] as Params);
   }
