@@ -34,6 +34,7 @@ import type { RelayConfig } from './config.js';
 import type { RelayMetrics } from './metrics.js';
 import type { SourceSlot } from './sources.js';
 import { TokenBucket } from './token-bucket.js';
+import type { TurnTaker } from './turns.js';
 import type { QueueRecord } from './store/queue-store.js';
 
 const EMPTY = new Uint8Array(0);
@@ -54,15 +55,6 @@ export const AUTH_FAILURE_TOKENS = 20;
  * make the relay hold (its blocks and sealed messages) while the disk syncs slowly is bounded.
  */
 export const MAX_COMMANDS_IN_FLIGHT = 256;
-
-/**
- * Longest a connection's commands may hold the event loop in one turn (the work each does before
- * it waits for the store: signature checks, key agreements). Past it the rest of its blocks wait
- * for the next turn, after every other connection had its turn, so a client that sends
- * expensive commands in bulk (a flood of NEWs) delays others by a few milliseconds, not by the
- * hundreds its backlog would take. A client with a few commands at a time never reaches it.
- */
-export const TURN_BUDGET_MS = 1;
 
 /** Started slots at the head of a connection's waiting list past which it is cut. */
 const WAITING_COMPACT_AT = 256;
@@ -86,7 +78,7 @@ export const CloseCode = {
 } as const;
 
 /** A client connection after the WebSocket upgrade. */
-export class Connection {
+export class Connection implements TurnTaker {
   /** Chosen protocol version, once the client hello arrived. */
   version = 0;
   /** Queues created on this connection. */
@@ -114,13 +106,12 @@ export class Connection {
   private flushScheduled = false;
   private inflight = 0;
   /**
-   * Transmissions received and not yet started (past the turn's budget), oldest first from
+   * Transmissions received and not yet started (past its source's turn), oldest first from
    * `waitingFrom`; a started one's slot is cleared at once, so the blocks it points into are not
    * kept, and the list is cut when its started part is the larger.
    */
   private waiting: (Uint8Array | undefined)[] = [];
   private waitingFrom = 0;
-  private turnScheduled = false;
   private idleWaiters: (() => void)[] = [];
   private closedFlag = false;
   /** Set when the relay stops: blocks that arrive from then on are not taken. */
@@ -187,7 +178,7 @@ export class Connection {
     this.metrics.commandsWaiting += transmissions.length;
     // The block under way is taken whole; the next waits until half of what is taken is done.
     if (this.inflight + this.waitingCount >= MAX_COMMANDS_IN_FLIGHT) this.ws.pause();
-    if (!this.turnScheduled) this.turn();
+    this.source.turns.ready(this);
   }
 
   /** Transmissions waiting for a turn. */
@@ -196,25 +187,18 @@ export class Connection {
   }
 
   /**
-   * Starts waiting transmissions, in order, until none is left or TURN_BUDGET_MS has passed;
-   * the rest wait for a turn after the other connections' (setImmediate runs after the poll
-   * phase that reads every socket).
+   * Starts waiting transmissions, in order, until none is left or the clock passes `deadline`
+   * (the end of its source's turn, `TurnGroup`); returns whether some are still waiting.
    */
-  private turn(): void {
-    this.turnScheduled = false;
-    const started = performance.now();
+  takeTurn(deadline: number): boolean {
     while (this.waitingCount > 0) {
       // A response can close the connection (a client that does not read): what follows it
       // is not carried out.
       if (this.closedFlag || this.draining) {
         this.dropWaiting();
-        return;
+        return false;
       }
-      if (performance.now() - started >= TURN_BUDGET_MS) {
-        this.turnScheduled = true;
-        setImmediate(() => this.turn());
-        return;
-      }
+      if (performance.now() >= deadline) return true;
       const raw = this.waiting[this.waitingFrom] as Uint8Array;
       this.waiting[this.waitingFrom++] = undefined;
       this.metrics.commandsWaiting--;
@@ -227,6 +211,7 @@ export class Connection {
     }
     // Commands refused at once (ERR LIMIT, BLOCK) leave nothing in flight to resume reading.
     this.maybeResume();
+    return false;
   }
 
   /** Reads the connection again once what it has in flight and waiting is down to half the limit. */
@@ -402,6 +387,8 @@ export class Connection {
     this.closedFlag = true;
     if (this.released) return;
     this.released = true;
+    this.dropWaiting();
+    this.source.turns.drop(this);
     this.handler.closed(this);
   }
 

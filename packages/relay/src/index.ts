@@ -12,5 +12,6 @@ export { jsonLogger, silentLogger, type Logger, type LogLevel } from './log.js';
 export { RelayMetrics } from './metrics.js';
 export { AUTH_FAILURE_TOKENS, AUTH_KEY_CACHE_SIZE, MAX_COMMANDS_IN_FLIGHT } from './connection.js';
 export { SourceBlockError, sourceBlocks, sourceKey } from './sources.js';
+export { PASS_BUDGET_MS, TURN_BUDGET_MS } from './turns.js';
 export { StoreError, type QueueStore, type QueueRecord, type StoredMessage } from './store/queue-store.js';
 export { SqliteQueueStore } from './store/sqlite/sqlite-queue-store.js';

@@ -12,6 +12,7 @@
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 
 import { TokenBucket } from './token-bucket.js';
+import { TurnGroup } from './turns.js';
 
 /**
  * How often the relay forgets the sources that have no connection open and whose budget of
@@ -104,12 +105,14 @@ export type SourceSlot = Readonly<{
   reserve: () => boolean;
   /** Gives back a reservation whose check passed. */
   refund: () => void;
+  /** The turns in which the source's commands start: one group per source, per connection where sources are not limited. */
+  turns: TurnGroup;
 }>;
 
-/** A slot of a source that is not limited. */
-const UNLIMITED_SOURCE: SourceSlot = { release: () => undefined, reserve: () => true, refund: () => undefined };
+/** A slot of a source that is not limited: its connection takes turns on its own. */
+const unlimitedSlot = (): SourceSlot => ({ release: () => undefined, reserve: () => true, refund: () => undefined, turns: new TurnGroup() });
 
-type SourceState = { open: number; refusals: TokenBucket | null };
+type SourceState = { open: number; refusals: TokenBucket | null; turns: TurnGroup };
 
 /**
  * Counts open connections per source and says whether one more may open; keeps each source's
@@ -141,13 +144,13 @@ export class SourceLimiter {
    */
   admit(address: string | undefined): SourceSlot | null {
     const p = address === undefined ? undefined : plainAddress(address);
-    if (p === undefined || this.unlimited.check(p.address, p.family)) return UNLIMITED_SOURCE;
+    if (p === undefined || this.unlimited.check(p.address, p.family)) return unlimitedSlot();
     const key = keyOf(p);
     let s = this.state.get(key);
     if (s !== undefined && s.open >= this.max) return null;
     if (s === undefined) {
       const finite = Number.isFinite(this.refusalsPerSecond);
-      this.state.set(key, (s = { open: 0, refusals: finite ? new TokenBucket(this.refusalsPerSecond, 2 * this.refusalsPerSecond, this.now) : null }));
+      this.state.set(key, (s = { open: 0, refusals: finite ? new TokenBucket(this.refusalsPerSecond, 2 * this.refusalsPerSecond, this.now) : null, turns: new TurnGroup() }));
     }
     s.open++;
     const st = s;
@@ -162,6 +165,7 @@ export class SourceLimiter {
       },
       reserve: () => st.refusals === null || st.refusals.take(),
       refund: () => st.refusals?.give(1),
+      turns: st.turns,
     };
   }
 }

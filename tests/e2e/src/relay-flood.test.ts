@@ -7,7 +7,10 @@
 // honest pair keeps talking: its latency and the relay's memory stay bounded; the same against
 // a relay with a creation password, whose creators have only the address without it; and NEWs
 // offered at THREATS' 10,000 a second for 60 s by replaying a signed NEW, far more than the relay
-// can make, which its turns per connection keep from holding up the honest pair.
+// can make, which its turns keep from holding up the honest pair; and the same replay for 15 s over
+// 32 connections, of one source (loopback limited per source for it) or of 32 (each loopback
+// connection its own source, as behind an onion service), which the turns per source and the
+// budget per pass keep from holding up the honest pair by a turn per connection.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -167,6 +170,8 @@ const S1_SECONDS = 15;
 /** THREATS.md S1: NEWs offered a second, and for how long. */
 const S1_RATE = 10_000;
 const S1_FULL_SECONDS = 60;
+/** Connections of the replay floods from one source and from many. */
+const BUSY_CONNECTIONS = 32;
 
 /** What a flooding process reports: queues made, errors, and for the replay flood what it offered and held back. */
 type FloodResult = { created: number; errors: number; offered?: number; skipped?: number };
@@ -177,17 +182,18 @@ type FloodResult = { created: number; errors: number; offered?: number; skipped?
  * per-connection limit). It holds back (and counts as skipped) what it would offer while 500 of
  * a connection's are unanswered, rather than queue them without end.
  */
-function replayer(port: number, rate: number, seconds: number, conns: number): { proc: ChildProcess; done: Promise<FloodResult> } {
+function replayer(port: number, rate: number, seconds: number, conns: number, from = '127.0.0.1'): { proc: ChildProcess; done: Promise<FloodResult> } {
   const code = `
     import WebSocket from 'ws';
     import { SESSION_EXPORTER_LABEL, RELAY_VERSION_MAX, authorizedBytes, decodeBlock, decodeResponse, decodeServerHello, decodeServerTransmission, encodeBlock, encodeClientHello, encodeClientTransmission, encodeCommand } from '@murmure/protocol';
     import { generateDhKeyPair, generateSigningKeyPair, randomId, signBytes } from '@murmure/queue-crypto';
-    const [port, rate, seconds, conns] = process.argv.slice(1).map(Number);
+    const [port, rate, seconds, conns] = process.argv.slice(1, 5).map(Number);
+    const localAddress = process.argv[5];
     const end = Date.now() + seconds * 1000;
     const r = { created: 0, errors: 0, offered: 0, skipped: 0 };
     const perTick = rate / 100 / conns;
     const connect = () => new Promise((resolve, reject) => {
-      const ws = new WebSocket('wss://127.0.0.1:' + port + '/', { rejectUnauthorized: false, perMessageDeflate: false });
+      const ws = new WebSocket('wss://127.0.0.1:' + port + '/', { rejectUnauthorized: false, perMessageDeflate: false, localAddress });
       ws.binaryType = 'nodebuffer';
       let sid;
       ws.once('upgrade', (res) => { sid = new Uint8Array(res.socket.exportKeyingMaterial(32, SESSION_EXPORTER_LABEL, Buffer.alloc(0))); });
@@ -235,7 +241,7 @@ function replayer(port: number, rate: number, seconds: number, conns: number): {
     await Promise.all(Array.from({ length: conns }, worker));
     process.send(r, () => process.exit(0));
   `;
-  const proc = spawn(process.execPath, ['--input-type=module', '-e', code, String(port), String(rate), String(seconds), String(conns)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const proc = spawn(process.execPath, ['--input-type=module', '-e', code, String(port), String(rate), String(seconds), String(conns), from], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
   const done = new Promise<FloodResult>((resolve, reject) => {
     proc.once('message', (m) => resolve(m as FloodResult));
     proc.once('exit', (c) => reject(new Error(`replayer exited with ${c}`)));
@@ -249,9 +255,13 @@ function replayer(port: number, rate: number, seconds: number, conns: number): {
  * rate (`replay`). With `password`, the relay asks for one and the creators have only the
  * address without it: every NEW of theirs is refused, and none makes a queue.
  */
-async function s1Flood(t: TestContext, password: string | null, kind: 'creators' | 'replay' = 'creators'): Promise<void> {
-  const seconds = kind === 'creators' ? S1_SECONDS : S1_FULL_SECONDS;
-  const relay = await startRelay({ args: ['--metrics-port', '0', ...(password === null ? [] : ['--password', password])] });
+async function s1Flood(t: TestContext, password: string | null, kind: 'creators' | 'replay' | 'one-source' | 'many-sources' = 'creators'): Promise<void> {
+  const seconds = kind === 'replay' ? S1_FULL_SECONDS : S1_SECONDS;
+  // One source: loopback limited per source like any address, the flood from 127.0.0.2, the
+  // honest pair from 127.0.0.1. Many sources: loopback unlimited (as behind a local proxy or an
+  // onion service), so each connection of the flood takes turns as a source of its own.
+  const sourceArgs = kind === 'one-source' ? ['--unlimited-sources', 'none'] : [];
+  const relay = await startRelay({ args: ['--metrics-port', '0', ...sourceArgs, ...(password === null ? [] : ['--password', password])] });
   const creators: { proc: ChildProcess; done: Promise<FloodResult> }[] = [];
   try {
     const alice = await RelayClient.connect(relay.address);
@@ -272,7 +282,9 @@ async function s1Flood(t: TestContext, password: string | null, kind: 'creators'
     const rssBefore = rssKiB(relay.proc.pid!);
     const createdBefore = await metric(relay.metricsPort!, 'murmure_queues_created_total');
 
-    for (let i = 0; i < 2; i++) creators.push(kind === 'creators' ? creator(strangers, seconds) : replayer(relay.port, S1_RATE / 2, seconds, 4));
+    if (kind === 'one-source') creators.push(replayer(relay.port, S1_RATE, seconds, BUSY_CONNECTIONS, '127.0.0.2'));
+    else if (kind === 'many-sources') creators.push(replayer(relay.port, S1_RATE, seconds, BUSY_CONNECTIONS));
+    else for (let i = 0; i < 2; i++) creators.push(kind === 'creators' ? creator(strangers, seconds) : replayer(relay.port, S1_RATE / 2, seconds, 4));
     // The honest pair: a message every 50 ms, timed from SEND to MSG.
     let rssPeak = rssBefore;
     let seq = 0;
@@ -296,7 +308,7 @@ async function s1Flood(t: TestContext, password: string | null, kind: 'creators'
     latencies.sort((a, b) => a - b);
     const p = (x: number): number => latencies[Math.min(latencies.length - 1, Math.floor(x * latencies.length))]!;
     const refused = results.reduce((n, r) => n + r.errors, 0);
-    if (kind === 'replay') {
+    if (kind !== 'creators') {
       const offered = results.reduce((n, r) => n + (r.offered ?? 0), 0);
       const skipped = results.reduce((n, r) => n + (r.skipped ?? 0), 0);
       t.diagnostic(`NEWs offered at ${S1_RATE}/s for ${seconds} s: ${offered} sent, ${skipped} held back while 500 a connection were unanswered`);
@@ -332,4 +344,12 @@ test(`S1 with a creation password: two processes without it try to create queues
 
 test(`S1 at THREATS' rate: NEWs offered at ${S1_RATE} a second for ${S1_FULL_SECONDS} s (a signed NEW sent again and again, the cheapest flood): an honest pair's p99 stays under 1 s, relay memory is bounded`, { timeout: 240_000 }, (t) =>
   s1Flood(t, null, 'replay'),
+);
+
+test(`S1 from one source: NEWs replayed at ${S1_RATE} a second for ${S1_SECONDS} s over ${BUSY_CONNECTIONS} connections of one address: the source takes one turn a pass, not one per connection, and an honest pair from another address keeps its p99 under 1 s`, { timeout: 180_000 }, (t) =>
+  s1Flood(t, null, 'one-source'),
+);
+
+test(`S1 from many sources: NEWs replayed at ${S1_RATE} a second for ${S1_SECONDS} s over ${BUSY_CONNECTIONS} loopback connections, each a source (as behind an onion service): their turns share a budget per pass, and an honest pair keeps its p99 under 1 s`, { timeout: 180_000 }, (t) =>
+  s1Flood(t, null, 'many-sources'),
 );
