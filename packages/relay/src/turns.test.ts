@@ -62,26 +62,29 @@ class Conn implements TurnTaker {
 }
 
 describe('turns', () => {
-  test('a source with 50 busy connections takes one turn a pass, its connections in rotation', () => {
+  test('a source with 50 busy connections holds a pass for its budget, and each of its connections has its first turn within a pass of its block', () => {
     const loop = new Loop();
     const group = loop.group();
-    const log: string[] = [];
-    const conns = Array.from({ length: 50 }, (_, i) => new Conn(loop, 0.3, log, `c${i}`));
+    const conns = Array.from({ length: 50 }, () => new Conn(loop, 0.3));
     const before = loop.t;
     for (const c of conns) c.receive(group, 100);
-    // The first arrival takes the source's turn (its last command may overrun it); the others wait.
-    assert.ok(loop.t - before < TURN + 0.3 + EPS, `the arrivals took ${loop.t - before} ms`);
+    // The first arrivals take turns for the arrivals' budget (the last turn may overrun it); the others wait.
+    assert.ok(loop.t - before < PASS + TURN + 0.3 + EPS, `the arrivals took ${loop.t - before} ms`);
+    const firstTurnPass: number[] = conns.map((c) => (c.started > 0 ? 0 : -1));
     let passes = 0;
     while (group.pending) {
-      // The only busy group takes turn after turn for the pass's budget.
       const took = loop.endPass();
+      passes++;
       assert.ok(took < PASS + TURN + 0.3 + EPS, `pass ${passes} took ${took.toFixed(2)} ms`);
-      assert.ok(++passes < 10_000);
+      conns.forEach((c, i) => {
+        if (firstTurnPass[i] === -1 && c.started > 0) firstTurnPass[i] = passes;
+      });
+      assert.ok(passes < 10_000);
     }
     assert.ok(conns.every((c) => c.started === 100), 'every command started');
-    const turns: string[] = [];
-    for (const name of log) if (turns.at(-1) !== name) turns.push(name);
-    assert.equal(new Set(turns.slice(0, 50)).size, 50, 'each connection had a turn before any had a second');
+    // New blocks take their turns in the order they came, one source's turn a pass beside the busy rotation.
+    assert.deepEqual(firstTurnPass, [...firstTurnPass].sort((a, b) => a - b), 'first turns in order of arrival');
+    assert.ok(Math.max(...firstTurnPass) <= 50, `every connection had a turn within 50 passes (${Math.max(...firstTurnPass)})`);
   });
 
   test('48 busy sources hold a pass for the pass budget, and a client whose block arrives meanwhile is served in that pass', () => {
@@ -129,6 +132,39 @@ describe('turns', () => {
     const c = conns[0]!;
     c.conn.receive(c.group, 1);
     assert.equal(c.conn.waiting, 0);
+  });
+
+  test('a client sharing its address with a flood is served when its block arrives, not after every connection of the flood', () => {
+    const loop = new Loop();
+    const group = loop.group();
+    const flood = Array.from({ length: 200 }, () => new Conn(loop, 0.5));
+    for (const c of flood) c.receive(group, 1_000);
+    // Until each connection of the flood had its first turn, their first blocks come first.
+    while (group.hasFresh) loop.endPass();
+    const neighbour = new Conn(loop, 0.05);
+    for (let pass = 0; pass < 50; pass++) {
+      loop.endPass();
+      const before = neighbour.started;
+      neighbour.receive(group, 1);
+      assert.equal(neighbour.started, before + 1, `pass ${pass}: the neighbour's command started on arrival`);
+    }
+  });
+
+  test('a block that arrives once the arrivals of a pass have spent their budget starts first thing at the end of the pass, before the busy groups', () => {
+    const loop = new Loop();
+    const busy = Array.from({ length: 30 }, () => ({ group: loop.group(), conn: new Conn(loop, 0.5) }));
+    for (const b of busy) b.conn.receive(b.group, 10_000);
+    while (busy.some((b) => b.group.hasFresh)) loop.endPass();
+    // A pass in which light clients' blocks take the arrivals' budget before the honest one's.
+    const light = Array.from({ length: 4 }, () => ({ group: loop.group(), conn: new Conn(loop, 1.1) }));
+    for (const l of light) l.conn.receive(l.group, 1);
+    const honest = new Conn(loop, 0.05);
+    honest.receive(loop.group(), 1);
+    assert.equal(honest.started, 0, 'past the budget, the block waits');
+    const busyBefore = busy.map((b) => b.conn.started);
+    loop.endPass();
+    assert.equal(honest.started, 1, 'it starts at the end of the pass');
+    assert.ok(busy.filter((b, i) => b.conn.started > busyBefore[i]!).length <= PASS / TURN + 1, 'and the busy groups had their turns of that pass after it');
   });
 
   test('a closed connection gets no further turn', () => {

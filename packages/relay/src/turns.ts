@@ -8,18 +8,23 @@
  *   group of its own: there the address says nothing of who sent). A group's turn lasts at most
  *   TURN_BUDGET_MS; its busy connections take it in rotation, each starting where the last one
  *   stopped.
- * - A group with nothing left over takes its turn as soon as a block arrives: a client sending a
- *   few commands at a time is served at once. What is left after its turn waits in the rotation
- *   of busy groups, and so do arrivals once those of one pass have taken PASS_BUDGET_MS.
- * - Once a pass, after the event loop has read every socket, the busy groups take their turns in
- *   rotation while less than PASS_BUDGET_MS has passed (a turn begun is a whole turn), and the
- *   next pass goes on where it stopped.
+ * - A block that arrives for a connection with nothing left over is fresh: its commands start
+ *   at once, as long as the arrivals of this pass have not taken PASS_BUDGET_MS; past that, at
+ *   the end of the pass, before any busy group. What a turn leaves over makes its connection
+ *   (and group) busy.
+ * - Once a pass, after the event loop has read every socket, the groups take their turns while
+ *   less than PASS_BUDGET_MS has passed (a turn begun is a whole turn): first those with fresh
+ *   blocks left, in order of arrival, then the busy ones, in rotation from where the last pass
+ *   stopped; each at most one turn of each kind a pass.
  *
  * So however many connections or sources keep the relay busy with expensive commands, a pass of
- * the event loop holds at most about twice PASS_BUDGET_MS (and a turn) of command starts, and a client whose
- * blocks are few is served in the pass its block arrives. Before, each busy connection had a
- * turn of its own every pass: 48 of them made each pass last about 100 ms, and a conversation,
- * which waits a pass for every ACK, fell seconds behind.
+ * the event loop holds at most about twice PASS_BUDGET_MS (and a turn) of command starts, and a
+ * client that sends a few commands at a time, even one sharing its address with the flood, is
+ * served in the pass its block arrives, or the next. Floods whose blocks are all fresh (new
+ * connections, each block answered before the next) share the fresh turns with it in order of
+ * arrival. Before, each busy connection had a turn of its own every pass: 48 of them made each
+ * pass last about 100 ms, and a conversation, which waits a pass for every ACK, fell seconds
+ * behind.
  * @module
  */
 
@@ -49,30 +54,36 @@ export type TurnClock = Readonly<{ now: () => number; defer: (f: () => void) => 
 
 const REAL_CLOCK: TurnClock = { now: () => performance.now(), defer: (f) => setImmediate(f) };
 
-/** Members in turn order, each at most once; shift and push in constant time. */
+/** Members in turn order, each at most once; push, delete and shift in constant time. */
 class Rotation<T> {
   private items: (T | undefined)[] = [];
   private head = 0;
-  private readonly members = new Set<T>();
+  /** Where each member is in `items`, counted from `base` (the items cut off the front). */
+  private base = 0;
+  private readonly at = new Map<T, number>();
 
   get size(): number {
-    return this.members.size;
+    return this.at.size;
   }
 
   has(t: T): boolean {
-    return this.members.has(t);
+    return this.at.has(t);
   }
 
   /** Adds `t` at the back, unless it is a member. */
   push(t: T): void {
-    if (this.members.has(t)) return;
-    this.members.add(t);
+    if (this.at.has(t)) return;
+    this.at.set(t, this.base + this.items.length);
     this.items.push(t);
   }
 
-  /** Removes `t` (its place is skipped when it comes). */
+  /** Removes `t`, and lets go of it at once. */
   delete(t: T): void {
-    this.members.delete(t);
+    const i = this.at.get(t);
+    if (i === undefined) return;
+    this.at.delete(t);
+    this.items[i - this.base] = undefined;
+    this.compact();
   }
 
   /** Removes and returns the member at the front. */
@@ -80,7 +91,8 @@ class Rotation<T> {
     while (this.head < this.items.length) {
       const t = this.items[this.head];
       this.items[this.head++] = undefined;
-      if (t !== undefined && this.members.delete(t)) {
+      if (t !== undefined) {
+        this.at.delete(t);
         this.compact();
         return t;
       }
@@ -90,25 +102,41 @@ class Rotation<T> {
   }
 
   private compact(): void {
-    if (this.head === this.items.length) {
+    if (this.at.size === 0) {
+      this.base += this.items.length;
       this.items = [];
       this.head = 0;
     } else if (this.head > 64 && this.head * 2 > this.items.length) {
+      this.base += this.head;
       this.items = this.items.slice(this.head);
       this.head = 0;
     }
   }
 }
 
-/** The rotation of busy groups, and the budgets of the event loop's pass. */
+/** What the scheduler gives turns to: the connections of one source (`TurnGroup`). */
+export interface TurnGroupLike {
+  /** Whether a connection of the group received a block with nothing left over before it. */
+  readonly hasFresh: boolean;
+  /** Whether connections of the group have commands left over from their turns. */
+  readonly hasBusy: boolean;
+  /** Starts the commands of the fresh connections, in order of arrival, until the deadline. */
+  freshTurn(deadline: number): void;
+  /** Starts the busy connections' commands, in rotation, until the deadline. */
+  busyTurn(deadline: number): void;
+}
+
+/** The rotations of groups with fresh blocks and of busy groups, and the budgets of the pass. */
 export class TurnScheduler {
-  private readonly busy = new Rotation<TurnTaker>();
-  /** Time the turns of arriving groups took since the pass began. */
+  /** Groups whose fresh blocks arrived once the arrivals of the pass had spent their budget. */
+  private readonly fresh = new Rotation<TurnGroupLike>();
+  private readonly busy = new Rotation<TurnGroupLike>();
+  /** Time the turns of arriving blocks took since the pass began. */
   private arrivalsSpentMs = 0;
   private passEnding = false;
   private rotationScheduled = false;
-  /** The group taking its turn now: a block it receives meanwhile waits for that turn's end. */
-  private current: TurnTaker | null = null;
+  /** The group taking its turn now: blocks it receives meanwhile are looked at after that turn. */
+  private current: TurnGroupLike | null = null;
 
   constructor(
     readonly clock: TurnClock = REAL_CLOCK,
@@ -116,16 +144,20 @@ export class TurnScheduler {
     private readonly passMs = PASS_BUDGET_MS,
   ) {}
 
-  /** Busy groups waiting for a turn (for tests). */
+  /** Groups waiting for a turn, fresh or busy (for tests). */
   get waiting(): number {
-    return this.busy.size;
+    return this.fresh.size + this.busy.size;
   }
 
-  /** A group has commands waiting: its turn comes now if it was idle and the pass has room, else in the rotation. */
-  ready(g: TurnTaker): void {
-    if (g === this.current || this.busy.has(g)) return;
+  /**
+   * A connection of `g` received a block with nothing left over: it starts now if the arrivals
+   * of this pass have budget left, else first thing at the end of the pass.
+   */
+  ready(g: TurnGroupLike): void {
+    if (g === this.current || this.fresh.has(g)) return;
     if (this.arrivalsSpentMs >= this.passMs) {
-      this.enqueue(g);
+      this.fresh.push(g);
+      this.schedule();
       return;
     }
     if (!this.passEnding) {
@@ -136,79 +168,107 @@ export class TurnScheduler {
       });
     }
     const started = this.clock.now();
-    const left = this.turn(g, started + this.turnMs);
+    this.turn(g, true, started + this.turnMs);
     this.arrivalsSpentMs += this.clock.now() - started;
-    if (left) this.enqueue(g);
   }
 
-  private turn(g: TurnTaker, deadline: number): boolean {
+  /** One turn of `g`; then it joins the rotations it has work for. */
+  private turn(g: TurnGroupLike, fresh: boolean, deadline: number): void {
+    const outer = this.current;
     this.current = g;
     try {
-      return g.takeTurn(deadline);
+      if (fresh) g.freshTurn(deadline);
+      else g.busyTurn(deadline);
     } finally {
-      this.current = null;
+      this.current = outer;
     }
+    if (g.hasFresh) this.fresh.push(g);
+    if (g.hasBusy) this.busy.push(g);
+    if (this.waiting > 0) this.schedule();
   }
 
-  private enqueue(g: TurnTaker): void {
-    this.busy.push(g);
-    if (!this.rotationScheduled) {
-      this.rotationScheduled = true;
-      this.clock.defer(() => this.rotate());
-    }
+  private schedule(): void {
+    if (this.rotationScheduled) return;
+    this.rotationScheduled = true;
+    this.clock.defer(() => this.rotate());
   }
 
-  /** The busy groups' turns of this pass, from where the last pass stopped. */
+  /**
+   * The turns of this pass: the groups with fresh blocks first, then the busy groups from where
+   * the last pass stopped, while less than PASS_BUDGET_MS has passed.
+   */
   private rotate(): void {
     this.rotationScheduled = false;
     const passEnd = this.clock.now() + this.passMs;
-    for (let n = this.busy.size; n > 0; n--) {
-      const now = this.clock.now();
-      if (now >= passEnd) break;
-      const g = this.busy.shift();
-      if (g === undefined) break;
-      if (this.turn(g, now + this.turnMs)) this.busy.push(g);
+    for (const [lane, fresh] of [[this.fresh, true], [this.busy, false]] as const) {
+      for (let n = lane.size; n > 0; n--) {
+        const now = this.clock.now();
+        if (now >= passEnd) break;
+        const g = lane.shift();
+        if (g === undefined) break;
+        this.turn(g, fresh, now + this.turnMs);
+      }
     }
-    if (this.busy.size > 0) {
-      this.rotationScheduled = true;
-      this.clock.defer(() => this.rotate());
-    }
+    if (this.waiting > 0) this.schedule();
   }
 }
 
 /** The process's scheduler: every relay in a process shares its event loop. */
 const SCHEDULER = new TurnScheduler();
 
-/** The connections of one source that have commands waiting; it takes its turns as one. */
-export class TurnGroup implements TurnTaker {
+/**
+ * The connections of one source that have commands waiting. A connection whose block arrives
+ * with nothing left over is fresh and has its commands started before the busy ones: a client
+ * that shares its address with a flood (a carrier's NAT, a Tor exit) waits for a pass at most,
+ * not for every connection of the flood.
+ */
+export class TurnGroup implements TurnGroupLike {
+  private readonly fresh = new Rotation<TurnTaker>();
   /** In turn order; a connection still busy after its turn goes to the back. */
-  private readonly conns = new Rotation<TurnTaker>();
+  private readonly busy = new Rotation<TurnTaker>();
 
   constructor(private readonly scheduler: TurnScheduler = SCHEDULER) {}
 
-  /** Whether the group has connections with commands waiting. */
-  get pending(): boolean {
-    return this.conns.size > 0;
+  get hasFresh(): boolean {
+    return this.fresh.size > 0;
   }
 
-  /** A connection has commands waiting. */
+  get hasBusy(): boolean {
+    return this.busy.size > 0;
+  }
+
+  /** Whether the group has connections with commands waiting. */
+  get pending(): boolean {
+    return this.hasFresh || this.hasBusy;
+  }
+
+  /** A connection received a block; one with commands left over waits for its turn in the rotation. */
   ready(c: TurnTaker): void {
-    this.conns.push(c);
+    if (this.busy.has(c) || this.fresh.has(c)) return;
+    this.fresh.push(c);
     this.scheduler.ready(this);
   }
 
   /** A connection closed: its commands are no longer waiting. */
   drop(c: TurnTaker): void {
-    this.conns.delete(c);
+    this.fresh.delete(c);
+    this.busy.delete(c);
   }
 
-  /** Each busy connection at most once, in rotation, until the deadline. */
-  takeTurn(deadline: number): boolean {
-    for (let n = this.conns.size; n > 0 && this.scheduler.clock.now() < deadline; n--) {
-      const c = this.conns.shift();
+  freshTurn(deadline: number): void {
+    this.take(this.fresh, deadline);
+  }
+
+  busyTurn(deadline: number): void {
+    this.take(this.busy, deadline);
+  }
+
+  /** Each connection of `from` at most once, in order, until the deadline; what is left over goes to the busy rotation. */
+  private take(from: Rotation<TurnTaker>, deadline: number): void {
+    for (let n = from.size; n > 0 && this.scheduler.clock.now() < deadline; n--) {
+      const c = from.shift();
       if (c === undefined) break;
-      if (c.takeTurn(deadline)) this.conns.push(c);
+      if (c.takeTurn(deadline)) this.busy.push(c);
     }
-    return this.conns.size > 0;
   }
 }
