@@ -103,8 +103,9 @@ class Rotation<T> {
 
   private compact(): void {
     if (this.at.size === 0) {
+      // Emptied after each turn of a light client: the array is kept, not made again.
       this.base += this.items.length;
-      this.items = [];
+      this.items.length = 0;
       this.head = 0;
     } else if (this.head > 64 && this.head * 2 > this.items.length) {
       this.base += this.head;
