@@ -54,63 +54,65 @@ export type TurnClock = Readonly<{ now: () => number; defer: (f: () => void) => 
 
 const REAL_CLOCK: TurnClock = { now: () => performance.now(), defer: (f) => setImmediate(f) };
 
+type RotationList<T> = { items: (T | undefined)[]; head: number; base: number; at: Map<T, number> };
+
 /** Members in turn order, each at most once; push, delete and shift in constant time. */
 class Rotation<T> {
-  private items: (T | undefined)[] = [];
-  private head = 0;
-  /** Where each member is in `items`, counted from `base` (the items cut off the front). */
-  private base = 0;
-  private readonly at = new Map<T, number>();
+  /**
+   * The members in order from `head`, and where each is, counted from `base` (the items cut off
+   * the front). Null while empty: an idle connection's group holds no list (`ready` makes one).
+   */
+  private list: RotationList<T> | null = null;
 
   get size(): number {
-    return this.at.size;
+    return this.list?.at.size ?? 0;
   }
 
   has(t: T): boolean {
-    return this.at.has(t);
+    return this.list?.at.has(t) ?? false;
   }
 
   /** Adds `t` at the back, unless it is a member. */
   push(t: T): void {
-    if (this.at.has(t)) return;
-    this.at.set(t, this.base + this.items.length);
-    this.items.push(t);
+    const l = (this.list ??= { items: [], head: 0, base: 0, at: new Map<T, number>() });
+    if (l.at.has(t)) return;
+    l.at.set(t, l.base + l.items.length);
+    l.items.push(t);
   }
 
   /** Removes `t`, and lets go of it at once. */
   delete(t: T): void {
-    const i = this.at.get(t);
-    if (i === undefined) return;
-    this.at.delete(t);
-    this.items[i - this.base] = undefined;
-    this.compact();
+    const l = this.list;
+    const i = l?.at.get(t);
+    if (l === null || i === undefined) return;
+    l.at.delete(t);
+    l.items[i - l.base] = undefined;
+    this.compact(l);
   }
 
   /** Removes and returns the member at the front. */
   shift(): T | undefined {
-    while (this.head < this.items.length) {
-      const t = this.items[this.head];
-      this.items[this.head++] = undefined;
+    const l = this.list;
+    if (l === null) return undefined;
+    while (l.head < l.items.length) {
+      const t = l.items[l.head];
+      l.items[l.head++] = undefined;
       if (t !== undefined) {
-        this.at.delete(t);
-        this.compact();
+        l.at.delete(t);
+        this.compact(l);
         return t;
       }
     }
-    this.compact();
+    this.compact(l);
     return undefined;
   }
 
-  private compact(): void {
-    if (this.at.size === 0) {
-      // Emptied after each turn of a light client: the array is kept, not made again.
-      this.base += this.items.length;
-      this.items.length = 0;
-      this.head = 0;
-    } else if (this.head > 64 && this.head * 2 > this.items.length) {
-      this.base += this.head;
-      this.items = this.items.slice(this.head);
-      this.head = 0;
+  private compact(l: RotationList<T>): void {
+    if (l.at.size === 0) this.list = null;
+    else if (l.head > 64 && l.head * 2 > l.items.length) {
+      l.base += l.head;
+      l.items = l.items.slice(l.head);
+      l.head = 0;
     }
   }
 }
