@@ -25,7 +25,7 @@ export class RelayMetrics {
   subscriptions = 0;
   /** Commands being handled, over every connection. */
   commandsInFlight = 0;
-  /** Commands received and waiting for their connection's next turn, over every connection. */
+  /** Commands received and waiting for their source's next turn, over every connection. */
   commandsWaiting = 0;
   /** Bytes of messages read ahead for subscriptions, and held for reads under way. */
   prefetchBytes = 0;
@@ -78,7 +78,7 @@ export class RelayMetrics {
     metric('murmure_queues_expired_total', 'counter', 'Unused queues deleted by expiry.', this.queuesExpired);
     metric('murmure_subscriptions', 'gauge', 'Queues with a subscriber.', this.subscriptions);
     metric('murmure_commands_in_flight', 'gauge', 'Commands being handled, over every connection.', this.commandsInFlight);
-    metric('murmure_commands_waiting', 'gauge', "Commands received and waiting for their connection's next turn.", this.commandsWaiting);
+    metric('murmure_commands_waiting', 'gauge', "Commands received and waiting for their source's next turn.", this.commandsWaiting);
     metric('murmure_prefetch_bytes', 'gauge', 'Bytes of messages read ahead for subscriptions, and held for reads under way.', this.prefetchBytes);
     metric('murmure_store_commits_total', 'counter', 'Group commits of the store.', this.storeCommits);
     metric('murmure_store_writable', 'gauge', '1 while the store takes writes; 0 from a failed sync until a checkpoint succeeds, and after a lost writeback of the database file until the relay starts again.', this.storeWritable);

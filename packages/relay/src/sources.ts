@@ -16,8 +16,8 @@ import { TurnGroup } from './turns.js';
 
 /**
  * How often the relay forgets the sources that have no connection open and whose budget of
- * refusals has refilled: a flood from many sources (IPv6 /64s) leaves about 500 bytes each (its counts and its turn group) for
- * at most this long after their budget refilled.
+ * refusals has refilled: a flood from many sources (IPv6 /64s) leaves about 300 bytes each (its
+ * counts, its budget and its idle turn group) for at most this long after their budget refilled.
  */
 export const SOURCE_SWEEP_MS = 2000;
 
