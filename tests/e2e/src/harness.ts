@@ -11,6 +11,7 @@ import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { get as httpGet } from 'node:http';
 import { createInterface } from 'node:readline';
 import { StringDecoder } from 'node:string_decoder';
 import { fileURLToPath } from 'node:url';
@@ -194,11 +195,39 @@ export function utf8(s: string): Uint8Array {
   return new TextEncoder().encode(s);
 }
 
+/**
+ * The text of a relay's /metrics, by its metrics port or the relay process. Each call opens a
+ * connection of its own and closes it: a connection kept alive from an earlier call could be
+ * closed by the relay just as the next request goes out (under a sped-up clock the relay's
+ * keep-alive time is a tenth in real time). A failure says whether the relay still runs, and
+ * the end of its log.
+ */
+export function metricsText(source: RelayProcess | number | null): Promise<string> {
+  const relay = typeof source === 'object' ? source : null;
+  const port = relay !== null ? relay.metricsPort : (source as number | null);
+  assert.ok(port !== null, 'the relay serves /metrics');
+  return new Promise((resolveText, reject) => {
+    const fail = (e: unknown): void => {
+      const state = relay === null ? '' : isRunning(relay) ? '; the relay is running' : `; the relay has exited (${relay.proc.exitCode ?? relay.proc.signalCode}), its log ends: ${relay.log.join('').slice(-2000)}`;
+      reject(new Error(`GET /metrics on port ${port} failed: ${e instanceof Error ? e.message : String(e)}${state}`, { cause: e }));
+    };
+    const req = httpGet({ host: '127.0.0.1', port, path: '/metrics', agent: false, timeout: METRICS_TIMEOUT_MS }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (s: string) => (text += s));
+      res.once('end', () => (res.statusCode === 200 ? resolveText(text) : fail(new Error(`status ${res.statusCode}`))));
+      res.once('error', fail);
+    });
+    req.once('timeout', () => req.destroy(new Error(`no answer in ${METRICS_TIMEOUT_MS} ms`)));
+    req.once('error', fail);
+  });
+}
+
+/** How long a test waits for /metrics. */
+const METRICS_TIMEOUT_MS = 10_000;
+
 /** A counter or gauge from a relay's /metrics, by its metrics port or the relay process. */
 export async function metric(source: RelayProcess | number | null, name: string): Promise<number> {
-  const port = typeof source === 'object' && source !== null ? source.metricsPort : source;
-  assert.ok(port !== null, 'the relay serves /metrics');
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const text = await metricsText(source);
   const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
   assert.ok(m !== null, `${name} in /metrics`);
   return Number(m[1]);

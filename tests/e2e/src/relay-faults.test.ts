@@ -29,6 +29,7 @@ import {
   isRunning,
   launchRelay,
   metric,
+  metricsText,
   relayPid,
   signalRelay,
   sleep,
@@ -529,7 +530,7 @@ async function fsyncFailingOnce(t: TestContext, failedCheckpointSyncs: 1 | 2): P
   assert.ok(firstOk >= 0 && outcomes.slice(firstOk).every((o) => o === 'OK'), 'once the checkpoint is done, every SEND gets OK');
   assert.match(log, /"event":"store sync failed: writes refused until a checkpoint succeeds"/, 'the failure is logged');
   assert.match(log, /"event":"store recovered: checkpoint done, writes taken again"/, 'the recovery is logged');
-  const metrics = await (await fetch(`http://127.0.0.1:${relay.metricsPort}/metrics`)).text();
+  const metrics = await metricsText(relay);
   const counter = (name: string): number => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(metrics)?.[1] ?? NaN);
   assert.equal(counter('murmure_store_sync_failures_total'), 1, 'the failed sync is counted');
   assert.equal(counter('murmure_store_recoveries_total'), 1, 'and the recovery');
