@@ -59,6 +59,16 @@ export const MAX_COMMANDS_IN_FLIGHT = 256;
 /** Started slots at the head of a connection's waiting list past which it is cut. */
 const WAITING_COMPACT_AT = 256;
 
+/**
+ * Bytes of blocks waiting unsent (written to the socket, not yet taken by the kernel) past which
+ * a connection is backed up: until they have gone out, the relay reads nothing more from it and
+ * pushes no message to it. A client on a slow link (or one that stops reading) is held back by
+ * TCP, as its messages wait on the relay, instead of being cut off once `maxBufferedBytes` wait:
+ * a client subscribing to a hundred queues, each with a full block waiting, used to be. 16
+ * blocks: enough to keep a link of a few Mbit/s busy between two wake-ups of the socket.
+ */
+export const OUTPUT_HIGH_BYTES = 256 * 1024;
+
 /** What the server does with a connection's commands. */
 export interface CommandHandler {
   /** Handles one transmission; resolves once its response is queued, with true if it was refused authorisation (ERR AUTH). */
@@ -116,6 +126,15 @@ export class Connection implements TurnTaker {
   private closedFlag = false;
   /** Set when the relay stops: blocks that arrive from then on are not taken. */
   private draining = false;
+  /** Set while more than OUTPUT_HIGH_BYTES wait unsent, until the socket has sent them all ('drain'). */
+  private backedUp = false;
+  /** Pushes begun (`takePushSlot`) whose message is not yet queued. */
+  private pushesUnderWay = 0;
+  /** Pushes waiting for room (`whenWritable`), oldest first from `writableFrom`. */
+  private writableWaiters: ((() => void) | undefined)[] = [];
+  private writableFrom = 0;
+  private pumping = false;
+  private drainAwaited = false;
 
   constructor(
     readonly ws: WebSocket,
@@ -214,9 +233,96 @@ export class Connection implements TurnTaker {
     return false;
   }
 
-  /** Reads the connection again once what it has in flight and waiting is down to half the limit. */
+  /**
+   * Reads the connection again once what it has in flight and waiting is down to half the limit,
+   * and its output is not backed up.
+   */
   private maybeResume(): void {
-    if (this.ws.isPaused && this.inflight + this.waitingCount <= MAX_COMMANDS_IN_FLIGHT / 2 && !this.closedFlag) this.ws.resume();
+    if (this.ws.isPaused && this.inflight + this.waitingCount <= MAX_COMMANDS_IN_FLIGHT / 2 && !this.closedFlag && !this.backedUp) this.ws.resume();
+  }
+
+  /**
+   * Listens for the socket's next 'drain' (everything written has gone to the kernel), once. It
+   * comes: the connection is backed up, or a push waits while more than a block is unsent, and
+   * blocks are larger than the socket's high-water mark (a push that waits for pushes under way
+   * is called at their end, by `pushDone`).
+   */
+  private awaitDrain(): void {
+    if (this.drainAwaited) return;
+    this.drainAwaited = true;
+    this.socket.once('drain', () => {
+      this.drainAwaited = false;
+      this.onDrain();
+    });
+  }
+
+  /** Everything written has gone to the kernel: the connection reads again and pushes resume. */
+  private onDrain(): void {
+    if (this.closedFlag) return;
+    // A client that takes what the relay sends is active, even while it sends nothing.
+    this.lastActivity = performance.now();
+    if (this.backedUp) {
+      this.backedUp = false;
+      this.metrics.connectionsBackedUp--;
+    }
+    this.maybeResume();
+    this.pump();
+  }
+
+  /**
+   * Whether a message may be pushed now: the output is not backed up, and what waits unsent, with
+   * a block for each push under way and one for the batch being packed, stays within
+   * OUTPUT_HIGH_BYTES.
+   */
+  private mayPush(): boolean {
+    return !this.closedFlag && !this.backedUp && this.ws.bufferedAmount + (this.pushesUnderWay + 1) * BLOCK_SIZE <= OUTPUT_HIGH_BYTES;
+  }
+
+  /**
+   * Begins a push (a message for a subscription) if there is room for it; the caller then calls
+   * `pushDone` once its message is queued, or given up. Without room, it asks `whenWritable`.
+   */
+  takePushSlot(): boolean {
+    if (!this.mayPush()) return false;
+    this.pushesUnderWay++;
+    return true;
+  }
+
+  /** A push begun with `takePushSlot` has queued its message (or given it up). */
+  pushDone(): void {
+    this.pushesUnderWay--;
+    if (this.writableFrom < this.writableWaiters.length) this.pump();
+  }
+
+  /** Calls `f` once there is room for a push, after those that asked before it. */
+  whenWritable(f: () => void): void {
+    if (this.closedFlag) return;
+    this.writableWaiters.push(f);
+    this.metrics.pushesWaiting++;
+    this.awaitDrain();
+  }
+
+  /** Calls the pushes waiting for room, oldest first, while there is room. */
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.writableFrom < this.writableWaiters.length && this.mayPush()) {
+        const f = this.writableWaiters[this.writableFrom] as () => void;
+        this.writableWaiters[this.writableFrom++] = undefined;
+        this.metrics.pushesWaiting--;
+        f();
+      }
+    } finally {
+      this.pumping = false;
+      if (this.writableFrom === this.writableWaiters.length) {
+        this.writableWaiters = [];
+        this.writableFrom = 0;
+      } else if (this.writableFrom > WAITING_COMPACT_AT && this.writableFrom * 2 > this.writableWaiters.length) {
+        this.writableWaiters = this.writableWaiters.slice(this.writableFrom);
+        this.writableFrom = 0;
+      }
+    }
   }
 
   private dropWaiting(): void {
@@ -345,10 +451,21 @@ export class Connection implements TurnTaker {
     if (block !== null) this.sendBlock(block);
   }
 
-  /** Sends a block of responses; a client that does not read them is cut off. */
+  /**
+   * Sends a block of responses. Past OUTPUT_HIGH_BYTES waiting unsent the connection is backed
+   * up (`onDrain` ends it); a client with more than `maxBufferedBytes` unsent (answers to the
+   * commands it had sent before) is cut off.
+   */
   private sendBlock(block: Uint8Array): void {
     this.sendRaw(block);
-    if (this.ws.bufferedAmount > this.config.maxBufferedBytes) this.close(CloseCode.POLICY);
+    const unsent = this.ws.bufferedAmount;
+    if (unsent > this.config.maxBufferedBytes) this.close(CloseCode.POLICY);
+    else if (unsent > OUTPUT_HIGH_BYTES && !this.backedUp) {
+      this.backedUp = true;
+      this.metrics.connectionsBackedUp++;
+      this.ws.pause();
+      this.awaitDrain();
+    }
   }
 
   /**
@@ -388,6 +505,13 @@ export class Connection implements TurnTaker {
     if (this.released) return;
     this.released = true;
     this.dropWaiting();
+    if (this.backedUp) {
+      this.backedUp = false;
+      this.metrics.connectionsBackedUp--;
+    }
+    this.metrics.pushesWaiting -= this.writableWaiters.length - this.writableFrom;
+    this.writableWaiters = [];
+    this.writableFrom = 0;
     this.source.turns.drop(this);
     this.handler.closed(this);
   }

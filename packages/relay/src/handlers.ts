@@ -76,6 +76,8 @@ type Subscription = {
   markedDay: number;
   /** The pending retry of a failed message read: at most one per subscription. */
   retry: NodeJS.Timeout | null;
+  /** Waiting for room on a backed-up connection (`Connection.whenWritable`). */
+  awaitingWrite: boolean;
 };
 
 /** Whose key an authenticator is checked against: the queue's recipient or its sender. */
@@ -439,7 +441,7 @@ export class RelayHandlers implements CommandHandler {
       this.setAhead(old, []);
     }
     // A new SUB re-delivers the message held unacknowledged, if any.
-    this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], acked: null, busy: false, again: false, markedDay: dayOf(this.now()), retry: null });
+    this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], acked: null, busy: false, again: false, markedDay: dayOf(this.now()), retry: null, awaitingWrite: false });
     conn.subscriptions.add(key);
   }
 
@@ -493,6 +495,17 @@ export class RelayHandlers implements CommandHandler {
       sub.again = true;
       return;
     }
+    // A connection whose output is backed up gets no message until what waits has gone out.
+    if (!sub.conn.takePushSlot()) {
+      if (!sub.awaitingWrite) {
+        sub.awaitingWrite = true;
+        sub.conn.whenWritable(() => {
+          sub.awaitingWrite = false;
+          if (this.subs.get(key) === sub) void this.deliverNext(key);
+        });
+      }
+      return;
+    }
     sub.busy = true;
     try {
       do {
@@ -523,6 +536,7 @@ export class RelayHandlers implements CommandHandler {
       }
     } finally {
       sub.busy = false;
+      sub.conn.pushDone();
     }
   }
 

@@ -29,6 +29,10 @@ export class RelayMetrics {
   commandsWaiting = 0;
   /** Bytes of messages read ahead for subscriptions, and held for reads under way. */
   prefetchBytes = 0;
+  /** Connections with more than OUTPUT_HIGH_BYTES waiting unsent: not read, and pushed nothing, until it has gone out. */
+  connectionsBackedUp = 0;
+  /** Subscriptions with a message to push, waiting for room on their connection. */
+  pushesWaiting = 0;
   storeCommits = 0;
   /** 1 while the store takes writes; 0 from a failed sync until a checkpoint succeeds, and after a lost writeback of the database file until the relay starts again. */
   storeWritable = 1;
@@ -79,6 +83,8 @@ export class RelayMetrics {
     metric('murmure_subscriptions', 'gauge', 'Queues with a subscriber.', this.subscriptions);
     metric('murmure_commands_in_flight', 'gauge', 'Commands being handled, over every connection.', this.commandsInFlight);
     metric('murmure_commands_waiting', 'gauge', "Commands received and waiting for their source's next turn.", this.commandsWaiting);
+    metric('murmure_connections_backed_up', 'gauge', 'Connections whose unsent blocks passed 256 KiB: not read, and pushed no message, until those have gone out.', this.connectionsBackedUp);
+    metric('murmure_pushes_waiting', 'gauge', 'Subscriptions with a message to push, waiting until their connection has sent what it holds (a slow link).', this.pushesWaiting);
     metric('murmure_prefetch_bytes', 'gauge', 'Bytes of messages read ahead for subscriptions, and held for reads under way.', this.prefetchBytes);
     metric('murmure_store_commits_total', 'counter', 'Group commits of the store.', this.storeCommits);
     metric('murmure_store_writable', 'gauge', '1 while the store takes writes; 0 from a failed sync until a checkpoint succeeds, and after a lost writeback of the database file until the relay starts again.', this.storeWritable);

@@ -8,13 +8,13 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { connect as netConnect, type Socket } from 'node:net';
+import { createServer, connect as netConnect, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 
 import { RelayClient, RelayClientError, openDelivered, type PushedMessage } from '@murmure/agent';
-import { BLOCK_SIZE } from '@murmure/protocol';
+import { BLOCK_SIZE, MAX_MESSAGE_BODY } from '@murmure/protocol';
 import { generateDhKeyPair, generateSigningKeyPair, randomId } from '@murmure/queue-crypto';
 import { AUTH_FAILURE_TOKENS } from '@murmure/relay';
 
@@ -132,34 +132,50 @@ test('listen backlog: 4,096 by default (capped by the kernel), as set with --lis
   });
 });
 
-test('a client that stops reading is closed once maxBufferedBytes wait unsent; commands after the close leave nothing behind', { timeout: 120_000 }, async () => {
-  await withRelay(['--metrics-port', '0', '--command-burst', '1000000', '--commands-per-second', '1000000'], async (relay) => {
-    const owner = await RelayClient.connect(relay.address);
-    const q = await owner.createQueue();
+test('a client that stops reading: past 256 KiB unsent the relay reads no more from it, holding little, and closes it at the idle timeout; commands after the close leave nothing behind', { timeout: 120_000 }, async () => {
+  await withRelay(['--metrics-port', '0', '--command-burst', '1000000', '--commands-per-second', '1000000', '--idle-timeout-ms', '3000'], async (relay) => {
+    const creator = await RelayClient.connect(relay.address);
+    const q = await creator.createQueue();
     const sender = generateDhKeyPair();
-    await owner.secure(q, sender.publicKey);
+    await creator.secure(q, sender.publicKey);
+    creator.close();
     const opened = await metric(relay.metricsPort!, 'murmure_connections_open');
     const reader = await RawClient.open(relay.port);
-    // Stop reading: the answers fill the kernel's buffers, then the relay's (1 MiB), then it closes.
+    // Stop reading: the answers fill the kernel's buffers, then 256 KiB of the relay's.
     reader.socket.pause();
-    // Every block: 63 PINGs and a SUB, so the relay's answers fill whole blocks, and one of them
-    // goes out (and finds too much unsent) while the relay is still reading the next block.
+    // Every block: 63 PINGs and a SUB, so the relay's answers fill whole blocks.
     const pings = Array.from({ length: 63 }, () => reader.build(NO_ENTITY, { type: 'PING' }, { kind: 'none' }).bytes);
-    const isOpen = async (): Promise<boolean> => (await metric(relay.metricsPort!, 'murmure_connections_open')) > opened;
+    const rssBefore = rssKiB(relay.proc.pid!);
+    const blocksIn = await metric(relay.metricsPort!, 'murmure_blocks_in_total');
     let blocks = 0;
-    // Sent only as fast as the relay takes them, so that it is the relay's buffer that fills.
-    while ((await isOpen()) && blocks < 6000) {
+    // Sent only as fast as the relay takes them: once it stops reading, what the reader sends
+    // stays in its own buffers.
+    let taken = true;
+    while (taken && blocks < 6000) {
       for (let i = 0; i < 50; i++) {
         const sub = reader.build(q.rcvId, { type: 'SUB' }, { kind: 'authenticator', key: q.authKey.privateKey });
         reader.sendTransmissions([...pings, sub.bytes]);
       }
       blocks += 50;
-      while (reader.ws.bufferedAmount > 0 && !reader.isClosed) await sleep(5);
+      const until = performance.now() + 1000;
+      while (reader.ws.bufferedAmount > 0 && performance.now() < until) await sleep(5);
+      taken = reader.ws.bufferedAmount === 0;
     }
-    for (let i = 0; i < 600 && (await isOpen()); i++) await sleep(50);
-    assert.equal(await isOpen(), false, `the relay closed the reader (after ${blocks} blocks)`);
+    assert.ok(!taken, `the relay stopped reading the reader (after ${blocks} blocks sent)`);
+    assert.equal(await metric(relay.metricsPort!, 'murmure_connections_backed_up'), 1, 'the reader is backed up');
+    assert.equal(await metric(relay.metricsPort!, 'murmure_connections_open'), opened + 1, 'and still open');
+    const read = (await metric(relay.metricsPort!, 'murmure_blocks_in_total')) - blocksIn;
+    const rssGrowth = rssKiB(relay.proc.pid!) - rssBefore;
+    process.stderr.write(`# the relay read ${read} of ${blocks} blocks, then stopped; its RSS grew by ${rssGrowth} KiB\n`);
+    assert.ok(rssGrowth < 16 * 1024, `the relay holds little for it (RSS +${rssGrowth} KiB)`);
+    // Silent and not reading: closed at the idle timeout.
+    const isOpen = async (): Promise<boolean> => (await metric(relay.metricsPort!, 'murmure_connections_open')) > opened;
+    for (let i = 0; i < 200 && (await isOpen()); i++) await sleep(50);
+    assert.equal(await isOpen(), false, 'the relay closed the reader');
+    assert.equal(await metric(relay.metricsPort!, 'murmure_connections_backed_up'), 0);
     assert.equal(await metric(relay.metricsPort!, 'murmure_subscriptions'), 0, 'no subscription outlives its connection');
     // The queue works for its owner: a SUB, and a message pushed to it.
+    const owner = await RelayClient.connect(relay.address);
     const got = new Promise<PushedMessage>((r) => owner.once('message', r));
     await owner.subscribe(q);
     const other = await RelayClient.connect(relay.address);
@@ -170,6 +186,114 @@ test('a client that stops reading is closed once maxBufferedBytes wait unsent; c
     reader.ws.terminate();
     owner.close();
     other.close();
+  });
+});
+
+/**
+ * A TCP proxy to `port` whose way back to the client can be held (a train in a tunnel): while
+ * held, it reads nothing from the relay, whose kernel buffers then fill.
+ */
+async function stallingLink(port: number): Promise<{ port: number; hold: () => void; release: () => void; close: () => void }> {
+  const ups = new Set<Socket>();
+  let held = false;
+  const server = createServer((down) => {
+    const up = netConnect(port, '127.0.0.1');
+    ups.add(up);
+    down.pipe(up);
+    up.pipe(down);
+    if (held) up.pause();
+    const end = (): void => {
+      ups.delete(up);
+      up.destroy();
+      down.destroy();
+    };
+    for (const s of [up, down]) s.on('error', end).on('close', end);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    hold: () => {
+      held = true;
+      for (const up of ups) up.pause();
+    },
+    release: () => {
+      held = false;
+      for (const up of ups) up.resume();
+    },
+    close: () => server.close(),
+  };
+}
+
+test('a client whose link stalls while it subscribes to 300 queues, each with a full block waiting, is not cut off: the relay holds the messages until the link moves, then delivers every one', { timeout: 120_000 }, async () => {
+  await withRelay(['--metrics-port', '0'], async (relay) => {
+    const QUEUES = 300;
+    const owner = await RelayClient.connect(relay.address);
+    const sender = await RelayClient.connect(relay.address);
+    const queues = [];
+    for (let i = 0; i < QUEUES; i++) {
+      const q = await owner.createQueue();
+      const key = generateDhKeyPair();
+      await owner.secure(q, key.publicKey);
+      await sender.send(q.sndId, key.privateKey, new Uint8Array(MAX_MESSAGE_BODY).fill(i & 0xff));
+      queues.push(q);
+    }
+    owner.close();
+    sender.close();
+    const link = await stallingLink(relay.port);
+    try {
+      const c = await RelayClient.connect(relay.address.replace(/:\d+$/, `:${link.port}`), { timeoutMs: 60_000 });
+      let closed = false;
+      c.on('close', () => (closed = true));
+      const byId = new Map(queues.map((q, i) => [Buffer.from(q.rcvId).toString('hex'), { q, i }]));
+      const got = new Set<number>();
+      let wrong = 0;
+      c.on('message', (m: PushedMessage) => {
+        const { q, i } = byId.get(Buffer.from(m.rcvId).toString('hex'))!;
+        const body = openDelivered(q, m.msgId, m.body).body;
+        if (body.length !== MAX_MESSAGE_BODY || body[0] !== (i & 0xff)) wrong++;
+        got.add(i);
+        c.ack(q, m.msgId).catch(() => undefined);
+      });
+      // The link stalls; the client subscribes to every queue (4.7 MiB of messages wait).
+      link.hold();
+      const subscribed = Promise.all(queues.map((q) => c.subscribe(q)));
+      subscribed.catch(() => undefined);
+      let waiting = 0;
+      const until = performance.now() + 20_000;
+      while (waiting === 0 && !closed && performance.now() < until) {
+        waiting = await metric(relay.metricsPort!, 'murmure_pushes_waiting');
+        await sleep(20);
+      }
+      const delivered = await metric(relay.metricsPort!, 'murmure_messages_delivered_total');
+      process.stderr.write(`# with the link stalled: ${delivered} messages written, ${waiting} waiting for room\n`);
+      assert.equal(closed, false, 'the relay did not cut the client off');
+      assert.ok(waiting > 0 && delivered < QUEUES, 'the relay holds messages back while its output waits');
+      await sleep(500);
+      assert.equal(await metric(relay.metricsPort!, 'murmure_connections_open'), 1, 'the client stays connected while stalled');
+      link.release();
+      await withTimeout(subscribed, 30_000, 'every SUB answered');
+      await withTimeout(
+        (async () => {
+          while (got.size < QUEUES && !closed) await sleep(20);
+        })(),
+        30_000,
+        'every message arrives',
+      );
+      assert.equal(closed, false, 'the relay did not cut the client off');
+      assert.equal(got.size, QUEUES, 'every message arrived');
+      assert.equal(wrong, 0, 'each with its own body');
+      await withTimeout(
+        (async () => {
+          while ((await metric(relay.metricsPort!, 'murmure_messages')) > 0) await sleep(50);
+        })(),
+        10_000,
+        'every message acknowledged',
+      );
+      assert.equal(await metric(relay.metricsPort!, 'murmure_pushes_waiting'), 0);
+      c.close();
+    } finally {
+      link.close();
+    }
   });
 });
 
