@@ -60,12 +60,13 @@ export const MAX_COMMANDS_IN_FLIGHT = 256;
 const WAITING_COMPACT_AT = 256;
 
 /**
- * Bytes of blocks waiting unsent (written to the socket, not yet taken by the kernel) past which
- * a connection is backed up: until they have gone out, the relay reads nothing more from it and
- * pushes no message to it. A client on a slow link (or one that stops reading) is held back by
- * TCP, as its messages wait on the relay, instead of being cut off once `maxBufferedBytes` wait:
- * a client subscribing to a hundred queues, each with a full block waiting, used to be. 16
- * blocks: enough to keep a link of a few Mbit/s busy between two wake-ups of the socket.
+ * Bytes of blocks waiting unsent (written to the socket, not yet taken by the kernel) that a
+ * push may not take a connection past, counting a block for each push under way; past them the
+ * connection is backed up, and the relay reads nothing more from it until they have gone out.
+ * A client on a slow link (or one that stops reading) is held back by TCP, as its messages wait
+ * on the relay, instead of being cut off once `maxBufferedBytes` wait: a client subscribing to a
+ * hundred queues, each with a full block waiting, used to be. 16 blocks: enough to keep a link
+ * of a few Mbit/s busy between two wake-ups of the socket.
  */
 export const OUTPUT_HIGH_BYTES = 256 * 1024;
 
@@ -243,9 +244,11 @@ export class Connection implements TurnTaker {
 
   /**
    * Listens for the socket's next 'drain' (everything written has gone to the kernel), once. It
-   * comes: the connection is backed up, or a push waits while more than a block is unsent, and
-   * blocks are larger than the socket's high-water mark (a push that waits for pushes under way
-   * is called at their end, by `pushDone`).
+   * comes when it matters: the connection is backed up, or a push waits with no push under way
+   * (`pump` leaves one waiting only then), so more than OUTPUT_HIGH_BYTES − BLOCK_SIZE wait
+   * unsent: far past the socket's high-water mark (16 KiB), and a write that passes that mark
+   * makes the socket announce when it has sent everything. A push that waits for pushes under
+   * way is called at their end, by `pushDone`.
    */
   private awaitDrain(): void {
     if (this.drainAwaited) return;
@@ -283,6 +286,8 @@ export class Connection implements TurnTaker {
    * `pushDone` once its message is queued, or given up. Without room, it asks `whenWritable`.
    */
   takePushSlot(): boolean {
+    // Pushes that wait go first (`pump` calls them one by one, and they take their slots here).
+    if (!this.pumping && this.writableFrom < this.writableWaiters.length) return false;
     if (!this.mayPush()) return false;
     this.pushesUnderWay++;
     return true;
@@ -302,7 +307,11 @@ export class Connection implements TurnTaker {
     this.awaitDrain();
   }
 
-  /** Calls the pushes waiting for room, oldest first, while there is room. */
+  /**
+   * Calls the pushes waiting for room, oldest first, while there is room. Those left wait for the
+   * next 'drain', or the end of a push under way (`pushDone`): a 'drain' listener that ran before
+   * this may have been used up already.
+   */
   private pump(): void {
     if (this.pumping) return;
     this.pumping = true;
@@ -318,9 +327,12 @@ export class Connection implements TurnTaker {
       if (this.writableFrom === this.writableWaiters.length) {
         this.writableWaiters = [];
         this.writableFrom = 0;
-      } else if (this.writableFrom > WAITING_COMPACT_AT && this.writableFrom * 2 > this.writableWaiters.length) {
-        this.writableWaiters = this.writableWaiters.slice(this.writableFrom);
-        this.writableFrom = 0;
+      } else {
+        if (this.writableFrom > WAITING_COMPACT_AT && this.writableFrom * 2 > this.writableWaiters.length) {
+          this.writableWaiters = this.writableWaiters.slice(this.writableFrom);
+          this.writableFrom = 0;
+        }
+        if (!this.closedFlag) this.awaitDrain();
       }
     }
   }
