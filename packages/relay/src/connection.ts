@@ -383,7 +383,7 @@ export class Connection implements TurnTaker {
 
   private onClientHello(block: Uint8Array): void {
     try {
-      const h = decodeClientHello(block);
+      const h = decodeClientHello(block, isPadFillNative);
       if (h.version < RELAY_VERSIONS.min || h.version > RELAY_VERSIONS.max) {
         throw new ProtocolError('VERSION_UNSUPPORTED', 'client chose a version we do not speak');
       }

@@ -247,7 +247,7 @@ export class RelayClient extends EventEmitter {
       ws.once('message', (data: Buffer) => {
         if (settled || (!plain && sessionId === null) || socket === null) return;
         try {
-          const hello = decodeServerHello(new Uint8Array(data.buffer, data.byteOffset, data.length));
+          const hello = decodeServerHello(new Uint8Array(data.buffer, data.byteOffset, data.length), isPadFillNative);
           if (plain) sessionId = plainSessionId(hello.sessionKey, hello.sessionNonce);
           if (sessionId === null) throw new RelayClientError('PINNING', "the relay's certificate was not checked");
           const version = negotiateVersion(RELAY_VERSIONS, hello.versions);

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { pad, unpad } from '../encoding/padding.js';
+import { pad, unpad, type FillCheck } from '../encoding/padding.js';
 import { Reader } from '../encoding/reader.js';
 import { Writer } from '../encoding/writer.js';
 import { ProtocolError } from '../errors.js';
@@ -33,9 +33,9 @@ export function encodeServerHello(h: ServerHello): Uint8Array {
   return pad(w.finish(), BLOCK_SIZE);
 }
 
-/** Decodes the relay's hello. */
-export function decodeServerHello(block: Uint8Array): ServerHello {
-  const r = new Reader(unpad(block, BLOCK_SIZE));
+/** Decodes the relay's hello; `checkFill` as for `unpad`. */
+export function decodeServerHello(block: Uint8Array, checkFill?: FillCheck): ServerHello {
+  const r = new Reader(unpad(block, BLOCK_SIZE, checkFill));
   if (r.u8('hello tag') !== SERVER_HELLO) throw new ProtocolError('BAD_TAG', 'not a relay hello');
   const min = r.u16('min version');
   const max = r.u16('max version');
@@ -51,9 +51,9 @@ export function encodeClientHello(h: ClientHello): Uint8Array {
   return pad(new Writer(8).u8(CLIENT_HELLO).u16(h.version).finish(), BLOCK_SIZE);
 }
 
-/** Decodes the client's hello. */
-export function decodeClientHello(block: Uint8Array): ClientHello {
-  const r = new Reader(unpad(block, BLOCK_SIZE));
+/** Decodes the client's hello; `checkFill` as for `unpad`. */
+export function decodeClientHello(block: Uint8Array, checkFill?: FillCheck): ClientHello {
+  const r = new Reader(unpad(block, BLOCK_SIZE, checkFill));
   if (r.u8('hello tag') !== CLIENT_HELLO) throw new ProtocolError('BAD_TAG', 'not a client hello');
   const version = r.u16('version');
   r.end('the client hello');
