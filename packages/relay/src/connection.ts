@@ -70,6 +70,11 @@ const WAITING_COMPACT_AT = 256;
  */
 export const OUTPUT_HIGH_BYTES = 256 * 1024;
 
+/** A push waiting for room on a connection (`Connection.whenWritable`); `run` is null once called or cancelled. */
+export interface PushWait {
+  run: (() => void) | null;
+}
+
 /** What the server does with a connection's commands. */
 export interface CommandHandler {
   /** Handles one transmission; resolves once its response is queued, with true if it was refused authorisation (ERR AUTH). */
@@ -131,9 +136,11 @@ export class Connection implements TurnTaker {
   private backedUp = false;
   /** Pushes begun (`takePushSlot`) whose message is not yet queued. */
   private pushesUnderWay = 0;
-  /** Pushes waiting for room (`whenWritable`), oldest first from `writableFrom`. */
-  private writableWaiters: ((() => void) | undefined)[] = [];
+  /** Pushes waiting for room (`whenWritable`), oldest first from `writableFrom`; cancelled ones stay until reached. */
+  private writableWaiters: (PushWait | undefined)[] = [];
   private writableFrom = 0;
+  /** Pushes in `writableWaiters` neither called nor cancelled. */
+  private waitersLive = 0;
   private pumping = false;
   private drainAwaited = false;
 
@@ -287,7 +294,7 @@ export class Connection implements TurnTaker {
    */
   takePushSlot(): boolean {
     // Pushes that wait go first (`pump` calls them one by one, and they take their slots here).
-    if (!this.pumping && this.writableFrom < this.writableWaiters.length) return false;
+    if (!this.pumping && this.waitersLive > 0) return false;
     if (!this.mayPush()) return false;
     this.pushesUnderWay++;
     return true;
@@ -296,15 +303,41 @@ export class Connection implements TurnTaker {
   /** A push begun with `takePushSlot` has queued its message (or given it up). */
   pushDone(): void {
     this.pushesUnderWay--;
-    if (this.writableFrom < this.writableWaiters.length) this.pump();
+    if (this.waitersLive > 0) this.pump();
   }
 
-  /** Calls `f` once there is room for a push, after those that asked before it. */
-  whenWritable(f: () => void): void {
-    if (this.closedFlag) return;
-    this.writableWaiters.push(f);
+  /**
+   * Calls `f` once there is room for a push, after those that asked before it, unless the wait
+   * is cancelled first (`cancelWait`).
+   */
+  whenWritable(f: () => void): PushWait {
+    const w: PushWait = { run: this.closedFlag ? null : f };
+    if (w.run === null) return w;
+    this.writableWaiters.push(w);
+    this.waitersLive++;
     this.metrics.pushesWaiting++;
     this.awaitDrain();
+    return w;
+  }
+
+  /** Cancels a push waiting for room: its subscription has moved or ended. */
+  cancelWait(w: PushWait): void {
+    if (w.run === null) return;
+    w.run = null;
+    this.waitersLive--;
+    this.metrics.pushesWaiting--;
+    if (this.waitersLive === 0 && !this.pumping) this.dropWaiters();
+  }
+
+  private dropWaiters(): void {
+    for (let i = this.writableFrom; i < this.writableWaiters.length; i++) {
+      const w = this.writableWaiters[i];
+      if (w !== undefined) w.run = null;
+    }
+    this.metrics.pushesWaiting -= this.waitersLive;
+    this.waitersLive = 0;
+    this.writableWaiters = [];
+    this.writableFrom = 0;
   }
 
   /**
@@ -316,18 +349,20 @@ export class Connection implements TurnTaker {
     if (this.pumping) return;
     this.pumping = true;
     try {
-      while (this.writableFrom < this.writableWaiters.length && this.mayPush()) {
-        const f = this.writableWaiters[this.writableFrom] as () => void;
+      while (this.waitersLive > 0 && this.mayPush()) {
+        const w = this.writableWaiters[this.writableFrom] as PushWait;
         this.writableWaiters[this.writableFrom++] = undefined;
+        const f = w.run;
+        if (f === null) continue;
+        w.run = null;
+        this.waitersLive--;
         this.metrics.pushesWaiting--;
         f();
       }
     } finally {
       this.pumping = false;
-      if (this.writableFrom === this.writableWaiters.length) {
-        this.writableWaiters = [];
-        this.writableFrom = 0;
-      } else {
+      if (this.waitersLive === 0) this.dropWaiters();
+      else {
         if (this.writableFrom > WAITING_COMPACT_AT && this.writableFrom * 2 > this.writableWaiters.length) {
           this.writableWaiters = this.writableWaiters.slice(this.writableFrom);
           this.writableFrom = 0;
@@ -521,9 +556,7 @@ export class Connection implements TurnTaker {
       this.backedUp = false;
       this.metrics.connectionsBackedUp--;
     }
-    this.metrics.pushesWaiting -= this.writableWaiters.length - this.writableFrom;
-    this.writableWaiters = [];
-    this.writableFrom = 0;
+    this.dropWaiters();
     this.source.turns.drop(this);
     this.handler.closed(this);
   }

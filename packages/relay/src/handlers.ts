@@ -35,7 +35,7 @@ import {
 
 import { idKey, sameBytes } from './bytes.js';
 import type { RelayConfig } from './config.js';
-import { AUTH_KEY_CACHE_SIZE, type CommandHandler, type Connection } from './connection.js';
+import { AUTH_KEY_CACHE_SIZE, type CommandHandler, type Connection, type PushWait } from './connection.js';
 import type { Logger } from './log.js';
 import type { RelayMetrics } from './metrics.js';
 import { StoreError, dayOf, type QueueRecord, type QueueStore, type StoredMessage } from './store/queue-store.js';
@@ -77,7 +77,7 @@ type Subscription = {
   /** The pending retry of a failed message read: at most one per subscription. */
   retry: NodeJS.Timeout | null;
   /** Waiting for room on a backed-up connection (`Connection.whenWritable`). */
-  awaitingWrite: boolean;
+  pushWait: PushWait | null;
 };
 
 /** Whose key an authenticator is checked against: the queue's recipient or its sender. */
@@ -436,12 +436,9 @@ export class RelayHandlers implements CommandHandler {
       old.conn.end(rcvId);
     }
     if (old === undefined) this.metrics.subscriptions++;
-    else {
-      if (old.retry !== null) clearTimeout(old.retry);
-      this.setAhead(old, []);
-    }
+    else this.ended(old);
     // A new SUB re-delivers the message held unacknowledged, if any.
-    this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], acked: null, busy: false, again: false, markedDay: dayOf(this.now()), retry: null, awaitingWrite: false });
+    this.subs.set(key, { conn, rcvId, queue, delivered: null, ahead: [], acked: null, busy: false, again: false, markedDay: dayOf(this.now()), retry: null, pushWait: null });
     conn.subscriptions.add(key);
   }
 
@@ -450,10 +447,19 @@ export class RelayHandlers implements CommandHandler {
     if (sub !== undefined && sub.conn === conn) {
       this.subs.delete(key);
       this.metrics.subscriptions--;
-      if (sub.retry !== null) clearTimeout(sub.retry);
-      this.setAhead(sub, []);
+      this.ended(sub);
     }
     conn.subscriptions.delete(key);
+  }
+
+  /** A subscription replaced or ended: it retries nothing, holds nothing and waits for nothing. */
+  private ended(sub: Subscription): void {
+    if (sub.retry !== null) clearTimeout(sub.retry);
+    this.setAhead(sub, []);
+    if (sub.pushWait !== null) {
+      sub.conn.cancelWait(sub.pushWait);
+      sub.pushWait = null;
+    }
   }
 
   /**
@@ -497,13 +503,10 @@ export class RelayHandlers implements CommandHandler {
     }
     // A connection whose output is backed up gets no message until what waits has gone out.
     if (!sub.conn.takePushSlot()) {
-      if (!sub.awaitingWrite) {
-        sub.awaitingWrite = true;
-        sub.conn.whenWritable(() => {
-          sub.awaitingWrite = false;
-          if (this.subs.get(key) === sub) void this.deliverNext(key);
-        });
-      }
+      sub.pushWait ??= sub.conn.whenWritable(() => {
+        sub.pushWait = null;
+        if (this.subs.get(key) === sub) void this.deliverNext(key);
+      });
       return;
     }
     sub.busy = true;

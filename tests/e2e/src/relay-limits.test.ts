@@ -229,24 +229,49 @@ async function stallingLink(port: number): Promise<{ port: number; hold: () => v
   };
 }
 
+/** Queues of a fresh relay, each secured and holding one full message whose bytes are its index. */
+async function fullQueues(relay: RelayProcess, n: number): Promise<Awaited<ReturnType<RelayClient['createQueue']>>[]> {
+  const owner = await RelayClient.connect(relay.address);
+  const sender = await RelayClient.connect(relay.address);
+  const queues = [];
+  for (let i = 0; i < n; i++) {
+    const q = await owner.createQueue();
+    const key = generateDhKeyPair();
+    await owner.secure(q, key.publicKey);
+    await sender.send(q.sndId, key.privateKey, new Uint8Array(MAX_MESSAGE_BODY).fill(i & 0xff));
+    queues.push(q);
+  }
+  owner.close();
+  sender.close();
+  return queues;
+}
+
+/** Polls the relay's murmure_pushes_waiting until it is positive and then stops growing. */
+async function pushesWaitingSettled(relay: RelayProcess, stop: () => boolean): Promise<number> {
+  let waiting = 0;
+  const until = performance.now() + 20_000;
+  while (waiting === 0 && !stop() && performance.now() < until) {
+    waiting = await metric(relay.metricsPort!, 'murmure_pushes_waiting');
+    await sleep(20);
+  }
+  let last = -1;
+  while (waiting !== last && !stop()) {
+    last = waiting;
+    await sleep(300);
+    waiting = await metric(relay.metricsPort!, 'murmure_pushes_waiting');
+  }
+  return waiting;
+}
+
 test('a client whose link stalls while it subscribes to 300 queues, each with a full block waiting, is not cut off: the relay holds the messages until the link moves, then delivers every one', { timeout: 120_000 }, async () => {
   await withRelay(['--metrics-port', '0'], async (relay) => {
     const QUEUES = 300;
-    const owner = await RelayClient.connect(relay.address);
-    const sender = await RelayClient.connect(relay.address);
-    const queues = [];
-    for (let i = 0; i < QUEUES; i++) {
-      const q = await owner.createQueue();
-      const key = generateDhKeyPair();
-      await owner.secure(q, key.publicKey);
-      await sender.send(q.sndId, key.privateKey, new Uint8Array(MAX_MESSAGE_BODY).fill(i & 0xff));
-      queues.push(q);
-    }
-    owner.close();
-    sender.close();
+    const queues = await fullQueues(relay, QUEUES);
     const link = await stallingLink(relay.port);
+    let client: RelayClient | undefined;
     try {
       const c = await RelayClient.connect(relay.address.replace(/:\d+$/, `:${link.port}`), { timeoutMs: 60_000 });
+      client = c;
       let closed = false;
       c.on('close', () => (closed = true));
       const byId = new Map(queues.map((q, i) => [Buffer.from(q.rcvId).toString('hex'), { q, i }]));
@@ -263,29 +288,16 @@ test('a client whose link stalls while it subscribes to 300 queues, each with a 
       link.hold();
       const subscribed = Promise.all(queues.map((q) => c.subscribe(q)));
       subscribed.catch(() => undefined);
-      let waiting = 0;
-      const until = performance.now() + 20_000;
-      while (waiting === 0 && !closed && performance.now() < until) {
-        waiting = await metric(relay.metricsPort!, 'murmure_pushes_waiting');
-        await sleep(20);
-      }
-      const delivered = await metric(relay.metricsPort!, 'murmure_messages_delivered_total');
-      process.stderr.write(`# with the link stalled: ${delivered} messages written, ${waiting} waiting for room\n`);
+      // Every SUB has reached the relay once the waiting stops growing.
+      const waiting = await pushesWaitingSettled(relay, () => closed);
       assert.equal(closed, false, 'the relay did not cut the client off');
-      assert.ok(waiting > 0 && delivered < QUEUES, 'the relay holds messages back while its output waits');
-      // Every SUB has reached the relay once the waiting stops growing; while the link stays
-      // stalled, nothing more is written.
-      let last = -1;
-      while (waiting !== last) {
-        last = waiting;
-        await sleep(300);
-        waiting = await metric(relay.metricsPort!, 'murmure_pushes_waiting');
-      }
+      // While the link stays stalled, nothing more is written.
       const held = await metric(relay.metricsPort!, 'murmure_messages_delivered_total');
       await sleep(500);
       assert.equal(await metric(relay.metricsPort!, 'murmure_messages_delivered_total'), held, 'nothing is written while the link is stalled');
       assert.equal(await metric(relay.metricsPort!, 'murmure_pushes_waiting'), waiting, 'the pushes keep waiting');
       process.stderr.write(`# once every SUB was read: ${held} written, ${waiting} waiting, for 500 ms\n`);
+      assert.ok(waiting > 0, 'the relay holds messages back while its output waits');
       assert.ok(held + waiting <= QUEUES && held < QUEUES, `${held} written, ${waiting} waiting`);
       assert.equal(await metric(relay.metricsPort!, 'murmure_connections_open'), 1, 'the client stays connected while stalled');
       link.release();
@@ -308,8 +320,53 @@ test('a client whose link stalls while it subscribes to 300 queues, each with a 
         'every message acknowledged',
       );
       assert.equal(await metric(relay.metricsPort!, 'murmure_pushes_waiting'), 0);
-      c.close();
     } finally {
+      // A failure must not leave the link held and the client open: the test would never end.
+      link.release();
+      client?.close();
+      link.close();
+    }
+  });
+});
+
+test('subscriptions taken over from a client whose link stalls leave none of their pushes waiting there: the new subscriber gets every message', { timeout: 120_000 }, async () => {
+  await withRelay(['--metrics-port', '0'], async (relay) => {
+    const QUEUES = 300;
+    const queues = await fullQueues(relay, QUEUES);
+    const link = await stallingLink(relay.port);
+    const clients: RelayClient[] = [];
+    try {
+      const stalled = await RelayClient.connect(relay.address.replace(/:\d+$/, `:${link.port}`), { timeoutMs: 60_000 });
+      clients.push(stalled);
+      link.hold();
+      void Promise.all(queues.map((q) => stalled.subscribe(q))).catch(() => undefined);
+      const waiting = await pushesWaitingSettled(relay, () => stalled.isClosed);
+      assert.ok(waiting > 0, 'pushes wait on the stalled connection');
+      // The same party subscribes again from a connection that moves (a phone back from the tunnel).
+      const fresh = await RelayClient.connect(relay.address);
+      clients.push(fresh);
+      const byId = new Map(queues.map((q, i) => [Buffer.from(q.rcvId).toString('hex'), { q, i }]));
+      const got = new Set<number>();
+      fresh.on('message', (m: PushedMessage) => {
+        const { q, i } = byId.get(Buffer.from(m.rcvId).toString('hex'))!;
+        if (openDelivered(q, m.msgId, m.body).body[0] === (i & 0xff)) got.add(i);
+        fresh.ack(q, m.msgId).catch(() => undefined);
+      });
+      await Promise.all(queues.map((q) => fresh.subscribe(q)));
+      await withTimeout(
+        (async () => {
+          while (got.size < QUEUES) await sleep(20);
+        })(),
+        30_000,
+        'every message at the new subscriber',
+      );
+      const after = await metric(relay.metricsPort!, 'murmure_pushes_waiting');
+      process.stderr.write(`# ${waiting} pushes waited on the stalled connection; after the takeover, ${after}\n`);
+      assert.equal(after, 0, 'no push waits for the stalled connection once its subscriptions moved');
+      assert.equal(await metric(relay.metricsPort!, 'murmure_subscriptions'), QUEUES);
+    } finally {
+      link.release();
+      for (const c of clients) c.close();
       link.close();
     }
   });
