@@ -251,11 +251,11 @@ export class Connection implements TurnTaker {
 
   /**
    * Listens for the socket's next 'drain' (everything written has gone to the kernel), once. It
-   * comes when it matters: the connection is backed up, or a push waits with no push under way
-   * (`pump` leaves one waiting only then), so more than OUTPUT_HIGH_BYTES − BLOCK_SIZE wait
-   * unsent: far past the socket's high-water mark (16 KiB), and a write that passes that mark
-   * makes the socket announce when it has sent everything. A push that waits for pushes under
-   * way is called at their end, by `pushDone`.
+   * comes when it matters: when the connection is backed up, or pushes wait with none under way,
+   * more than OUTPUT_HIGH_BYTES − BLOCK_SIZE wait unsent, far past the socket's high-water mark
+   * (16 KiB), and a write that passes that mark makes the socket announce when it has sent
+   * everything. Pushes that wait while others are under way are called at their end, by
+   * `pushDone` (a listener registered then may never fire, which costs nothing).
    */
   private awaitDrain(): void {
     if (this.drainAwaited) return;
@@ -281,8 +281,9 @@ export class Connection implements TurnTaker {
 
   /**
    * Whether a message may be pushed now: the output is not backed up, and what waits unsent, with
-   * a block for each push under way and one for the batch being packed, stays within
-   * OUTPUT_HIGH_BYTES.
+   * a block for each push under way and one for this one, stays within OUTPUT_HIGH_BYTES.
+   * Answers still being packed into a block are not counted: pushes may take the unsent bytes up
+   * to a block past the limit, which backs the connection up.
    */
   private mayPush(): boolean {
     return !this.closedFlag && !this.backedUp && this.ws.bufferedAmount + (this.pushesUnderWay + 1) * BLOCK_SIZE <= OUTPUT_HIGH_BYTES;
