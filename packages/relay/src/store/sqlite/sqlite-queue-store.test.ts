@@ -12,7 +12,7 @@ import fc from 'fast-check';
 import { DAY_MS, dayOf } from '../queue-store.js';
 import { WAL_HOLD_PAGES } from './checkpointer.js';
 import { KNOWN_MESSAGES_PER_QUEUE } from './known-queues.js';
-import { EXPIRY_MESSAGES_PER_COMMIT, EXPIRY_QUEUES_PER_COMMIT, SqliteQueueStore, WAL_SIZE_LIMIT_BYTES, type SqliteStoreOptions, type StoreEvent } from './sqlite-queue-store.js';
+import { EXPIRY_MESSAGES_PER_COMMIT, EXPIRY_QUEUES_PER_COMMIT, LAZY_COMMIT_WRITES, SqliteQueueStore, WAL_SIZE_LIMIT_BYTES, type SqliteStoreOptions, type StoreEvent } from './sqlite-queue-store.js';
 
 const id = (): Uint8Array => new Uint8Array(randomBytes(24));
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
@@ -194,6 +194,52 @@ test('a deletion is answered once committed, and a second deletion of the same m
     assert.deepEqual([a, b], [true, false]);
     assert.equal(await store.deleteMessage(rcvId, ids[2]!, now), true);
     assert.deepEqual((await store.oldestMessages(rcvId, 10)).map((m) => hex(m.msgId)), [hex(ids[1]!)]);
+  });
+});
+
+test('deletions after ACK asked for in separate turns share one commit: with the next durable write, after LAZY_COMMIT_MS, or at once past LAZY_COMMIT_WRITES', async () => {
+  let commits = 0;
+  const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
+  // A wait far longer than the test: only a durable write or the count can commit the deletions.
+  await withStore(
+    async (store) => {
+      const rcvId = id();
+      await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, Date.now());
+      const now = Date.now();
+      const ids = Array.from({ length: LAZY_COMMIT_WRITES + 6 }, id);
+      await Promise.all(ids.map((msgId) => store.addMessage(rcvId, { msgId, receivedAt: now, sealed: msgId }, ids.length, now)));
+      commits = 0;
+      const settled: boolean[] = [];
+      const deletions = ids.slice(0, 5).map(async (msgId, i) => {
+        await new Promise((r) => setTimeout(r, i));
+        const ok = await store.deleteMessage(rcvId, msgId, now);
+        settled[i] = true;
+        return ok;
+      });
+      await new Promise((r) => setTimeout(r, 30));
+      for (let i = 0; i < 5; i++) await turn();
+      assert.equal(commits, 0, 'five deletions over 30 ms, none committed');
+      assert.equal(settled.filter(Boolean).length, 0);
+      assert.deepEqual((await store.oldestMessages(rcvId, 2)).map((m) => hex(m.msgId)), [hex(ids[5]!), hex(ids[6]!)], 'reads skip them meanwhile');
+      const extra = id();
+      await store.addMessage(rcvId, { msgId: extra, receivedAt: now, sealed: extra }, ids.length + 1, now);
+      assert.deepEqual(await Promise.all(deletions), [true, true, true, true, true]);
+      assert.equal(commits, 1, 'the durable write took them into its commit');
+      // Enough of them commit without waiting.
+      commits = 0;
+      const many = ids.slice(5, 5 + LAZY_COMMIT_WRITES).map((msgId) => store.deleteMessage(rcvId, msgId, now));
+      assert.ok((await Promise.all(many)).every((ok) => ok));
+      assert.equal(commits, 1);
+    },
+    { lazyCommitMs: 3_600_000, onCommit: () => void commits++ },
+  );
+  // With the default wait, a deletion alone commits by itself.
+  await withQueue(async (store, rcvId) => {
+    const now = Date.now();
+    const msgId = id();
+    await store.addMessage(rcvId, { msgId, receivedAt: now, sealed: msgId }, 10, now);
+    assert.equal(await store.deleteMessage(rcvId, msgId, now), true);
+    assert.deepEqual(await store.oldestMessages(rcvId, 10), []);
   });
 });
 

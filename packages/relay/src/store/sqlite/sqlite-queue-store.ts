@@ -3,7 +3,8 @@
  * The default queue store: one SQLite file in WAL mode. Writes are group-committed: every write
  * asked for in one event-loop turn goes into one transaction, and each caller's promise resolves
  * only after that transaction is on disk (a deletion after ACK and an activity mark resolve at
- * commit, and are synced with the next sync, at most DEFERRED_SYNC_MS later). SQLite runs with
+ * commit, and are synced with the next sync, at most DEFERRED_SYNC_MS later; when no durable
+ * write comes to commit with them they wait up to LAZY_COMMIT_MS for their commit). SQLite runs with
  * synchronous=NORMAL (the WAL is synced around checkpoints, not at each commit) and the store
  * itself syncs the WAL with `fdatasync` after each commit, on libuv's thread pool: the event loop keeps serving while the disk
  * flushes, and the next batches commit meanwhile. One sync runs at a time and covers every batch
@@ -70,6 +71,16 @@ export const MAX_WRITES_PER_COMMIT = 4096;
  * unsynced when no durable write comes to share a sync with it.
  */
 export const DEFERRED_SYNC_MS = 200;
+/**
+ * Longest time writes that nobody waits for durably (deletions after ACK, activity marks) wait
+ * for a commit when no durable write comes to share one with them. A recipient draining a queue
+ * sends one ACK per round trip, and a commit of its own for each cost more than the rest of the
+ * ACK; held this long, one commit takes the deletions of several round trips, and their OKs go
+ * out together.
+ */
+export const LAZY_COMMIT_MS = 2;
+/** Writes that nobody waits for durably past which they commit without waiting LAZY_COMMIT_MS. */
+export const LAZY_COMMIT_WRITES = 512;
 /** Most expired messages one commit deletes; expiry goes on in further commits. */
 export const EXPIRY_MESSAGES_PER_COMMIT = 256;
 /** Most unused queues one commit deletes (with any messages they still hold). */
@@ -130,13 +141,21 @@ function isConstraintError(e: unknown): boolean {
 }
 
 /** Options of the SQLite store. */
-export type SqliteStoreOptions = Readonly<{ path: string; onCommit?: (writes: number) => void; onEvent?: (event: StoreEvent) => void }>;
+export type SqliteStoreOptions = Readonly<{
+  path: string;
+  onCommit?: (writes: number) => void;
+  onEvent?: (event: StoreEvent) => void;
+  /** LAZY_COMMIT_MS unless given (tests). */
+  lazyCommitMs?: number;
+}>;
 
 /** Queue store on embedded SQLite. */
 export class SqliteQueueStore implements QueueStore {
   private readonly db: Database;
   private pending: PendingWrite[] = [];
   private flushScheduled = false;
+  /** The timer that commits writes nobody waits for durably (LAZY_COMMIT_MS), if only such writes wait. */
+  private lazyCommit: NodeJS.Timeout | null = null;
   private closed = false;
   /** Committed batches whose sync has not started (one sync runs at a time and covers them all). */
   private unsynced: UnsyncedBatch[] = [];
@@ -167,6 +186,7 @@ export class SqliteQueueStore implements QueueStore {
     private readonly dbFd: number,
     onCommit: (writes: number) => void,
     onEvent: (event: StoreEvent) => void,
+    private readonly lazyCommitMs: number,
   ) {
     this.db = db;
     // The owner's callbacks run inside libuv and timer callbacks and after a COMMIT: one that
@@ -275,7 +295,7 @@ export class SqliteQueueStore implements QueueStore {
       // to sync it, and a new WAL's directory entry is made durable once here.
       walFd = openSync(`${opts.path}-wal`, constants.O_RDONLY | constants.O_CREAT, 0o600);
       syncDirectory(dirname(opts.path));
-      return new SqliteQueueStore(db, opts.path, walFd, dbFd, opts.onCommit ?? (() => undefined), opts.onEvent ?? (() => undefined));
+      return new SqliteQueueStore(db, opts.path, walFd, dbFd, opts.onCommit ?? (() => undefined), opts.onEvent ?? (() => undefined), opts.lazyCommitMs ?? LAZY_COMMIT_MS);
     } catch (e) {
       try {
         if (walFd !== undefined) closeSync(walFd);
@@ -294,11 +314,23 @@ export class SqliteQueueStore implements QueueStore {
     if (this.untrusted) return Promise.reject(untrustedError());
     return new Promise<T>((resolve, reject) => {
       this.pending.push({ run, durable, committed: committed as ((v: unknown) => void) | undefined, resolve: resolve as (v: unknown) => void, reject });
-      if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        setImmediate(() => this.flush());
+      if (durable || this.pending.length >= LAZY_COMMIT_WRITES) this.scheduleFlush();
+      else if (!this.flushScheduled) {
+        this.lazyCommit ??= setTimeout(() => {
+          this.lazyCommit = null;
+          this.scheduleFlush();
+        }, this.lazyCommitMs);
       }
     });
+  }
+
+  /** Commits what waits at the next turn of the event loop. */
+  private scheduleFlush(): void {
+    if (this.lazyCommit !== null) clearTimeout(this.lazyCommit);
+    this.lazyCommit = null;
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => this.flush());
   }
 
   private flush(): void {
@@ -309,6 +341,8 @@ export class SqliteQueueStore implements QueueStore {
       return;
     }
     this.flushScheduled = false;
+    if (this.lazyCommit !== null) clearTimeout(this.lazyCommit);
+    this.lazyCommit = null;
     let batch = this.pending.splice(0, MAX_WRITES_PER_COMMIT);
     if (this.pending.length > 0) {
       this.flushScheduled = true;
@@ -745,6 +779,8 @@ export class SqliteQueueStore implements QueueStore {
     // No checkpoint pass starts from here on, commits no longer wait for one, and one that is
     // running ends below.
     const checkpointerClosed = this.checkpointer.close();
+    if (this.lazyCommit !== null) clearTimeout(this.lazyCommit);
+    this.lazyCommit = null;
     while (this.pending.length > 0) this.flush();
     this.closed = true;
     // The checkpoint below syncs what the deferred sync would have.
