@@ -563,7 +563,7 @@ export class RelayHandlers implements CommandHandler {
     if (readAhead) this.countAhead(PREFETCH_BYTES);
     let read: StoredMessage[];
     try {
-      read = await this.store.oldestMessages(sub.rcvId, readAhead ? PREFETCH_MESSAGES : 1);
+      read = await this.store.oldestMessages(sub.rcvId, readAhead ? PREFETCH_MESSAGES : 1, PREFETCH_BYTES);
     } finally {
       if (readAhead) this.countAhead(-PREFETCH_BYTES);
     }

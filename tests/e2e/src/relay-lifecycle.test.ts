@@ -527,13 +527,13 @@ function gatedStore(inner: SqliteQueueStore) {
     get(target, prop) {
       if (prop === 'queueByRecipient') return gated;
       if (prop === 'oldestMessages') {
-        return (rcvId: Uint8Array, limit: number) => {
+        return (rcvId: Uint8Array, limit: number, aheadBytes?: number) => {
           ctl.messageReads++;
           if (ctl.failReads > 0) {
             ctl.failReads--;
             return Promise.reject(new StoreError('IO', 'injected read failure'));
           }
-          return target.oldestMessages(rcvId, limit);
+          return target.oldestMessages(rcvId, limit, aheadBytes);
         };
       }
       const v: unknown = Reflect.get(target, prop, target);

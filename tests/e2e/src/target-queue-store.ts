@@ -88,11 +88,18 @@ export abstract class TargetQueueStore implements QueueStore {
     return best?.m ?? (await this.inner.oldestMessage(rcvId));
   }
 
-  async oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]> {
-    if (!this.isTarget(rcvId)) return this.inner.oldestMessages(rcvId, limit);
+  async oldestMessages(rcvId: Uint8Array, limit: number, aheadBytes?: number): Promise<StoredMessage[]> {
+    if (!this.isTarget(rcvId)) return this.inner.oldestMessages(rcvId, limit, aheadBytes);
     if (this.hold) return [];
-    if (this.present.length === 0) return this.inner.oldestMessages(rcvId, limit);
-    return [...this.present].sort((a, b) => a.rank - b.rank).slice(0, limit).map((p) => p.m);
+    if (this.present.length === 0) return this.inner.oldestMessages(rcvId, limit, aheadBytes);
+    const out: StoredMessage[] = [];
+    let ahead = 0;
+    for (const { m } of [...this.present].sort((a, b) => a.rank - b.rank)) {
+      if (out.length > 0 && (ahead += m.sealed.length) > (aheadBytes ?? Infinity)) break;
+      out.push(m);
+      if (out.length === limit) break;
+    }
+    return out;
   }
 
   async deleteMessage(rcvId: Uint8Array, msgId: Uint8Array, now: number): Promise<boolean> {

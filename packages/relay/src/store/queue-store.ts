@@ -83,8 +83,13 @@ export interface QueueStore {
    * messages a store returns may be the ones it keeps: they are not to be changed.
    */
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined>;
-  /** Up to `limit` oldest messages of a queue, oldest first, skipping those being deleted (not to be changed). */
-  oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]>;
+  /**
+   * Up to `limit` oldest messages of a queue, oldest first, skipping those being deleted (not to
+   * be changed): the first whatever its size, the others only while their sealed bytes together
+   * stay within `aheadBytes` (no bound if not given). A store reads no more than it returns where
+   * it can: a read ahead of messages of 16 KB that are not returned costs more than the read.
+   */
+  oldestMessages(rcvId: Uint8Array, limit: number, aheadBytes?: number): Promise<StoredMessage[]>;
   /**
    * Deletes a message by id; false if the queue has no such message. Messages are acknowledged
    * oldest first, so a store should find the oldest one fast. From the call on, `oldestMessage`

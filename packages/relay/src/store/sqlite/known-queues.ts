@@ -36,6 +36,9 @@ const MESSAGE_BYTES = 160;
 
 type Entry = { messages: StoredMessage[]; bytes: number };
 
+/** Whether a queue of `count` messages holding `sealedBytes` bytes in all may be kept. */
+export const keepable = (count: number, sealedBytes: number): boolean => count <= KNOWN_MESSAGES_PER_QUEUE && sealedBytes <= KNOWN_BYTES_PER_QUEUE;
+
 const sealedSize = (ms: readonly StoredMessage[]): number => ms.reduce((n, m) => n + m.sealed.length, 0);
 /** What an entry holding `ms` is counted for. */
 const entrySize = (ms: readonly StoredMessage[]): number => ENTRY_BYTES + sealedSize(ms) + MESSAGE_BYTES * ms.length;
@@ -74,7 +77,7 @@ export class KnownQueues {
   /** A read found these to be every message the queue holds (in buffers of their own). */
   learn(key: string, messages: StoredMessage[]): void {
     this.forget(key);
-    if (messages.length > KNOWN_MESSAGES_PER_QUEUE || sealedSize(messages) > KNOWN_BYTES_PER_QUEUE) return;
+    if (!keepable(messages.length, sealedSize(messages))) return;
     const bytes = entrySize(messages);
     this.entries.set(key, { messages, bytes });
     this.totalBytes += bytes;
@@ -85,7 +88,7 @@ export class KnownQueues {
   added(key: string, m: StoredMessage): void {
     const e = this.entries.get(key);
     if (e === undefined) return;
-    if (e.messages.length + 1 > KNOWN_MESSAGES_PER_QUEUE || sealedSize(e.messages) + m.sealed.length > KNOWN_BYTES_PER_QUEUE) {
+    if (!keepable(e.messages.length + 1, sealedSize(e.messages) + m.sealed.length)) {
       this.forget(key);
       return;
     }

@@ -68,14 +68,27 @@ test('deleting messages by id, oldest first or in any other order, agrees with a
   );
 });
 
-test('what the store keeps in memory of its queues agrees with the file and a list model, through adds, reads, deletions in any order, failed batches, expiry and deleted queues', async () => {
+test('what the store keeps in memory of its queues agrees with the file and a list model, through adds, reads (bounded in bytes or not), deletions in any order, failed batches, expiry and deleted queues', async () => {
   // Three queues; after every step each queue's messages, read through the store (from memory
   // once it has read the queue whole) and straight from the file, follow the model.
   const q = fc.nat({ max: 2 });
+  // Bytes a read may return past its first message (none: no bound).
+  const ahead = fc.option(fc.constantFrom(0, 16, 9000, 20_000), { nil: undefined });
+  /** What a read of `limit` messages and `aheadBytes` returns of the model's messages. */
+  const expected = (msgs: readonly { msgId: Uint8Array; size: number }[], limit: number, aheadBytes = Infinity): string[] => {
+    const out: string[] = [];
+    let bytes = 0;
+    for (const m of msgs) {
+      if (out.length > 0 && (bytes += m.size) > aheadBytes) break;
+      out.push(hex(m.msgId));
+      if (out.length === limit) break;
+    }
+    return out;
+  };
   const step = fc.oneof(
     fc.record({ op: fc.constant('add' as const), q, old: fc.boolean(), size: fc.constantFrom(16, 9000) }),
-    fc.record({ op: fc.constant('read' as const), q, limit: fc.integer({ min: 1, max: 10 }) }),
-    fc.record({ op: fc.constant('delete' as const), q, at: fc.nat(), limit: fc.integer({ min: 1, max: 10 }) }),
+    fc.record({ op: fc.constant('read' as const), q, limit: fc.integer({ min: 1, max: 10 }), ahead }),
+    fc.record({ op: fc.constant('delete' as const), q, at: fc.nat(), limit: fc.integer({ min: 1, max: 10 }), ahead }),
     fc.record({ op: fc.constant('burst' as const), q, adds: fc.integer({ min: 1, max: 3 }), clash: fc.boolean() }),
     fc.constant({ op: 'expire' as const }),
     fc.record({ op: fc.constant('drop' as const), q, unused: fc.boolean() }),
@@ -91,7 +104,7 @@ test('what the store keeps in memory of its queues agrees with the file and a li
           // An unused queue was last used 100 days ago (its messages do not mark it used): expiry
           // deletes it with its messages.
           const newQueue = async (unused = false) => {
-            const queue = { rcvId: id(), sndId: id(), usedAt: unused ? now - 100 * DAY_MS : now, msgs: [] as { msgId: Uint8Array; old: boolean }[] };
+            const queue = { rcvId: id(), sndId: id(), usedAt: unused ? now - 100 * DAY_MS : now, msgs: [] as { msgId: Uint8Array; old: boolean; size: number }[] };
             await store.createQueue({ rcvId: queue.rcvId, sndId: queue.sndId, rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, queue.usedAt);
             return queue;
           };
@@ -100,22 +113,22 @@ test('what the store keeps in memory of its queues agrees with the file and a li
           const gone: Uint8Array[] = [];
           const add = (i: number, old: boolean, size: number) => {
             const msgId = id();
-            queues[i]!.msgs.push({ msgId, old });
+            queues[i]!.msgs.push({ msgId, old, size });
             return store.addMessage(queues[i]!.rcvId, { msgId, receivedAt: old ? cutoff - 1 : now, sealed: new Uint8Array(size) }, 1000, queues[i]!.usedAt);
           };
           for (const s of steps) {
             if (s.op === 'add') assert.equal(await add(s.q, s.old, s.size), 'ok');
             else if (s.op === 'read') {
-              const got = await store.oldestMessages(queues[s.q]!.rcvId, s.limit);
-              assert.deepEqual(got.map((m) => hex(m.msgId)), queues[s.q]!.msgs.slice(0, s.limit).map((m) => hex(m.msgId)));
+              const got = await store.oldestMessages(queues[s.q]!.rcvId, s.limit, s.ahead);
+              assert.deepEqual(got.map((m) => hex(m.msgId)), expected(queues[s.q]!.msgs, s.limit, s.ahead));
             } else if (s.op === 'delete') {
               const msgs = queues[s.q]!.msgs;
               const i = msgs.length === 0 ? -1 : s.at % msgs.length;
               const deleted = store.deleteMessage(queues[s.q]!.rcvId, i < 0 ? id() : msgs[i]!.msgId, queues[s.q]!.usedAt);
               if (i >= 0) msgs.splice(i, 1);
               // As after an ACK: the queue is read while its deletion waits for the next commit.
-              const during = await store.oldestMessages(queues[s.q]!.rcvId, s.limit);
-              assert.deepEqual(during.map((m) => hex(m.msgId)), msgs.slice(0, s.limit).map((m) => hex(m.msgId)), 'read while the deletion is pending');
+              const during = await store.oldestMessages(queues[s.q]!.rcvId, s.limit, s.ahead);
+              assert.deepEqual(during.map((m) => hex(m.msgId)), expected(msgs, s.limit, s.ahead), 'read while the deletion is pending');
               assert.equal(await deleted, i >= 0);
             } else if (s.op === 'burst') {
               // One turn, so one batch: adds, the deletion of the oldest message, and maybe a

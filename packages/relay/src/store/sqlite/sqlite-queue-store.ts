@@ -36,7 +36,7 @@ import Database from '@signalapp/sqlcipher';
 import { idKey, sameBytes } from '../../bytes.js';
 import { StoreError, dayOf, type ExpiryResult, type QueueRecord, type QueueStore, type StoredMessage } from '../queue-store.js';
 import { CHECKPOINT_PAGES, Checkpointer, type CheckpointEvent } from './checkpointer.js';
-import { KnownQueues } from './known-queues.js';
+import { KnownQueues, keepable } from './known-queues.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
 import { sqliteCode } from './sqlite-code.js';
 
@@ -237,7 +237,10 @@ export class SqliteQueueStore implements QueueStore {
       release: db.prepare('UPDATE queues SET msg_count = msg_count - 1, active_day = ? WHERE rcv_id = ?'),
       insertMsg: db.prepare('INSERT INTO messages (rcv_id, msg_id, received_at, body) VALUES (?, ?, ?, ?)'),
       decCount: db.prepare('UPDATE queues SET msg_count = msg_count - ? WHERE rcv_id = ?'),
-      oldest: db.prepare('SELECT msg_id, received_at, body FROM messages WHERE rcv_id = ? ORDER BY seq LIMIT ?'),
+      // The oldest messages without their bodies (`length` reads no overflow page), then the
+      // bodies of those to be returned.
+      heads: db.prepare('SELECT seq, msg_id, length(body) AS size FROM messages WHERE rcv_id = ? ORDER BY seq LIMIT ?'),
+      fromSeq: db.prepare('SELECT msg_id, received_at, body FROM messages WHERE rcv_id = ? AND seq >= ? ORDER BY seq LIMIT ?'),
       // Messages are acknowledged oldest first: the oldest message of the queue, if it has this
       // id, is found through messages_queue in O(log n); matching msg_id (the fallback) reads
       // every message of the queue.
@@ -612,27 +615,35 @@ export class SqliteQueueStore implements QueueStore {
     return this.oldestMessages(rcvId, 1).then((ms) => ms[0]);
   }
 
-  oldestMessages(rcvId: Uint8Array, limit: number): Promise<StoredMessage[]> {
+  oldestMessages(rcvId: Uint8Array, limit: number, aheadBytes = Infinity): Promise<StoredMessage[]> {
     return this.read(() => {
       if (limit <= 0) return [];
       const key = idKey(rcvId);
       const deleting = this.deleting.get(key);
-      let all = this.known.messages(key);
-      if (all === undefined) {
-        const want = limit + (deleting?.size ?? 0);
-        const read = this.st.oldest.all([rcvId, want] as never).map((r) => ({ msgId: bytes(r['msg_id']), receivedAt: Number(r['received_at']), sealed: bytes(r['body']) }));
-        // Fewer than asked for: these are all the queue holds.
-        if (read.length < want) this.known.learn(key, read);
-        all = read;
+      const skip = deleting === undefined ? undefined : (msgId: Uint8Array): boolean => deleting.has(idKey(msgId));
+      const known = this.known.messages(key);
+      if (known !== undefined) return taken(known, limit, aheadBytes, skip);
+      const want = limit + (deleting?.size ?? 0);
+      const heads = this.st.heads.all([rcvId, want] as never).map((r) => ({ seq: Number(r['seq']), msgId: bytes(r['msg_id']), size: Number(r['size']) }));
+      // Fewer than asked for: these are all the queue holds, which the store keeps if it may.
+      if (heads.length < want && keepable(heads.length, heads.reduce((n, h) => n + h.size, 0))) {
+        const all = heads.length === 0 ? [] : this.bodiesFrom(rcvId, heads[0]!.seq, heads.length);
+        this.known.learn(key, all);
+        return taken(all, limit, aheadBytes, skip);
       }
-      const out: StoredMessage[] = [];
-      for (const m of all) {
-        if (deleting?.has(idKey(m.msgId)) === true) continue;
-        out.push(m);
-        if (out.length === limit) break;
-      }
-      return out;
+      // Else only the bodies returned are read: with messages of 16 KB, a body read and not
+      // returned cost more than the rest of the read.
+      const picked = taken(heads, limit, aheadBytes, skip);
+      if (picked.length === 0) return [];
+      const first = picked[0]!;
+      const last = picked[picked.length - 1]!;
+      return taken(this.bodiesFrom(rcvId, first.seq, heads.indexOf(last) - heads.indexOf(first) + 1), limit, aheadBytes, skip);
     });
+  }
+
+  /** `count` messages of the queue from sequence number `seq` on, with their bodies. */
+  private bodiesFrom(rcvId: Uint8Array, seq: number, count: number): StoredMessage[] {
+    return this.st.fromSeq.all([rcvId, seq, count] as never).map((r) => ({ msgId: bytes(r['msg_id']), receivedAt: Number(r['received_at']), sealed: bytes(r['body']) }));
   }
 
   /** Messages whose deletion is queued but not committed, by queue: `oldestMessage` skips them. */
@@ -816,6 +827,31 @@ export class SqliteQueueStore implements QueueStore {
     }
     if (failure !== null) throw new StoreError('IO', 'the relay store could not be closed cleanly', { cause: failure });
   }
+}
+
+/**
+ * The messages `oldestMessages` returns out of `ms` (oldest first): those not skipped, at most
+ * `limit`, the first whatever its size and the others while their bytes together stay within
+ * `aheadBytes`. Works on messages and on their heads (`size` for `sealed.length`).
+ */
+function taken<M extends { msgId: Uint8Array } & ({ sealed: Uint8Array } | { size: number })>(
+  ms: readonly M[],
+  limit: number,
+  aheadBytes: number,
+  skip: ((msgId: Uint8Array) => boolean) | undefined,
+): M[] {
+  const out: M[] = [];
+  let ahead = 0;
+  for (const m of ms) {
+    if (skip?.(m.msgId) === true) continue;
+    if (out.length > 0) {
+      ahead += 'size' in m ? m.size : m.sealed.length;
+      if (ahead > aheadBytes) break;
+    }
+    out.push(m);
+    if (out.length === limit) break;
+  }
+  return out;
 }
 
 /** `f`, with anything it throws dropped. */
