@@ -2,12 +2,14 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // Relay benchmark: starts real relay processes (murmure relay start, default config, durable
 // SQLite in a temp folder), drives them with real RelayClients over TLS and prints throughput,
-// latency, CPU per message and memory per idle connection. Not a test: it only measures.
+// latency, the drain of a stored backlog, CPU per message and memory per idle connection. Not a
+// test: it only measures.
 // bench/README.md explains the method and how to read the output.
 //
 // Usage: npm run bench:relay   (or: node bench/relay-bench.mjs after `npx tsc -b`)
 // Env (bench/README.md): BENCH_QUICK, BENCH_ONLY, BENCH_WARMUP_S, BENCH_DURATION_S, BENCH_PAIRS,
-//      BENCH_WINDOW, BENCH_LAT_RATE, BENCH_LAT_PAIRS, BENCH_IDLE, BENCH_IDLE_PER_WORKER,
+//      BENCH_WINDOW, BENCH_LAT_RATE, BENCH_LAT_PAIRS, BENCH_DRAIN_QUEUES, BENCH_DRAIN_PER_QUEUE,
+//      BENCH_DRAIN_BODIES, BENCH_IDLE, BENCH_IDLE_PER_WORKER,
 //      BENCH_QUIET_WAIT_S, BENCH_METRICS, BENCH_RELAY_NODE_ARGS, BENCH_RELAY_STDOUT, BENCH_NO_RESULTS.
 
 import { execFileSync, fork, spawn } from 'node:child_process';
@@ -55,13 +57,16 @@ const BODY_SIZE = 100;
 function settings() {
   const quick = process.env.BENCH_QUICK === '1';
   return {
-    only: envList('BENCH_ONLY', ['throughput', 'latency', 'idle']),
+    only: envList('BENCH_ONLY', ['throughput', 'latency', 'drain', 'idle']),
     warmupS: envNum('BENCH_WARMUP_S', quick ? 0.5 : 2),
     durationS: envNum('BENCH_DURATION_S', quick ? 2 : 10),
     pairs: envList('BENCH_PAIRS', ['1', '100']).map(Number),
     window: envNum('BENCH_WINDOW', 10),
     latRate: envNum('BENCH_LAT_RATE', 1000),
     latPairs: envNum('BENCH_LAT_PAIRS', 10),
+    drainQueues: envNum('BENCH_DRAIN_QUEUES', 100),
+    drainPerQueue: envNum('BENCH_DRAIN_PER_QUEUE', quick ? 20 : 100),
+    drainBodies: envList('BENCH_DRAIN_BODIES', ['100', '15900']).map(Number),
     idle: envList('BENCH_IDLE', quick ? ['1000'] : ['1000', '10000']).map(Number),
     idlePerWorker: envNum('BENCH_IDLE_PER_WORKER', 2500),
     relayNodeArgs: envList('BENCH_RELAY_NODE_ARGS', []).flatMap((a) => a.split(/\s+/)).filter((a) => a !== ''),
@@ -77,6 +82,10 @@ function checkSettings(cfg) {
   if (cfg.window < 1 || cfg.window > 128) throw new Error('BENCH_WINDOW must be between 1 and 128 (the default queue quota)');
   if (cfg.pairs.some((n) => !Number.isInteger(n) || n < 1)) throw new Error('BENCH_PAIRS must list whole numbers >= 1');
   if (cfg.latPairs < 1 || cfg.latRate <= 0) throw new Error('BENCH_LAT_PAIRS must be >= 1 and BENCH_LAT_RATE > 0');
+  // The relay's defaults: 1,000 queues per connection, 128 messages per queue, bodies of 16,064 bytes.
+  if (cfg.drainQueues < 1 || cfg.drainQueues > 1000) throw new Error('BENCH_DRAIN_QUEUES must be between 1 and 1,000 (queues per connection)');
+  if (cfg.drainPerQueue < 1 || cfg.drainPerQueue > 128) throw new Error('BENCH_DRAIN_PER_QUEUE must be between 1 and 128 (the default queue quota)');
+  if (cfg.drainBodies.some((b) => !Number.isInteger(b) || b < 4 || b > 15_900)) throw new Error('BENCH_DRAIN_BODIES must list sizes from 4 to 15,900 bytes');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -557,6 +566,94 @@ function idleWorker() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// (c) Drain: a recipient back online takes the backlog of many queues over one connection
+
+async function runDrain(cfg, bodyBytes) {
+  const relay = await startRelay(cfg, `drain ${bodyBytes} B`);
+  const conns = [];
+  try {
+    const rcv = await RelayClient.connect(relay.address);
+    conns.push(rcv);
+    const snd = await RelayClient.connect(relay.address);
+    conns.push(snd);
+    const queues = new Map();
+    for (let i = 0; i < cfg.drainQueues; i++) {
+      const q = await rcv.createQueue();
+      const senderKey = generateDhKeyPair();
+      await rcv.secure(q, senderKey.publicKey);
+      queues.set(Buffer.from(q.rcvId).toString('hex'), { q, senderKey, next: 0, received: 0 });
+    }
+    // Stored while the recipient is away, each message carrying its number in the queue.
+    const payload = (seq) => {
+      const b = new Uint8Array(bodyBytes).fill(0x5a);
+      new DataView(b.buffer).setUint32(0, seq);
+      return b;
+    };
+    for (let m = 0; m < cfg.drainPerQueue; m++) await Promise.all([...queues.values()].map(({ q, senderKey }) => snd.send(q.sndId, senderKey.privateKey, payload(m))));
+    snd.close();
+    const total = queues.size * cfg.drainPerQueue;
+    let received = 0;
+    let outOfOrder = 0;
+    const errors = [];
+    let allIn;
+    const done = new Promise((r) => (allIn = r));
+    rcv.on('message', (m) => {
+      const e = queues.get(Buffer.from(m.rcvId).toString('hex'));
+      if (e === undefined) return;
+      try {
+        const plain = openDelivered(e.q, m.msgId, m.body);
+        if (new DataView(plain.body.buffer, plain.body.byteOffset, plain.body.length).getUint32(0) !== e.next) outOfOrder++;
+        e.next++;
+      } catch (err) {
+        errors.push(`OPEN ${err.code ?? err.message}`);
+      }
+      rcv.ack(e.q, m.msgId).catch((err) => errors.push(`ACK ${err.code ?? err.message}`));
+      if (++received === total) allIn();
+    });
+    await sleep(500);
+    const r0 = procTimes(relay.pid);
+    const d0 = driverCpuUs();
+    const m0 = machineBusyUs();
+    const t0 = performance.now();
+    await Promise.all([...queues.values()].map(({ q }) => rcv.subscribe(q)));
+    const finished = await Promise.race([done.then(() => true), sleep(120_000).then(() => false)]);
+    const t1 = performance.now();
+    const r1 = procTimes(relay.pid);
+    const d1 = driverCpuUs();
+    const m1 = machineBusyUs();
+    const wallUs = (t1 - t0) * 1000;
+    const relayCpuUs = r1.user + r1.sys - r0.user - r0.sys;
+    const otherCores = Math.max(0, (m1 - m0 - relayCpuUs - (d1 - d0)) / wallUs);
+    const errorsByKind = {};
+    for (const e of errors) errorsByKind[e] = (errorsByKind[e] ?? 0) + 1;
+    return {
+      kind: 'drain',
+      bodyBytes,
+      queues: queues.size,
+      perQueue: cfg.drainPerQueue,
+      stored: total,
+      delivered: received,
+      finished,
+      durationS: round(wallUs / 1e6, 2),
+      msgsPerS: round(received / (wallUs / 1e6), 0),
+      relayCpuUsPerMsg: round(relayCpuUs / Math.max(1, received), 1),
+      relayCores: round(relayCpuUs / wallUs, 2),
+      driverCores: round((d1 - d0) / wallUs, 2),
+      driverBound: (d1 - d0) / wallUs >= DRIVER_BOUND_CORES,
+      otherCores: round(otherCores, 2),
+      noisy: otherCores >= NOISY_CORES,
+      relayEvents: { ...relay.events },
+      outOfOrder,
+      errors: errors.length,
+      errorsByKind,
+    };
+  } finally {
+    for (const c of conns) c.close();
+    await relay.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Output
 
 function fmt(v, unit = '') {
@@ -575,6 +672,13 @@ function printTable(results) {
         .filter(Boolean)
         .join(', ');
       rows.push([name, fmt(r.msgsPerS), fmt(r.p50Ms), fmt(r.p99Ms), fmt(r.maxMs), fmt(r.relayCpuUsPerMsg), fmt(r.relayCores), fmt(r.driverCores), notes]);
+    } else if (r.kind === 'drain') {
+      const name = `drain ${fmt(r.queues)} queues × ${fmt(r.perQueue)} of ${fmt(r.bodyBytes)} B, one connection`;
+      const notes = [r.finished ? '' : `NOT FINISHED (${fmt(r.delivered)} of ${fmt(r.stored)})`, r.driverBound ? 'DRIVER-BOUND' : '', r.noisy ? `NOISY (others ${r.otherCores} cores)` : '', r.errors > 0 ? `${r.errors} errors` : '', r.outOfOrder > 0 ? `${r.outOfOrder} out of order` : '',
+        ...Object.entries(r.relayEvents ?? {}).map(([e, n]) => `relay logged ${n}× ${e}`)]
+        .filter(Boolean)
+        .join(', ');
+      rows.push([name, fmt(r.msgsPerS), '-', '-', '-', fmt(r.relayCpuUsPerMsg), fmt(r.relayCores), fmt(r.driverCores), notes]);
     }
   }
   const idle = results.filter((r) => r.kind === 'idle');
@@ -661,6 +765,13 @@ async function main() {
     console.log(`\n[latency] ${cfg.latRate} msgs/s offered, open loop over ${cfg.latPairs} pairs`);
     const bg = await waitQuiet(cfg);
     record(await runLatency(cfg), bg);
+  }
+  if (cfg.only.includes('drain')) {
+    for (const b of cfg.drainBodies) {
+      console.log(`\n[drain] ${cfg.drainQueues} queues × ${cfg.drainPerQueue} stored messages of ${b} B, then one connection subscribes to all and ACKs each`);
+      const bg = await waitQuiet(cfg);
+      record(await runDrain(cfg, b), bg);
+    }
   }
   if (cfg.only.includes('idle')) {
     for (const n of cfg.idle) {
