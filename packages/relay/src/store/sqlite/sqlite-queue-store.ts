@@ -73,7 +73,7 @@ export const MAX_WRITES_PER_COMMIT = 4096;
 export const DEFERRED_SYNC_MS = 200;
 /**
  * Longest time writes that nobody waits for durably (deletions after ACK, activity marks) wait
- * for a commit when no durable write comes to share one with them. A recipient draining a queue
+ * for a commit when no other write comes to share one with them. A recipient draining a queue
  * sends one ACK per round trip, and a commit of its own for each cost more than the rest of the
  * ACK; held this long, one commit takes the deletions of several round trips, and their OKs go
  * out together.
@@ -311,13 +311,19 @@ export class SqliteQueueStore implements QueueStore {
     }
   }
 
-  private write<T>(run: () => T, durable = true, committed?: (v: T) => void): Promise<T> {
+  /**
+   * Queues a write for the next group commit. `durable`: answered once the WAL is synced;
+   * `commit`: at commit (see PendingWrite); `lazy`: at commit, and it waits up to LAZY_COMMIT_MS
+   * for other writes to commit with.
+   */
+  private write<T>(run: () => T, mode: 'durable' | 'commit' | 'lazy' = 'durable', committed?: (v: T) => void): Promise<T> {
+    const durable = mode === 'durable';
     if (this.closed) return Promise.reject(new StoreError('CLOSED', 'the relay store is closed'));
     if (this.broken) return Promise.reject(brokenError());
     if (this.untrusted) return Promise.reject(untrustedError());
     return new Promise<T>((resolve, reject) => {
       this.pending.push({ run, durable, committed: committed as ((v: unknown) => void) | undefined, resolve: resolve as (v: unknown) => void, reject });
-      if (durable || this.pending.length >= LAZY_COMMIT_WRITES) this.scheduleFlush();
+      if (mode !== 'lazy' || this.pending.length >= LAZY_COMMIT_WRITES) this.scheduleFlush();
       else if (!this.flushScheduled) {
         this.lazyCommit ??= setTimeout(() => {
           this.lazyCommit = null;
@@ -581,7 +587,7 @@ export class SqliteQueueStore implements QueueStore {
   touchQueue(rcvId: Uint8Array, now: number): Promise<void> {
     return this.write(() => {
       this.st.touch.run([dayOf(now), rcvId, dayOf(now)] as never);
-    }, false);
+    }, 'lazy');
   }
 
   suspendQueue(rcvId: Uint8Array): Promise<void> {
@@ -608,7 +614,7 @@ export class SqliteQueueStore implements QueueStore {
       this.st.insertMsg.run([rcvId, msg.msgId, msg.receivedAt, msg.sealed] as never);
       this.known.added(idKey(rcvId), msg);
       return 'ok' as const;
-    }, true, committed);
+    }, 'durable', committed);
   }
 
   oldestMessage(rcvId: Uint8Array): Promise<StoredMessage | undefined> {
@@ -671,7 +677,7 @@ export class SqliteQueueStore implements QueueStore {
         if (deleted === 0) return false;
         this.st.release.run([dayOf(now), rcvId] as never);
         return true;
-      }, false);
+      }, 'lazy');
     // The recipient was told its ACK failed, but delivery has moved on: a retried ACK is answered
     // NO_MSG, which a client takes as done. So the deletion is retried until it commits, the
     // message hidden meanwhile, and it cannot come back behind the messages that followed it
@@ -716,7 +722,7 @@ export class SqliteQueueStore implements QueueStore {
   async expire(messagesBefore: number, queuesUnusedSince: number, onRound?: (r: ExpiryResult) => void): Promise<ExpiryResult> {
     const total = { messages: 0, queues: 0 };
     const round = async (run: () => ExpiryResult): Promise<ExpiryResult> => {
-      const r = await this.write(run, false);
+      const r = await this.write(run, 'commit');
       total.messages += r.messages;
       total.queues += r.queues;
       onRound?.(r);
