@@ -3,7 +3,7 @@
  * The default queue store: one SQLite file in WAL mode. Writes are group-committed: every write
  * asked for in one event-loop turn goes into one transaction, and each caller's promise resolves
  * only after that transaction is on disk (a deletion after ACK and an activity mark resolve at
- * commit, and are synced with the next sync, at most DEFERRED_SYNC_MS later; when no durable
+ * commit, and are synced with the next sync, at most DEFERRED_SYNC_MS later; when no other
  * write comes to commit with them they wait up to LAZY_COMMIT_MS for their commit). SQLite runs with
  * synchronous=NORMAL (the WAL is synced around checkpoints, not at each commit) and the store
  * itself syncs the WAL with `fdatasync` after each commit, on libuv's thread pool: the event loop keeps serving while the disk
@@ -333,10 +333,15 @@ export class SqliteQueueStore implements QueueStore {
     });
   }
 
-  /** Commits what waits at the next turn of the event loop. */
-  private scheduleFlush(): void {
+  /** Disarms the LAZY_COMMIT_MS timer: a commit is scheduled or under way. */
+  private stopLazyCommit(): void {
     if (this.lazyCommit !== null) clearTimeout(this.lazyCommit);
     this.lazyCommit = null;
+  }
+
+  /** Commits what waits at the next turn of the event loop. */
+  private scheduleFlush(): void {
+    this.stopLazyCommit();
     if (this.flushScheduled) return;
     this.flushScheduled = true;
     setImmediate(() => this.flush());
@@ -350,8 +355,7 @@ export class SqliteQueueStore implements QueueStore {
       return;
     }
     this.flushScheduled = false;
-    if (this.lazyCommit !== null) clearTimeout(this.lazyCommit);
-    this.lazyCommit = null;
+    this.stopLazyCommit();
     let batch = this.pending.splice(0, MAX_WRITES_PER_COMMIT);
     if (this.pending.length > 0) {
       this.flushScheduled = true;
@@ -796,8 +800,7 @@ export class SqliteQueueStore implements QueueStore {
     // No checkpoint pass starts from here on, commits no longer wait for one, and one that is
     // running ends below.
     const checkpointerClosed = this.checkpointer.close();
-    if (this.lazyCommit !== null) clearTimeout(this.lazyCommit);
-    this.lazyCommit = null;
+    this.stopLazyCommit();
     while (this.pending.length > 0) this.flush();
     this.closed = true;
     // The checkpoint below syncs what the deferred sync would have.
