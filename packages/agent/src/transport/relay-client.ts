@@ -251,13 +251,14 @@ export class RelayClient extends EventEmitter {
           if (plain) sessionId = plainSessionId(hello.sessionKey, hello.sessionNonce);
           if (sessionId === null) throw new RelayClientError('PINNING', "the relay's certificate was not checked");
           const version = negotiateVersion(RELAY_VERSIONS, hello.versions);
-          ws.send(encodeClientHello({ version }));
+          const client = new RelayClient(ws, socket, addr, sessionId, hello.sessionKey, version, opts.commandTimeoutMs ?? COMMAND_TIMEOUT_MS);
+          client.sendBlock(encodeClientHello({ version }));
           settled = true;
           clearTimeout(timer);
           ws.removeAllListeners('error');
           // Else every later close would build (and drop) an error with its stack trace.
           ws.off('close', onHandshakeClose);
-          resolve(new RelayClient(ws, socket, addr, sessionId, hello.sessionKey, version, opts.commandTimeoutMs ?? COMMAND_TIMEOUT_MS));
+          resolve(client);
         } catch (e) {
           fail(handshakeError(e));
         }

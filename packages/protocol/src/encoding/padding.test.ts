@@ -4,7 +4,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 
-import { BLOCK_SIZE, PAD_BYTE, ProtocolError, pad, toHex, unpad } from '@murmure/protocol';
+import { BLOCK_SIZE, PAD_BYTE, ProtocolError, pad, padInto, toHex, unpad } from '@murmure/protocol';
 
 /** Feeds hostile input to a decoder: ProtocolError is fine, any other exception fails, and a success must re-encode to the very same input. */
 function assertRefusedOrCanonical<TIn, TOut>(input: TIn, decode: (i: TIn) => TOut, encode: (x: TOut) => TIn): void {
@@ -43,6 +43,17 @@ describe('padding round trip', () => {
     }
   });
 
+  test('padInto a buffer holding old bytes writes the same bytes as pad, over every byte', () => {
+    fc.assert(
+      fc.property(sizedContent, fc.integer({ min: 0, max: 255 }), ([size, content], old) => {
+        const out = new Uint8Array(size).fill(old);
+        assert.equal(padInto(content, out), out);
+        assert.deepEqual(out, pad(content, size));
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
   test('the layout is a big-endian length, the content, then # (0x23)', () => {
     assert.equal(PAD_BYTE, 0x23);
     assert.equal(toHex(pad(new Uint8Array([1, 2, 3]), 8)), '0003010203232323');
@@ -55,6 +66,12 @@ describe('padding edge cases', () => {
     assert.throws(() => pad(new Uint8Array(7), 8), (e) => ProtocolError.is(e, 'TOO_LARGE'));
     assert.throws(() => pad(new Uint8Array(BLOCK_SIZE - 1), BLOCK_SIZE), (e) => ProtocolError.is(e, 'TOO_LARGE'));
     assert.throws(() => pad(new Uint8Array(0x10000), 0x20000), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+  });
+
+  test('padInto with content that does not fit is TOO_LARGE and writes nothing', () => {
+    const out = new Uint8Array(8).fill(7);
+    assert.throws(() => padInto(new Uint8Array(7), out), (e) => ProtocolError.is(e, 'TOO_LARGE'));
+    assert.ok(out.every((b) => b === 7));
   });
 
   test('input of another size is BAD_LENGTH', () => {

@@ -13,10 +13,18 @@ const PAD_WORD = 0x23232323;
 
 /** Pads `content` to exactly `size` bytes; throws `TOO_LARGE` if it does not fit. */
 export function pad(content: Uint8Array, size: number): Uint8Array {
+  return padInto(content, new Uint8Array(size));
+}
+
+/**
+ * Pads `content` into `out`, every byte of which it writes (so `out` may hold old bytes), and
+ * returns `out`; throws `TOO_LARGE`, writing nothing, if it does not fit.
+ */
+export function padInto(content: Uint8Array, out: Uint8Array): Uint8Array {
+  const size = out.length;
   if (content.length > size - 2 || content.length > 0xffff) {
     throw new ProtocolError('TOO_LARGE', `content of ${content.length} bytes does not fit a ${size}-byte pad`);
   }
-  const out = new Uint8Array(size);
   out[0] = content.length >>> 8;
   out[1] = content.length & 0xff;
   out.set(content, 2);

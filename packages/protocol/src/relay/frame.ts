@@ -55,8 +55,8 @@ export function recycleBlock(block: Uint8Array): void {
 
 /**
  * The WebSocket frame of `block`, its header written into the free bytes before it: one view of
- * header and block. Null for a block that `newBlock` did not make (such as a hello, which is sent
- * through the WebSocket library instead), and for one already framed: a frame may still be
+ * header and block. Null for a block that `newBlock` did not make (a sender then hands it to the
+ * WebSocket library instead), and for one already framed: a frame may still be
  * waiting to be written, and a second header would change its bytes. A client's frame carries
  * the all-zero masking key (docs/protocol.md, "Transport"), so its payload is the block as it is.
  */

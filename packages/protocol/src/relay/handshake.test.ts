@@ -12,13 +12,16 @@ import {
   RELAY_VERSIONS,
   RELAY_VERSION_MAX,
   RELAY_VERSION_MIN,
+  RELAY_FRAME_HEADER,
   V_INITIAL,
+  blockFrame,
   decodeClientHello,
   decodeServerHello,
   encodeClientHello,
   encodeServerHello,
   negotiateVersion,
   pad,
+  recycleBlock,
   toHex,
   unpad,
 } from '@murmure/protocol';
@@ -88,6 +91,22 @@ describe('hello round trip', () => {
       }),
       { numRuns: 2000 },
     );
+  });
+
+  test('a hello is a block of the pool: it is framed in place, and once written the next block reuses it', () => {
+    const key = new Uint8Array(KEY_LENGTH).fill(0x5a);
+    const nonce = new Uint8Array(SESSION_NONCE_LENGTH).fill(0xa5);
+    const hello = encodeServerHello({ versions: RELAY_VERSIONS, sessionKey: key, sessionNonce: nonce });
+    const frame = blockFrame(hello, 'relay');
+    assert.ok(frame !== null);
+    assert.equal(frame.length, RELAY_FRAME_HEADER + BLOCK_SIZE);
+    assert.deepEqual(frame.subarray(RELAY_FRAME_HEADER), hello);
+    recycleBlock(hello);
+    // The relay hello's bytes are all written over: the client hello decodes as itself.
+    const reused = encodeClientHello({ version: 7 });
+    assert.equal(reused.buffer, hello.buffer);
+    assert.deepEqual(decodeClientHello(reused), { version: 7 });
+    assert.deepEqual(reused, pad(new Uint8Array([0x68, 0, 7]), BLOCK_SIZE));
   });
 
   test('the hello layouts: H, min, max, key, nonce; and h, version; then # padding', () => {

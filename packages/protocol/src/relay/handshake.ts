@@ -7,12 +7,13 @@
  * @module
  */
 
-import { pad, unpad, type FillCheck } from '../encoding/padding.js';
+import { padInto, unpad, type FillCheck } from '../encoding/padding.js';
 import { Reader } from '../encoding/reader.js';
 import { Writer } from '../encoding/writer.js';
 import { ProtocolError } from '../errors.js';
 import { BLOCK_SIZE, KEY_LENGTH, SESSION_NONCE_LENGTH } from '../limits.js';
 import type { VersionRange } from '../version.js';
+import { newBlock } from './frame.js';
 
 const SERVER_HELLO = 0x48; // 'H'
 const CLIENT_HELLO = 0x68; // 'h'
@@ -22,7 +23,10 @@ export type ServerHello = Readonly<{ versions: VersionRange; sessionKey: Uint8Ar
 /** The client's first block. */
 export type ClientHello = Readonly<{ version: number }>;
 
-/** Encodes the relay's hello as one padded block. */
+/**
+ * Encodes the relay's hello as one padded block, made by `newBlock` as every block is: every
+ * connection sends one, and the sender gives it back to the pool once written (`recycleBlock`).
+ */
 export function encodeServerHello(h: ServerHello): Uint8Array {
   const w = new Writer(5 + KEY_LENGTH + SESSION_NONCE_LENGTH)
     .u8(SERVER_HELLO)
@@ -30,7 +34,7 @@ export function encodeServerHello(h: ServerHello): Uint8Array {
     .u16(h.versions.max)
     .bytesN(h.sessionKey, KEY_LENGTH, 'session key')
     .bytesN(h.sessionNonce, SESSION_NONCE_LENGTH, 'session nonce');
-  return pad(w.finish(), BLOCK_SIZE);
+  return padInto(w.finish(), newBlock());
 }
 
 /** Decodes the relay's hello; `checkFill` as for `unpad`. */
@@ -46,9 +50,9 @@ export function decodeServerHello(block: Uint8Array, checkFill?: FillCheck): Ser
   return { versions: { min, max }, sessionKey, sessionNonce };
 }
 
-/** Encodes the client's hello as one padded block. */
+/** Encodes the client's hello as one padded block (made by `newBlock`, as the relay's). */
 export function encodeClientHello(h: ClientHello): Uint8Array {
-  return pad(new Writer(8).u8(CLIENT_HELLO).u16(h.version).finish(), BLOCK_SIZE);
+  return padInto(new Writer(8).u8(CLIENT_HELLO).u16(h.version).finish(), newBlock());
 }
 
 /** Decodes the client's hello; `checkFill` as for `unpad`. */
