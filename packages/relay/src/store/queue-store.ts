@@ -2,7 +2,9 @@
 /**
  * The relay's storage interface. Command handling sees only this, so a PostgreSQL backend can
  * sit beside the SQLite one without touching the handlers. Every write resolves only once it is
- * durable; a write that could not be made durable rejects with `StoreError` and changes nothing.
+ * durable; a write that could not be made durable rejects with `StoreError`. A rejected write
+ * changes nothing, except one whose commit succeeded and whose sync then failed: its changes may
+ * survive (docs/threat-model.md, "Durability"), as they may when an answer is lost.
  * @module
  */
 

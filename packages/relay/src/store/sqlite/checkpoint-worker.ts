@@ -38,20 +38,41 @@ const port = parentPort;
 if (port === null) throw new Error('the checkpoint worker runs in a worker thread');
 
 const { path, dbFd } = workerData as CheckpointWorkerData;
-let db: Database | null = null;
-try {
-  db = new Database(path);
-  db.pragma('synchronous = NORMAL');
-} catch {
-  db?.close();
-  db = null;
-  port.postMessage({ kind: 'failed' } satisfies CheckpointReply);
+
+/** The thread's connection to the store, or null (and `failed` told) if it cannot be opened. */
+function open(): Database | null {
+  let d: Database | null = null;
+  try {
+    d = new Database(path);
+    d.pragma('synchronous = NORMAL');
+    return d;
+  } catch {
+    try {
+      d?.close();
+    } catch {
+      // nothing more to give back
+    }
+    port!.postMessage({ kind: 'failed' } satisfies CheckpointReply);
+    return null;
+  }
 }
+
+let db = open();
 port.on('message', (m: CheckpointRequest) => {
   if (m === 'close' || db === null) {
     db?.close();
     db = null;
     port.close();
+    return;
+  }
+  if (m === 'reopen') {
+    // A connection of its own, with descriptors opened from now on (see checkpointer.ts, `resume`).
+    try {
+      db.close();
+    } catch {
+      // the old connection is dropped either way
+    }
+    db = open();
     return;
   }
   let lost = false;

@@ -46,8 +46,11 @@ export const CHECKPOINT_RETRY_MS = 1000;
 
 /** What the worker is given: the store's path, and a descriptor of its database file to sync. */
 export type CheckpointWorkerData = Readonly<{ path: string; dbFd: number }>;
-/** What the store asks of the worker: a checkpoint's first or second pass, or to close. */
-export type CheckpointRequest = 'first-pass' | 'second-pass' | 'close';
+/**
+ * What the store asks of the worker: a checkpoint's first or second pass, to open its connection
+ * again (`resume`), or to close.
+ */
+export type CheckpointRequest = 'first-pass' | 'second-pass' | 'reopen' | 'close';
 /**
  * What the worker answers: a pass's result, its failure (`error`, nothing lost; `lost`, pages it
  * recorded as copied may not be on disk), or that it cannot open the store.
@@ -69,6 +72,8 @@ export class Checkpointer {
   private broken = false;
   /** Set once the thread has failed or been given up. */
   private threadGone = false;
+  /** Set while the store does not trust the WAL (a sync of it failed): no pass starts. */
+  private suspended = false;
   private closed = false;
   private running = false;
   /** Whether the running pass is a second pass, during which commits wait. */
@@ -127,6 +132,29 @@ export class Checkpointer {
     this.broken = true;
   }
 
+  /**
+   * A sync of the WAL failed and the store takes no write until its own checkpoint has emptied
+   * the WAL: no pass starts meanwhile (a running one ends as it would).
+   */
+  suspend(): void {
+    this.suspended = true;
+  }
+
+  /**
+   * The store's checkpoint emptied the WAL after a failed sync: passes start again, and the
+   * thread first opens its connection anew. Linux reports a failed writeback once to each
+   * descriptor that was open on the file when it happened; the thread's old descriptor of the
+   * WAL would report at its next sync the error the store has already dealt with, and a failed
+   * sync in a pass counts as a loss (`checkpoint-worker.ts`), which would stop the store for good.
+   * A descriptor opened now reports only errors to come.
+   */
+  resume(): void {
+    if (!this.suspended) return;
+    this.suspended = false;
+    // Messages reach the thread in order: the reopen comes before any further pass.
+    if (!this.closed) this.worker?.postMessage('reopen' satisfies CheckpointRequest);
+  }
+
   /** Calls `f` once no checkpoint pass is running (at once if none is). */
   whenIdle(f: () => void): void {
     if (!this.running) queueMicrotask(f);
@@ -147,7 +175,7 @@ export class Checkpointer {
   }
 
   private start(holding: boolean): void {
-    if (this.running || this.closed || this.fellBack || this.broken || Date.now() < this.notBefore) return;
+    if (this.running || this.closed || this.fellBack || this.broken || this.suspended || Date.now() < this.notBefore) return;
     if (this.worker === null) this.spawn();
     if (this.worker === null) return;
     this.running = true;

@@ -10,7 +10,7 @@ import Database from '@signalapp/sqlcipher';
 import fc from 'fast-check';
 
 import { DAY_MS, dayOf } from '../queue-store.js';
-import { WAL_HOLD_PAGES } from './checkpointer.js';
+import { WAL_HOLD_PAGES, type Checkpointer } from './checkpointer.js';
 import { KNOWN_MESSAGES_PER_QUEUE } from './known-queues.js';
 import { EXPIRY_MESSAGES_PER_COMMIT, EXPIRY_QUEUES_PER_COMMIT, LAZY_COMMIT_WRITES, SqliteQueueStore, WAL_SIZE_LIMIT_BYTES, type SqliteStoreOptions, type StoreEvent } from './sqlite-queue-store.js';
 
@@ -499,6 +499,29 @@ test('checkpoints run in their own thread while the store goes on writing; the W
     } finally {
       await again.close();
     }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('while the store does not trust its WAL (a sync failed) no checkpoint pass starts; once it does, passes start again', async () => {
+  const { dir, events, store, rcvId } = await storeWithEvents();
+  try {
+    // What the store does on a failed sync and after its recovery (see startSync, recover).
+    const checkpointer = (store as unknown as { checkpointer: Checkpointer }).checkpointer;
+    checkpointer.suspend();
+    // About 4 pages per message: past the 1,000 pages that start a pass.
+    await addMany(store, rcvId, 400, 16_000, 16);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(checkpointer.busy, false, 'no pass runs');
+    assert.equal(events.length, 0, 'none ran');
+    checkpointer.resume();
+    // The next commit starts one, on a connection the thread opens anew.
+    await addMany(store, rcvId, 1, 100, 1);
+    for (let i = 0; i < 100 && !events.includes('checkpoint'); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(events.includes('checkpoint'), 'a pass ran after the resume');
+    await store.close();
+    assert.deepEqual(events.filter((e) => e !== 'checkpoint'), [], 'nothing failed');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

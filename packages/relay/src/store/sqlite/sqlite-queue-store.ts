@@ -460,6 +460,7 @@ export class SqliteQueueStore implements QueueStore {
         this.known.clear();
         if (!this.untrusted) {
           this.untrusted = true;
+          this.checkpointer.suspend();
           this.recoveryWaitMs = RECOVERY_RETRY_MS;
           this.onEvent('sync-failed');
           setImmediate(() => this.recover());
@@ -491,6 +492,7 @@ export class SqliteQueueStore implements QueueStore {
       this.known.clear();
       this.untrusted = false;
       this.unsyncedCommit = false;
+      this.checkpointer.resume();
       this.onEvent('recovered');
       return;
     }
