@@ -279,7 +279,12 @@ export class RelayHandlers implements CommandHandler {
     // there and not suspended. Only queues this connection proved it may use are kept, so the
     // time of a SEND tells a connection nothing it did not know.
     const cached = conn.authKeys.get(authCacheKey('sender', t.entityId))?.queue;
-    const q = cached ?? (t.entityId.length === ID_LENGTH ? await this.store.queueBySender(t.entityId) : undefined);
+    let q = cached;
+    if (q === undefined && t.entityId.length === ID_LENGTH) {
+      // Read at once where the store can: the check below then runs in this command's turn.
+      const read = this.store.queueBySenderNow !== undefined ? this.store.queueBySenderNow(t.entityId) : this.store.queueBySender(t.entityId);
+      q = read instanceof Promise ? await read : read;
+    }
     let ok: boolean;
     if (t.auth.kind === 'authenticator') {
       ok = this.authenticatorValid(conn, t, 'sender', q?.sndAuthKey ?? DUMMY_DH_KEY, t.auth.bytes) && q !== undefined && q.sndAuthKey !== null;
@@ -381,9 +386,17 @@ export class RelayHandlers implements CommandHandler {
     }
   }
 
-  /** Looks up the recipient's queue and checks the command's authorisation, or refuses with AUTH. */
+  /**
+   * Looks up the recipient's queue and checks the command's authorisation, or refuses with AUTH.
+   * With a store that answers at once, the check runs before anything waits: in the turn that
+   * started the command, whose budget it counts against (turns.ts).
+   */
   private async recipient(conn: Connection, t: ClientTransmission, kind: 'signature' | 'authenticator'): Promise<QueueRecord> {
-    const q = t.entityId.length === ID_LENGTH ? await this.store.queueByRecipient(t.entityId) : undefined;
+    let q: QueueRecord | undefined;
+    if (t.entityId.length === ID_LENGTH) {
+      const read = this.store.queueByRecipientNow !== undefined ? this.store.queueByRecipientNow(t.entityId) : this.store.queueByRecipient(t.entityId);
+      q = read instanceof Promise ? await read : read;
+    }
     let ok = false;
     if (t.auth.kind === kind) {
       ok =

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 /**
- * Turns: how connections share the event loop (THREATS.md S1, S2). Commands start in turns
- * (what a command does before its first wait: its decoding, its token, `NEW`'s signature check
- * and key agreement; the key checks of commands that read their queue first run after the read,
- * outside the turn that started them, and are not counted against its budget):
+ * Turns: how connections share the event loop (THREATS.md S1, S2). Commands start in turns:
+ * what a command does before its first wait (its decoding, its token, its signature check or
+ * key agreement) counts against the turn that starts it. A command that reads its queue before
+ * its check reads it at once from a store that can answer so (the SQLite one), and checks in the
+ * same turn; with a store that must wait, its check runs after the read, outside the budget.
  *
  * - The connections of one source form a group (a connection from an unlimited source, such as
  *   loopback, through which a local reverse proxy or an onion service brings every client, is a
@@ -20,8 +21,7 @@
  *   stopped; each at most one turn of each kind a pass.
  *
  * So however many connections or sources keep the relay busy with expensive commands, a pass of
- * the event loop holds at most about twice PASS_BUDGET_MS (and a turn) of command starts (plus
- * the key checks that follow the queue reads of the commands it started), and a
+ * the event loop holds at most about twice PASS_BUDGET_MS (and a turn) of command starts, and a
  * client that sends a few commands at a time, even one sharing its address with the flood, is
  * served in the pass its block arrives, or the next. Floods whose blocks are all fresh (new
  * connections, each block answered before the next) share the fresh turns with it in order of

@@ -65,6 +65,14 @@ export interface QueueStore {
   queueByRecipient(rcvId: Uint8Array): Promise<QueueRecord | undefined>;
   /** The queue with this sender id. */
   queueBySender(sndId: Uint8Array): Promise<QueueRecord | undefined>;
+  /**
+   * The same two reads answered at once, by a store that can (an embedded database); throw
+   * `StoreError`. A store that must wait (a database server) leaves them out. With them the key
+   * check that follows the read runs in the turn that started its command (see turns.ts), and
+   * counts against its budget.
+   */
+  queueByRecipientNow?(rcvId: Uint8Array): QueueRecord | undefined;
+  queueBySenderNow?(sndId: Uint8Array): QueueRecord | undefined;
   /** Sets the sender key once; `'ok'` also when the same key is set again, `'conflict'` for another key. */
   secureQueue(rcvId: Uint8Array, sndAuthKey: Uint8Array, now: number): Promise<'ok' | 'conflict'>;
   /** Records that the queue was used today (for expiry of unused queues). */

@@ -544,11 +544,20 @@ export class SqliteQueueStore implements QueueStore {
   }
 
   private read<T>(f: () => T): Promise<T> {
-    if (this.closed) return Promise.reject(new StoreError('CLOSED', 'the relay store is closed'));
     try {
-      return Promise.resolve(f());
+      return Promise.resolve(this.readNow(f));
     } catch (e) {
-      return Promise.reject(storeErrorOf(e));
+      return Promise.reject(e as StoreError);
+    }
+  }
+
+  /** Runs a read at once; throws `StoreError`. */
+  private readNow<T>(f: () => T): T {
+    if (this.closed) throw new StoreError('CLOSED', 'the relay store is closed');
+    try {
+      return f();
+    } catch (e) {
+      throw storeErrorOf(e);
     }
   }
 
@@ -559,14 +568,22 @@ export class SqliteQueueStore implements QueueStore {
   }
 
   queueByRecipient(rcvId: Uint8Array): Promise<QueueRecord | undefined> {
-    return this.read(() => {
+    return this.read(() => this.queueByRecipientNow(rcvId));
+  }
+
+  queueBySender(sndId: Uint8Array): Promise<QueueRecord | undefined> {
+    return this.read(() => this.queueBySenderNow(sndId));
+  }
+
+  queueByRecipientNow(rcvId: Uint8Array): QueueRecord | undefined {
+    return this.readNow(() => {
       const r = this.st.byRcv.get([rcvId] as never);
       return r === undefined ? this.miss() : toQueue(r);
     });
   }
 
-  queueBySender(sndId: Uint8Array): Promise<QueueRecord | undefined> {
-    return this.read(() => {
+  queueBySenderNow(sndId: Uint8Array): QueueRecord | undefined {
+    return this.readNow(() => {
       const r = this.st.bySnd.get([sndId] as never);
       return r === undefined ? this.miss() : toQueue(r);
     });
