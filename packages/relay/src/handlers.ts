@@ -281,8 +281,7 @@ export class RelayHandlers implements CommandHandler {
     const cached = conn.authKeys.get(authCacheKey('sender', t.entityId))?.queue;
     let q = cached;
     if (q === undefined && t.entityId.length === ID_LENGTH) {
-      // Read at once where the store can: the check below then runs in this command's turn.
-      const read = this.store.queueBySenderNow !== undefined ? this.store.queueBySenderNow(t.entityId) : this.store.queueBySender(t.entityId);
+      const read = this.lookUp('sender', t.entityId);
       q = read instanceof Promise ? await read : read;
     }
     let ok: boolean;
@@ -387,6 +386,16 @@ export class RelayHandlers implements CommandHandler {
   }
 
   /**
+   * The queue of a recipient or sender id: at once from a store that can answer so (the key check
+   * that follows then runs in the command's turn, see turns.ts), else once the store has read it.
+   */
+  private lookUp(role: Role, id: Uint8Array): QueueRecord | undefined | Promise<QueueRecord | undefined> {
+    const s = this.store;
+    if (role === 'recipient') return s.queueByRecipientNow !== undefined ? s.queueByRecipientNow(id) : s.queueByRecipient(id);
+    return s.queueBySenderNow !== undefined ? s.queueBySenderNow(id) : s.queueBySender(id);
+  }
+
+  /**
    * Looks up the recipient's queue and checks the command's authorisation, or refuses with AUTH.
    * With a store that answers at once, the check runs before anything waits: in the turn that
    * started the command, whose budget it counts against (turns.ts).
@@ -394,7 +403,7 @@ export class RelayHandlers implements CommandHandler {
   private async recipient(conn: Connection, t: ClientTransmission, kind: 'signature' | 'authenticator'): Promise<QueueRecord> {
     let q: QueueRecord | undefined;
     if (t.entityId.length === ID_LENGTH) {
-      const read = this.store.queueByRecipientNow !== undefined ? this.store.queueByRecipientNow(t.entityId) : this.store.queueByRecipient(t.entityId);
+      const read = this.lookUp('recipient', t.entityId);
       q = read instanceof Promise ? await read : read;
     }
     let ok = false;
