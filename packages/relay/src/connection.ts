@@ -114,9 +114,13 @@ export class Connection implements TurnTaker {
   lastActivity = performance.now();
   /** The command rate: `commandsPerSecond`, `commandBurst`. */
   private readonly bucket: TokenBucket;
-  /** Key checks this connection failed (ERR AUTH), and whether it has passed one. */
-  private refusals = 0;
-  private passedChecks = false;
+  /**
+   * Where this connection stands with the relay's key checks: 'passed' once a key stored for a
+   * queue accepted one of its commands, and 'failed' for good once a check of it failed or a
+   * command of it was refused authorisation. Only 'passed' may start checks when its source has
+   * no refusals left.
+   */
+  private standing: 'unproven' | 'passed' | 'failed' = 'unproven';
   /** Responses waiting to go out: a full block goes at once, the rest at the next turn. */
   private readonly packer = new BlockPacker();
   private flushScheduled = false;
@@ -392,11 +396,11 @@ export class Connection implements TurnTaker {
       return;
     }
     // A command that checks a key reserves a refusal of the source's budget first, unless this
-    // connection has passed a check and never failed one: its source being out of refusals
-    // (another user behind the same NAT or Tor exit, say) does not hold it back.
+    // connection has passed a check of a stored key and never failed one: its source being out
+    // of refusals (another user behind the same NAT or Tor exit, say) does not hold it back.
     const checked = t.auth.kind !== 'none';
     const reserved = allowed && checked && this.source.reserve();
-    if (!allowed || (checked && !reserved && !(this.passedChecks && this.refusals === 0))) {
+    if (!allowed || (checked && !reserved && this.standing !== 'passed')) {
       this.error(t.corrId, t.entityId, 'LIMIT');
       return;
     }
@@ -407,10 +411,7 @@ export class Connection implements TurnTaker {
       .then(
         (refused) => {
           if (refused) this.refusedAuthorisation();
-          else if (checked) {
-            this.passedChecks = true;
-            if (reserved) this.source.refund();
-          }
+          else if (reserved) this.source.refund();
         },
         () => this.error(t.corrId, t.entityId, 'INTERNAL'),
       )
@@ -433,6 +434,18 @@ export class Connection implements TurnTaker {
   }
 
   /**
+   * Told by the handlers at the moment a command's authorisation was checked against a key the
+   * relay stores for a queue (or, for a queue that does not exist, against the dummy key). A
+   * failed check ends the connection's exception from its source's budget before the next command
+   * starts, in the same turn; a check of a key the client brought itself (NEW), or an
+   * authorisation nothing checked (PING), earns none.
+   */
+  keyChecked(passed: boolean): void {
+    if (!passed) this.standing = 'failed';
+    else if (this.standing === 'unproven') this.standing = 'passed';
+  }
+
+  /**
    * A command of this connection was refused authorisation (ERR AUTH): its reservation of the
    * source's budget is kept, and it costs AUTH_FAILURE_TOKENS more of the connection's own
    * tokens. That bucket may go below zero: later commands get ERR LIMIT until the refill has
@@ -442,7 +455,7 @@ export class Connection implements TurnTaker {
    * burst is, and the wait after it stays bounded.
    */
   private refusedAuthorisation(): void {
-    this.refusals++;
+    this.standing = 'failed';
     this.bucket.charge(AUTH_FAILURE_TOKENS, this.config.commandBurst + AUTH_FAILURE_TOKENS * MAX_COMMANDS_IN_FLIGHT);
   }
 

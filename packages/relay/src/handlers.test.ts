@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // The key check of a command that reads its queue first runs in the turn that starts the
-// command (turns.ts): before handle() returns, where the store answers at once.
+// command (turns.ts): before handle() returns, where the store answers at once; and the
+// connection learns its outcome then, passing only by a key the relay stores for a queue.
 
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -8,8 +9,20 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
-import { AUTHENTICATOR_LENGTH, CORR_ID_LENGTH, ID_LENGTH, RELAY_VERSION_MAX, SESSION_ID_LENGTH, SIGNATURE_LENGTH, encodeCommand, type ClientTransmission, type Command } from '@murmure/protocol';
-import { generateDhKeyPair, randomId } from '@murmure/queue-crypto';
+import {
+  AUTHENTICATOR_LENGTH,
+  CORR_ID_LENGTH,
+  ID_LENGTH,
+  RELAY_VERSION_MAX,
+  SESSION_ID_LENGTH,
+  SIGNATURE_LENGTH,
+  authorizedBytes,
+  encodeCommand,
+  type ClientTransmission,
+  type Command,
+  type Response,
+} from '@murmure/protocol';
+import { agree, authenticate, authenticatorKey, generateDhKeyPair, generateSigningKeyPair, randomId, signBytes } from '@murmure/queue-crypto';
 
 import { relayConfig } from './config.js';
 import type { Connection } from './connection.js';
@@ -23,7 +36,7 @@ import { SqliteQueueStore } from './store/sqlite/sqlite-queue-store.js';
 function countingConnection() {
   const sessionKey = generateDhKeyPair();
   const sessionId = randomId(SESSION_ID_LENGTH);
-  const uses = { agreements: 0, boundChecks: 0 };
+  const uses = { agreements: 0, boundChecks: 0, passed: 0, failed: 0 };
   const conn = {
     version: RELAY_VERSION_MAX,
     authKeys: new Map(),
@@ -41,11 +54,15 @@ function countingConnection() {
       uses.boundChecks++;
       return sessionId;
     },
+    keyChecked(passed: boolean) {
+      if (passed) uses.passed++;
+      else uses.failed++;
+    },
     error() {},
     respond() {},
     end() {},
   };
-  return { conn: conn as unknown as Connection, uses };
+  return { conn: conn as unknown as Connection, uses, sessionPublicKey: sessionKey.publicKey };
 }
 
 function transmission(cmd: Command, auth: ClientTransmission['auth']): ClientTransmission {
@@ -63,9 +80,10 @@ const COMMANDS: [string, Command, 'signature' | 'authenticator'][] = [
 ];
 
 /** Runs `n` commands of each kind for unknown ids with bad keys; what was checked before handle() returned. */
-async function checkedInTheTurn(store: QueueStore, n: number): Promise<Map<string, { kind: string; agreements: number; boundChecks: number; refused: number }>> {
+type TurnUses = { kind: string; agreements: number; boundChecks: number; passed: number; failed: number; refused: number };
+async function checkedInTheTurn(store: QueueStore, n: number): Promise<Map<string, TurnUses>> {
   const handlers = new RelayHandlers(store, relayConfig('/nonexistent'), new RelayMetrics(), silentLogger);
-  const out = new Map<string, { kind: string; agreements: number; boundChecks: number; refused: number }>();
+  const out = new Map<string, TurnUses>();
   for (const [name, cmd, kind] of COMMANDS) {
     const { conn, uses } = countingConnection();
     const pending: Promise<boolean>[] = [];
@@ -89,6 +107,9 @@ test('with a store that answers at once, every key check of a command that reads
       assert.equal(r.refused, 20, `${name}: every one refused (ERR AUTH)`);
       if (r.kind === 'authenticator') assert.equal(r.agreements, 20, `${name}: every key agreement made in the turn`);
       else assert.equal(r.boundChecks, 20, `${name}: every signature checked in the turn`);
+      // The connection learns each failure in the turn too: its exception from the source's
+      // budget of refusals ends before the next command starts.
+      assert.deepEqual([r.failed, r.passed], [20, 0], `${name}: every failed check told to the connection in the turn`);
     }
   } finally {
     await store.close();
@@ -110,10 +131,44 @@ test('with a store that must wait, the same checks run once its reads are answer
   try {
     for (const [name, r] of await checkedInTheTurn(waiting, 20)) {
       assert.equal(r.refused, 20, `${name}: every one refused (ERR AUTH)`);
-      assert.deepEqual([r.agreements, r.boundChecks], [0, 0], `${name}: no check before the read is answered`);
+      assert.deepEqual([r.agreements, r.boundChecks, r.failed], [0, 0, 0], `${name}: no check before the read is answered`);
     }
   } finally {
     await inner.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a connection passes a check only when a key stored for a queue accepts its command: not by a NEW with its own key, nor by a PING with any authorisation', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'murmure-handlers-'));
+  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db') });
+  try {
+    const handlers = new RelayHandlers(store, relayConfig('/nonexistent'), new RelayMetrics(), silentLogger);
+    const { conn, uses, sessionPublicKey } = countingConnection();
+    let ids: Uint8Array | undefined;
+    (conn as unknown as { respond: (c: Uint8Array, e: Uint8Array, r: Response) => void }).respond = (_c, _e, r) => {
+      if (r.type === 'IDS') ids = r.rcvId;
+    };
+    const sig = generateSigningKeyPair();
+    const auth = generateDhKeyPair();
+    const newCmd = encodeCommand({ type: 'NEW', rcvSigKey: sig.publicKey, rcvAuthKey: auth.publicKey, rcvDhKey: generateDhKeyPair().publicKey });
+    const corrId = randomId(CORR_ID_LENGTH);
+    const data = authorizedBytes(conn.sessionId, corrId, new Uint8Array(0), newCmd);
+    assert.equal(await handlers.handle(conn, { auth: { kind: 'signature', bytes: signBytes(sig.privateKey, data) }, corrId, entityId: new Uint8Array(0), command: newCmd }), false);
+    assert.ok(ids !== undefined, 'the queue was made');
+    const ping = transmission({ type: 'PING' }, { kind: 'signature', bytes: randomId(SIGNATURE_LENGTH) });
+    assert.equal(await handlers.handle(conn, { ...ping, entityId: new Uint8Array(0) }), false);
+    assert.deepEqual([uses.passed, uses.failed], [0, 0], 'neither a NEW nor a PING checked a stored key');
+    // A SUB of the new queue, authorised with its recipient key: checked against the stored key.
+    const sub = encodeCommand({ type: 'SUB' });
+    const subCorr = randomId(CORR_ID_LENGTH);
+    const key = authenticatorKey(agree(auth.privateKey, sessionPublicKey) as Uint8Array, conn.sessionId);
+    const mac = authenticate(key, authorizedBytes(conn.sessionId, subCorr, ids, sub));
+    const pending = handlers.handle(conn, { auth: { kind: 'authenticator', bytes: mac }, corrId: subCorr, entityId: ids, command: sub });
+    assert.deepEqual([uses.passed, uses.failed], [1, 0], 'the pass is told before handle() returns');
+    assert.equal(await pending, false);
+  } finally {
+    await store.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -287,6 +287,7 @@ export class RelayHandlers implements CommandHandler {
     let ok: boolean;
     if (t.auth.kind === 'authenticator') {
       ok = this.authenticatorValid(conn, t, 'sender', q?.sndAuthKey ?? DUMMY_DH_KEY, t.auth.bytes) && q !== undefined && q.sndAuthKey !== null;
+      conn.keyChecked(ok);
       if (ok && cached === undefined && q !== undefined && !q.suspended) {
         const entry = conn.authKeys.get(authCacheKey('sender', t.entityId));
         if (entry !== undefined) entry.queue = q;
@@ -398,7 +399,8 @@ export class RelayHandlers implements CommandHandler {
   /**
    * Looks up the recipient's queue and checks the command's authorisation, or refuses with AUTH.
    * With a store that answers at once, the check runs before anything waits: in the turn that
-   * started the command, whose budget it counts against (turns.ts).
+   * started the command, whose budget it counts against (turns.ts), and its outcome reaches the
+   * connection (`keyChecked`) before the turn starts its next command.
    */
   private async recipient(conn: Connection, t: ClientTransmission, kind: 'signature' | 'authenticator'): Promise<QueueRecord> {
     let q: QueueRecord | undefined;
@@ -412,6 +414,8 @@ export class RelayHandlers implements CommandHandler {
         kind === 'signature'
           ? this.signatureValid(conn, t, q?.rcvSigKey ?? DUMMY_SIG_KEY, t.auth.bytes)
           : this.authenticatorValid(conn, t, 'recipient', q?.rcvAuthKey ?? DUMMY_DH_KEY, t.auth.bytes);
+      ok &&= q !== undefined;
+      conn.keyChecked(ok);
     }
     if (!ok || q === undefined) throw new Refusal('AUTH');
     return q;
@@ -419,7 +423,10 @@ export class RelayHandlers implements CommandHandler {
 
   /** Checks a command on a queue this connection holds the subscription of, or refuses with AUTH. */
   private subscriber(conn: Connection, t: ClientTransmission, q: QueueRecord): QueueRecord {
-    if (t.auth.kind !== 'authenticator' || !this.authenticatorValid(conn, t, 'recipient', q.rcvAuthKey, t.auth.bytes)) throw new Refusal('AUTH');
+    if (t.auth.kind !== 'authenticator') throw new Refusal('AUTH');
+    const ok = this.authenticatorValid(conn, t, 'recipient', q.rcvAuthKey, t.auth.bytes);
+    conn.keyChecked(ok);
+    if (!ok) throw new Refusal('AUTH');
     return q;
   }
 

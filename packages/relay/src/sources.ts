@@ -96,9 +96,10 @@ export function sourceBlocks(list: readonly string[]): BlockList {
  * closes until it has refilled, so that reconnecting does not refill it). Every command that
  * checks a key reserves one refusal before it is carried out, and gives it back if the check
  * passes: a source cannot have more checks under way than its budget holds, however many
- * connections it opens, apart from those of connections that have passed a check and failed
- * none (`Connection.start`), which do not need a reservation. Such a connection loses that once
- * a check of its fails, but the checks it started before that failure was counted go ahead.
+ * connections it opens, apart from those of connections that have passed a check of a key stored
+ * for a queue and failed none (`Connection.start`), which do not need a reservation. Such a
+ * connection loses that at its first failed check, before its next command starts
+ * (`Connection.keyChecked`).
  */
 export type SourceSlot = Readonly<{
   /** Gives the slot back (once; later calls do nothing). */

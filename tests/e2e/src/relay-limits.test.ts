@@ -450,14 +450,30 @@ test('a connection its source may not make evicts nobody: at both limits, the ot
   });
 });
 
-test('refused authorisations are budgeted per source: past it key checks of the source get ERR LIMIT on any new or refused connection, not on one that passed its checks, nor from other sources; it refills', async () => {
+test('refused authorisations are budgeted per source: past it key checks of the source get ERR LIMIT on any new or refused connection, and on one that checked no stored key; not on one that passed a check of a stored key until it fails one, nor from other sources; it refills', async () => {
   // 1 a second, a burst of 2: the next refill comes a second after the burst is spent, far
   // beyond the round trips of the probes below, so the counts hold on a slow machine too.
   const args = ['--auth-refusals-per-source', '1', '--unlimited-sources', 'none', '--commands-per-second', '1000000', '--command-burst', '1000000'];
   await withRelay(args, async (relay) => {
-    // A client of the source that has passed a key check (its NEW) before the flood.
+    // Clients of the source connected before the flood. The sibling passed a key check of a
+    // stored key (a SUB of a queue it made); so did `proven`, by hand.
     const sibling = await RelayClient.connect(relay.address, from('127.0.0.7'));
-    const own = await sibling.createQueue();
+    const [own, own2] = [await sibling.createQueue(), await sibling.createQueue()];
+    await sibling.subscribe(own);
+    const proven = await RawClient.open(relay.port, { localAddress: '127.0.0.7' });
+    const sig = generateSigningKeyPair();
+    const recipientKey = generateDhKeyPair();
+    const made = await proven.request(NO_ENTITY, { type: 'NEW', rcvSigKey: sig.publicKey, rcvAuthKey: recipientKey.publicKey, rcvDhKey: generateDhKeyPair().publicKey }, { kind: 'signature', key: sig.privateKey });
+    assert.equal(made.r.type, 'IDS');
+    const provenQueue = made.r.type === 'IDS' ? made.r.rcvId : NO_ENTITY;
+    const mine: RawAuth = { kind: 'authenticator', key: recipientKey.privateKey };
+    assert.equal(codeOf(await proven.request(provenQueue, { type: 'SUB' }, mine)), 'OK');
+    // These two checked no stored key: the maker's NEW is signed with the key it brings, the
+    // pinger's PING carries a signature of random bytes, which nothing checks.
+    const maker = await RelayClient.connect(relay.address, from('127.0.0.7'));
+    const makersQueue = await maker.createQueue();
+    const pinger = await RawClient.open(relay.port, { localAddress: '127.0.0.7' });
+    assert.equal(codeOf(await pinger.request(NO_ENTITY, { type: 'PING' }, { kind: 'raw', auth: { kind: 'signature', bytes: randomId(64) } })), 'PONG');
     // Three connections from the same source share its budget: 2 at once (twice the rate).
     const conns = await Promise.all([0, 1, 2].map(() => RawClient.open(relay.port, { localAddress: '127.0.0.7' })));
     const other = await RawClient.open(relay.port, { localAddress: '127.0.0.8' });
@@ -470,12 +486,21 @@ test('refused authorisations are budgeted per source: past it key checks of the 
     // A new connection of the source gets no fresh budget: its first check waits too.
     const fresh = await RawClient.open(relay.port, { localAddress: '127.0.0.7' });
     assert.equal(await probe(fresh), 'LIMIT', 'reconnecting does not refill the budget');
-    await sibling.subscribe(own); // a client that passed its checks and failed none is served
+    await sibling.subscribe(own2); // a client that passed its checks and failed none is served
+    await assert.rejects(maker.subscribe(makersQueue), isCode('LIMIT'), 'a NEW signed with its own key is no passed check');
+    assert.equal(await probe(pinger), 'LIMIT', 'nor is a PING with a signature');
+    // A failed check ends the exception before the next command of the same block starts.
+    const [a, b] = [proven.build(randomId(), { type: 'SUB' }, wrong), proven.build(randomId(), { type: 'SUB' }, wrong)];
+    const replies = Promise.all([proven.reply(a.corrId), proven.reply(b.corrId)]);
+    proven.sendTransmissions([a.bytes, b.bytes]);
+    assert.deepEqual((await replies).map(codeOf), ['AUTH', 'LIMIT'], 'one failed check, then the source budget again');
+    assert.equal(codeOf(await proven.request(provenQueue, { type: 'SUB' }, mine)), 'LIMIT', 'for its own queue too');
     assert.equal(await probe(other), 'AUTH', 'another source has its own budget');
     await sleep(1500); // 1 a second: one comes back, or two
     assert.equal(await probe(fresh), 'AUTH', 'the budget refills');
-    for (const c of [...conns, fresh, other]) c.close();
+    for (const c of [...conns, fresh, other, proven, pinger]) c.close();
     sibling.close();
+    maker.close();
   });
 });
 
