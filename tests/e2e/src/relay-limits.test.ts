@@ -7,6 +7,7 @@
 // trickle bytes to stay open (S4).
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import type { KeyObject } from 'node:crypto';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, connect as netConnect, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -229,20 +230,33 @@ async function stallingLink(port: number): Promise<{ port: number; hold: () => v
   };
 }
 
-/** Queues of a fresh relay, each secured and holding one full message whose bytes are its index. */
-async function fullQueues(relay: RelayProcess, n: number): Promise<Awaited<ReturnType<RelayClient['createQueue']>>[]> {
+type TestQueue = Awaited<ReturnType<RelayClient['createQueue']>>;
+
+/** Queues of a fresh relay, each secured; `fill` sends each one full message whose bytes are its index. */
+async function securedQueues(relay: RelayProcess, n: number): Promise<{ queues: TestQueue[]; fill: () => Promise<void> }> {
   const owner = await RelayClient.connect(relay.address);
-  const sender = await RelayClient.connect(relay.address);
-  const queues = [];
+  const queues: TestQueue[] = [];
+  const senderKeys: KeyObject[] = [];
   for (let i = 0; i < n; i++) {
     const q = await owner.createQueue();
     const key = generateDhKeyPair();
     await owner.secure(q, key.publicKey);
-    await sender.send(q.sndId, key.privateKey, new Uint8Array(MAX_MESSAGE_BODY).fill(i & 0xff));
     queues.push(q);
+    senderKeys.push(key.privateKey);
   }
   owner.close();
-  sender.close();
+  const fill = async (): Promise<void> => {
+    const sender = await RelayClient.connect(relay.address);
+    for (let i = 0; i < n; i++) await sender.send(queues[i]!.sndId, senderKeys[i]!, new Uint8Array(MAX_MESSAGE_BODY).fill(i & 0xff));
+    sender.close();
+  };
+  return { queues, fill };
+}
+
+/** Queues of a fresh relay, each secured and holding one full message whose bytes are its index. */
+async function fullQueues(relay: RelayProcess, n: number): Promise<TestQueue[]> {
+  const { queues, fill } = await securedQueues(relay, n);
+  await fill();
   return queues;
 }
 
@@ -331,18 +345,20 @@ test('subscriptions taken over from a client whose link stalls leave none of the
   await withRelay(['--metrics-port', '0'], async (relay) => {
     // 7.8 MiB of messages: more than loopback's kernel buffers take (about 4 MiB here).
     const QUEUES = 500;
-    const queues = await fullQueues(relay, QUEUES);
+    const { queues, fill } = await securedQueues(relay, QUEUES);
     const link = await stallingLink(relay.port);
     const clients: RelayClient[] = [];
     try {
       const stalled = await RelayClient.connect(relay.address.replace(/:\d+$/, `:${link.port}`), { timeoutMs: 60_000 });
       clients.push(stalled);
+      // The client holds every queue before its link stalls: none of its SUBs can be left unread
+      // behind the pushes (a backed-up connection is not read) to take a queue back later.
+      await Promise.all(queues.map((q) => stalled.subscribe(q)));
+      assert.equal(await metric(relay.metricsPort!, 'murmure_subscriptions'), QUEUES);
       link.hold();
-      void Promise.all(queues.map((q) => stalled.subscribe(q))).catch(() => undefined);
+      await fill();
       const waiting = await pushesWaitingSettled(relay, () => stalled.isClosed);
       assert.ok(waiting > 0, 'pushes wait on the stalled connection');
-      // Every SUB of the stalled client has been taken, so none can take a queue back later.
-      await until(async () => (await metric(relay.metricsPort!, 'murmure_subscriptions')) === QUEUES, 10_000, 'the stalled client to hold every queue');
       // The same party subscribes again from a connection that moves (a phone back from the tunnel).
       const fresh = await RelayClient.connect(relay.address);
       clients.push(fresh);

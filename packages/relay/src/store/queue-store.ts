@@ -123,7 +123,7 @@ export interface QueueStore {
   expire(messagesBefore: number, queuesUnusedSince: number, onRound?: (r: ExpiryResult) => void): Promise<ExpiryResult>;
   /** Counts, for metrics. */
   stats(): Promise<{ queues: number; messages: number }>;
-  /** Finishes pending writes and closes. */
+  /** Finishes pending writes and closes. A second call settles as the first, once it has. */
   close(): Promise<void>;
 }
 

@@ -552,3 +552,16 @@ test('a reader that keeps an old snapshot does not stop writes: past WAL_HOLD_PA
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a second close() settles once the first has finished, not before', async () => {
+  await withQueue(async (store, rcvId) => {
+    const now = Date.now();
+    const write = store.addMessage(rcvId, { msgId: id(), receivedAt: now, sealed: id() }, 1000, now);
+    let firstDone = false;
+    const first = store.close().then(() => (firstDone = true));
+    await store.close();
+    assert.equal(firstDone, true, 'the second close waited for the first');
+    assert.equal(await write, 'ok', 'the write asked for before the close was committed');
+    await first;
+  });
+});

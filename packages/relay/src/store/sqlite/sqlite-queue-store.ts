@@ -814,8 +814,15 @@ export class SqliteQueueStore implements QueueStore {
     }));
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
+  /** The close under way or done: a second call waits for the first. */
+  private closing: Promise<void> | null = null;
+
+  close(): Promise<void> {
+    this.closing ??= this.closeOnce();
+    return this.closing;
+  }
+
+  private async closeOnce(): Promise<void> {
     // No checkpoint pass starts from here on, commits no longer wait for one, and one that is
     // running ends below.
     const checkpointerClosed = this.checkpointer.close();
