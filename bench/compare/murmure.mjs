@@ -158,11 +158,15 @@ export function murmureVersion() {
   return cmdOutput('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
 }
 
-/** Starts `murmure relay start` on `dataDir`; resolves once it printed its address. */
-async function launchRelay(name, dataDir, plain, cpu) {
+/**
+ * Starts `murmure relay start` on `dataDir` with the relay flags `flags` (by default its limits
+ * raised out of the way); resolves once it printed its address. Also used by bench:flood, which
+ * keeps the relay's default limits.
+ */
+export async function launchRelay(name, dataDir, plain, cpu, flags = NO_LIMITS) {
   // BENCH_RELAY_NODE_ARGS (as for bench:relay): node flags for the relay, e.g. --cpu-prof.
   const nodeArgs = (process.env.BENCH_RELAY_NODE_ARGS ?? '').split(/\s+/).filter((a) => a !== '');
-  const args = [...nodeArgs, CLI, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', '0', '--json', ...NO_LIMITS];
+  const args = [...nodeArgs, CLI, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', '0', '--json', ...flags];
   if (plain) args.push('--plain-loopback');
   const env = { ...process.env };
   delete env.NODE_OPTIONS;
@@ -201,7 +205,7 @@ async function launchRelay(name, dataDir, plain, cpu) {
       await exited;
       lines.close();
     },
-    restart: (cpu2) => launchRelay(name, dataDir, plain, cpu2),
+    restart: (cpu2) => launchRelay(name, dataDir, plain, cpu2, flags),
   };
 }
 
