@@ -21,7 +21,7 @@
 
 import { fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { connect as netConnect } from 'node:net';
@@ -36,6 +36,8 @@ import { allCpus, killLiveServers, pinProcess } from './compare/proc.mjs';
 import { Samples, appendResult, envList, envNum, percentile, procCpuUs, procRssKiB, resultsFile, round, runMain, sleep } from './lib.mjs';
 
 const SELF = fileURLToPath(import.meta.url);
+/** The flooder's nice value (the driver's is 0). */
+const FLOODER_NICE = 10;
 
 function settings() {
   return {
@@ -95,6 +97,9 @@ async function flooder() {
 function startFlooder(address, local, cfg, cpus) {
   const child = fork(SELF, ['--flooder', JSON.stringify({ address, local, conns: cfg.conns, depth: cfg.depth })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   if (cpus !== null) pinProcess(child.pid, cpus);
+  // The flooder shares its core with the honest pair's clients: at a lower priority it takes only
+  // what they leave, so their latency is the relay's, not that of a busy driver core.
+  setPriority(child.pid, FLOODER_NICE);
   const next = () => new Promise((resolve, reject) => {
     child.once('message', resolve);
     child.once('exit', (code) => reject(new Error(`the flooder exited (${code})`)));
