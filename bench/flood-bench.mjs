@@ -21,7 +21,7 @@
 
 import { fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { setPriority, tmpdir } from 'node:os';
+import { cpus as cpuList, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { connect as netConnect } from 'node:net';
@@ -31,7 +31,7 @@ import { fileURLToPath } from 'node:url';
 import { RelayClient, RelayClientError, openDelivered } from '@murmure/agent';
 import { generateDhKeyPair, randomId } from '@murmure/queue-crypto';
 
-import { launchRelay } from './compare/murmure.mjs';
+import { launchRelay, murmureVersion } from './compare/murmure.mjs';
 import { allCpus, killLiveServers, pinProcess } from './compare/proc.mjs';
 import { Samples, appendResult, envList, envNum, percentile, procCpuUs, procRssKiB, resultsFile, round, runMain, sleep } from './lib.mjs';
 
@@ -238,7 +238,7 @@ async function main() {
   for (const name of cfg.only) {
     if (name !== 'many' && name !== 'one') throw new Error(`unknown scenario ${name}: many or one`);
     const line = await scenario(cfg, name, cpus);
-    if (cfg.writeResults) appendResult(file, { bench: 'flood', runId, pinned, settings: cfg, ...line });
+    if (cfg.writeResults) appendResult(file, { bench: 'flood', runId, revision: murmureVersion(), cpu: cpuList()[0]?.model ?? null, node: process.version, pinned, settings: cfg, ...line });
   }
 }
 
