@@ -11,7 +11,6 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { MAX_PASSWORD_LENGTH, ProtocolError, formatRelayAddress, isLoopbackHost, isRelayHost, isRelayPassword } from '@murmure/protocol';
-import { describeError, runMessenger } from './messenger.js';
 import {
   DEFAULTS,
   DataLock,
@@ -27,6 +26,8 @@ import {
   type RelayConfig,
   type RelayIdentity,
 } from '@murmure/relay';
+
+import type * as MessengerModule from './messenger.js';
 
 const USAGE = `murmure: a private messenger with no user ids
 
@@ -103,6 +104,19 @@ Docs: docs/operations.md (running a relay), docs/protocol.md (the wire protocol)
 /** A usage or input error: printed as one line, exit code 2. */
 class UsageError extends Error {}
 
+/**
+ * The messaging commands, loaded only when one is run: a relay does not carry libsignal, the
+ * chat store and the terminal UI in its memory (about 16 MiB of its RSS) or its start-up time.
+ */
+type Messenger = typeof MessengerModule;
+let messenger: Messenger | null = null;
+
+/** How an error is told to the user: the messenger's reading once it is loaded, else its message. */
+function describe(e: unknown): { code: string; message: string; usage: boolean } {
+  if (messenger !== null) return messenger.describeError(e);
+  return { code: 'FAILED', message: e instanceof Error ? e.message : String(e), usage: false };
+}
+
 const SETTINGS_FILE = 'relay.json';
 /** The options `relay init` takes; the others are for `relay start` only. */
 const INIT_OPTIONS = new Set(['data', 'host', 'port', 'password', 'json', 'help']);
@@ -115,7 +129,7 @@ export async function main(argv: readonly string[], out: Out = process.stdout, e
   try {
     return await run(argv, out, err);
   } catch (e) {
-    const d = describeError(e);
+    const d = describe(e);
     const usage = e instanceof UsageError || d.usage;
     const code = e instanceof UsageError ? 'USAGE' : StoreError.is(e) ? `STORE_${e.code}` : DataLockError.is(e) || ProtocolError.is(e) ? e.code : d.code;
     const message = d.message;
@@ -130,7 +144,10 @@ async function run(argv: readonly string[], out: Out, err: Out): Promise<number>
     out.write(USAGE);
     return 0;
   }
-  if (argv[0] !== 'relay') return runMessenger(argv, out, err);
+  if (argv[0] !== 'relay') {
+    messenger = await import('./messenger.js');
+    return messenger.runMessenger(argv, out, err);
+  }
   const sub = argv[1];
   if (sub === undefined || sub === '--help' || sub === '-h') {
     out.write(USAGE);

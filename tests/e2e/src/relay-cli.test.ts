@@ -168,7 +168,7 @@ test('a relay.lock that is not a lock file: relay start says so in one line (JSO
   }
 });
 
-test('murmure --help names the relay commands; relay start without --json prints the bare address first', async () => {
+test('murmure --help names the relay commands; relay start without --json prints the bare address first, and loads no messenger code', async () => {
   const help = await runMurmure(['--help']);
   assert.equal(help.code, 0, help.stderr);
   assert.match(help.stdout, /murmure relay init/);
@@ -192,6 +192,10 @@ test('murmure --help names the relay commands; relay start without --json prints
     const c = await RelayClient.connect(first);
     await c.ping();
     c.close();
+    // A relay loads what it serves with, not the messenger: libsignal is not in its memory.
+    const maps = readFileSync(`/proc/${proc.pid}/maps`, 'utf8');
+    assert.match(maps, /sqlcipher/, "the store's native module is mapped: the check sees native modules");
+    assert.doesNotMatch(maps, /libsignal/, 'no libsignal in a relay process');
     proc.kill('SIGTERM');
     assert.deepEqual(await exited, [0, null], 'SIGTERM: a clean stop, exit code 0');
   } finally {
