@@ -93,6 +93,9 @@ Relay options (start):
   --idle-timeout-ms N        close connections silent this long (default 900000)
   --prefetch-budget-bytes N  bytes of messages read ahead for all subscriptions together
                              (default 67108864; 0: none)
+  --unsent-budget-bytes N    bytes waiting unsent on connections whose clients do not read,
+                             all together; past it the one waiting longest is cut off
+                             (default 268435456, at least 1048576)
   --log-level LEVEL          debug, info, warn or error (default info)
   --plain-loopback           serve WebSocket without TLS, on a loopback host only
                              (for benchmarks that compare servers with TLS off)
@@ -195,6 +198,7 @@ function parseOptions(args: string[]) {
         'queues-per-connection': { type: 'string' },
         'auth-refusals-per-source': { type: 'string' },
         'prefetch-budget-bytes': { type: 'string' },
+        'unsent-budget-bytes': { type: 'string' },
         'handshake-timeout-ms': { type: 'string' },
         'idle-timeout-ms': { type: 'string' },
         'log-level': { type: 'string' },
@@ -348,6 +352,9 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
   if (idleTimeoutMs !== undefined) overrides.idleTimeoutMs = idleTimeoutMs;
   const prefetchBudgetBytes = intOption(values['prefetch-budget-bytes'], '--prefetch-budget-bytes', 0, 2 ** 40);
   if (prefetchBudgetBytes !== undefined) overrides.prefetchBudgetBytes = prefetchBudgetBytes;
+  // At least what one connection may hold before it is closed anyway (maxBufferedBytes).
+  const unsentBudgetBytes = intOption(values['unsent-budget-bytes'], '--unsent-budget-bytes', DEFAULTS.maxBufferedBytes, 2 ** 40);
+  if (unsentBudgetBytes !== undefined) overrides.unsentBudgetBytes = unsentBudgetBytes;
   if (values['plain-loopback'] === true) {
     if (!isLoopbackHost(host)) throw new UsageError('--plain-loopback needs a loopback --host (127.0.0.1, ::1 or localhost)');
     overrides.plainLoopback = true;

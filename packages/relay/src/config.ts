@@ -66,6 +66,11 @@ export type RelayConfig = Readonly<{
   /** Unsent bytes a connection may have queued before it is closed as too slow. */
   maxBufferedBytes: number;
   /**
+   * Bytes waiting unsent on backed-up connections (clients that do not read), over all of them;
+   * past it the connection backed up longest is cut off (unsent-budget.ts).
+   */
+  unsentBudgetBytes: number;
+  /**
    * Bytes of messages the relay holds read ahead for its subscriptions, all together (each
    * holds at most PREFETCH_BYTES); past it subscriptions read one message at a time. 0: none.
    */
@@ -102,6 +107,8 @@ export const DEFAULTS = {
   idleTimeoutMs: 15 * 60_000,
   // 1 MiB: 64 framed blocks (64 × 16,380 bytes) may wait, a 65th is too many.
   maxBufferedBytes: 1_048_576,
+  // 256 MiB: about a thousand connections backed up at once (256 KiB and a few blocks each).
+  unsentBudgetBytes: 256 * 1024 * 1024,
   prefetchBudgetBytes: 64 * 1024 * 1024,
   statsIntervalMs: 5 * 60_000,
   plainLoopback: false,

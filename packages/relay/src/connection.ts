@@ -33,6 +33,7 @@ import { WebSocket } from 'ws';
 import type { RelayConfig } from './config.js';
 import type { RelayMetrics } from './metrics.js';
 import type { SourceSlot } from './sources.js';
+import type { UnsentBudget, UnsentHolder } from './unsent-budget.js';
 import { TokenBucket } from './token-bucket.js';
 import type { TurnTaker } from './turns.js';
 import type { QueueRecord } from './store/queue-store.js';
@@ -94,7 +95,7 @@ export const CloseCode = {
 } as const;
 
 /** A client connection after the WebSocket upgrade. */
-export class Connection implements TurnTaker {
+export class Connection implements TurnTaker, UnsentHolder {
   /** Chosen protocol version, once the client hello arrived. */
   version = 0;
   /** Queues created on this connection. */
@@ -160,6 +161,8 @@ export class Connection implements TurnTaker {
     private readonly handler: CommandHandler,
     /** The connection's place in its source, whose budget of refused authorisations it shares. */
     private readonly source: SourceSlot,
+    /** The relay-wide budget of what waits unsent on backed-up connections. */
+    private readonly unsent: UnsentBudget,
     private readonly onHello: () => void,
   ) {
     // Random per connection: in plain loopback mode it keeps the session id (and so every
@@ -278,6 +281,7 @@ export class Connection implements TurnTaker {
     if (this.backedUp) {
       this.backedUp = false;
       this.metrics.connectionsBackedUp--;
+      this.unsent.release(this);
     }
     this.maybeResume();
     this.pump();
@@ -527,6 +531,21 @@ export class Connection implements TurnTaker {
       this.ws.pause();
       this.awaitDrain();
     }
+    // Counted relay-wide while backed up: past the budget, the connection backed up longest goes.
+    if (this.backedUp && !this.closedFlag) this.unsent.hold(this, unsent);
+  }
+
+  /**
+   * Cut off by the relay-wide budget of unsent bytes (`UnsentBudget`): its client has read
+   * nothing of what waits for longer than any other's. Its buffers are freed at once (no close
+   * frame: it would wait behind them); what it had not acknowledged stays in the store.
+   */
+  evictUnsent(): void {
+    if (this.closedFlag) return;
+    this.metrics.connectionsEvictedUnsent++;
+    this.closedFlag = true;
+    this.ws.terminate();
+    this.onClose();
   }
 
   /**
@@ -570,6 +589,7 @@ export class Connection implements TurnTaker {
       this.backedUp = false;
       this.metrics.connectionsBackedUp--;
     }
+    this.unsent.release(this);
     this.dropWaiters();
     this.source.turns.drop(this);
     this.handler.closed(this);

@@ -31,6 +31,9 @@ export class RelayMetrics {
   prefetchBytes = 0;
   /** Connections with more than OUTPUT_HIGH_BYTES waiting unsent: not read, and pushed nothing, until it has gone out. */
   connectionsBackedUp = 0;
+  /** Bytes waiting unsent on backed-up connections, over all of them. */
+  unsentBytes = 0;
+  connectionsEvictedUnsent = 0;
   /** Subscriptions with a message to push, waiting for room on their connection. */
   pushesWaiting = 0;
   storeCommits = 0;
@@ -84,6 +87,8 @@ export class RelayMetrics {
     metric('murmure_commands_in_flight', 'gauge', 'Commands being handled, over every connection.', this.commandsInFlight);
     metric('murmure_commands_waiting', 'gauge', "Commands received and waiting for their source's next turn.", this.commandsWaiting);
     metric('murmure_connections_backed_up', 'gauge', 'Connections whose unsent blocks passed 256 KiB: not read, and pushed no message, until those have gone out.', this.connectionsBackedUp);
+    metric('murmure_unsent_bytes', 'gauge', 'Bytes waiting unsent on backed-up connections, over all of them (at most unsentBudgetBytes).', this.unsentBytes);
+    metric('murmure_connections_evicted_unsent_total', 'counter', 'Backed-up connections cut off because the unsent bytes of all of them passed unsentBudgetBytes (the one backed up longest first).', this.connectionsEvictedUnsent);
     metric('murmure_pushes_waiting', 'gauge', 'Subscriptions with a message to push, waiting until their connection has sent what it holds (a slow link).', this.pushesWaiting);
     metric('murmure_prefetch_bytes', 'gauge', 'Bytes of messages read ahead for subscriptions, and held for reads under way.', this.prefetchBytes);
     metric('murmure_store_commits_total', 'counter', 'Group commits of the store.', this.storeCommits);

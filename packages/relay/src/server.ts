@@ -23,6 +23,7 @@ import { silentLogger, type Logger } from './log.js';
 import { RelayMetrics } from './metrics.js';
 import { SessionKeys } from './session-keys.js';
 import { SOURCE_SWEEP_MS, SourceBlockError, SourceLimiter, sourceBlocks, type SourceSlot } from './sources.js';
+import { UnsentBudget } from './unsent-budget.js';
 import type { QueueStore } from './store/queue-store.js';
 import { SqliteQueueStore, type StoreEvent } from './store/sqlite/sqlite-queue-store.js';
 
@@ -106,6 +107,8 @@ export class RelayServer {
   private lock: DataLock | null = null;
   /** The expiry run going on, if any: a long one is not overlapped by the next. */
   private expiring: Promise<void> | null = null;
+  /** Bytes waiting unsent on backed-up connections, over all of them (`unsentBudgetBytes`). */
+  private readonly unsent: UnsentBudget;
 
   private constructor(
     readonly config: RelayConfig,
@@ -118,7 +121,11 @@ export class RelayServer {
     private readonly logger: Logger,
     private readonly now: () => number,
     private readonly sources: SourceLimiter,
-  ) {}
+  ) {
+    this.unsent = new UnsentBudget(config.unsentBudgetBytes, (bytes) => {
+      metrics.unsentBytes = bytes;
+    });
+  }
 
   /** The port the relay listens on. */
   get port(): number {
@@ -309,7 +316,7 @@ export class RelayServer {
       wss.handleUpgrade(req, socket, head, (ws) => {
         metrics.connectionsTotal++;
         metrics.connectionsOpen++;
-        const conn = new Connection(ws, socket, sessionId, this.sessionKeys.current(), config, metrics, this.handlers, slot, () => {
+        const conn = new Connection(ws, socket, sessionId, this.sessionKeys.current(), config, metrics, this.handlers, slot, this.unsent, () => {
           clearTimeout(this.handshakeTimers.get(socket));
           if (key !== null) this.pending.delete(key);
         });

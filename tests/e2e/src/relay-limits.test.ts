@@ -385,6 +385,58 @@ test('subscriptions taken over from a client whose link stalls leave none of the
   });
 });
 
+test('clients that do not read hold at most --unsent-budget-bytes of the relay all together: past it the connection backed up longest is cut off; the others, and clients that read, are served', { timeout: 120_000 }, async () => {
+  const BUDGET = 1_048_576;
+  await withRelay(['--metrics-port', '0', '--unsent-budget-bytes', String(BUDGET)], async (relay) => {
+    const [q] = await fullQueues(relay, 1);
+    const link = await stallingLink(relay.port);
+    const viaLink = relay.address.replace(/:\d+$/, `:${link.port}`);
+    const m = (name: string): Promise<number> => metric(relay.metricsPort!, name);
+    const clients: RelayClient[] = [];
+    try {
+      for (let i = 0; i < 5; i++) clients.push(await RelayClient.connect(viaLink, { timeoutMs: 60_000, commandTimeoutMs: 120_000 }));
+      link.hold();
+      // One by one, each client asks for the full message again and again and reads nothing:
+      // each answer is a block, which waits in the relay once the kernel's buffers are full.
+      // Ten at a time, so that the answers to what it sent before the connection backed up never
+      // take it to maxBufferedBytes (which would close it for that).
+      for (let i = 0; i < clients.length; i++) {
+        await until(
+          async () => {
+            if ((await m('murmure_connections_backed_up')) + (await m('murmure_connections_evicted_unsent_total')) === i + 1) return true;
+            for (let k = 0; k < 10; k++) clients[i]!.get(q!).catch(() => undefined);
+            return false;
+          },
+          30_000,
+          `client ${i} backed up`,
+        );
+        assert.ok((await m('murmure_unsent_bytes')) <= BUDGET, 'what waits unsent stays within the budget');
+      }
+      const evicted = await m('murmure_connections_evicted_unsent_total');
+      const backedUp = await m('murmure_connections_backed_up');
+      process.stderr.write(`# ${evicted} cut off, ${backedUp} backed up, ${await m('murmure_unsent_bytes')} bytes unsent\n`);
+      assert.ok(evicted >= 1 && backedUp >= 1, `some cut off (${evicted}), some kept (${backedUp})`);
+      assert.equal(evicted + backedUp, clients.length);
+      // A client that reads is served meanwhile.
+      const reader = await RelayClient.connect(relay.address);
+      assert.notEqual(await reader.get(q!), null);
+      reader.close();
+      // Those cut off were the oldest: their clients see it once the link moves; the newest is
+      // sent what it asked for.
+      link.release();
+      await until(() => clients.slice(0, evicted).every((c) => c.isClosed), 20_000, 'the clients cut off to see their connection closed');
+      const newest = clients[clients.length - 1]!;
+      assert.equal(newest.isClosed, false);
+      assert.notEqual(await newest.get(q!), null, 'the newest is served once its link moves');
+      await until(async () => (await m('murmure_unsent_bytes')) === 0, 20_000, 'nothing left unsent');
+    } finally {
+      link.release();
+      for (const c of clients) c.close();
+      link.close();
+    }
+  });
+});
+
 test('max connections: extra connections are refused before TLS while existing ones keep working', async () => {
   await withRelay(['--max-connections', '3', '--metrics-port', '0'], async (relay) => {
     const held = [await RelayClient.connect(relay.address), await RelayClient.connect(relay.address), await RelayClient.connect(relay.address)];
