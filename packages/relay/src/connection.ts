@@ -535,10 +535,16 @@ export class Connection implements TurnTaker, UnsentHolder {
     if (this.backedUp && !this.closedFlag) this.unsent.hold(this, unsent);
   }
 
+  /** What waits unsent on the connection (for the relay-wide budget, `UnsentBudget`). */
+  get unsentNow(): number {
+    return this.ws.bufferedAmount;
+  }
+
   /**
-   * Cut off by the relay-wide budget of unsent bytes (`UnsentBudget`): its client has read
-   * nothing of what waits for longer than any other's. Its buffers are freed at once (no close
-   * frame: it would wait behind them); what it had not acknowledged stays in the store.
+   * Cut off by the relay-wide budget of unsent bytes (`UnsentBudget`): it has been backed up
+   * longer than any other connection, its client not taking what waits. Its buffers are freed at
+   * once (no close frame: it would wait behind them); what it had not acknowledged stays in the
+   * store.
    */
   evictUnsent(): void {
     if (this.closedFlag) return;

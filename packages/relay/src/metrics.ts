@@ -87,7 +87,7 @@ export class RelayMetrics {
     metric('murmure_commands_in_flight', 'gauge', 'Commands being handled, over every connection.', this.commandsInFlight);
     metric('murmure_commands_waiting', 'gauge', "Commands received and waiting for their source's next turn.", this.commandsWaiting);
     metric('murmure_connections_backed_up', 'gauge', 'Connections whose unsent blocks passed 256 KiB: not read, and pushed no message, until those have gone out.', this.connectionsBackedUp);
-    metric('murmure_unsent_bytes', 'gauge', 'Bytes waiting unsent on backed-up connections, over all of them (at most unsentBudgetBytes).', this.unsentBytes);
+    metric('murmure_unsent_bytes', 'gauge', 'Bytes waiting unsent on backed-up connections, over all of them, as counted at their last write (at most unsentBudgetBytes).', this.unsentBytes);
     metric('murmure_connections_evicted_unsent_total', 'counter', 'Backed-up connections cut off because the unsent bytes of all of them passed unsentBudgetBytes (the one backed up longest first).', this.connectionsEvictedUnsent);
     metric('murmure_pushes_waiting', 'gauge', 'Subscriptions with a message to push, waiting until their connection has sent what it holds (a slow link).', this.pushesWaiting);
     metric('murmure_prefetch_bytes', 'gauge', 'Bytes of messages read ahead for subscriptions, and held for reads under way.', this.prefetchBytes);

@@ -15,15 +15,18 @@
 
 /** A connection the budget can cut off. */
 export interface UnsentHolder {
+  /** What waits unsent on it now. */
+  readonly unsentNow: number;
   /** Cut off to free what waits unsent: the budget has already forgotten it. */
   evictUnsent(): void;
 }
 
 /** Bytes waiting unsent on backed-up connections, over the whole relay. */
 export class UnsentBudget {
-  /** By connection, in the order they backed up (longest first). */
+  /** By connection, in the order they backed up (longest first), as counted at their last write. */
   private readonly held = new Map<UnsentHolder, number>();
   private total = 0;
+  private passScheduled = false;
 
   constructor(
     private readonly budgetBytes: number,
@@ -43,19 +46,19 @@ export class UnsentBudget {
 
   /**
    * A backed-up connection has `bytes` waiting unsent (when it backs up, and after each write
-   * while it is). Over the budget, the connections backed up longest are cut off until the total
-   * is within it again: this one too, if it alone is over it.
+   * while it is). Over the budget, a pass is scheduled: it cuts off the connections backed up
+   * longest, this one too if it alone is over. The pass runs once the current call has returned
+   * (a microtask), never in the middle of a write to another connection, or of a command.
    */
   hold(conn: UnsentHolder, bytes: number): void {
     // Setting a key already there keeps its place: a connection stays as old as its backing up.
     this.total += bytes - (this.held.get(conn) ?? 0);
     this.held.set(conn, bytes);
-    while (this.total > this.budgetBytes) {
-      const oldest = this.held.keys().next().value as UnsentHolder;
-      this.release(oldest);
-      oldest.evictUnsent();
-    }
     this.onChange(this.total);
+    if (this.total > this.budgetBytes && !this.passScheduled) {
+      this.passScheduled = true;
+      queueMicrotask(() => this.pass());
+    }
   }
 
   /** The connection is no longer backed up, or closed. A connection not held is ignored. */
@@ -64,6 +67,28 @@ export class UnsentBudget {
     if (bytes === undefined) return;
     this.held.delete(conn);
     this.total -= bytes;
+    this.onChange(this.total);
+  }
+
+  /**
+   * Counts what each connection holds now (a slow reader may have sent part of it since its last
+   * write), then cuts off the connections backed up longest while the total is over the budget.
+   */
+  private pass(): void {
+    this.passScheduled = false;
+    if (this.total <= this.budgetBytes) return;
+    let total = 0;
+    for (const conn of this.held.keys()) {
+      const now = conn.unsentNow;
+      this.held.set(conn, now);
+      total += now;
+    }
+    this.total = total;
+    while (this.total > this.budgetBytes) {
+      const oldest = this.held.keys().next().value as UnsentHolder;
+      this.release(oldest);
+      oldest.evictUnsent();
+    }
     this.onChange(this.total);
   }
 }
