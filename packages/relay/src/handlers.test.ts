@@ -139,7 +139,7 @@ test('with a store that must wait, the same checks run once its reads are answer
   }
 });
 
-test('a connection passes a check only when a key stored for a queue accepts its command: not by a NEW with its own key, nor by a PING with any authorisation', async () => {
+test('a connection passes a check only when a key stored for a queue accepts its command: not by a NEW with its own key, nor by a PING with any authorisation; a NEW with a bad signature fails one', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'murmure-handlers-'));
   const store = SqliteQueueStore.open({ path: join(dir, 'relay.db') });
   try {
@@ -167,6 +167,10 @@ test('a connection passes a check only when a key stored for a queue accepts its
     const pending = handlers.handle(conn, { auth: { kind: 'authenticator', bytes: mac }, corrId: subCorr, entityId: ids, command: sub });
     assert.deepEqual([uses.passed, uses.failed], [1, 0], 'the pass is told before handle() returns');
     assert.equal(await pending, false);
+    // A NEW whose signature fails its own key is a failed check, told before handle() returns.
+    const badNew = handlers.handle(conn, { auth: { kind: 'signature', bytes: randomId(SIGNATURE_LENGTH) }, corrId: randomId(CORR_ID_LENGTH), entityId: new Uint8Array(0), command: newCmd });
+    assert.deepEqual([uses.passed, uses.failed], [1, 1]);
+    assert.equal(await badNew, true, 'refused (ERR AUTH)');
   } finally {
     await store.close();
     rmSync(dir, { recursive: true, force: true });

@@ -254,7 +254,13 @@ export class RelayHandlers implements CommandHandler {
     if (conn.queuesCreated >= this.config.queuesPerConnection) throw new Refusal('LIMIT');
     // Before the signature: a client without the password costs no signature check.
     if (this.createPassword !== null && !passwordMatches(this.createPassword, cmd.password)) throw new Refusal('AUTH');
-    if (t.auth.kind !== 'signature' || !this.signatureValid(conn, t, cmd.rcvSigKey, t.auth.bytes)) throw new Refusal('AUTH');
+    if (t.auth.kind !== 'signature') throw new Refusal('AUTH');
+    // A signature that fails its own key is a failed check (it ends the connection's exception
+    // from its source's budget at once); one that holds is none passed: the client chose the key.
+    if (!this.signatureValid(conn, t, cmd.rcvSigKey, t.auth.bytes)) {
+      conn.keyChecked(false);
+      throw new Refusal('AUTH');
+    }
     const server = generateDhKeyPair();
     const secret = agree(server.privateKey, cmd.rcvDhKey);
     // A recipient key of low order would make every later SUB, GET and ACK fail with AUTH.
