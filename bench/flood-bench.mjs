@@ -85,8 +85,10 @@ async function flooder() {
     else if (m === 'count') process.send({ ...counts });
     else if (m === 'stop') {
       running = false;
+      // Those the relay closed, counted before this side closes the rest.
+      const closedByRelay = clients.filter((c) => c.isClosed).length;
       for (const c of clients) c.close();
-      process.send({ ...counts, closed: clients.filter((c) => c.isClosed).length }, () => process.exit(0));
+      process.send({ ...counts, closedByRelay }, () => process.exit(0));
     }
   });
   // The bench stopped without telling: nothing keeps flooding.
@@ -210,7 +212,7 @@ async function scenario(cfg, name, cpus) {
     const line = {
       scenario: name,
       honest: { before: base, during, after },
-      flood: { authPerS: perS('AUTH'), limitPerS: perS('LIMIT'), otherPerS: perS('other'), connectionsClosedByRelay: end.closed === undefined ? null : cfg.conns - end.closed },
+      flood: { authPerS: perS('AUTH'), limitPerS: perS('LIMIT'), otherPerS: perS('other'), connectionsClosedByRelay: end.closedByRelay ?? null },
       relay: { cores: round(cores, 2), rssKiB: { before: rss0, during: rss1 } },
     };
     console.log(`${name === 'one' ? 'one source (refusal budget shared)' : 'each connection its own source'}: ${cfg.conns} connections × ${cfg.depth} bad SUBs in flight`);
