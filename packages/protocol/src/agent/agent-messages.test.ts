@@ -171,6 +171,13 @@ describe('agent codecs round trip', () => {
     );
   });
 
+  test('a link whose relay address carries a password is refused: links are made without it', () => {
+    const text = formatInvitationLink({ kind: 'invitation', relay: { fingerprint: new Uint8Array(32), host: 'relay.example', port: 5224 }, linkId: new Uint8Array(ID_LENGTH), key: new Uint8Array(32) });
+    const withPassword = text.replace('@relay.example', ':secret@relay.example');
+    assert.throws(() => parseInvitationLink(withPassword), (e) => ProtocolError.is(e, 'BAD_ADDRESS') && e.message === 'an invitation link carries no relay password');
+    assert.doesNotThrow(() => parseInvitationLink(text));
+  });
+
   test('invitation data', () => {
     fc.assert(
       fc.property(invitationData, (d) => assert.deepEqual(decodeInvitationData(encodeInvitationData(d)), d)),

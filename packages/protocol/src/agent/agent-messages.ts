@@ -59,6 +59,9 @@ export function parseInvitationLink(text: string): InvitationLink {
   if (m === null) throw new ProtocolError('BAD_ADDRESS', 'this is not a Murmure invitation link');
   const [, relayText, kind, id, key] = m as unknown as [string, string, string, string, string];
   const relay = parseRelayAddress(relayText);
+  // Links are made without it (a contact only sends): one that carries it is not one of ours, and
+  // would not read back the same.
+  if (relay.password !== undefined) throw new ProtocolError('BAD_ADDRESS', 'an invitation link carries no relay password');
   let linkId: Uint8Array;
   let linkKey: Uint8Array;
   try {
