@@ -178,6 +178,16 @@ describe('agent codecs round trip', () => {
     assert.doesNotThrow(() => parseInvitationLink(text));
   });
 
+  test('a queue address that carries a relay password is refused: queues are written without it', () => {
+    const relay = { fingerprint: new Uint8Array(32), host: 'relay.example', port: 5224 };
+    const good = encodeInvitationData({ version: 1, kind: 'invitation', queue: { relay, sndId: new Uint8Array(ID_LENGTH), e2eKey: new Uint8Array(KEY_LENGTH) }, bundle: new Uint8Array(10) });
+    const len = (good[2]! << 8) | good[3]!;
+    const address = Buffer.from(good.subarray(4, 4 + len)).toString('ascii').replace('@relay.example', ':secret@relay.example');
+    const bad = Buffer.concat([good.subarray(0, 2), Buffer.from([address.length >> 8, address.length & 0xff]), Buffer.from(address, 'ascii'), good.subarray(4 + len)]);
+    assert.throws(() => decodeInvitationData(new Uint8Array(bad)), (e) => ProtocolError.is(e, 'BAD_ADDRESS') && e.message === 'a queue address carries no relay password');
+    assert.equal(decodeInvitationData(good).queue.relay.password, undefined);
+  });
+
   test('invitation data', () => {
     fc.assert(
       fc.property(invitationData, (d) => assert.deepEqual(decodeInvitationData(encodeInvitationData(d)), d)),

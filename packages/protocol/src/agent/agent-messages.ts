@@ -84,7 +84,11 @@ function writeQueue(w: Writer, q: QueueAddress): void {
 
 function readQueue(r: Reader): QueueAddress {
   const text = asciiString(r.longBytes(MAX_ADDRESS_LENGTH, 'relay address'));
-  return { relay: parseRelayAddress(text), sndId: r.bytesN(ID_LENGTH, 'sender id'), e2eKey: r.bytesN(KEY_LENGTH, 'queue key') };
+  const relay = parseRelayAddress(text);
+  // A contact's queue is written without the relay's password (writeQueue): one that carries it
+  // did not come from an encoder of ours, and the password is no business of the receiver's.
+  if (relay.password !== undefined) throw new ProtocolError('BAD_ADDRESS', 'a queue address carries no relay password');
+  return { relay, sndId: r.bytesN(ID_LENGTH, 'sender id'), e2eKey: r.bytesN(KEY_LENGTH, 'queue key') };
 }
 
 /** What a link's data holds once decrypted. */
