@@ -5,7 +5,8 @@
  * and on a relay where queues mostly hold nothing or one message, those two reads were a fifth
  * of its CPU per message: each is a read transaction of its own, with its WAL locks. The store
  * learns a queue's whole content from a read that found fewer messages than it asked for, then
- * keeps it in step with its own commits, so later reads of that queue need no query.
+ * keeps it in step with its own commits, so later reads of that queue need no query. A queue
+ * holding as many as a read asked for is read whole once if its count is small enough to keep.
  *
  * Only the store's own commits change what it holds: every write that adds or deletes messages
  * updates the entry of its queue, or forgets it, after its transaction; a batch whose
@@ -20,8 +21,12 @@ import type { StoredMessage } from '../queue-store.js';
 
 /** Most queues whose content the store keeps in memory. */
 export const KNOWN_QUEUES = 65_536;
-/** A queue holding more messages than this is not kept (it is read from the store). */
-export const KNOWN_MESSAGES_PER_QUEUE = 8;
+/**
+ * A queue holding more messages than this is not kept (it is read from the store). Above what a
+ * subscription reads ahead (PREFETCH_MESSAGES, 8): a queue that never empties while its recipient
+ * reads (a busy conversation) is kept too.
+ */
+export const KNOWN_MESSAGES_PER_QUEUE = 32;
 /** A queue holding more bytes of sealed messages than this is not kept. */
 export const KNOWN_BYTES_PER_QUEUE = 32_768;
 /**

@@ -198,6 +198,36 @@ test('a queue read whole is answered from memory; one holding more than KNOWN_ME
   });
 });
 
+test('a queue holding more than a read asks for, but few enough to keep, is read whole once and then answered from memory', async () => {
+  await withStore(async (store, path) => {
+    const now = Date.now();
+    const queue = async (n: number) => {
+      const rcvId = id();
+      await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, now);
+      for (let i = 0; i < n; i++) await store.addMessage(rcvId, { msgId: id(), receivedAt: now, sealed: id() }, 1000, now);
+      return rcvId;
+    };
+    const busy = await queue(10);
+    const deep = await queue(KNOWN_MESSAGES_PER_QUEUE + 1);
+    // Filled without a read, so the store does not know them yet: the reads of 8 below decide.
+    const file = new Database(path);
+    const rows = (q: Uint8Array): number => Number(file.prepare('SELECT count(*) FROM messages WHERE rcv_id = ?', { pluck: true }).get([q] as never));
+    try {
+      const first = await store.oldestMessages(busy, 8);
+      assert.equal(first.length, 8);
+      assert.equal((await store.oldestMessages(deep, 8)).length, 8);
+      file.prepare('DELETE FROM messages WHERE rcv_id IN (?, ?)').run([busy, deep] as never);
+      assert.deepEqual([rows(busy), rows(deep)], [0, 0]);
+    } finally {
+      file.close();
+    }
+    const again = await store.oldestMessages(busy, 8);
+    assert.equal(again.length, 8, 'the queue of 10, from memory');
+    assert.equal((await store.oldestMessages(busy, 100)).length, 10, 'whole');
+    assert.equal((await store.oldestMessages(deep, 8)).length, 0, `one of ${KNOWN_MESSAGES_PER_QUEUE + 1}, from the file`);
+  });
+});
+
 test('a deletion is answered once committed, and a second deletion of the same message finds nothing', async () => {
   await withQueue(async (store, rcvId) => {
     const now = Date.now();

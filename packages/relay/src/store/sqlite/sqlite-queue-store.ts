@@ -36,7 +36,7 @@ import Database from '@signalapp/sqlcipher';
 import { idKey, sameBytes } from '../../bytes.js';
 import { StoreError, dayOf, type ExpiryResult, type QueueRecord, type QueueStore, type StoredMessage } from '../queue-store.js';
 import { CHECKPOINT_PAGES, Checkpointer, type CheckpointEvent } from './checkpointer.js';
-import { KnownQueues, keepable } from './known-queues.js';
+import { KNOWN_MESSAGES_PER_QUEUE, KnownQueues, keepable } from './known-queues.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
 import { sqliteCode } from './sqlite-code.js';
 
@@ -652,8 +652,15 @@ export class SqliteQueueStore implements QueueStore {
       const skip = deleting === undefined ? undefined : (msgId: Uint8Array): boolean => deleting.has(idKey(msgId));
       const known = this.known.messages(key);
       if (known !== undefined) return taken(known, limit, aheadBytes, skip);
-      const want = limit + (deleting?.size ?? 0);
-      const heads = this.st.heads.all([rcvId, want] as never).map((r) => ({ seq: Number(r['seq']), msgId: bytes(r['msg_id']), size: Number(r['size']) }));
+      const pending = deleting?.size ?? 0;
+      let want = limit + pending;
+      let heads = this.headsOf(rcvId, want);
+      // As many as asked for, from a queue few enough to keep (one that never empties while its
+      // recipient reads a few at a time): read whole once, and kept from then on.
+      if (heads.length === want && want <= KNOWN_MESSAGES_PER_QUEUE + pending && this.fewEnoughToKeep(rcvId)) {
+        want = KNOWN_MESSAGES_PER_QUEUE + 1 + pending;
+        heads = this.headsOf(rcvId, want);
+      }
       // Fewer than asked for: these are all the queue holds, which the store keeps if it may.
       if (heads.length < want && keepable(heads.length, heads.reduce((n, h) => n + h.size, 0))) {
         const all = heads.length === 0 ? [] : this.bodiesFrom(rcvId, heads[0]!.seq, heads.length);
@@ -668,6 +675,17 @@ export class SqliteQueueStore implements QueueStore {
       const last = picked[picked.length - 1]!;
       return taken(this.bodiesFrom(rcvId, first.seq, heads.indexOf(last) - heads.indexOf(first) + 1), limit, aheadBytes, skip);
     });
+  }
+
+  /** The sequence number, id and size of the queue's oldest `count` messages. */
+  private headsOf(rcvId: Uint8Array, count: number): { seq: number; msgId: Uint8Array; size: number }[] {
+    return this.st.heads.all([rcvId, count] as never).map((r) => ({ seq: Number(r['seq']), msgId: bytes(r['msg_id']), size: Number(r['size']) }));
+  }
+
+  /** Whether the queue holds few enough messages to be kept (its count, without reading them). */
+  private fewEnoughToKeep(rcvId: Uint8Array): boolean {
+    const r = this.st.countState.get([rcvId] as never);
+    return r !== undefined && Number(r['msg_count']) <= KNOWN_MESSAGES_PER_QUEUE;
   }
 
   /** `count` messages of the queue from sequence number `seq` on, with their bodies. */
