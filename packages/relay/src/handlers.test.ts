@@ -99,10 +99,20 @@ async function checkedInTheTurn(store: QueueStore, n: number): Promise<Map<strin
   return out;
 }
 
-test('with a store that answers at once, every key check of a command that reads its queue runs before handle() returns: inside the turn that started it', async () => {
+/** Runs `f` on a SQLite store in a fresh folder; closes and deletes it after. */
+async function withSqliteStore(f: (store: SqliteQueueStore) => Promise<void>): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'murmure-handlers-'));
   const store = SqliteQueueStore.open({ path: join(dir, 'relay.db') });
   try {
+    await f(store);
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('with a store that answers at once, every key check of a command that reads its queue runs before handle() returns: inside the turn that started it', () =>
+  withSqliteStore(async (store) => {
     for (const [name, r] of await checkedInTheTurn(store, 20)) {
       assert.equal(r.refused, 20, `${name}: every one refused (ERR AUTH)`);
       if (r.kind === 'authenticator') assert.equal(r.agreements, 20, `${name}: every key agreement made in the turn`);
@@ -111,38 +121,26 @@ test('with a store that answers at once, every key check of a command that reads
       // budget of refusals ends before the next command starts.
       assert.deepEqual([r.failed, r.passed], [20, 0], `${name}: every failed check told to the connection in the turn`);
     }
-  } finally {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test('with a store that must wait, the same checks run once its reads are answered, and refuse the same', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'murmure-handlers-'));
-  const inner = SqliteQueueStore.open({ path: join(dir, 'relay.db') });
-  // Only the asynchronous reads: as a database server's store would offer.
-  const waiting = new Proxy(inner, {
-    get: (target, prop) => {
-      if (prop === 'queueByRecipientNow' || prop === 'queueBySenderNow') return undefined;
-      const v = Reflect.get(target, prop) as unknown;
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
-  try {
+test('with a store that must wait, the same checks run once its reads are answered, and refuse the same', () =>
+  withSqliteStore(async (inner) => {
+    // Only the asynchronous reads: as a database server's store would offer.
+    const waiting = new Proxy(inner, {
+      get: (target, prop) => {
+        if (prop === 'queueByRecipientNow' || prop === 'queueBySenderNow') return undefined;
+        const v = Reflect.get(target, prop) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
     for (const [name, r] of await checkedInTheTurn(waiting, 20)) {
       assert.equal(r.refused, 20, `${name}: every one refused (ERR AUTH)`);
       assert.deepEqual([r.agreements, r.boundChecks, r.failed], [0, 0, 0], `${name}: no check before the read is answered`);
     }
-  } finally {
-    await inner.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test('a connection passes a check only when a key stored for a queue accepts its command: not by a NEW with its own key, nor by a PING with any authorisation; a NEW with a bad signature fails one', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'murmure-handlers-'));
-  const store = SqliteQueueStore.open({ path: join(dir, 'relay.db') });
-  try {
+test('a connection passes a check only when a key stored for a queue accepts its command: not by a NEW with its own key, nor by a PING with any authorisation; a NEW with a bad signature fails one', () =>
+  withSqliteStore(async (store) => {
     const handlers = new RelayHandlers(store, relayConfig('/nonexistent'), new RelayMetrics(), silentLogger);
     const { conn, uses, sessionPublicKey } = countingConnection();
     let ids: Uint8Array | undefined;
@@ -171,8 +169,4 @@ test('a connection passes a check only when a key stored for a queue accepts its
     const badNew = handlers.handle(conn, { auth: { kind: 'signature', bytes: randomId(SIGNATURE_LENGTH) }, corrId: randomId(CORR_ID_LENGTH), entityId: new Uint8Array(0), command: newCmd });
     assert.deepEqual([uses.passed, uses.failed], [1, 1]);
     assert.equal(await badNew, true, 'refused (ERR AUTH)');
-  } finally {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));

@@ -172,15 +172,18 @@ test('what the store keeps in memory of its queues agrees with the file and a li
   );
 });
 
+/** A new queue of the store holding `n` small messages, made without reading it. */
+async function queueOf(store: SqliteQueueStore, n: number, now: number): Promise<Uint8Array> {
+  const rcvId = id();
+  await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, now);
+  for (let i = 0; i < n; i++) await store.addMessage(rcvId, { msgId: id(), receivedAt: now, sealed: id() }, 1000, now);
+  return rcvId;
+}
+
 test('a queue read whole is answered from memory; one holding more than KNOWN_MESSAGES_PER_QUEUE messages is read from the file each time', async () => {
   await withStore(async (store, path) => {
     const now = Date.now();
-    const queue = async (n: number) => {
-      const rcvId = id();
-      await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, now);
-      for (let i = 0; i < n; i++) await store.addMessage(rcvId, { msgId: id(), receivedAt: now, sealed: id() }, 1000, now);
-      return rcvId;
-    };
+    const queue = (n: number) => queueOf(store, n, now);
     const small = await queue(1);
     const large = await queue(KNOWN_MESSAGES_PER_QUEUE + 1);
     assert.equal((await store.oldestMessages(small, 10)).length, 1);
@@ -201,12 +204,7 @@ test('a queue read whole is answered from memory; one holding more than KNOWN_ME
 test('a queue holding more than a read asks for, but few enough to keep, is read whole once and then answered from memory', async () => {
   await withStore(async (store, path) => {
     const now = Date.now();
-    const queue = async (n: number) => {
-      const rcvId = id();
-      await store.createQueue({ rcvId, sndId: id(), rcvSigKey: id(), rcvAuthKey: id(), boxKey: id() }, now);
-      for (let i = 0; i < n; i++) await store.addMessage(rcvId, { msgId: id(), receivedAt: now, sealed: id() }, 1000, now);
-      return rcvId;
-    };
+    const queue = (n: number) => queueOf(store, n, now);
     const busy = await queue(10);
     const deep = await queue(KNOWN_MESSAGES_PER_QUEUE + 1);
     // Filled without a read, so the store does not know them yet: the reads of 8 below decide.
