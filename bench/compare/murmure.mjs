@@ -13,6 +13,7 @@ import { RelayClient, openDelivered } from '@murmure/agent';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
 import { sleep } from '../lib.mjs';
+import { openRawSession } from './murmure-session.mjs';
 import { LISTEN_BACKLOG, cmdOutput, spawnServer, stopChild } from './proc.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -89,20 +90,11 @@ function client() {
       };
     },
 
-    /** An idle session: one connection with one queue it created and subscribed. */
-    async openSession(endpoint) {
-      let c = await RelayClient.connect(endpoint.address, connectOpts(endpoint, { timeoutMs: 120_000 }));
-      const q = await c.createQueue();
-      await c.subscribe(q);
-      return {
-        close: () => c.close(),
-        terminate: () => c.terminate(),
-        async reconnect() {
-          c = await RelayClient.connect(endpoint.address, connectOpts(endpoint, { timeoutMs: 120_000 }));
-          await c.subscribe(q);
-        },
-      };
-    },
+    /**
+     * An idle session: one connection with one queue it created and subscribed, held by a lean
+     * client of the relay protocol (murmure-session.mjs), as the XMPP sessions are raw c2s.
+     */
+    openSession: (endpoint) => openRawSession(endpoint, 120_000),
 
     /** Store-and-forward: a queue whose recipient created and secured it, then went offline. */
     async offlineSetup(endpoint) {
