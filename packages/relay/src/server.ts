@@ -374,6 +374,9 @@ export class RelayServer {
       connectionsRejectedPerSource: m.connectionsRejectedPerSource,
       handshakesEvicted: m.handshakesEvicted,
       handshakeFailures: m.handshakeFailures,
+      connectionsBackedUp: m.connectionsBackedUp,
+      connectionsEvictedUnsent: m.connectionsEvictedUnsent,
+      refusedLimit: m.errors.get('LIMIT') ?? 0,
     });
   }
 
@@ -450,6 +453,9 @@ export class RelayServer {
     await this.store.close();
     this.lock?.release();
     this.lock = null;
+    // The counts of the whole run, as the periodic line gives them: a run shorter than the
+    // interval has no other.
+    this.logStats();
     this.logger.log('info', 'relay stopped');
   }
 }

@@ -387,7 +387,10 @@ test('subscriptions taken over from a client whose link stalls leave none of the
 
 test('clients that do not read hold at most --unsent-budget-bytes of the relay all together: past it the connection backed up longest is cut off; the others, and clients that read, are served', { timeout: 120_000 }, async () => {
   const BUDGET = 1_048_576;
+  let log: string[] = [];
+  let evictedSeen = 0;
   await withRelay(['--metrics-port', '0', '--unsent-budget-bytes', String(BUDGET)], async (relay) => {
+    log = relay.log;
     const [q] = await fullQueues(relay, 1);
     const link = await stallingLink(relay.port);
     const viaLink = relay.address.replace(/:\d+$/, `:${link.port}`);
@@ -413,6 +416,7 @@ test('clients that do not read hold at most --unsent-budget-bytes of the relay a
         assert.ok((await m('murmure_unsent_bytes')) <= BUDGET, 'what waits unsent stays within the budget');
       }
       const evicted = await m('murmure_connections_evicted_unsent_total');
+      evictedSeen = evicted;
       const backedUp = await m('murmure_connections_backed_up');
       process.stderr.write(`# ${evicted} cut off, ${backedUp} backed up, ${await m('murmure_unsent_bytes')} bytes unsent\n`);
       assert.ok(evicted >= 1 && backedUp >= 1, `some cut off (${evicted}), some kept (${backedUp})`);
@@ -435,6 +439,14 @@ test('clients that do not read hold at most --unsent-budget-bytes of the relay a
       link.close();
     }
   });
+  // The operator reads the cut-offs in the log too: the stats line written as the relay stops.
+  const stats = log
+    .join('')
+    .split('\n')
+    .filter((l) => l.includes('"event":"stats"'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.ok(stats.length > 0, 'a stats line as the relay stops');
+  assert.equal(stats[stats.length - 1]!['connectionsEvictedUnsent'], evictedSeen);
 });
 
 test('max connections: extra connections are refused before TLS while existing ones keep working', async () => {
