@@ -3,7 +3,7 @@
 // by the agent's real RelayClient (valid authorisation, padded blocks, opaque payloads), over
 // plain WebSocket on loopback (`--plain-loopback`) or over TLS 1.3.
 
-import { mkdtempSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -164,8 +164,23 @@ export async function launchRelay(name, dataDir, plain, cpu, flags = NO_LIMITS) 
   delete env.NODE_OPTIONS;
   const { child, exited, stderr } = spawnServer(process.execPath, args, { cpu, env, cwd: ROOT, stdout: 'pipe' });
   const lines = createInterface({ input: child.stdout });
+  // The address is the first JSON line; anything else the relay prints on stdout (e.g. with
+  // BENCH_RELAY_NODE_ARGS=--trace-gc) goes to the file BENCH_RELAY_STDOUT if set, as in
+  // bench:relay, and is dropped otherwise. Reading on also keeps the relay from blocking on a
+  // full pipe.
+  const keep = process.env.BENCH_RELAY_STDOUT ?? '';
+  let addressSeen = false;
   const first = await Promise.race([
-    new Promise((r) => lines.once('line', r)),
+    new Promise((r) =>
+      lines.on('line', (line) => {
+        if (!addressSeen && line.startsWith('{')) {
+          addressSeen = true;
+          r(line);
+        } else if (keep !== '') {
+          appendFileSync(keep, `${line}\n`);
+        }
+      }),
+    ),
     exited.then(({ code, signal }) => {
       throw new Error(`${name} relay exited before it started (code ${code}, signal ${signal}): ${stderr()}`);
     }),
@@ -177,8 +192,6 @@ export async function launchRelay(name, dataDir, plain, cpu, flags = NO_LIMITS) 
     await exited;
     throw e;
   });
-  // Keep reading stdout so that the relay never blocks on a full pipe.
-  lines.on('line', () => undefined);
   const parsed = JSON.parse(first);
   if (typeof parsed.address !== 'string') throw new Error(`${name} relay failed to start: ${first}`);
   if (plain && parsed.plain !== true) throw new Error(`${name}: the relay did not confirm plain WebSocket mode`);
