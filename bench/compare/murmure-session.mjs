@@ -18,6 +18,8 @@ import {
   RELAY_VERSIONS,
   SESSION_EXPORTER_LABEL,
   SESSION_ID_LENGTH,
+  V_CREATE_PASSWORD,
+  asciiBytes,
   authorizedBytes,
   blockFrame,
   decodeBlock,
@@ -40,6 +42,7 @@ const MAX_UPGRADE_ANSWER = 4096;
 /** A relay block frame: FIN + binary opcode, 126, then the 16-bit length of a block. */
 const RELAY_FRAME_HEADER = Buffer.from([0x82, 126, BLOCK_SIZE >>> 8, BLOCK_SIZE & 0xff]);
 const RELAY_FRAME = RELAY_FRAME_HEADER.length + BLOCK_SIZE;
+const NO_BYTES = Buffer.alloc(0);
 
 class SessionError extends Error {
   constructor(code, message) {
@@ -52,8 +55,7 @@ class SessionError extends Error {
  * One connection: upgrade, hello, then one command at a time. `onBlock` gets each block after
  * the hello; the socket is all it keeps besides the bytes of a frame not yet whole.
  */
-function openConnection(endpoint, timeoutMs) {
-  const addr = parseRelayAddress(endpoint.address);
+function openConnection(endpoint, addr, timeoutMs) {
   return new Promise((resolve, reject) => {
     const socket = endpoint.plain
       ? tcpConnect({ host: addr.host, port: addr.port })
@@ -63,7 +65,7 @@ function openConnection(endpoint, timeoutMs) {
     const accept = createHash('sha1').update(wsKey + WS_GUID).digest('base64');
     let sessionId = null;
     let head = null; // the upgrade answer until it is complete, then null
-    let pending = Buffer.alloc(0);
+    let pending = NO_BYTES;
     let conn = null;
     const timer = setTimeout(() => fail(new SessionError('TIMEOUT', 'the relay did not answer in time')), timeoutMs);
     const fail = (e) => {
@@ -95,7 +97,8 @@ function openConnection(endpoint, timeoutMs) {
       const hello = decodeServerHello(block, isPadFillNative);
       if (endpoint.plain) sessionId = plainSessionId(hello.sessionKey, hello.sessionNonce);
       clearTimeout(timer);
-      conn = new Connection(socket, sessionId, hello.sessionKey, negotiateVersion(RELAY_VERSIONS, hello.versions), timeoutMs);
+      // A copy: the hello is a view into a read chunk.
+      conn = new Connection(socket, sessionId, new Uint8Array(hello.sessionKey), negotiateVersion(RELAY_VERSIONS, hello.versions), timeoutMs);
       resolve(conn);
     };
     socket.on('data', (chunk) => {
@@ -124,6 +127,8 @@ function openConnection(endpoint, timeoutMs) {
           pending = pending.subarray(RELAY_FRAME);
           onBlock(block);
         }
+        // Nothing of a read chunk is kept once its frames are taken.
+        if (pending.length === 0) pending = NO_BYTES;
       } catch (e) {
         fail(e instanceof SessionError ? e : new SessionError('HANDSHAKE', String(e?.message ?? e)));
       }
@@ -143,16 +148,21 @@ class Connection {
     this.version = version;
     this.waiting = null;
     this.helloSent = false;
+    this.closed = false;
   }
 
   /** Sends `cmd` for `entityId` (after the client hello if not yet sent) and resolves with its response. */
   command(entityId, cmd, auth) {
+    if (this.closed) return Promise.reject(new SessionError('CLOSED', 'the connection is closed'));
     const corrId = randomId(CORR_ID_LENGTH);
     const command = encodeCommand(cmd, this.version);
     const authorization = auth(authorizedBytes(this.sessionId, corrId, entityId, command));
     const block = encodeBlock([encodeClientTransmission({ auth: authorization, corrId, entityId, command })]);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this.fail(new SessionError('TIMEOUT', `${cmd.type} got no answer in time`)), this.timeoutMs);
+      const timer = setTimeout(() => {
+        this.fail(new SessionError('TIMEOUT', `${cmd.type} got no answer in time`));
+        this.socket.destroy();
+      }, this.timeoutMs);
       this.waiting = { corrId: Buffer.from(corrId), resolve, reject, timer };
       // The client hello and the first command leave in one write (one segment pair on loopback).
       this.socket.cork();
@@ -180,6 +190,7 @@ class Connection {
   }
 
   fail(e) {
+    this.closed = true;
     const w = this.waiting;
     this.waiting = null;
     if (w === null) return;
@@ -201,16 +212,32 @@ class Connection {
  * authenticated), as the agent does; `reconnect` opens a new connection and subscribes again.
  */
 export async function openRawSession(endpoint, timeoutMs) {
+  const addr = parseRelayAddress(endpoint.address);
   const sigKey = generateSigningKeyPair();
   const authKey = generateDhKeyPair();
   const dhKey = generateDhKeyPair();
-  let c = await openConnection(endpoint, timeoutMs);
-  const ids = await c.command(new Uint8Array(0), { type: 'NEW', rcvSigKey: sigKey.publicKey, rcvAuthKey: authKey.publicKey, rcvDhKey: dhKey.publicKey }, (data) => ({
-    kind: 'signature',
-    bytes: signBytes(sigKey.privateKey, data),
-  }));
-  if (ids.type !== 'IDS') throw new SessionError('BAD_RESPONSE', `NEW was answered with ${ids.type}`);
-  const rcvId = ids.rcvId;
+  let c = await openConnection(endpoint, addr, timeoutMs);
+  /** Runs `step` on `conn`; a connection whose command failed is closed, not left open (and subscribed). */
+  const closing = async (conn, step) => {
+    try {
+      return await step();
+    } catch (e) {
+      conn.terminate();
+      throw e;
+    }
+  };
+  const keys = { rcvSigKey: sigKey.publicKey, rcvAuthKey: authKey.publicKey, rcvDhKey: dhKey.publicKey };
+  // The relay's queue-creation password, if its address has one, as the agent sends it.
+  const password = addr.password !== undefined && addr.password !== null && c.version >= V_CREATE_PASSWORD ? { password: asciiBytes(addr.password) } : {};
+  const ids = await closing(c, () =>
+    c.command(new Uint8Array(0), { type: 'NEW', ...keys, ...password }, (data) => ({ kind: 'signature', bytes: signBytes(sigKey.privateKey, data) })),
+  );
+  if (ids.type !== 'IDS') {
+    c.terminate();
+    throw new SessionError('BAD_RESPONSE', `NEW was answered with ${ids.type}`);
+  }
+  // A copy: the id is a view into a read chunk.
+  const rcvId = ids.rcvId.slice();
   // X25519 with the relay's session key, kept while the relay keeps that key (as the agent's client does).
   let agreed = { relayKey: null, secret: null };
   const subscribe = async (conn) => {
@@ -223,13 +250,14 @@ export async function openRawSession(endpoint, timeoutMs) {
     const r = await conn.command(rcvId, { type: 'SUB' }, (data) => ({ kind: 'authenticator', bytes: authenticate(k, data) }));
     if (r.type !== 'OK') throw new SessionError('BAD_RESPONSE', `SUB was answered with ${r.type}`);
   };
-  await subscribe(c);
+  await closing(c, () => subscribe(c));
   return {
     close: () => c.close(),
     terminate: () => c.terminate(),
     async reconnect() {
-      c = await openConnection(endpoint, timeoutMs);
-      await subscribe(c);
+      const next = await openConnection(endpoint, addr, timeoutMs);
+      c = next;
+      await closing(next, () => subscribe(next));
     },
   };
 }

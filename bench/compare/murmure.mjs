@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 // Murmure adapter of the comparison bench: `murmure relay start` on a fresh data folder, driven
 // by the agent's real RelayClient (valid authorisation, padded blocks, opaque payloads), over
-// plain WebSocket on loopback (`--plain-loopback`) or over TLS 1.3.
+// plain WebSocket on loopback (`--plain-loopback`) or over TLS 1.3; the idle sessions of W4 and W7
+// by a lean client of the same protocol (murmure-session.mjs).
 
 import { appendFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

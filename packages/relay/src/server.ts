@@ -448,14 +448,14 @@ export class RelayServer {
     this.https.closeAllConnections();
     await closed;
     await new Promise<void>((resolve) => (this.metricsServer === null ? resolve() : this.metricsServer.close(() => resolve())));
+    // The counts of the whole run, as the periodic line gives them (a run shorter than the
+    // interval has no other), written before the store closes: a close that fails must not lose them.
+    this.logStats();
     // A store that could not be closed cleanly stays open until the process exits, and so
     // does the lock that keeps a second relay from opening the folder beside it.
     await this.store.close();
     this.lock?.release();
     this.lock = null;
-    // The counts of the whole run, as the periodic line gives them: a run shorter than the
-    // interval has no other.
-    this.logStats();
     this.logger.log('info', 'relay stopped');
   }
 }

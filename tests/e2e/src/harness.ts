@@ -154,7 +154,8 @@ export function killRelay(r: RelayProcess): Promise<number | null> {
 function signalAndWait(r: RelayProcess, sig: NodeJS.Signals): Promise<number | null> {
   if (r.proc.exitCode !== null || r.proc.signalCode !== null) return Promise.resolve(r.proc.exitCode);
   return new Promise((res) => {
-    r.proc.once('exit', (code) => res(code));
+    // 'close', not 'exit': by then its stderr is read to the end, so `log` holds its last lines.
+    r.proc.once('close', (code) => res(code));
     r.proc.kill(sig);
   });
 }
