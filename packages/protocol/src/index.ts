@@ -8,7 +8,7 @@ export * from './errors.js';
 export * from './limits.js';
 export * from './version.js';
 export { Reader } from './encoding/reader.js';
-export { Writer } from './encoding/writer.js';
+export { Writer, WRITER_SCRATCH_BYTES, WRITER_SCRATCH_POOL } from './encoding/writer.js';
 export { pad, padInto, unpad, isPadFill, PAD_BYTE, type FillCheck } from './encoding/padding.js';
 export { toBase64Url, fromBase64Url, toHex } from './encoding/base64url.js';
 export { asciiBytes, asciiString } from './encoding/ascii.js';

@@ -4,7 +4,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 
-import { ProtocolError, Reader, Writer, toHex } from '@murmure/protocol';
+import { ProtocolError, Reader, WRITER_SCRATCH_BYTES, Writer, toHex } from '@murmure/protocol';
 
 type Field =
   | { k: 'u8' | 'u16' | 'u32' | 'u64'; v: number }
@@ -142,6 +142,50 @@ describe('Writer and Reader round trip', () => {
       }),
       { numRuns: 2000 },
     );
+  });
+
+  test('Writers alive at once share no bytes: finished in any order, written again after finishing, each gives its own, and bytes returned never change', () => {
+    /** The bytes of one field, from a Writer too large to borrow a scratch buffer. */
+    const own = (f: Field): number[] => {
+      const w = new Writer(WRITER_SCRATCH_BYTES + 1);
+      write(w, f);
+      return [...w.finish()];
+    };
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 0, max: 64 }), { minLength: 1, maxLength: 12 }),
+        fc.array(fc.tuple(fc.nat(11), fc.option(field, { freq: 4 })), { maxLength: 40 }),
+        (initials, steps) => {
+          const writers = initials.map((n) => new Writer(n));
+          const expected: number[][] = initials.map(() => []);
+          const returned: { bytes: Uint8Array; was: number[] }[] = [];
+          for (const [at, f] of steps) {
+            const i = at % writers.length;
+            if (f === null) {
+              const bytes = writers[i]!.finish();
+              assert.deepEqual([...bytes], expected[i]);
+              returned.push({ bytes, was: [...bytes] });
+            } else {
+              write(writers[i]!, f);
+              expected[i]!.push(...own(f));
+            }
+          }
+          writers.forEach((w, i) => assert.deepEqual([...w.finish()], expected[i]));
+          for (const r of returned) assert.deepEqual([...r.bytes], r.was);
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
+
+  test('a Writer borrows its buffer: once one has finished, the next allocates none (only its copy)', () => {
+    new Writer(256).u8(1).finish();
+    const sizes = allocationsDuring(() => {
+      for (let i = 0; i < 3; i++) new Writer(256).u8(i).u16(2).finish();
+    });
+    assert.deepEqual(sizes, []);
+    // One too large to borrow allocates its own.
+    assert.deepEqual(allocationsDuring(() => void new Writer(WRITER_SCRATCH_BYTES + 1).finish()), [WRITER_SCRATCH_BYTES + 1]);
   });
 
   test('a Writer created with capacity 0 still grows (it used to loop forever)', () => {

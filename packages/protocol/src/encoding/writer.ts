@@ -6,13 +6,32 @@
 
 import { ProtocolError } from '../errors.js';
 
-/** Appends fields to a growing byte array. */
+/**
+ * Bytes of a scratch buffer: room for any transmission (a block is 16,376 bytes). A Writer that
+ * asks for at most this much writes into a scratch buffer and `finish` copies out the bytes
+ * written; asked for more, it allocates its own.
+ */
+export const WRITER_SCRATCH_BYTES = 16_640;
+/** Most scratch buffers kept for reuse: more than Writers are ever alive at once (they nest). */
+export const WRITER_SCRATCH_POOL = 8;
+const scratchPool: Uint8Array[] = [];
+
+/**
+ * Appends fields to a growing byte array. Every message the relay handles is encoded several
+ * times (authorised bytes, command, response, transmission): a fresh typed array for each is an
+ * allocation outside the heap (~0.8 µs for 256 bytes), so Writers borrow a scratch buffer and
+ * give it back at `finish`, which returns a copy. A Writer dropped unfinished (its encoding
+ * threw) keeps its buffer; the pool makes another when it runs out.
+ */
 export class Writer {
   private buf: Uint8Array;
   private len = 0;
+  /** Whether `buf` is a borrowed scratch buffer, to give back once nothing more is written to it. */
+  private borrowed: boolean;
 
   constructor(initial = 256) {
-    this.buf = new Uint8Array(initial);
+    this.borrowed = initial <= WRITER_SCRATCH_BYTES;
+    this.buf = this.borrowed ? (scratchPool.pop() ?? new Uint8Array(WRITER_SCRATCH_BYTES)) : new Uint8Array(initial);
   }
 
   private room(n: number): void {
@@ -22,7 +41,14 @@ export class Writer {
     while (size < this.len + n) size *= 2;
     const next = new Uint8Array(size);
     next.set(this.buf.subarray(0, this.len));
+    this.giveBack();
     this.buf = next;
+  }
+
+  private giveBack(): void {
+    if (!this.borrowed) return;
+    this.borrowed = false;
+    if (scratchPool.length < WRITER_SCRATCH_POOL) scratchPool.push(this.buf);
   }
 
   /** One unsigned byte. */
@@ -90,8 +116,14 @@ export class Writer {
     return this.len;
   }
 
-  /** The written bytes (a copy sized exactly). */
+  /**
+   * The written bytes (a copy sized exactly). The Writer then holds that copy as its own buffer:
+   * a later write grows it into a new one, so the bytes returned never change.
+   */
   finish(): Uint8Array {
-    return this.buf.slice(0, this.len);
+    const out = this.buf.slice(0, this.len);
+    this.giveBack();
+    this.buf = out;
+    return out;
   }
 }
