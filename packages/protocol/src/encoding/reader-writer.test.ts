@@ -188,6 +188,25 @@ describe('Writer and Reader round trip', () => {
     assert.deepEqual(allocationsDuring(() => void new Writer(WRITER_SCRATCH_BYTES + 1).finish()), [WRITER_SCRATCH_BYTES + 1]);
   });
 
+  test('a scratch buffer goes back to the pool wiped: the next Writer to borrow it finds none of the bytes written before', () => {
+    const inside = (w: Writer): Uint8Array => (w as unknown as { buf: Uint8Array }).buf;
+    const secret = new Uint8Array(300).fill(0xaa);
+    const first = new Writer(256);
+    const borrowed = inside(first.bytes(secret));
+    first.finish();
+    const next = new Writer(256);
+    assert.equal(inside(next), borrowed, 'the pool hands the same buffer out again');
+    assert.ok(inside(next).every((b) => b === 0), 'wiped');
+    // So is one left behind when a Writer grows past it.
+    const growing = new Writer(256).bytes(secret);
+    const left = inside(growing);
+    growing.bytes(new Uint8Array(WRITER_SCRATCH_BYTES));
+    assert.notEqual(inside(growing), left);
+    assert.ok(left.every((b) => b === 0), 'wiped when left for a larger buffer');
+    next.finish();
+    growing.finish();
+  });
+
   test('a Writer created with capacity 0 still grows (it used to loop forever)', () => {
     const bytes = new Writer(0).u8(1).u16(0x0203).bytes(new Uint8Array(1000)).finish();
     assert.equal(bytes.length, 1003);

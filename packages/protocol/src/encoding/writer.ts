@@ -45,9 +45,15 @@ export class Writer {
     this.buf = next;
   }
 
+  /**
+   * Returns the borrowed buffer to the pool, wiped of what was written: Writers also encode
+   * plaintexts and keys (in the agent, before encryption), which a pooled buffer would otherwise
+   * keep reachable until the next Writer overwrites them.
+   */
   private giveBack(): void {
     if (!this.borrowed) return;
     this.borrowed = false;
+    this.buf.fill(0, 0, this.len);
     if (scratchPool.length < WRITER_SCRATCH_POOL) scratchPool.push(this.buf);
   }
 
