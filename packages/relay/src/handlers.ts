@@ -338,7 +338,8 @@ export class RelayHandlers implements CommandHandler {
     if (sub !== undefined) {
       // A copy: the id is a view into the received block, which it would keep alive.
       sub.acked = msgId.slice();
-      if (sub.ahead.length > 0) this.setAhead(sub, sub.ahead.filter((m) => !sameBytes(m.msgId, msgId)));
+      // The message pushed has left `ahead`; one acknowledged after a GET may still be in it.
+      if (sub.ahead.some((m) => sameBytes(m.msgId, msgId))) this.setAhead(sub, sub.ahead.filter((m) => !sameBytes(m.msgId, msgId)));
     }
     // The next message goes out as soon as the ACK is taken, without waiting for the deletion to
     // be durable: a crash before that re-delivers an acknowledged message, which the recipient
