@@ -77,6 +77,26 @@ export function forkExecArgv(extra = []) {
 // ---------------------------------------------------------------------------------------------
 // Settings
 
+/**
+ * The relay's address line: the first line of its stdout that is a JSON object (`relay start
+ * --json`). Every other line (e.g. with BENCH_RELAY_NODE_ARGS=--trace-gc) is appended to the file
+ * `keep` if it is not '', and dropped otherwise; reading on also keeps the relay from blocking on
+ * a full pipe. `lines` is a readline interface over the relay's stdout.
+ */
+export function relayAddressLine(lines, keep) {
+  let addressSeen = false;
+  return new Promise((resolve) =>
+    lines.on('line', (line) => {
+      if (!addressSeen && line.startsWith('{')) {
+        addressSeen = true;
+        resolve(line);
+      } else if (keep !== '') {
+        appendFileSync(keep, `${line}\n`);
+      }
+    }),
+  );
+}
+
 export function envNum(name, dflt) {
   const v = process.env[name];
   if (v === undefined || v === '') return dflt;

@@ -13,7 +13,7 @@
 //      BENCH_QUIET_WAIT_S, BENCH_METRICS, BENCH_RELAY_NODE_ARGS, BENCH_RELAY_STDOUT, BENCH_NO_RESULTS.
 
 import { execFileSync, fork, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, appendFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -38,6 +38,7 @@ import {
   procCpuUs,
   procRssKiB,
   procTimes,
+  relayAddressLine,
   rerunWithDriverHeap,
   resultsFile,
   round,
@@ -142,20 +143,9 @@ async function startRelay(cfg, label) {
   const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
   liveRelays.set(child, dataDir);
   const lines = createInterface({ input: child.stdout });
-  // The address is the first JSON line; anything else the relay prints on stdout (e.g. with
-  // BENCH_RELAY_NODE_ARGS=--trace-gc) is kept in BENCH_RELAY_STDOUT if set, else dropped.
-  let addressSeen = false;
+  // Anything else the relay prints on stdout is kept in BENCH_RELAY_STDOUT if set.
   const first = await Promise.race([
-    new Promise((r) =>
-      lines.on('line', (line) => {
-        if (!addressSeen && line.startsWith('{')) {
-          addressSeen = true;
-          r(line);
-        } else if (cfg.relayStdout !== '') {
-          appendFileSync(cfg.relayStdout, `${line}\n`);
-        }
-      }),
-    ),
+    relayAddressLine(lines, cfg.relayStdout),
     exited.then(({ code, signal }) => {
       throw new Error(`relay exited before it started (code ${code}, signal ${signal}): ${stderr}`);
     }),

@@ -4,7 +4,7 @@
 // plain WebSocket on loopback (`--plain-loopback`) or over TLS 1.3; the idle sessions of W4 and W7
 // by a lean client of the same protocol (murmure-session.mjs).
 
-import { appendFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { RelayClient, openDelivered } from '@murmure/agent';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
-import { sleep } from '../lib.mjs';
+import { relayAddressLine, sleep } from '../lib.mjs';
 import { openRawSession } from './murmure-session.mjs';
 import { LISTEN_BACKLOG, cmdOutput, spawnServer, stopChild } from './proc.mjs';
 
@@ -165,23 +165,9 @@ export async function launchRelay(name, dataDir, plain, cpu, flags = NO_LIMITS) 
   delete env.NODE_OPTIONS;
   const { child, exited, stderr } = spawnServer(process.execPath, args, { cpu, env, cwd: ROOT, stdout: 'pipe' });
   const lines = createInterface({ input: child.stdout });
-  // The address is the first JSON line; anything else the relay prints on stdout (e.g. with
-  // BENCH_RELAY_NODE_ARGS=--trace-gc) goes to the file BENCH_RELAY_STDOUT if set, as in
-  // bench:relay, and is dropped otherwise. Reading on also keeps the relay from blocking on a
-  // full pipe.
-  const keep = process.env.BENCH_RELAY_STDOUT ?? '';
-  let addressSeen = false;
+  // Anything else the relay prints on stdout goes to BENCH_RELAY_STDOUT if set, as in bench:relay.
   const first = await Promise.race([
-    new Promise((r) =>
-      lines.on('line', (line) => {
-        if (!addressSeen && line.startsWith('{')) {
-          addressSeen = true;
-          r(line);
-        } else if (keep !== '') {
-          appendFileSync(keep, `${line}\n`);
-        }
-      }),
-    ),
+    relayAddressLine(lines, process.env.BENCH_RELAY_STDOUT ?? ''),
     exited.then(({ code, signal }) => {
       throw new Error(`${name} relay exited before it started (code ${code}, signal ${signal}): ${stderr()}`);
     }),
