@@ -6,7 +6,6 @@
  * @module
  */
 
-import type { KeyObject } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 
 import {
@@ -27,11 +26,12 @@ import {
   type ErrorCode,
   type Response,
 } from '@murmure/protocol';
-import { isPadFillNative, plainSessionId, randomId, type KeyPair } from '@murmure/queue-crypto';
+import { isPadFillNative, plainSessionId, randomId } from '@murmure/queue-crypto';
 import { WebSocket } from 'ws';
 
 import type { RelayConfig } from './config.js';
 import type { RelayMetrics } from './metrics.js';
+import type { SessionKey } from './session-keys.js';
 import type { SourceSlot } from './sources.js';
 import type { UnsentBudget, UnsentHolder } from './unsent-budget.js';
 import { TokenBucket } from './token-bucket.js';
@@ -155,7 +155,7 @@ export class Connection implements TurnTaker, UnsentHolder {
     private readonly socket: Duplex,
     tlsSessionId: Uint8Array | null,
     /** The relay's X25519 session key for authenticators (shared by the connections of a period). */
-    private readonly sessionKey: KeyPair,
+    readonly sessionKey: SessionKey,
     private readonly config: RelayConfig,
     private readonly metrics: RelayMetrics,
     private readonly handler: CommandHandler,
@@ -175,11 +175,6 @@ export class Connection implements TurnTaker, UnsentHolder {
     ws.on('close', () => this.onClose());
     ws.on('error', () => this.close(CloseCode.PROTOCOL));
     this.sendRaw(encodeServerHello({ versions: RELAY_VERSIONS, sessionKey: sessionKey.publicKey, sessionNonce }));
-  }
-
-  /** The private half of the session key. */
-  get sessionPrivateKey(): KeyObject {
-    return this.sessionKey.privateKey;
   }
 
   /** Whether the connection has closed. */

@@ -29,14 +29,34 @@ import type { Connection } from './connection.js';
 import { RelayHandlers } from './handlers.js';
 import { silentLogger } from './log.js';
 import { RelayMetrics } from './metrics.js';
+import { SessionKey } from './session-keys.js';
 import type { QueueStore } from './store/queue-store.js';
 import { SqliteQueueStore } from './store/sqlite/sqlite-queue-store.js';
 
-/** A connection as the handlers see it, counting the uses of its session key and session id. */
-function countingConnection() {
-  const sessionKey = generateDhKeyPair();
+/** A session key that counts its key agreements. */
+class CountingSessionKey extends SessionKey {
+  made = 0;
+  protected override agree(peer: Uint8Array): Uint8Array | null {
+    this.made++;
+    return super.agree(peer);
+  }
+}
+
+/**
+ * A connection as the handlers see it, counting the uses of its session key (its own, or one it
+ * shares with other connections of a period) and session id.
+ */
+function countingConnection(sessionKey = new CountingSessionKey(generateDhKeyPair())) {
   const sessionId = randomId(SESSION_ID_LENGTH);
-  const uses = { agreements: 0, boundChecks: 0, passed: 0, failed: 0 };
+  const uses = {
+    // Every key agreement of the session key (authenticatorValid).
+    get agreements() {
+      return sessionKey.made;
+    },
+    boundChecks: 0,
+    passed: 0,
+    failed: 0,
+  };
   const conn = {
     version: RELAY_VERSION_MAX,
     authKeys: new Map(),
@@ -44,11 +64,7 @@ function countingConnection() {
     subscriptions: new Set(),
     isClosed: false,
     queuesCreated: 0,
-    // Read once per key agreement (authenticatorValid).
-    get sessionPrivateKey() {
-      uses.agreements++;
-      return sessionKey.privateKey;
-    },
+    sessionKey,
     // Read by every check (authorizedBytes; an authenticator's key derivation reads it too).
     get sessionId() {
       uses.boundChecks++;
@@ -169,4 +185,44 @@ test('a connection passes a check only when a key stored for a queue accepts its
     const badNew = handlers.handle(conn, { auth: { kind: 'signature', bytes: randomId(SIGNATURE_LENGTH) }, corrId: randomId(CORR_ID_LENGTH), entityId: new Uint8Array(0), command: newCmd });
     assert.deepEqual([uses.passed, uses.failed], [1, 1]);
     assert.equal(await badNew, true, 'refused (ERR AUTH)');
+  }));
+
+test('an agreement a session key kept spares the queue holder one on a later connection of the period, and no failed check: each costs one agreement, for a used queue, an unused one or none', () =>
+  withSqliteStore(async (store) => {
+    const handlers = new RelayHandlers(store, relayConfig('/nonexistent'), new RelayMetrics(), silentLogger);
+    const shared = new CountingSessionKey(generateDhKeyPair());
+    /** Two queues made on a connection of the period: one its holder will use, one nobody will. */
+    const made: Uint8Array[] = [];
+    const auth = generateDhKeyPair();
+    const maker = countingConnection(shared);
+    (maker.conn as unknown as { respond: (c: Uint8Array, e: Uint8Array, r: Response) => void }).respond = (_c, _e, r) => {
+      if (r.type === 'IDS') made.push(r.rcvId);
+    };
+    for (let i = 0; i < 2; i++) {
+      const sig = generateSigningKeyPair();
+      const cmd = encodeCommand({ type: 'NEW', rcvSigKey: sig.publicKey, rcvAuthKey: i === 0 ? auth.publicKey : generateDhKeyPair().publicKey, rcvDhKey: generateDhKeyPair().publicKey });
+      const corrId = randomId(CORR_ID_LENGTH);
+      const data = authorizedBytes(maker.conn.sessionId, corrId, new Uint8Array(0), cmd);
+      assert.equal(await handlers.handle(maker.conn, { auth: { kind: 'signature', bytes: signBytes(sig.privateKey, data) }, corrId, entityId: new Uint8Array(0), command: cmd }), false);
+    }
+    const [used, unused] = made as [Uint8Array, Uint8Array];
+    /** A SUB of `rcvId` on a new connection of the period; what it cost in agreements and whether it passed. */
+    const sub = async (rcvId: Uint8Array, right: boolean): Promise<{ agreements: number; refused: boolean }> => {
+      const { conn } = countingConnection(shared);
+      const before = shared.made;
+      const cmd = encodeCommand({ type: 'SUB' });
+      const corrId = randomId(CORR_ID_LENGTH);
+      const key = authenticatorKey(agree((right ? auth : generateDhKeyPair()).privateKey, shared.publicKey) as Uint8Array, conn.sessionId);
+      const mac = authenticate(key, authorizedBytes(conn.sessionId, corrId, rcvId, cmd));
+      const refused = await handlers.handle(conn, { auth: { kind: 'authenticator', bytes: mac }, corrId, entityId: rcvId, command: cmd });
+      return { agreements: shared.made - before, refused };
+    };
+    assert.deepEqual(await sub(used, true), { agreements: 1, refused: false }, 'the first SUB of the period agrees');
+    assert.deepEqual(await sub(used, true), { agreements: 0, refused: false }, 'its holder reconnecting: the kept agreement');
+    for (let i = 0; i < 3; i++) {
+      assert.deepEqual(await sub(used, false), { agreements: 1, refused: true }, 'a wrong key on the used queue: made again');
+      assert.deepEqual(await sub(unused, false), { agreements: 1, refused: true }, 'a wrong key on the unused queue');
+      assert.deepEqual(await sub(randomId(ID_LENGTH), false), { agreements: 1, refused: true }, 'a queue that does not exist');
+    }
+    assert.deepEqual(await sub(used, true), { agreements: 0, refused: false }, 'the holder still spared');
   }));

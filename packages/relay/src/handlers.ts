@@ -450,17 +450,29 @@ export class RelayHandlers implements CommandHandler {
   private authenticatorValid(conn: Connection, t: ClientTransmission, role: Role, peer: Uint8Array, mac: Uint8Array): boolean {
     const cacheKey = authCacheKey(role, t.entityId);
     let entry = conn.authKeys.get(cacheKey);
+    // An agreement the session key kept (a connection of its period agreed with this peer key)
+    // is made again if the check fails: see `Agreement.kept`.
+    let again: Uint8Array | null = null;
     if (entry === undefined || !sameBytes(entry.peer, peer)) {
-      const secret = agree(conn.sessionPrivateKey, peer) ?? agree(conn.sessionPrivateKey, DUMMY_DH_KEY);
-      if (secret === null) return false;
-      entry = { peer, key: authenticatorKey(secret, conn.sessionId) };
+      const session = conn.sessionKey;
+      let used = peer;
+      let a = session.agreement(peer);
+      if (a.secret === null) {
+        used = DUMMY_DH_KEY;
+        a = session.agreement(DUMMY_DH_KEY);
+      }
+      if (a.secret === null) return false;
+      if (a.kept) again = used;
+      entry = { peer, key: authenticatorKey(a.secret, conn.sessionId) };
       if (conn.authKeys.size >= AUTH_KEY_CACHE_SIZE) {
         const oldest = conn.authKeys.keys().next().value;
         if (oldest !== undefined) conn.authKeys.delete(oldest);
       }
       conn.authKeys.set(cacheKey, entry);
     }
-    return checkAuthenticator(entry.key, authorizedBytes(conn.sessionId, t.corrId, t.entityId, t.command), mac);
+    const ok = checkAuthenticator(entry.key, authorizedBytes(conn.sessionId, t.corrId, t.entityId, t.command), mac);
+    if (!ok && again !== null) conn.sessionKey.agreeAgain(again);
+    return ok;
   }
 
   private subscribe(conn: Connection, queue: QueueRecord): void {
