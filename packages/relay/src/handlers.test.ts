@@ -36,7 +36,7 @@ import { SqliteQueueStore } from './store/sqlite/sqlite-queue-store.js';
 /** A session key that counts its key agreements. */
 class CountingSessionKey extends SessionKey {
   made = 0;
-  protected override agree(peer: Uint8Array): Uint8Array | null {
+  override agree(peer: Uint8Array): Uint8Array | null {
     this.made++;
     return super.agree(peer);
   }
@@ -187,7 +187,7 @@ test('a connection passes a check only when a key stored for a queue accepts its
     assert.equal(await badNew, true, 'refused (ERR AUTH)');
   }));
 
-test('an agreement a session key kept spares the queue holder one on a later connection of the period, and no failed check: each costs one agreement, for a used queue, an unused one or none', () =>
+test('a passing check keeps its agreement for the connections of the period, sparing the queue holder one; a failed check keeps none and costs one agreement, for a used queue, an unused one or none', () =>
   withSqliteStore(async (store) => {
     const handlers = new RelayHandlers(store, relayConfig('/nonexistent'), new RelayMetrics(), silentLogger);
     const shared = new CountingSessionKey(generateDhKeyPair());
@@ -206,8 +206,8 @@ test('an agreement a session key kept spares the queue holder one on a later con
       assert.equal(await handlers.handle(maker.conn, { auth: { kind: 'signature', bytes: signBytes(sig.privateKey, data) }, corrId, entityId: new Uint8Array(0), command: cmd }), false);
     }
     const [used, unused] = made as [Uint8Array, Uint8Array];
-    /** A SUB of `rcvId` on a new connection of the period; what it cost in agreements and whether it passed. */
-    const sub = async (rcvId: Uint8Array, right: boolean): Promise<{ agreements: number; refused: boolean }> => {
+    /** A SUB of `rcvId` on a new connection of the period: what it cost in agreements, whether it was refused, what is kept after it. */
+    const sub = async (rcvId: Uint8Array, right: boolean): Promise<{ agreements: number; refused: boolean; kept: number }> => {
       const { conn } = countingConnection(shared);
       const before = shared.made;
       const cmd = encodeCommand({ type: 'SUB' });
@@ -215,14 +215,18 @@ test('an agreement a session key kept spares the queue holder one on a later con
       const key = authenticatorKey(agree((right ? auth : generateDhKeyPair()).privateKey, shared.publicKey) as Uint8Array, conn.sessionId);
       const mac = authenticate(key, authorizedBytes(conn.sessionId, corrId, rcvId, cmd));
       const refused = await handlers.handle(conn, { auth: { kind: 'authenticator', bytes: mac }, corrId, entityId: rcvId, command: cmd });
-      return { agreements: shared.made - before, refused };
+      return { agreements: shared.made - before, refused, kept: shared.size };
     };
-    assert.deepEqual(await sub(used, true), { agreements: 1, refused: false }, 'the first SUB of the period agrees');
-    assert.deepEqual(await sub(used, true), { agreements: 0, refused: false }, 'its holder reconnecting: the kept agreement');
+    assert.deepEqual(await sub(unused, false), { agreements: 1, refused: true, kept: 0 }, 'a wrong key keeps nothing');
+    assert.deepEqual(await sub(randomId(ID_LENGTH), false), { agreements: 1, refused: true, kept: 0 }, 'nor does a queue that does not exist (the dummy key)');
+    assert.deepEqual(await sub(used, true), { agreements: 1, refused: false, kept: 1 }, 'the first SUB of the period agrees, and keeps it');
+    assert.deepEqual(await sub(used, true), { agreements: 0, refused: false, kept: 1 }, 'its holder reconnecting: the kept agreement');
     for (let i = 0; i < 3; i++) {
-      assert.deepEqual(await sub(used, false), { agreements: 1, refused: true }, 'a wrong key on the used queue: made again');
-      assert.deepEqual(await sub(unused, false), { agreements: 1, refused: true }, 'a wrong key on the unused queue');
-      assert.deepEqual(await sub(randomId(ID_LENGTH), false), { agreements: 1, refused: true }, 'a queue that does not exist');
+      assert.deepEqual(await sub(used, false), { agreements: 1, refused: true, kept: 1 }, 'a wrong key on the used queue: made again');
+      assert.deepEqual(await sub(unused, false), { agreements: 1, refused: true, kept: 1 }, 'a wrong key on the unused queue');
+      assert.deepEqual(await sub(randomId(ID_LENGTH), false), { agreements: 1, refused: true, kept: 1 }, 'a queue that does not exist');
     }
-    assert.deepEqual(await sub(used, true), { agreements: 0, refused: false }, 'the holder still spared');
+    assert.deepEqual(await sub(used, true), { agreements: 0, refused: false, kept: 1 }, 'the holder still spared');
+    shared.retire();
+    assert.deepEqual(await sub(used, true), { agreements: 1, refused: false, kept: 0 }, 'a retired key agrees every time and keeps nothing');
   }));

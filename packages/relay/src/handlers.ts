@@ -450,20 +450,20 @@ export class RelayHandlers implements CommandHandler {
   private authenticatorValid(conn: Connection, t: ClientTransmission, role: Role, peer: Uint8Array, mac: Uint8Array): boolean {
     const cacheKey = authCacheKey(role, t.entityId);
     let entry = conn.authKeys.get(cacheKey);
-    // An agreement the session key kept (a connection of its period agreed with this peer key)
-    // is made again if the check fails: see `Agreement.kept`.
-    let again: Uint8Array | null = null;
+    // A check that passes keeps its agreement for the session key's period; one that fails
+    // after a kept agreement makes it again (see `SessionKey.kept`).
+    let kept = false;
+    let made: Uint8Array | null = null;
     if (entry === undefined || !sameBytes(entry.peer, peer)) {
       const session = conn.sessionKey;
-      let used = peer;
-      let a = session.agreement(peer);
-      if (a.secret === null) {
-        used = DUMMY_DH_KEY;
-        a = session.agreement(DUMMY_DH_KEY);
+      let secret = session.kept(peer);
+      kept = secret !== undefined;
+      if (secret === undefined) {
+        made = session.agree(peer);
+        secret = made ?? session.agree(DUMMY_DH_KEY) ?? undefined;
+        if (secret === undefined) return false;
       }
-      if (a.secret === null) return false;
-      if (a.kept) again = used;
-      entry = { peer, key: authenticatorKey(a.secret, conn.sessionId) };
+      entry = { peer, key: authenticatorKey(secret, conn.sessionId) };
       if (conn.authKeys.size >= AUTH_KEY_CACHE_SIZE) {
         const oldest = conn.authKeys.keys().next().value;
         if (oldest !== undefined) conn.authKeys.delete(oldest);
@@ -471,7 +471,8 @@ export class RelayHandlers implements CommandHandler {
       conn.authKeys.set(cacheKey, entry);
     }
     const ok = checkAuthenticator(entry.key, authorizedBytes(conn.sessionId, t.corrId, t.entityId, t.command), mac);
-    if (!ok && again !== null) conn.sessionKey.agreeAgain(again);
+    if (ok && made !== null) conn.sessionKey.keep(peer, made);
+    else if (!ok && kept) conn.sessionKey.agree(peer);
     return ok;
   }
 

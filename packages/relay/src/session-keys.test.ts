@@ -30,28 +30,30 @@ describe('SessionKeys', () => {
 });
 
 describe('SessionKey', () => {
-  test('keeps each agreement while current: the same secret, marked kept; an unusable key is kept as null', () => {
+  test('keeps what it is given while current, and gives back a copy of it', () => {
     const key = new SessionKey(generateDhKeyPair());
     const peer = generateDhKeyPair();
-    const first = key.agreement(peer.publicKey);
-    assert.equal(first.kept, false);
-    assert.deepEqual(Buffer.from(first.secret as Uint8Array), Buffer.from(agree(peer.privateKey, key.publicKey) as Uint8Array), 'the X25519 secret');
-    const again = key.agreement(peer.publicKey);
-    assert.equal(again.kept, true);
-    assert.deepEqual(Buffer.from(again.secret as Uint8Array), Buffer.from(first.secret as Uint8Array));
-    const lowOrder = new Uint8Array(32); // the all-zero point: no usable secret
-    assert.deepEqual(key.agreement(lowOrder), { secret: null, kept: false });
-    assert.deepEqual(key.agreement(lowOrder), { secret: null, kept: true });
-    assert.equal(key.size, 2);
+    assert.equal(key.kept(peer.publicKey), undefined, 'nothing kept before');
+    const secret = key.agree(peer.publicKey) as Uint8Array;
+    assert.deepEqual(Buffer.from(secret), Buffer.from(agree(peer.privateKey, key.publicKey) as Uint8Array), 'the X25519 secret');
+    assert.equal(key.kept(peer.publicKey), undefined, 'agreeing keeps nothing');
+    key.keep(peer.publicKey, secret);
+    const kept = key.kept(peer.publicKey) as Uint8Array;
+    assert.deepEqual(Buffer.from(kept), Buffer.from(secret));
+    kept.fill(0);
+    secret.fill(0);
+    assert.deepEqual(Buffer.from(key.kept(peer.publicKey) as Uint8Array), Buffer.from(agree(peer.privateKey, key.publicKey) as Uint8Array), 'changing a copy changes nothing kept');
+    assert.equal(key.size, 1);
+    assert.equal(key.agree(new Uint8Array(32)), null, 'the all-zero point gives no secret');
   });
 
   test('keeps at most its maximum, the oldest leaving first', () => {
     const key = new SessionKey(generateDhKeyPair(), 3);
     const peers = Array.from({ length: 4 }, () => generateDhKeyPair().publicKey);
-    for (const p of peers) key.agreement(p);
+    for (const p of peers) key.keep(p, key.agree(p) as Uint8Array);
     assert.equal(key.size, 3);
-    assert.equal(key.agreement(peers[0]!).kept, false, 'the oldest was forgotten');
-    assert.equal(key.agreement(peers[3]!).kept, true);
+    assert.equal(key.kept(peers[0]!), undefined, 'the oldest was forgotten');
+    assert.ok(key.kept(peers[3]!) !== undefined);
   });
 
   test('a retired key forgets its agreements and keeps no more; the next key of SessionKeys retires the last', () => {
@@ -59,14 +61,15 @@ describe('SessionKey', () => {
     const keys = new SessionKeys(SESSION_KEY_LIFETIME_MS, () => now);
     const first = keys.current();
     const peer = generateDhKeyPair().publicKey;
-    first.agreement(peer);
+    const secret = first.agree(peer) as Uint8Array;
+    first.keep(peer, secret);
     now += SESSION_KEY_LIFETIME_MS;
     const second = keys.current();
     assert.equal(first.size, 0);
-    const after = first.agreement(peer);
-    assert.equal(after.kept, false);
-    assert.ok(after.secret !== null, 'a retired key still agrees, for the connections it serves');
-    assert.equal(first.agreement(peer).kept, false, 'but keeps nothing');
-    assert.equal(second.agreement(peer).kept, false, 'a new key starts with none');
+    assert.equal(first.kept(peer), undefined);
+    assert.ok(first.agree(peer) !== null, 'a retired key still agrees, for the connections it serves');
+    first.keep(peer, secret);
+    assert.equal(first.kept(peer), undefined, 'but keeps nothing');
+    assert.equal(second.kept(peer), undefined, 'a new key starts with none');
   });
 });

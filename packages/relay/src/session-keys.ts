@@ -7,10 +7,10 @@
  * over the key and the connection's random nonce), so authenticator keys stay per connection.
  * docs/protocol.md, "Handshake".
  *
- * A key also keeps, while it is the current one, the agreements made with it: a queue's key
- * agreement (about 50 µs) is the same on every connection of the period, so a client that
- * reconnects within it is not charged one again. Who can tell a kept agreement from a new one
- * is the subject of `Agreement.kept`.
+ * A key also keeps, while it is the current one, the agreements that checks passed with: a
+ * queue's key agreement (about 50 µs) is the same on every connection of the period, so a client
+ * that reconnects within it is not charged one again. Who can tell a kept agreement from a new
+ * one is the subject of `SessionKey.kept`.
  * @module
  */
 
@@ -28,25 +28,12 @@ export const SESSION_KEY_LIFETIME_MS = 60_000;
  */
 export const SESSION_AGREEMENTS_MAX = 100_000;
 
-/** An agreement with a peer's key, or null if the key is unusable (see `agree`). */
-export type Agreement = Readonly<{
-  secret: Uint8Array | null;
-  /**
-   * Whether it was kept from an earlier agreement of this key's period rather than made now.
-   * A check that fails after a kept agreement must make it again (`SessionKey.agreeAgain`):
-   * every failed check then costs one agreement, for a queue whose party connected a moment ago
-   * as for one nobody used or that does not exist, and only the holder of a queue's key, whose
-   * checks pass, is spared the work (THREATS R8).
-   */
-  kept: boolean;
-}>;
-
-/** A relay session key pair, and the agreements made with it while it is the current one. */
+/** A relay session key pair, and the agreements checks passed with while it is the current one. */
 export class SessionKey {
   readonly publicKey: Uint8Array;
   readonly privateKey: KeyObject;
-  /** Secrets (latin1 strings, null for an unusable key) by peer key; null once retired. */
-  private agreements: Map<string, string | null> | null = new Map();
+  /** Secrets (latin1 strings) by peer key; null once retired. */
+  private agreements: Map<string, string> | null = new Map();
 
   constructor(
     pair: KeyPair,
@@ -56,25 +43,35 @@ export class SessionKey {
     this.privateKey = pair.privateKey;
   }
 
-  /** The agreement with `peer` (a raw X25519 public key), kept or made now and kept. */
-  agreement(peer: Uint8Array): Agreement {
+  /**
+   * The agreement with `peer` (a raw X25519 public key) that a check passed with earlier in this
+   * key's period, if it is kept (a copy).
+   *
+   * Only a passing check keeps one (`keep`): a failed one never changes what is kept, so the
+   * checks of a prober, who holds no queue's key, find nothing kept for a queue nobody used, nor
+   * for one that does not exist (the dummy key), and cost one agreement each. A check that fails
+   * after a kept agreement, on a queue whose holder connected earlier in the period, must make it
+   * again (`agree`) to cost the same (THREATS R8).
+   */
+  kept(peer: Uint8Array): Uint8Array | undefined {
+    const s = this.agreements?.get(idKey(peer));
+    return s === undefined ? undefined : Buffer.from(s, 'latin1');
+  }
+
+  /** Keeps `secret`, the agreement with `peer` that a check has just passed with (not once retired). */
+  keep(peer: Uint8Array, secret: Uint8Array): void {
     const kept = this.agreements;
-    if (kept === null) return { secret: this.agree(peer), kept: false };
-    const k = idKey(peer);
-    const s = kept.get(k);
-    if (s !== undefined) return { secret: s === null ? null : Buffer.from(s, 'latin1'), kept: true };
-    const secret = this.agree(peer);
+    if (kept === null) return;
     if (kept.size >= this.max) {
       const oldest = kept.keys().next().value;
       if (oldest !== undefined) kept.delete(oldest);
     }
-    kept.set(k, secret === null ? null : Buffer.from(secret.buffer, secret.byteOffset, secret.length).toString('latin1'));
-    return { secret, kept: false };
+    kept.set(idKey(peer), Buffer.from(secret.buffer, secret.byteOffset, secret.length).toString('latin1'));
   }
 
-  /** Makes the agreement with `peer` again, as if none were kept, and forgets the result. */
-  agreeAgain(peer: Uint8Array): void {
-    this.agree(peer);
+  /** One X25519 agreement with this key; null if `peer` is unusable (see `agree`). */
+  agree(peer: Uint8Array): Uint8Array | null {
+    return agree(this.privateKey, peer);
   }
 
   /** Number of agreements kept. */
@@ -85,11 +82,6 @@ export class SessionKey {
   /** No longer the current key: forgets the agreements and keeps no more. */
   retire(): void {
     this.agreements = null;
-  }
-
-  /** One X25519 agreement with this key (a method of its own so tests can count them). */
-  protected agree(peer: Uint8Array): Uint8Array | null {
-    return agree(this.privateKey, peer);
   }
 }
 
