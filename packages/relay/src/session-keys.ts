@@ -23,8 +23,8 @@ import { idKey } from './bytes.js';
 export const SESSION_KEY_LIFETIME_MS = 60_000;
 
 /**
- * Most agreements one session key keeps (about 130 bytes each: 13 MB at the most); past it the
- * oldest goes first.
+ * Most agreements one session key keeps (about 110 bytes of heap each, measured: 11 MB at the
+ * most); past it the oldest goes first.
  */
 export const SESSION_AGREEMENTS_MAX = 100_000;
 

@@ -308,7 +308,7 @@ test('R8: nor from a wrong key on a queue nobody used in the session key\'s peri
   // A queue of its own per connection, made and secured by signed commands (which agree
   // nothing with the session key): nothing is kept for it, nor for the dummy key (no check
   // passes with it), so both cost one agreement.
-  // Made on connections of their own (a connection may make QUEUES_PER_CONNECTION), and left
+  // Made on connections of their own (a connection may make `queuesPerConnection`, 1,000), and left
   // out of the R7 checks, which look for every id they note in every row.
   const fresh: { rcvId: Uint8Array; sndId: Uint8Array }[] = [];
   for (let i = 0; i < FIRST_PROBE_CONNECTIONS; i += 500) {
