@@ -17,8 +17,9 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
+import { MURMURE_BIN, relayNodeArgs } from './lib.mjs';
+
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
-const MURMURE_BIN = join(ROOT, 'packages/cli/bin/murmure.js');
 const WORKER = join(ROOT, 'bench/chaos/worker.mjs');
 
 const QUICK = process.env.BENCH_QUICK === '1';
@@ -92,7 +93,7 @@ function procCpuMs(pid) {
 
 async function startRelay() {
   for (let attempt = 1; ; attempt++) {
-    const args = [MURMURE_BIN, 'relay', 'start', '--data', relayDir, '--host', '127.0.0.1', '--port', String(relay.port), '--json', '--log-level', 'warn'];
+    const args = [...relayNodeArgs(), MURMURE_BIN, 'relay', 'start', '--data', relayDir, '--host', '127.0.0.1', '--port', String(relay.port), '--json', '--log-level', 'warn'];
     const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', relayLogFd] });
     try {
       const line = await new Promise((resolve, reject) => {

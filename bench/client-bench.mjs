@@ -18,16 +18,15 @@ import { createInterface } from 'node:readline';
 import { AGENT_MIGRATIONS, Agent, LocalDatabase } from '@murmure/agent';
 import { ProtocolState, createPreKeys, decrypt, encrypt, generateIdentity, startSession } from '@murmure/crypto';
 
-import { appendResult, envList, procCpuUs, resultsFile } from './lib.mjs';
+import { MURMURE_BIN, appendResult, envList, procCpuUs, relayNodeArgs, resultsFile } from './lib.mjs';
 
 const N = Number(process.env.BENCH_MESSAGES ?? 3000);
 const RECEIPTS = process.env.BENCH_RECEIPTS !== '0';
 const ONLY = envList('BENCH_ONLY', ['two', 'one', 'bare']);
-const RELAY_NODE_ARGS = envList('BENCH_RELAY_NODE_ARGS', []).flatMap((a) => a.split(/\s+/)).filter((a) => a !== '');
 const dir = mkdtempSync(join(tmpdir(), 'murmure-client-bench-'));
 
 function startRelay() {
-  const proc = spawn(process.execPath, [...RELAY_NODE_ARGS, 'packages/cli/bin/murmure.js', 'relay', 'start', '--data', join(dir, 'relay'), '--port', '0', '--json', '--log-level', 'warn', '--metrics-port', '0'], {
+  const proc = spawn(process.execPath, [...relayNodeArgs(), MURMURE_BIN, 'relay', 'start', '--data', join(dir, 'relay'), '--port', '0', '--json', '--log-level', 'warn', '--metrics-port', '0'], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   return new Promise((resolve, reject) => {

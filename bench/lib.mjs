@@ -18,6 +18,33 @@ export const NOISY_CORES = 0.15;
 export const DRIVER_BOUND_CORES = 0.95;
 
 // ---------------------------------------------------------------------------------------------
+// The relay's node flags
+
+/** The `murmure` command. */
+export const MURMURE_BIN = join(dirname(fileURLToPath(import.meta.url)), '../packages/cli/bin/murmure.js');
+
+/**
+ * The Node flags on the `murmure` command's first line (`#!/usr/bin/env -S node FLAGS`), which
+ * `npx murmure` and `npm start` run the relay with. The benches start it as `node FLAGS
+ * murmure.js`, so that they measure the relay as it runs for its users.
+ */
+export function relayNodeFlags() {
+  const first = readFileSync(MURMURE_BIN, 'utf8').split('\n', 1)[0];
+  const m = /^#!\/usr\/bin\/env -S node((?: --[a-z0-9-]+=[0-9]+)*)$/.exec(first);
+  if (m === null) throw new Error(`${MURMURE_BIN}: unexpected first line ${JSON.stringify(first)}`);
+  return m[1].split(' ').filter((a) => a !== '');
+}
+
+/**
+ * What the benches give node before `murmure.js` when they start a relay: its own flags
+ * (`relayNodeFlags`), then BENCH_RELAY_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=DIR` or
+ * `--trace-gc`, which NODE_OPTIONS does not accept).
+ */
+export function relayNodeArgs() {
+  return [...relayNodeFlags(), ...envList('BENCH_RELAY_NODE_ARGS', []).flatMap((a) => a.split(/\s+/)).filter((a) => a !== '')];
+}
+
+// ---------------------------------------------------------------------------------------------
 // The driver's heap
 
 /**
@@ -28,8 +55,8 @@ export const DRIVER_BOUND_CORES = 0.95;
  * generation's size, so V8 starts the next mark-compact as soon as the last one ends: 40 to 100
  * of them in 15 s, 4–6 ms each, which the latencies the driver measures then include (W2 at 10
  * pairs: p99 9.2–9.8 ms with the default against 4.2–4.4 ms with 4 MiB, the relay's own figures
- * unchanged; ejabberd's W2 and W3 the same either way). The relay and the session holders keep
- * V8's defaults.
+ * unchanged; ejabberd's W2 and W3 the same either way). The relay runs with its own flags
+ * (`relayNodeFlags`), the session holders with V8's defaults.
  */
 export const DRIVER_SEMI_SPACE_MIB = 4;
 const DRIVER_HEAP_FLAG = `--max-semi-space-size=${DRIVER_SEMI_SPACE_MIB}`;

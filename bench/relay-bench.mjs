@@ -32,6 +32,7 @@ import {
   driverSemiSpaceMiB,
   envList,
   envNum,
+  MURMURE_BIN,
   forkExecArgv,
   machineBusyUs,
   percentile,
@@ -39,6 +40,7 @@ import {
   procRssKiB,
   procTimes,
   relayAddressLine,
+  relayNodeArgs,
   rerunWithDriverHeap,
   resultsFile,
   round,
@@ -49,7 +51,6 @@ import {
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..');
-const CLI = join(ROOT, 'packages/cli/bin/murmure.js');
 const BODY_SIZE = 100;
 
 // ---------------------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ function settings() {
     drainBodies: envList('BENCH_DRAIN_BODIES', ['100', '15900']).map(Number),
     idle: envList('BENCH_IDLE', quick ? ['1000'] : ['1000', '10000']).map(Number),
     idlePerWorker: envNum('BENCH_IDLE_PER_WORKER', 2500),
-    relayNodeArgs: envList('BENCH_RELAY_NODE_ARGS', []).flatMap((a) => a.split(/\s+/)).filter((a) => a !== ''),
+    relayNodeArgs: relayNodeArgs(),
     writeResults: process.env.BENCH_NO_RESULTS !== '1',
     quietWaitS: envNum('BENCH_QUIET_WAIT_S', 0),
     metrics: process.env.BENCH_METRICS !== '0',
@@ -108,8 +109,7 @@ async function startRelay(cfg, label) {
   const dataDir = mkdtempSync(join(tmpdir(), 'murmure-bench-'));
   const env = { ...process.env };
   delete env.NODE_OPTIONS;
-  // Node flags for the relay only (e.g. --cpu-prof, which NODE_OPTIONS does not accept).
-  const args = [CLI, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', '0', '--json'];
+  const args = [MURMURE_BIN, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', '0', '--json'];
   // The metrics endpoint (off by default) changes nothing in how the relay works; it is read
   // only at the edges of the measured window, for commits and blocks per message.
   if (cfg.metrics) args.push('--metrics-port', '0');

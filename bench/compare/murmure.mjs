@@ -13,12 +13,11 @@ import { fileURLToPath } from 'node:url';
 import { RelayClient, openDelivered } from '@murmure/agent';
 import { generateDhKeyPair } from '@murmure/queue-crypto';
 
-import { relayAddressLine, sleep } from '../lib.mjs';
+import { MURMURE_BIN, relayAddressLine, relayNodeArgs, sleep } from '../lib.mjs';
 import { openRawSession } from './murmure-session.mjs';
 import { LISTEN_BACKLOG, cmdOutput, spawnServer, stopChild } from './proc.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const CLI = join(ROOT, 'packages/cli/bin/murmure.js');
 const BODY_SIZE = 100;
 
 /** A 100-byte opaque body carrying the sequence number in its first 4 bytes. */
@@ -157,9 +156,7 @@ export function murmureVersion() {
  * keeps the relay's default limits.
  */
 export async function launchRelay(name, dataDir, plain, cpu, flags = NO_LIMITS) {
-  // BENCH_RELAY_NODE_ARGS (as for bench:relay): node flags for the relay, e.g. --cpu-prof.
-  const nodeArgs = (process.env.BENCH_RELAY_NODE_ARGS ?? '').split(/\s+/).filter((a) => a !== '');
-  const args = [...nodeArgs, CLI, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', '0', '--json', ...flags];
+  const args = [...relayNodeArgs(), MURMURE_BIN, 'relay', 'start', '--data', dataDir, '--host', '127.0.0.1', '--port', '0', '--json', ...flags];
   if (plain) args.push('--plain-loopback');
   const env = { ...process.env };
   delete env.NODE_OPTIONS;

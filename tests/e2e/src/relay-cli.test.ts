@@ -168,7 +168,7 @@ test('a relay.lock that is not a lock file: relay start says so in one line (JSO
   }
 });
 
-test('murmure --help names the relay commands; relay start without --json prints the bare address first, and loads no messenger code', async () => {
+test('murmure --help names the relay commands; relay start, run as a program as npx runs it, gets the node flags of its first line, prints the bare address first and loads no messenger code', async () => {
   const help = await runMurmure(['--help']);
   assert.equal(help.code, 0, help.stderr);
   assert.match(help.stdout, /murmure relay init/);
@@ -180,7 +180,13 @@ test('murmure --help names the relay commands; relay start without --json prints
     const init = await runMurmure(['relay', 'init', '--data', dir, '--json']);
     assert.equal(init.code, 0, init.stderr);
     const made = parseRelayAddress(init.json[0]?.['address'] as string);
-    proc = spawn(process.execPath, [MURMURE_BIN, 'relay', 'start', '--data', dir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // The script itself, as npx and a shell run it: its first line (`#!/usr/bin/env -S node
+    // FLAGS`) gives node the relay's heap flags (docs/operations.md, "The relay's heap").
+    const flags = /^#!\/usr\/bin\/env -S node (.+)$/.exec(readFileSync(MURMURE_BIN, 'utf8').split('\n', 1)[0]!)?.[1] ?? '';
+    assert.ok(flags.split(' ').includes('--initial-old-space-size=64'), `the first line names the heap floor: ${flags}`);
+    const npmStart = (JSON.parse(readFileSync(join(MURMURE_BIN, '../../../../package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts['start'];
+    assert.ok(npmStart?.includes(`node ${flags} packages/cli/bin/murmure.js relay start`), `npm start gives node the same flags: ${String(npmStart)}`);
+    proc = spawn(MURMURE_BIN, ['relay', 'start', '--data', dir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     const exited = once(proc, 'exit');
     const first = await Promise.race([
       once(createInterface({ input: proc.stdout! }), 'line').then(([line]) => line as string),
@@ -192,6 +198,8 @@ test('murmure --help names the relay commands; relay start without --json prints
     const c = await RelayClient.connect(first);
     await c.ping();
     c.close();
+    const argv = readFileSync(`/proc/${proc.pid}/cmdline`, 'utf8').split('\0');
+    assert.deepEqual(argv.slice(1, 1 + flags.split(' ').length), flags.split(' '), `node runs with the first line's flags: ${argv.join(' ')}`);
     // A relay loads what it serves with, not the messenger: libsignal is not in its memory.
     const maps = readFileSync(`/proc/${proc.pid}/maps`, 'utf8');
     assert.match(maps, /sqlcipher/, "the store's native module is mapped: the check sees native modules");
