@@ -183,7 +183,7 @@ test('murmure --help names the relay commands; relay start, run as a program as 
     // The script itself, as npx and a shell run it: its first line (`#!/usr/bin/env -S node
     // FLAGS`) gives node the relay's heap flags (docs/operations.md, "The relay's heap").
     const flags = /^#!\/usr\/bin\/env -S node (.+)$/.exec(readFileSync(MURMURE_BIN, 'utf8').split('\n', 1)[0]!)?.[1] ?? '';
-    assert.ok(flags.split(' ').includes('--initial-old-space-size=64'), `the first line names the heap floor: ${flags}`);
+    assert.ok(flags.split(' ').some((f) => /^--initial-old-space-size=\d+$/.test(f)), `the first line names the heap floor: ${flags}`);
     const npmStart = (JSON.parse(readFileSync(join(MURMURE_BIN, '../../../../package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts['start'];
     assert.ok(npmStart?.includes(`node ${flags} packages/cli/bin/murmure.js relay start`), `npm start gives node the same flags: ${String(npmStart)}`);
     proc = spawn(MURMURE_BIN, ['relay', 'start', '--data', dir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
