@@ -37,11 +37,12 @@ export function relayNodeFlags() {
 
 /**
  * What the benches give node before `murmure.js` when they start a relay: its own flags
- * (`relayNodeFlags`), then BENCH_RELAY_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=DIR` or
- * `--trace-gc`, which NODE_OPTIONS does not accept).
+ * (`relayNodeFlags`), then BENCH_RELAY_NODE_ARGS, split at white space only (e.g. `--cpu-prof
+ * --cpu-prof-dir=DIR` or `--trace-gc`, which NODE_OPTIONS does not accept; a later flag wins, so
+ * `--initial-old-space-size=0` runs the relay without its heap floor).
  */
 export function relayNodeArgs() {
-  return [...relayNodeFlags(), ...envList('BENCH_RELAY_NODE_ARGS', []).flatMap((a) => a.split(/\s+/)).filter((a) => a !== '')];
+  return [...relayNodeFlags(), ...(process.env.BENCH_RELAY_NODE_ARGS ?? '').split(/\s+/).filter((a) => a !== '')];
 }
 
 // ---------------------------------------------------------------------------------------------

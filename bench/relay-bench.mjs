@@ -729,6 +729,7 @@ async function main() {
     git: gitSha(),
     node: process.version,
     driverSemiSpaceMiB: driverSemiSpaceMiB(),
+    relayNodeArgs: cfg.relayNodeArgs,
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model ?? 'unknown',
     warmupS: cfg.warmupS,

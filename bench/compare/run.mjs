@@ -15,7 +15,7 @@ import { cpus, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { appendResult, driverSemiSpaceMiB, envList, envNum, rerunWithDriverHeap, resultsFile, round, runMain, waitQuiet } from '../lib.mjs';
+import { appendResult, driverSemiSpaceMiB, envList, envNum, relayNodeArgs, rerunWithDriverHeap, resultsFile, round, runMain, waitQuiet } from '../lib.mjs';
 import { closedLoop, crashAfterAck, idleSessions, reconnectStorm, storeAndForward } from './core.mjs';
 import { allCpus, alive, cmdOutput, killLiveServers, pinProcess } from './proc.mjs';
 import { SERVERS } from './servers.mjs';
@@ -107,6 +107,7 @@ function versions(cfg) {
   return {
     node: process.version,
     driverSemiSpaceMiB: driverSemiSpaceMiB(),
+    relayNodeArgs: relayNodeArgs(),
     murmure: SERVERS.murmure.version(),
     murmureDirty: dirty === null ? null : dirty !== '',
     prosody: cfg.servers.includes('prosody') ? SERVERS.prosody.version() : null,

@@ -121,6 +121,21 @@ function describe(e: unknown): { code: string; message: string; usage: boolean }
 }
 
 const SETTINGS_FILE = 'relay.json';
+/**
+ * The node flag of the relay's heap floor, which the `murmure` command's first line gives node
+ * (docs/operations.md, "The relay's heap"). A relay started by `node murmure.js` without it
+ * works, but falls into back-to-back mark-compacts under a steady load: it says so in its log.
+ */
+export const HEAP_FLOOR_FLAG = '--initial-old-space-size';
+
+/** Whether node was given HEAP_FLOOR_FLAG (V8 takes `_` for `-` in a flag's name). */
+export function hasHeapFloor(execArgv: readonly string[]): boolean {
+  return execArgv.some((a) => {
+    const name = a.split('=', 1)[0]!.replace(/_/g, '-');
+    return name === HEAP_FLOOR_FLAG;
+  });
+}
+
 /** The options `relay init` takes; the others are for `relay start` only. */
 const INIT_OPTIONS = new Set(['data', 'host', 'port', 'password', 'json', 'help']);
 
@@ -361,6 +376,7 @@ async function relayStart(dataDir: string, values: Values, out: Out, err: Out): 
   }
   const logger = jsonLogger(err, (level as 'debug' | 'info' | 'warn' | 'error' | undefined) ?? 'info');
   const relay = await RelayServer.start(relayConfig(dataDir, overrides), { logger });
+  if (!hasHeapFloor(process.execArgv)) logger.log('warn', 'started without a heap floor', { flag: HEAP_FLOOR_FLAG });
   const metrics = {
     ...(relay.metricsPort === null ? {} : { metricsPort: relay.metricsPort }),
     ...(relay.config.plainLoopback ? { plain: true } : {}),

@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
 
@@ -44,6 +44,9 @@ test('relay init prints the address; relay start on the same folder serves the s
     } finally {
       assert.equal(await stopRelay(relay), 0);
     }
+    // Started as `node murmure.js`, without the flags of the command's first line: it serves, and
+    // its log says what it runs without.
+    assert.match(relay.log.join(''), /"level":"warn","event":"started without a heap floor","flag":"--initial-old-space-size"/);
   } finally {
     cleanup(join(dir, '..'));
   }
@@ -186,7 +189,13 @@ test('murmure --help names the relay commands; relay start, run as a program as 
     assert.ok(flags.split(' ').some((f) => /^--initial-old-space-size=\d+$/.test(f)), `the first line names the heap floor: ${flags}`);
     const npmStart = (JSON.parse(readFileSync(join(MURMURE_BIN, '../../../../package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts['start'];
     assert.ok(npmStart?.includes(`node ${flags} packages/cli/bin/murmure.js relay start`), `npm start gives node the same flags: ${String(npmStart)}`);
-    proc = spawn(MURMURE_BIN, ['relay', 'start', '--data', dir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // The node that runs the tests, first in PATH: the one `env` finds.
+    const env = { ...process.env, PATH: `${dirname(process.execPath)}:${process.env['PATH'] ?? ''}` };
+    proc = spawn(MURMURE_BIN, ['relay', 'start', '--data', dir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    let log = '';
+    proc.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
+    // 'close' comes once its stderr is read to the end.
+    const closed = once(proc, 'close');
     const exited = once(proc, 'exit');
     const first = await Promise.race([
       once(createInterface({ input: proc.stdout! }), 'line').then(([line]) => line as string),
@@ -206,6 +215,9 @@ test('murmure --help names the relay commands; relay start, run as a program as 
     assert.doesNotMatch(maps, /libsignal/, 'no libsignal in a relay process');
     proc.kill('SIGTERM');
     assert.deepEqual(await exited, [0, null], 'SIGTERM: a clean stop, exit code 0');
+    await closed;
+    assert.match(log, /"event":"relay stopped"/, 'its log is read to the end');
+    assert.doesNotMatch(log, /heap floor/, 'with the first line\'s flags, no warning');
   } finally {
     if (proc !== null && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
     cleanup(join(dir, '..'));
