@@ -25,6 +25,7 @@ import { generateDhKeyPair } from '@murmure/queue-crypto';
 
 import {
   DRIVER_BOUND_CORES,
+  MURMURE_BIN,
   NOISY_CORES,
   Samples,
   appendResult,
@@ -32,7 +33,6 @@ import {
   driverSemiSpaceMiB,
   envList,
   envNum,
-  MURMURE_BIN,
   forkExecArgv,
   machineBusyUs,
   percentile,
