@@ -207,6 +207,46 @@ describe('Writer and Reader round trip', () => {
     growing.finish();
   });
 
+  test('use hands over the bytes finish would return, without a copy, and wipes and gives back the scratch buffer after', () => {
+    const inside = (w: Writer): Uint8Array => (w as unknown as { buf: Uint8Array }).buf;
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 64 }), fc.array(field, { maxLength: 12 }), (initial, fields) => {
+        const a = new Writer(initial);
+        const b = new Writer(initial);
+        for (const f of fields) {
+          write(a, f);
+          write(b, f);
+        }
+        const expected = [...a.finish()];
+        const buffer = inside(b);
+        let seen: Uint8Array | null = null;
+        const got = b.use((bytes) => {
+          seen = bytes;
+          assert.equal(bytes.buffer, buffer.buffer, 'a view of the Writer buffer, not a copy');
+          return [...bytes];
+        });
+        assert.deepEqual(got, expected);
+        assert.ok(seen !== null && (seen as Uint8Array).every((x) => x === 0), 'wiped once use returns');
+        assert.equal(b.length, 0);
+      }),
+      { numRuns: 500 },
+    );
+    // No allocation for a Writer that borrows; the buffer is the next Writer's to borrow.
+    const w = new Writer(256).u8(1);
+    const borrowed = inside(w);
+    assert.deepEqual(allocationsDuring(() => w.use((bytes) => bytes.length)), []);
+    assert.equal(inside(new Writer(256)), borrowed);
+  });
+
+  test('use gives the buffer back wiped even when what it calls throws, and the Writer then starts anew', () => {
+    const inside = (w: Writer): Uint8Array => (w as unknown as { buf: Uint8Array }).buf;
+    const w = new Writer(256).bytes(new Uint8Array(40).fill(0xbb));
+    const buffer = inside(w);
+    assert.throws(() => w.use(() => assert.fail('taken')), /taken/);
+    assert.ok(buffer.every((x) => x === 0));
+    assert.deepEqual([...w.u8(7).finish()], [7]);
+  });
+
   test('a Writer created with capacity 0 still grows (it used to loop forever)', () => {
     const bytes = new Writer(0).u8(1).u16(0x0203).bytes(new Uint8Array(1000)).finish();
     assert.equal(bytes.length, 1003);

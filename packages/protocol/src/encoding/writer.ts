@@ -15,6 +15,7 @@ export const WRITER_SCRATCH_BYTES = 16_640;
 /** Most scratch buffers kept for reuse: more than Writers are ever alive at once (they nest). */
 export const WRITER_SCRATCH_POOL = 8;
 const scratchPool: Uint8Array[] = [];
+const EMPTY = new Uint8Array(0);
 
 /**
  * Appends fields to a growing byte array. Every message the relay handles is encoded several
@@ -120,6 +121,26 @@ export class Writer {
   /** Bytes written so far. */
   get length(): number {
     return this.len;
+  }
+
+  /**
+   * Hands the written bytes to `use` as a view of the Writer's buffer, and returns what it
+   * returns: for bytes that are taken at once (by a MAC, a cipher or another Writer) and never
+   * kept. No copy is made, so no buffer outside the heap is allocated for them, where `finish`
+   * allocates one for any result over 64 bytes, which the collector later has to sweep. The
+   * view is valid only while `use` runs: the Writer is done afterwards, its buffer wiped (and
+   * given back if it was a scratch buffer), and anything written to it later starts a new one.
+   */
+  use<T>(use: (bytes: Uint8Array) => T): T {
+    try {
+      return use(this.buf.subarray(0, this.len));
+    } finally {
+      // A buffer of its own (past the scratch size) is wiped too: nothing written stays behind.
+      if (this.borrowed) this.giveBack();
+      else this.buf.fill(0, 0, this.len);
+      this.buf = EMPTY;
+      this.len = 0;
+    }
   }
 
   /**

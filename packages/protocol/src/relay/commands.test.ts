@@ -29,6 +29,7 @@ import {
   encodeClientTransmission,
   encodeCommand,
   encodeResponse,
+  encodeResponseTransmission,
   encodeServerTransmission,
   packBlocks,
 } from '@murmure/protocol';
@@ -219,6 +220,16 @@ describe('commands and responses round trip', () => {
         assert.deepEqual(decodeResponse(bytes), r);
       }),
       { numRuns: 3000 },
+    );
+  });
+
+  test('encodeResponseTransmission gives the bytes of encodeServerTransmission over encodeResponse', () => {
+    fc.assert(
+      fc.property(response, serverCorrId, entityId, (r, corrId, entity) => {
+        const expected = encodeServerTransmission({ corrId, entityId: entity, response: encodeResponse(r) });
+        assert.deepEqual(encodeResponseTransmission(corrId, entity, r), expected);
+      }),
+      { numRuns: 2000 },
     );
   });
 

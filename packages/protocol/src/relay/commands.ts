@@ -207,25 +207,29 @@ export const MAX_BOXED_BODY = MAX_MESSAGE_BODY + RCV_HEADER_LENGTH + BOX_TAG_LEN
 
 /** Encodes a response. */
 export function encodeResponse(r: Response): Uint8Array {
-  const w = new Writer(r.type === 'MSG' || r.type === 'LNK' ? 64 + (r.type === 'MSG' ? r.body.length : r.data.length) : 96);
+  return writeResponse(new Writer(responseSize(r)), r).finish();
+}
+
+/** Room for an encoded response (a Writer grows past it if need be). */
+export function responseSize(r: Response): number {
+  return r.type === 'MSG' || r.type === 'LNK' ? 64 + (r.type === 'MSG' ? r.body.length : r.data.length) : 96;
+}
+
+/** Appends an encoded response to `w` (the bytes of `encodeResponse`). */
+export function writeResponse(w: Writer, r: Response): Writer {
   switch (r.type) {
     case 'IDS':
-      return w
-        .u8(ResponseTag.IDS)
-        .bytesN(r.rcvId, ID_LENGTH, 'rcvId')
-        .bytesN(r.sndId, ID_LENGTH, 'sndId')
-        .bytesN(r.srvDhKey, KEY_LENGTH, 'srvDhKey')
-        .finish();
+      return w.u8(ResponseTag.IDS).bytesN(r.rcvId, ID_LENGTH, 'rcvId').bytesN(r.sndId, ID_LENGTH, 'sndId').bytesN(r.srvDhKey, KEY_LENGTH, 'srvDhKey');
     case 'MSG':
-      return w.u8(ResponseTag.MSG).bytesN(r.msgId, ID_LENGTH, 'msgId').longBytes(r.body, MAX_BOXED_BODY, 'boxed body').finish();
+      return w.u8(ResponseTag.MSG).bytesN(r.msgId, ID_LENGTH, 'msgId').longBytes(r.body, MAX_BOXED_BODY, 'boxed body');
     case 'ERR':
-      return w.u8(ResponseTag.ERR).u8(ErrorCodes[r.code]).finish();
+      return w.u8(ResponseTag.ERR).u8(ErrorCodes[r.code]);
     case 'LNK':
-      return w.u8(ResponseTag.LNK).bytesN(r.sndId, ID_LENGTH, 'sndId').longBytes(r.data, MAX_LINK_DATA, 'link data').finish();
+      return w.u8(ResponseTag.LNK).bytesN(r.sndId, ID_LENGTH, 'sndId').longBytes(r.data, MAX_LINK_DATA, 'link data');
     case 'OK':
     case 'END':
     case 'PONG':
-      return w.u8(ResponseTag[r.type]).finish();
+      return w.u8(ResponseTag[r.type]);
     default:
       return unreachable(r);
   }

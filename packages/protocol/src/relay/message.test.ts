@@ -4,7 +4,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 
-import { MAX_MESSAGE_BODY, ProtocolError, RCV_HEADER_LENGTH, decodeReceivedMessage, encodeReceivedMessage, toHex } from '@murmure/protocol';
+import { MAX_MESSAGE_BODY, ProtocolError, RCV_HEADER_LENGTH, decodeReceivedMessage, encodeReceivedMessage, toHex, useReceivedMessage } from '@murmure/protocol';
 import type { ReceivedMessage } from '@murmure/protocol';
 
 function seeded(length: number, seed: number): Uint8Array {
@@ -49,6 +49,15 @@ describe('received message round trip', () => {
         assert.deepEqual(decodeReceivedMessage(bytes), m);
       }),
       { numRuns: 2000 },
+    );
+  });
+
+  test('useReceivedMessage hands over the bytes of encodeReceivedMessage', () => {
+    fc.assert(
+      fc.property(receivedMessage, (m) => {
+        assert.equal(useReceivedMessage(m, toHex), toHex(encodeReceivedMessage(m)));
+      }),
+      { numRuns: 500 },
     );
   });
 

@@ -15,7 +15,19 @@ export type ReceivedMessage = Readonly<{ receivedAt: number; flags: number; body
 
 /** Encodes the boxed content. */
 export function encodeReceivedMessage(m: ReceivedMessage): Uint8Array {
-  return new Writer(m.body.length + 16).u64(m.receivedAt).u8(m.flags).bytes(m.body).finish();
+  return receivedWriter(m).finish();
+}
+
+/**
+ * Hands the bytes of `encodeReceivedMessage` to `use`, which must take them at once (the relay
+ * seals them) and not keep them: a view of a scratch buffer, valid only while `use` runs.
+ */
+export function useReceivedMessage<T>(m: ReceivedMessage, use: (bytes: Uint8Array) => T): T {
+  return receivedWriter(m).use(use);
+}
+
+function receivedWriter(m: ReceivedMessage): Writer {
+  return new Writer(m.body.length + 16).u64(m.receivedAt).u8(m.flags).bytes(m.body);
 }
 
 /** Decodes the boxed content. */

@@ -26,6 +26,7 @@ import {
   BlockPacker,
   toHex,
   transmissionCost,
+  useAuthorizedBytes,
 } from '@murmure/protocol';
 import type { Authorization, ClientTransmission, ServerTransmission } from '@murmure/protocol';
 
@@ -227,6 +228,25 @@ describe('transmission edge cases', () => {
     const noEntity = authorizedBytes(sessionId, c, new Uint8Array(0), concat(entity, new Uint8Array([7])));
     assert.notDeepEqual(noEntity, got);
     assert.throws(() => authorizedBytes(new Uint8Array(31), c, entity, new Uint8Array([7])), (e) => ProtocolError.is(e, 'BAD_LENGTH'));
+  });
+
+  test('useAuthorizedBytes hands over the bytes of authorizedBytes, and refuses what it refuses', () => {
+    fc.assert(
+      fc.property(bytesN(SESSION_ID_LENGTH), bytesN(CORR_ID_LENGTH), entityId, payload, (sessionId, c, e, command) => {
+        assert.equal(useAuthorizedBytes(sessionId, c, e, command, toHex), toHex(authorizedBytes(sessionId, c, e, command)));
+      }),
+      { numRuns: 500 },
+    );
+    const c = new Uint8Array(CORR_ID_LENGTH);
+    let called = false;
+    assert.throws(
+      () =>
+        useAuthorizedBytes(new Uint8Array(31), c, entity, new Uint8Array([7]), () => {
+          called = true;
+        }),
+      (e) => ProtocolError.is(e, 'BAD_LENGTH'),
+    );
+    assert.equal(called, false);
   });
 });
 

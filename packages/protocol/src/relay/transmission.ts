@@ -18,6 +18,7 @@ import {
   SESSION_ID_LENGTH,
   SIGNATURE_LENGTH,
 } from '../limits.js';
+import { responseSize, writeResponse, type Response } from './commands.js';
 import { newBlock } from './frame.js';
 
 /** How a command is authorised. */
@@ -74,13 +75,24 @@ export function decodeClientTransmission(bytes: Uint8Array): ClientTransmission 
 
 /** Encodes a server transmission. */
 export function encodeServerTransmission(t: ServerTransmission): Uint8Array {
-  const w = new Writer(t.response.length + 64);
-  if (t.corrId.length !== 0 && t.corrId.length !== CORR_ID_LENGTH) {
+  return serverHeader(new Writer(t.response.length + 64), t.corrId, t.entityId).bytes(t.response).finish();
+}
+
+/**
+ * Encodes a server transmission carrying `r`: the bytes of `encodeServerTransmission` over
+ * `encodeResponse(r)`, with the response written in place rather than encoded apart and copied.
+ */
+export function encodeResponseTransmission(corrId: Uint8Array, entityId: Uint8Array, r: Response): Uint8Array {
+  return writeResponse(serverHeader(new Writer(responseSize(r) + 64), corrId, entityId), r).finish();
+}
+
+function serverHeader(w: Writer, corrId: Uint8Array, entityId: Uint8Array): Writer {
+  if (corrId.length !== 0 && corrId.length !== CORR_ID_LENGTH) {
     throw new ProtocolError('BAD_LENGTH', `corrId must be empty or ${CORR_ID_LENGTH} bytes`);
   }
-  w.shortBytes(t.corrId, CORR_ID_LENGTH, 'corrId');
-  writeEntity(w, t.entityId);
-  return w.bytes(t.response).finish();
+  w.shortBytes(corrId, CORR_ID_LENGTH, 'corrId');
+  writeEntity(w, entityId);
+  return w;
 }
 
 /** Decodes a server transmission (the response itself stays encoded). */
@@ -113,14 +125,25 @@ const AUTH_DOMAIN = new Uint8Array([0x4d, 0x55, 0x52, 0x4d, 0x55, 0x52, 0x45, 0x
  * length-prefixed entity id and the encoded command.
  */
 export function authorizedBytes(sessionId: Uint8Array, corrId: Uint8Array, entityId: Uint8Array, command: Uint8Array): Uint8Array {
-  const w = new Writer(AUTH_DOMAIN.length + SESSION_ID_LENGTH + CORR_ID_LENGTH + 1 + entityId.length + command.length);
-  return w
+  return authorizedWriter(sessionId, corrId, entityId, command).finish();
+}
+
+/**
+ * Hands the bytes of `authorizedBytes` to `use`, which must take them at once (a MAC or a
+ * signature check) and not keep them: they are a view of a scratch buffer, valid only while
+ * `use` runs (`Writer.use`). The relay checks every command this way without a copy.
+ */
+export function useAuthorizedBytes<T>(sessionId: Uint8Array, corrId: Uint8Array, entityId: Uint8Array, command: Uint8Array, use: (bytes: Uint8Array) => T): T {
+  return authorizedWriter(sessionId, corrId, entityId, command).use(use);
+}
+
+function authorizedWriter(sessionId: Uint8Array, corrId: Uint8Array, entityId: Uint8Array, command: Uint8Array): Writer {
+  return new Writer(AUTH_DOMAIN.length + SESSION_ID_LENGTH + CORR_ID_LENGTH + 1 + entityId.length + command.length)
     .bytes(AUTH_DOMAIN)
     .bytesN(sessionId, SESSION_ID_LENGTH, 'sessionId')
     .bytesN(corrId, CORR_ID_LENGTH, 'corrId')
     .shortBytes(entityId, ID_LENGTH, 'entity id')
-    .bytes(command)
-    .finish();
+    .bytes(command);
 }
 
 /** Content bytes a block can hold: the block minus its length prefix and count byte. */
