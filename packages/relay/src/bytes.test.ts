@@ -50,4 +50,12 @@ describe('idKey', () => {
       }),
     );
   });
+
+  test('is the latin1 string of the bytes, short (read byte by byte) and long', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 100 }), fc.nat(7), (a, o) => {
+        assert.equal(idKey(at(a, o)), Buffer.from(a).toString('latin1'));
+      }),
+    );
+  });
 });

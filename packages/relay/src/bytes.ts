@@ -4,17 +4,20 @@
  * @module
  */
 
-/** A latin1 string key for an id, for maps. */
-export function idKey(id: Uint8Array): string {
-  return Buffer.from(id.buffer, id.byteOffset, id.length).toString('latin1');
-}
-
 /**
- * Longest arrays `sameBytes` compares in a loop of its own: ids and keys (24 and 32 bytes), for
- * which making a Buffer view to call `equals` cost more than the comparison. Neither way takes
- * the same time for all inputs; the relay compares nothing secret with it.
+ * Longest arrays `sameBytes` compares, and `idKey` reads, byte by byte: ids and keys (24 and 32
+ * bytes), for which making a Buffer view cost more than the loop. A typed array this small
+ * lives inside V8's heap, and asking for its `.buffer` moves its bytes out into a buffer of
+ * their own, which the collector then has to sweep. Neither way of comparing takes the same time
+ * for all inputs; the relay compares nothing secret with it.
  */
 const LOOP_COMPARE_MAX = 64;
+
+/** A latin1 string key for an id, for maps. */
+export function idKey(id: Uint8Array): string {
+  if (id.length <= LOOP_COMPARE_MAX) return String.fromCharCode.apply(null, id as unknown as number[]);
+  return Buffer.from(id.buffer, id.byteOffset, id.length).toString('latin1');
+}
 
 /** Whether two byte arrays hold the same bytes (not in constant time: for ids and public keys). */
 export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {

@@ -16,9 +16,8 @@ import {
   decodeBlock,
   decodeClientHello,
   decodeClientTransmission,
-  encodeResponse,
+  encodeResponseTransmission,
   encodeServerHello,
-  encodeServerTransmission,
   BlockPacker,
   blockFrame,
   recycleWhenWritten,
@@ -485,7 +484,7 @@ export class Connection implements TurnTaker, UnsentHolder {
   /** Queues a response to a command (or a push, with an empty corrId). */
   respond(corrId: Uint8Array, entityId: Uint8Array, r: Response): void {
     if (r.type === 'ERR') this.metrics.error(r.code);
-    this.queue(encodeServerTransmission({ corrId, entityId, response: encodeResponse(r) }));
+    this.queue(encodeResponseTransmission(corrId, entityId, r));
   }
 
   /** Queues an error response. */

@@ -12,9 +12,9 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import {
   ID_LENGTH,
   ProtocolError,
-  authorizedBytes,
   decodeCommand,
-  encodeReceivedMessage,
+  useAuthorizedBytes,
+  useReceivedMessage,
   type ClientTransmission,
   type Command,
   type ErrorCode,
@@ -305,7 +305,8 @@ export class RelayHandlers implements CommandHandler {
     if (!ok || q === undefined || q.suspended) throw new Refusal('AUTH');
     const now = this.now();
     const msgId = randomId();
-    const sealed = sealRecipientBox(q.boxKey, msgId, encodeReceivedMessage({ receivedAt: now, flags: cmd.flags, body: cmd.body }));
+    const boxKey = q.boxKey;
+    const sealed = useReceivedMessage({ receivedAt: now, flags: cmd.flags, body: cmd.body }, (content) => sealRecipientBox(boxKey, msgId, content));
     // The subscriber gets the message once it is committed, without waiting for the sync that
     // the sender's OK waits for: if the relay dies before the sync, the sender, never told OK,
     // sends the same bytes again and the recipient drops the repeat.
@@ -444,7 +445,7 @@ export class RelayHandlers implements CommandHandler {
     } catch {
       key = signingPublicKey(DUMMY_SIG_KEY);
     }
-    return verifySignature(key, authorizedBytes(conn.sessionId, t.corrId, t.entityId, t.command), sig);
+    return useAuthorizedBytes(conn.sessionId, t.corrId, t.entityId, t.command, (data) => verifySignature(key, data, sig));
   }
 
   private authenticatorValid(conn: Connection, t: ClientTransmission, role: Role, peer: Uint8Array, mac: Uint8Array): boolean {
@@ -470,7 +471,8 @@ export class RelayHandlers implements CommandHandler {
       }
       conn.authKeys.set(cacheKey, entry);
     }
-    const ok = checkAuthenticator(entry.key, authorizedBytes(conn.sessionId, t.corrId, t.entityId, t.command), mac);
+    const key = entry.key;
+    const ok = useAuthorizedBytes(conn.sessionId, t.corrId, t.entityId, t.command, (data) => checkAuthenticator(key, data, mac));
     if (ok && made !== null) conn.sessionKey.keep(peer, made);
     else if (!ok && kept) conn.sessionKey.agree(peer);
     return ok;

@@ -20,7 +20,6 @@ import {
   asciiBytes,
   SESSION_EXPORTER_LABEL,
   SESSION_ID_LENGTH,
-  authorizedBytes,
   decodeBlock,
   decodeReceivedMessage,
   decodeResponse,
@@ -35,6 +34,7 @@ import {
   blockFrame,
   recycleWhenWritten,
   parseRelayAddress,
+  useAuthorizedBytes,
   ProtocolError,
   type Authorization,
   type Command,
@@ -303,14 +303,17 @@ export class RelayClient extends EventEmitter {
 
   private authorize(signer: Signer, corrId: Uint8Array, entityId: Uint8Array, command: Uint8Array): Authorization {
     if (signer.kind === 'none') return { kind: 'none' };
-    const data = authorizedBytes(this.sessionId, corrId, entityId, command);
-    if (signer.kind === 'signature') return { kind: 'signature', bytes: signBytes(signer.key, data) };
+    if (signer.kind === 'signature') {
+      const key = signer.key;
+      return { kind: 'signature', bytes: useAuthorizedBytes(this.sessionId, corrId, entityId, command, (data) => signBytes(key, data)) };
+    }
     let k = this.authKeys.get(signer.key);
     if (k === undefined) {
       k = authenticatorKey(this.sharedSecret(signer.key), this.sessionId);
       this.authKeys.set(signer.key, k);
     }
-    return { kind: 'authenticator', bytes: authenticate(k, data) };
+    const macKey = k;
+    return { kind: 'authenticator', bytes: useAuthorizedBytes(this.sessionId, corrId, entityId, command, (data) => authenticate(macKey, data)) };
   }
 
   /**
