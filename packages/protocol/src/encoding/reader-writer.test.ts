@@ -231,11 +231,23 @@ describe('Writer and Reader round trip', () => {
       }),
       { numRuns: 500 },
     );
-    // No allocation for a Writer that borrows; the buffer is the next Writer's to borrow.
+    // The scratch buffer is the next Writer's to borrow.
     const w = new Writer(256).u8(1);
     const borrowed = inside(w);
-    assert.deepEqual(allocationsDuring(() => w.use((bytes) => bytes.length)), []);
+    w.use((bytes) => bytes.length);
     assert.equal(inside(new Writer(256)), borrowed);
+  });
+
+  test('use after finish leaves the bytes finish returned as they were', () => {
+    const w = new Writer(256).bytes(new Uint8Array(100).fill(0xcc));
+    const done = w.finish();
+    assert.equal(w.use((bytes) => bytes.length), 100);
+    assert.ok(done.every((x) => x === 0xcc));
+    // A Writer past the scratch size finished the same way.
+    const big = new Writer(WRITER_SCRATCH_BYTES + 1).bytes(new Uint8Array(10).fill(0xdd));
+    const own = big.finish();
+    big.use(() => undefined);
+    assert.ok(own.every((x) => x === 0xdd));
   });
 
   test('use gives the buffer back wiped even when what it calls throws, and the Writer then starts anew', () => {
@@ -244,6 +256,9 @@ describe('Writer and Reader round trip', () => {
     const buffer = inside(w);
     assert.throws(() => w.use(() => assert.fail('taken')), /taken/);
     assert.ok(buffer.every((x) => x === 0));
+    const next = new Writer(256);
+    assert.equal(inside(next), buffer, 'given back to the pool');
+    next.finish();
     assert.deepEqual([...w.u8(7).finish()], [7]);
   });
 

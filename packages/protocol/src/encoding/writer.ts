@@ -21,7 +21,8 @@ const EMPTY = new Uint8Array(0);
  * Appends fields to a growing byte array. Every message the relay handles is encoded several
  * times (authorised bytes, command, response, transmission): a fresh typed array for each is an
  * allocation outside the heap (~0.8 µs for 256 bytes), so Writers borrow a scratch buffer and
- * give it back at `finish`, which returns a copy. A Writer dropped unfinished (its encoding
+ * give it back at `finish`, which returns a copy, or at `use`, which hands the bytes to a
+ * consumer that takes them at once, without a copy. A Writer dropped unfinished (its encoding
  * threw) keeps its buffer; the pool makes another when it runs out.
  */
 export class Writer {
@@ -29,6 +30,8 @@ export class Writer {
   private len = 0;
   /** Whether `buf` is a borrowed scratch buffer, to give back once nothing more is written to it. */
   private borrowed: boolean;
+  /** Whether `buf` is the array `finish` returned: the caller's now, never written or wiped. */
+  private handedOut = false;
 
   constructor(initial = 256) {
     this.borrowed = initial <= WRITER_SCRATCH_BYTES;
@@ -44,6 +47,7 @@ export class Writer {
     next.set(this.buf.subarray(0, this.len));
     this.giveBack();
     this.buf = next;
+    this.handedOut = false;
   }
 
   /**
@@ -136,8 +140,10 @@ export class Writer {
       return use(this.buf.subarray(0, this.len));
     } finally {
       // A buffer of its own (past the scratch size) is wiped too: nothing written stays behind.
+      // Not the array an earlier `finish` returned, which is the caller's.
       if (this.borrowed) this.giveBack();
-      else this.buf.fill(0, 0, this.len);
+      else if (!this.handedOut) this.buf.fill(0, 0, this.len);
+      this.handedOut = false;
       this.buf = EMPTY;
       this.len = 0;
     }
@@ -151,6 +157,7 @@ export class Writer {
     const out = this.buf.slice(0, this.len);
     this.giveBack();
     this.buf = out;
+    this.handedOut = true;
     return out;
   }
 }

@@ -207,12 +207,7 @@ export const MAX_BOXED_BODY = MAX_MESSAGE_BODY + RCV_HEADER_LENGTH + BOX_TAG_LEN
 
 /** Encodes a response. */
 export function encodeResponse(r: Response): Uint8Array {
-  return writeResponse(new Writer(responseSize(r)), r).finish();
-}
-
-/** Room for an encoded response (a Writer grows past it if need be). */
-export function responseSize(r: Response): number {
-  return r.type === 'MSG' || r.type === 'LNK' ? 64 + (r.type === 'MSG' ? r.body.length : r.data.length) : 96;
+  return writeResponse(new Writer(r.type === 'MSG' || r.type === 'LNK' ? 64 + (r.type === 'MSG' ? r.body.length : r.data.length) : 96), r).finish();
 }
 
 /** Appends an encoded response to `w` (the bytes of `encodeResponse`). */

@@ -18,7 +18,7 @@ import {
   SESSION_ID_LENGTH,
   SIGNATURE_LENGTH,
 } from '../limits.js';
-import { responseSize, writeResponse, type Response } from './commands.js';
+import { writeResponse, type Response } from './commands.js';
 import { newBlock } from './frame.js';
 
 /** How a command is authorised. */
@@ -75,18 +75,20 @@ export function decodeClientTransmission(bytes: Uint8Array): ClientTransmission 
 
 /** Encodes a server transmission. */
 export function encodeServerTransmission(t: ServerTransmission): Uint8Array {
-  return serverHeader(new Writer(t.response.length + 64), t.corrId, t.entityId).bytes(t.response).finish();
+  return writeServerHeader(new Writer(t.response.length + 64), t.corrId, t.entityId).bytes(t.response).finish();
 }
 
 /**
  * Encodes a server transmission carrying `r`: the bytes of `encodeServerTransmission` over
  * `encodeResponse(r)`, with the response written in place rather than encoded apart and copied.
+ * The Writer borrows a scratch buffer, which holds the largest response (`MAX_BOXED_BODY` and
+ * its fields) and grows past it if it must.
  */
 export function encodeResponseTransmission(corrId: Uint8Array, entityId: Uint8Array, r: Response): Uint8Array {
-  return writeResponse(serverHeader(new Writer(responseSize(r) + 64), corrId, entityId), r).finish();
+  return writeResponse(writeServerHeader(new Writer(), corrId, entityId), r).finish();
 }
 
-function serverHeader(w: Writer, corrId: Uint8Array, entityId: Uint8Array): Writer {
+function writeServerHeader(w: Writer, corrId: Uint8Array, entityId: Uint8Array): Writer {
   if (corrId.length !== 0 && corrId.length !== CORR_ID_LENGTH) {
     throw new ProtocolError('BAD_LENGTH', `corrId must be empty or ${CORR_ID_LENGTH} bytes`);
   }
