@@ -45,8 +45,28 @@ async function loadX509(): Promise<typeof X509> {
   return import('@peculiar/x509');
 }
 
-/** Makes a new key and certificate in `dataDir` (mode 0700 folder, 0600 key). */
-export async function createIdentity(dataDir: string): Promise<RelayIdentity> {
+/** Random bytes of a certificate's serial number. */
+export const SERIAL_BYTES = 16;
+
+/**
+ * The serial number, in hex, made of SERIAL_BYTES random bytes: a positive integer whose DER
+ * form always takes SERIAL_BYTES bytes. Its top bit is cleared (a set one would take a 0x00 in
+ * front) and the next one set (a 0x00 first byte would be dropped), so every relay's
+ * certificate has the same length: before, about one relay in 500 had a certificate a byte
+ * shorter, which its TLS handshakes showed.
+ */
+export function certificateSerial(random: Uint8Array): string {
+  if (random.length !== SERIAL_BYTES) throw new RangeError(`a serial number takes ${SERIAL_BYTES} random bytes`);
+  const bytes = Buffer.from(random);
+  bytes[0] = (bytes[0]! & 0x3f) | 0x40;
+  return bytes.toString('hex');
+}
+
+/**
+ * Makes a new key and certificate in `dataDir` (mode 0700 folder, 0600 key). `random` gives the
+ * serial number's bytes (`certificateSerial`); tests pass their own.
+ */
+export async function createIdentity(dataDir: string, random: Uint8Array = webcrypto.getRandomValues(new Uint8Array(SERIAL_BYTES))): Promise<RelayIdentity> {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const x509 = await loadX509();
   x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
@@ -54,7 +74,7 @@ export async function createIdentity(dataDir: string): Promise<RelayIdentity> {
   const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: Buffer.from(webcrypto.getRandomValues(new Uint8Array(16))).toString('hex').replace(/^[89a-f]/, '1'),
+    serialNumber: certificateSerial(random),
     name: 'CN=murmure relay',
     notBefore: new Date(now - 86_400_000),
     notAfter: new Date(now + CERT_YEARS * 365 * 86_400_000),
