@@ -163,7 +163,11 @@ export function plainSessionId(relaySessionKey: Uint8Array, sessionNonce: Uint8A
 
 /** HMAC-SHA256 of the authorised bytes under an authenticator key. */
 export function authenticate(key: Uint8Array, data: Uint8Array): Uint8Array {
-  return new Uint8Array(createHmac('sha256', key).update(data).digest());
+  return new Uint8Array(hmacSha256(key, data));
+}
+
+function hmacSha256(key: Uint8Array, data: Uint8Array): Buffer {
+  return createHmac('sha256', key).update(data).digest();
 }
 
 /**
@@ -173,7 +177,7 @@ export function authenticate(key: Uint8Array, data: Uint8Array): Uint8Array {
  */
 export function checkAuthenticator(key: Uint8Array, data: Uint8Array, mac: Uint8Array): boolean {
   if (mac.length !== AUTHENTICATOR_LENGTH) return false;
-  return timingSafeEqual(createHmac('sha256', key).update(data).digest(), mac);
+  return timingSafeEqual(hmacSha256(key, data), mac);
 }
 
 /** The relay-to-recipient box key: HKDF-SHA256 over X25519(recipient box key, relay queue key). */
