@@ -6,8 +6,10 @@ import assert from 'node:assert/strict';
 import { BlockList } from 'node:net';
 import { describe, test } from 'node:test';
 
+import fc from 'fast-check';
+
 import { LOOPBACK_BLOCKS, SourceLimiter, sourceBlocks } from './sources.js';
-import { TurnGroup, TurnScheduler, type TurnClock, type TurnTaker } from './turns.js';
+import { Rotation, TurnGroup, TurnScheduler, type TurnClock, type TurnTaker } from './turns.js';
 
 const TURN = 1;
 const PASS = 4;
@@ -204,5 +206,42 @@ describe('turn groups of sources', () => {
     const n1 = none.admit('127.0.0.1');
     const n2 = none.admit('127.0.0.1');
     assert.equal(n1?.turns, n2?.turns, 'loopback is one source when it is limited');
+  });
+});
+
+describe('Rotation', () => {
+  test('behaves as a list of distinct members in order, whether it holds one member or more', () => {
+    const op = fc.oneof(
+      fc.record({ kind: fc.constant('push' as const), m: fc.nat(4) }),
+      fc.record({ kind: fc.constant('delete' as const), m: fc.nat(4) }),
+      fc.record({ kind: fc.constant('shift' as const) }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
+        const members = [0, 1, 2, 3, 4].map((i) => ({ i }));
+        const r = new Rotation<{ i: number }>();
+        const model: { i: number }[] = [];
+        for (const o of ops) {
+          if (o.kind === 'push') {
+            const t = members[o.m]!;
+            r.push(t);
+            if (!model.includes(t)) model.push(t);
+          } else if (o.kind === 'delete') {
+            const t = members[o.m]!;
+            r.delete(t);
+            const at = model.indexOf(t);
+            if (at >= 0) model.splice(at, 1);
+          } else {
+            assert.equal(r.shift(), model.shift());
+          }
+          assert.equal(r.size, model.length);
+          for (const t of members) assert.equal(r.has(t), model.includes(t));
+        }
+        const rest = [];
+        for (let t = r.shift(); t !== undefined; t = r.shift()) rest.push(t);
+        assert.deepEqual(rest, model);
+      }),
+      { numRuns: 500 },
+    );
   });
 });

@@ -60,24 +60,38 @@ const REAL_CLOCK: TurnClock = { now: () => performance.now(), defer: (f) => setI
 type RotationList<T> = { items: (T | undefined)[]; head: number; base: number; at: Map<T, number> };
 
 /** Members in turn order, each at most once; push, delete and shift in constant time. */
-class Rotation<T> {
+export class Rotation<T> {
+  /**
+   * The only member, while there is one and no list: the usual case (one connection of a source
+   * with a block waiting), which then takes no list, array or Map to be made and dropped again.
+   */
+  private one: T | undefined = undefined;
   /**
    * The members in order from `head`, and where each is, counted from `base` (the items cut off
-   * the front). Null while empty: an idle connection's group holds no list (`ready` makes one).
+   * the front). Null while there are fewer than two: an idle connection's group holds no list.
    */
   private list: RotationList<T> | null = null;
 
   get size(): number {
-    return this.list?.at.size ?? 0;
+    return this.list?.at.size ?? (this.one === undefined ? 0 : 1);
   }
 
   has(t: T): boolean {
-    return this.list?.at.has(t) ?? false;
+    return this.list?.at.has(t) ?? this.one === t;
   }
 
   /** Adds `t` at the back, unless it is a member. */
   push(t: T): void {
-    const l = (this.list ??= { items: [], head: 0, base: 0, at: new Map<T, number>() });
+    if (this.list === null) {
+      if (this.one === undefined) {
+        this.one = t;
+        return;
+      }
+      if (this.one === t) return;
+      this.list = { items: [this.one], head: 0, base: 0, at: new Map<T, number>([[this.one, 0]]) };
+      this.one = undefined;
+    }
+    const l = this.list;
     if (l.at.has(t)) return;
     l.at.set(t, l.base + l.items.length);
     l.items.push(t);
@@ -86,8 +100,12 @@ class Rotation<T> {
   /** Removes `t`, and lets go of it at once. */
   delete(t: T): void {
     const l = this.list;
-    const i = l?.at.get(t);
-    if (l === null || i === undefined) return;
+    if (l === null) {
+      if (this.one === t) this.one = undefined;
+      return;
+    }
+    const i = l.at.get(t);
+    if (i === undefined) return;
     l.at.delete(t);
     l.items[i - l.base] = undefined;
     this.compact(l);
@@ -96,7 +114,11 @@ class Rotation<T> {
   /** Removes and returns the member at the front. */
   shift(): T | undefined {
     const l = this.list;
-    if (l === null) return undefined;
+    if (l === null) {
+      const t = this.one;
+      this.one = undefined;
+      return t;
+    }
     while (l.head < l.items.length) {
       const t = l.items[l.head];
       l.items[l.head++] = undefined;
