@@ -68,7 +68,8 @@ export class Rotation<T> {
   private one: T | undefined = undefined;
   /**
    * The members in order from `head`, and where each is, counted from `base` (the items cut off
-   * the front). Null while there are fewer than two: an idle connection's group holds no list.
+   * the front). Made when a second member joins `one`, and dropped once empty: an idle
+   * connection's group holds no list.
    */
   private list: RotationList<T> | null = null;
 
